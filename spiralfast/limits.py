@@ -1,0 +1,43 @@
+"""Every protocol and queue limit, named once, each with the reason for its value.
+
+Both the compiled modules and their pure-Python twins read these, so the two can
+never disagree about what is "too big".
+"""
+
+from __future__ import annotations
+
+#: Wire format version carried in the first byte of every frame.
+PROTOCOL_VERSION = 1
+
+#: Bytes in front of every frame: version (u8) + message count (u16 LE).
+FRAME_HEADER_SIZE = 3
+
+#: Bytes in front of every message: kind, event-type id, target length, id length
+#: (u8 each) + payload length (u32 LE).
+MESSAGE_HEADER_SIZE = 8
+
+#: Largest frame we accept or build.  Bounds the memory one peer can make us hold
+#: for a single frame; 16 MiB is far above any batch the sender builds (see below).
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+#: Most messages in one frame.  Keeps one frame's decode from monopolising the loop
+#: and bounds the list the decoder allocates; senders flush before reaching it.
+MAX_MESSAGES_PER_FRAME = 4096
+
+#: Largest single message payload.  Larger user data is refused at send time with a
+#: clear error instead of producing a frame every peer would reject.
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+#: Target ids and message ids are length-prefixed with one byte.
+MAX_ID_SIZE = 255
+
+#: A sender flushes a batch once it holds this many bytes, even mid-iteration, so
+#: a burst never builds a frame close to MAX_FRAME_SIZE.
+FLUSH_THRESHOLD_BYTES = 256 * 1024
+
+#: Default ring-buffer capacity (power of two): 64 Ki references = 512 KiB of slots.
+DEFAULT_RING_CAPACITY = 1 << 16
+
+#: Event ids remembered for de-duplication across routes; a relayed or dual-route
+#: copy arrives within far fewer events than this.
+DEDUPE_WINDOW = 1 << 16

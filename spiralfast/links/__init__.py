@@ -1,0 +1,1 @@
+"""Transports: they only move frames between the network and the codec."""

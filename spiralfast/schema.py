@@ -1,0 +1,143 @@
+"""Wire message schemas (msgspec Structs) and the message-kind registry.
+
+The frame header's ``kind`` byte is the union tag: it selects the Struct type a
+payload decodes to, so a node can filter by kind without touching the payload.
+Hot structs are ``array_like`` (no field names on the wire) and ``gc=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# -- message kinds (frame header byte) -----------------------------------------
+KIND_HELLO = 1  # handshake opener: identity, mesh name, nonce
+KIND_AUTH = 2  # handshake proof over both nonces
+KIND_EVENT = 3  # MeshCore.broadcast_event / send_to_node
+KIND_BUS_EVENT = 4  # EventBus.publish on a mesh-bound bus
+KIND_HEARTBEAT = 5
+KIND_LEAVE = 6
+KIND_GOSSIP = 7  # the nodes (and endpoints) a node knows
+KIND_STATE_DELTA = 8
+KIND_STATE_DIGEST = 9
+KIND_STATE_REQUEST = 10
+KIND_QUERY = 11  # observer (CLI/dashboard) request
+KIND_REPLY = 12
+KIND_REJECT = 13  # handshake refused, with a reason
+
+
+class Hello(msgspec.Struct, array_like=True, gc=False):
+    node_id: str
+    mesh_name: str
+    protocol: int
+    nonce: bytes
+    role: str = "node"  # "node" or "observer" (CLI, dashboard: never a mesh member)
+    node: dict[str, Any] | None = None  # MeshNode.to_dict() of a "node"
+
+
+class Auth(msgspec.Struct, array_like=True, gc=False):
+    proof: bytes
+
+
+class Reject(msgspec.Struct, array_like=True, gc=False):
+    reason: str
+
+
+class Event(msgspec.Struct, array_like=True, gc=False):
+    event_id: str
+    event_type: str
+    source_node: str
+    timestamp: float  # seconds since the epoch (UTC)
+    data: Any = None
+    target_node: str | None = None
+    priority: int = 5
+    ttl: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Heartbeat(msgspec.Struct, array_like=True, gc=False):
+    node_id: str
+    status: str
+    recursion_depth: int
+    entropy_level: float
+    sent_at: float
+
+
+class Leave(msgspec.Struct, array_like=True, gc=False):
+    node_id: str
+    reason: str = "stop"
+
+
+class Gossip(msgspec.Struct, array_like=True, gc=False):
+    nodes: list[dict[str, Any]]
+
+
+class StateEntry(msgspec.Struct, array_like=True, gc=False):
+    category: str
+    key: str
+    value: Any
+    hlc: int  # hybrid logical clock: (wall ms << 16) | logical counter
+    node: str  # writer, the tie-break
+    version: int
+    deleted: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+class StateDelta(msgspec.Struct, array_like=True, gc=False):
+    entries: list[StateEntry]
+
+
+class StateDigest(msgspec.Struct, array_like=True, gc=False):
+    digests: dict[str, str]  # category -> hash of (key, hlc, node, deleted)
+    reply: bool = True
+
+
+class StateRequest(msgspec.Struct, array_like=True, gc=False):
+    categories: dict[str, dict[str, list[Any]]]  # category -> {key: [hlc, node]} known
+
+
+class Query(msgspec.Struct, array_like=True, gc=False):
+    qid: int
+    what: str
+    args: dict[str, Any] = {}
+
+
+class Reply(msgspec.Struct, array_like=True, gc=False):
+    qid: int
+    ok: bool
+    data: Any = None
+
+
+KIND_TYPES: dict[int, type[msgspec.Struct]] = {
+    KIND_HELLO: Hello,
+    KIND_AUTH: Auth,
+    KIND_EVENT: Event,
+    KIND_BUS_EVENT: Event,
+    KIND_HEARTBEAT: Heartbeat,
+    KIND_LEAVE: Leave,
+    KIND_GOSSIP: Gossip,
+    KIND_STATE_DELTA: StateDelta,
+    KIND_STATE_DIGEST: StateDigest,
+    KIND_STATE_REQUEST: StateRequest,
+    KIND_QUERY: Query,
+    KIND_REPLY: Reply,
+    KIND_REJECT: Reject,
+}
+
+#: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").
+EVENT_TYPE_IDS: dict[str, int] = {
+    name: i + 1
+    for i, name in enumerate(
+        [
+            "node_register", "node_unregister", "heartbeat", "node_status_change",
+            "agent_spawn", "agent_terminate", "agent_message", "agent_state_change",
+            "ritual_start", "ritual_end", "ritual_cycle", "ritual_recursion",
+            "system_alert", "system_metric", "system_error", "custom",
+        ]
+    )
+}
+
+
+def event_type_id(event_type: str) -> int:
+    return EVENT_TYPE_IDS.get(event_type, 0)

@@ -1,0 +1,31 @@
+"""The compiled modules really load in the compiled run; the twin loads on request."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from spiralfast import codec, ring
+from spiralfast._native import PUREPYTHON_REQUESTED
+
+
+def test_selected_implementation_matches_the_switch() -> None:
+    if PUREPYTHON_REQUESTED:
+        assert codec.COMPILED is False
+        assert ring.COMPILED is False
+    else:
+        assert codec.COMPILED is True, "compiled codec did not load (extension not built?)"
+        assert ring.COMPILED is True, "compiled ring did not load (extension not built?)"
+        from spiralfast.links import ws
+
+        assert ws.LISTENER_COMPILED is True, "compiled picows listener did not load"
+
+
+def test_purepython_switch_forces_the_twin() -> None:
+    env = dict(os.environ, SPIRALFAST_PUREPYTHON="1")
+    out = subprocess.run(
+        [sys.executable, "-c", "from spiralfast import codec, ring; print(codec.COMPILED, ring.COMPILED)"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.split() == ["False", "False"]
