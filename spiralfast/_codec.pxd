@@ -14,10 +14,10 @@ cdef class FrameWriter:
     cdef Py_ssize_t _count
     cdef object _encode_into
 
-    cdef Py_ssize_t _begin(self, int kind, int etype, bytes target, bytes msg_id) except -1
+    cdef Py_ssize_t _begin(self, int kind, int etype, object target, object msg_id) except -1
     cdef int _end(self, Py_ssize_t start, Py_ssize_t payload_start) except -1
-    cpdef add(self, int kind, int etype, bytes target, bytes msg_id, object obj)
-    cpdef add_raw(self, int kind, int etype, bytes target, bytes msg_id, object payload)
+    cpdef add(self, int kind, int etype, object target, object msg_id, object obj)
+    cpdef add_raw(self, int kind, int etype, object target, object msg_id, object payload)
     cpdef bytes finish(self)
     cpdef clear(self)
 

@@ -7,10 +7,12 @@ See ``spiralfast/_codec_py.py`` for the frame layout.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 import msgspec
+cimport cython
 
 from spiralfast.errors import FrameError
 from spiralfast import limits as _limits
@@ -37,6 +39,10 @@ cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
     return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
+# Fields are bytes and ints only, so a Message can never be part of a cycle:
+# skipping GC tracking and reusing freed objects makes decode allocation cheap.
+@cython.no_gc
+@cython.freelist(512)
 cdef class Message:
     """One message of a frame: routing header plus the still-encoded payload."""
 
@@ -99,15 +105,26 @@ cdef class FrameWriter:
     def full(self):
         return self._count >= MAX_MESSAGES_PER_FRAME
 
-    cdef Py_ssize_t _begin(self, int kind, int etype, bytes target, bytes msg_id) except -1:
+    cdef Py_ssize_t _begin(self, int kind, int etype, object target, object msg_id) except -1:
         cdef Py_ssize_t tlen, ilen, start
         cdef char* p
+        cdef const char* tptr
+        cdef const char* iptr
         if self._count >= MAX_MESSAGES_PER_FRAME:
             raise FrameError(f"a frame holds at most {MAX_MESSAGES_PER_FRAME} messages")
         if not 0 <= kind <= 255 or not 0 <= etype <= 255:
             raise FrameError(f"kind and etype must fit in a byte (got {kind}, {etype})")
-        tlen = len(target)
-        ilen = len(msg_id)
+        # str ids are read through their cached UTF-8 form: no temporary bytes.
+        if isinstance(target, str):
+            tptr = PyUnicode_AsUTF8AndSize(target, &tlen)
+        else:
+            tptr = <bytes>target
+            tlen = len(<bytes>target)
+        if isinstance(msg_id, str):
+            iptr = PyUnicode_AsUTF8AndSize(msg_id, &ilen)
+        else:
+            iptr = <bytes>msg_id
+            ilen = len(<bytes>msg_id)
         if tlen > MAX_ID_SIZE or ilen > MAX_ID_SIZE:
             raise FrameError(f"target and message id are limited to {MAX_ID_SIZE} bytes")
         start = PyByteArray_GET_SIZE(self._buf)
@@ -119,9 +136,9 @@ cdef class FrameWriter:
         p[3] = <char>ilen
         _put_u32(p + 4, 0)
         if tlen:
-            memcpy(p + MESSAGE_HEADER_SIZE, <char*>target, tlen)
+            memcpy(p + MESSAGE_HEADER_SIZE, tptr, tlen)
         if ilen:
-            memcpy(p + MESSAGE_HEADER_SIZE + tlen, <char*>msg_id, ilen)
+            memcpy(p + MESSAGE_HEADER_SIZE + tlen, iptr, ilen)
         return start
 
     cdef int _end(self, Py_ssize_t start, Py_ssize_t payload_start) except -1:
@@ -134,7 +151,7 @@ cdef class FrameWriter:
         self._count += 1
         return 0
 
-    cpdef add(self, int kind, int etype, bytes target, bytes msg_id, object obj):
+    cpdef add(self, int kind, int etype, object target, object msg_id, object obj):
         """Append a message whose payload is ``obj`` encoded by the writer's encoder."""
         cdef Py_ssize_t start = self._begin(kind, etype, target, msg_id)
         cdef Py_ssize_t payload_start = PyByteArray_GET_SIZE(self._buf)
@@ -145,7 +162,7 @@ cdef class FrameWriter:
             raise
         self._end(start, payload_start)
 
-    cpdef add_raw(self, int kind, int etype, bytes target, bytes msg_id, object payload):
+    cpdef add_raw(self, int kind, int etype, object target, object msg_id, object payload):
         """Append a message whose payload is already encoded (forwarding)."""
         cdef Py_ssize_t start = self._begin(kind, etype, target, msg_id)
         cdef Py_ssize_t payload_start = PyByteArray_GET_SIZE(self._buf)

@@ -96,7 +96,11 @@ class FrameWriter:
     def full(self) -> bool:
         return self._count >= MAX_MESSAGES_PER_FRAME
 
-    def _begin(self, kind: int, etype: int, target: bytes, msg_id: bytes) -> int:
+    def _begin(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str) -> int:
+        if isinstance(target, str):
+            target = target.encode()
+        if isinstance(msg_id, str):
+            msg_id = msg_id.encode()
         if self._count >= MAX_MESSAGES_PER_FRAME:
             raise FrameError(f"a frame holds at most {MAX_MESSAGES_PER_FRAME} messages")
         _check_header(kind, etype, target, msg_id)
@@ -116,7 +120,7 @@ class FrameWriter:
         struct.pack_into("<I", buf, start + 4, plen)
         self._count += 1
 
-    def add(self, kind: int, etype: int, target: bytes, msg_id: bytes, obj: Any) -> None:
+    def add(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str, obj: Any) -> None:
         """Append a message whose payload is ``obj`` encoded by the writer's encoder."""
         start = self._begin(kind, etype, target, msg_id)
         buf = self._buf
@@ -128,7 +132,7 @@ class FrameWriter:
             raise
         self._end(start, payload_start)
 
-    def add_raw(self, kind: int, etype: int, target: bytes, msg_id: bytes, payload: Any) -> None:
+    def add_raw(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str, payload: Any) -> None:
         """Append a message whose payload is already encoded (forwarding)."""
         start = self._begin(kind, etype, target, msg_id)
         buf = self._buf

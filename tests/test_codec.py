@@ -196,3 +196,11 @@ def test_every_kind_has_a_schema() -> None:
     kinds = {v for k, v in vars(schema).items() if k.startswith("KIND_") and isinstance(v, int)}
     assert kinds == set(schema.KIND_TYPES)
     assert time.time() > 0
+
+
+def test_str_ids_encode_like_their_utf8_bytes(codec_impl: Any) -> None:
+    a = codec_impl.FrameWriter()
+    a.add_raw(1, 2, "nödé", "id-ü", b"p")
+    b = codec_impl.FrameWriter()
+    b.add_raw(1, 2, "nödé".encode(), "id-ü".encode(), b"p")
+    assert a.finish() == b.finish()

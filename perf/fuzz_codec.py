@@ -1,0 +1,85 @@
+"""Feed mutated frames to the compiled decoder; report escapes, crashes and RSS growth.
+
+Usage: python perf/fuzz_codec.py [COUNT] [SEED]      (default 1,000,000; not run in CI)
+A crash kills the process (non-zero exit); an exception other than FrameError is
+counted as an escape and printed.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+import time
+
+from spiralfast import _codec as impl  # the compiled decoder, on purpose
+from spiralfast.errors import FrameError
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def seeds(rng: random.Random) -> list[bytes]:
+    out = []
+    for n in (1, 2, 5, 17, 64):
+        msgs = [
+            (rng.randrange(256), rng.randrange(256), rng.randbytes(rng.randrange(40)),
+             rng.randbytes(rng.randrange(40)), rng.randbytes(rng.randrange(300)))
+            for _ in range(n)
+        ]
+        out.append(impl.encode_batch(msgs))
+    return out
+
+
+def mutate(rng: random.Random, frame: bytes) -> bytes:
+    b = bytearray(frame)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(6)
+        pos = rng.randrange(len(b)) if b else 0
+        if op == 0 and b:
+            b[pos] = rng.randrange(256)
+        elif op == 1 and b:
+            b[pos] ^= 1 << rng.randrange(8)
+        elif op == 2:
+            del b[pos:pos + rng.randint(1, 16)]
+        elif op == 3:
+            b[pos:pos] = rng.randbytes(rng.randint(1, 16))
+        elif op == 4 and len(b) > 8:
+            # Write an extreme length into a header-like position.
+            b[pos:pos + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x80", b"\xff\xff\x00\x00"])
+        else:
+            del b[pos:]
+    return bytes(b)
+
+
+def main() -> int:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    rng = random.Random(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    pool = seeds(rng)
+    ok = errors = escapes = 0
+    start = time.perf_counter()
+    rss_start = None
+    for i in range(count):
+        frame = mutate(rng, rng.choice(pool))
+        try:
+            impl.decode_frame(frame)
+            ok += 1
+        except FrameError:
+            errors += 1
+        except Exception as exc:  # noqa: BLE001 - counting escapes is the point
+            escapes += 1
+            if escapes <= 10:
+                print(f"ESCAPE {type(exc).__name__}: {exc} frame={frame[:64].hex()}")
+        if i == 10_000:
+            rss_start = rss_mib()
+    elapsed = time.perf_counter() - start
+    print(
+        f"frames={count} decoded_ok={ok} frame_errors={errors} escaped={escapes} crashes=0 "
+        f"rss_after_10k={rss_start:.1f}MiB rss_end={rss_mib():.1f}MiB elapsed={elapsed:.1f}s"
+    )
+    return 1 if escapes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""In-process link: several MeshCores in one process form a mesh.
+
+Frames still go through the codec (and the handshake), so an in-process mesh
+behaves like a networked one; delivery is one ``call_soon`` per frame, which
+keeps order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..core import MeshCore
+
+_ids = itertools.count(1)
+
+
+class LoopbackLink:
+    transport = "loopback"
+
+    def __init__(self, owner: MeshCore) -> None:
+        self.owner = owner
+        self.peer: LoopbackLink | None = None
+        self.peer_id: str | None = None
+        self.errors = 0
+        self.closed = False
+        self.name = f"loopback-{next(_ids)}"
+        self.frames_out = 0
+        self.bytes_out = 0
+
+    def send_frame(self, frame: bytes) -> bool:
+        peer = self.peer
+        if self.closed or peer is None or peer.closed:
+            return False
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+        asyncio.get_running_loop().call_soon(peer._receive, frame)
+        return True
+
+    def _receive(self, frame: bytes) -> None:
+        if not self.closed:
+            self.owner.router.on_frame(self, frame)
+
+    def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.owner.link_down(self)
+        if self.peer is not None:
+            self.peer.close(reason)
+
+    def info(self) -> dict[str, Any]:
+        return {"state": "closed" if self.closed else "open", "frames_out": self.frames_out, "bytes_out": self.bytes_out}
+
+
+class LoopbackHub:
+    """Joins the MeshCores given to it (``MeshCore(config, loopback=hub)``) into one mesh."""
+
+    def __init__(self) -> None:
+        self.cores: list[MeshCore] = []
+
+    def attach(self, core: MeshCore) -> None:
+        for other in self.cores:
+            a, b = LoopbackLink(core), LoopbackLink(other)
+            a.peer, b.peer = b, a
+            core.link_up(a, outbound=True)
+            other.link_up(b, outbound=False)
+        self.cores.append(core)
+
+    def detach(self, core: MeshCore) -> None:
+        if core in self.cores:
+            self.cores.remove(core)
+        for link in [lk for lk in list(core.sessions) if isinstance(lk, LoopbackLink)]:
+            # Let the Leave already queued reach the peers before the links close.
+            asyncio.get_running_loop().call_soon(link.close, "stopped")

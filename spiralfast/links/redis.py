@@ -1,0 +1,356 @@
+"""Redis transport: frames over pub/sub, published in one pipeline per loop tick.
+
+Channels (``C`` = ``ritual_channel``):
+- ``C:sf``: spiralfast broadcast frames (heartbeats, events, state, gossip);
+- ``C:sf:<node_id>``: spiralfast frames for one node;
+- ``C`` and ``node_<id>``: the old JSON envelope, for ``spiralcodex.mesh`` nodes.
+
+Every Redis payload on the ``:sf`` channels is ``len(u8) + sender id + frame`` so a
+node drops its own echoes.  JSON that spiralfast itself publishes carries
+``"_sf": 1`` so other spiralfast nodes (which get the frame) ignore the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import schema
+from .._log import RateLimitedLog
+from ..codec import decode_frame, decode_payload
+from ..errors import FrameError
+
+if TYPE_CHECKING:
+    from ..core import MeshCore
+
+log = logging.getLogger("spiralfast.redis")
+
+#: Frames held while Redis is away; beyond it the oldest are dropped (counted).
+MAX_PENDING_FRAMES = 10_000
+#: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
+MAX_INFLIGHT_PIPELINES = 4
+CONNECT_TIMEOUT = 2.0
+RECONNECT_MAX = 5.0
+
+
+class _RedisSession:
+    """Stands in for a handshake session: Redis peers are trusted by channel."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link
+        self.state = "ready"
+        self.role = "node"
+        self.peer_id: str | None = None
+        self.outbound = False
+
+    def close(self) -> None:
+        pass
+
+
+class RedisTransport:
+    transport = "redis"
+
+    def __init__(self, core: MeshCore) -> None:
+        self.core = core
+        cfg = core.config
+        self.channel = cfg.ritual_channel
+        self.sf_channel = f"{cfg.ritual_channel}:sf"
+        self.my_channel = f"{cfg.ritual_channel}:sf:{core.node_id}"
+        self.legacy_direct = f"node_{core.node_id}"
+        self.prefix = bytes([len(core.node_id.encode())]) + core.node_id.encode()
+        self.client: Any = None
+        self.pubsub: Any = None
+        self.connected = False
+        self.peer_id: str | None = None
+        self.errors = 0
+        self.name = "redis"
+        self.pending: list[tuple[str, bytes]] = []
+        self.legacy_nodes: set[str] = set()
+        self.sf_nodes: set[str] = set()
+        self._flush_scheduled = False
+        self._sem = asyncio.Semaphore(MAX_INFLIGHT_PIPELINES)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.errlog = RateLimitedLog(log)
+        self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "dropped": 0, "reconnects": 0}
+        self.session = _RedisSession(self)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> bool:
+        import redis.asyncio as aioredis
+
+        cfg = self.core.config
+        try:
+            self.client = aioredis.from_url(
+                cfg.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None,
+                health_check_interval=0,
+            )
+            await asyncio.wait_for(self.client.ping(), CONNECT_TIMEOUT)
+        except Exception as exc:
+            log.warning("Redis at %s unreachable (%s); running without Redis", cfg.redis_url, exc)
+            if self.client is not None:
+                try:
+                    await self.client.aclose()
+                except Exception:
+                    pass
+            return False
+        self.connected = True
+        self.core.sessions[self] = self.session  # type: ignore[assignment]
+        self.core.router.extra_links.append(self)
+        self._tasks.append(asyncio.ensure_future(self._reader()))
+        return True
+
+    async def stop(self) -> None:
+        await self._flush_now()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self in self.core.router.extra_links:
+            self.core.router.extra_links.remove(self)
+        self.core.sessions.pop(self, None)  # type: ignore[call-overload]
+        try:
+            if self.pubsub is not None:
+                await self.pubsub.aclose()
+            await self.client.aclose()
+        except Exception:
+            pass
+        self.connected = False
+
+    def close(self, reason: str = "") -> None:
+        self.errlog("close", logging.WARNING, "ignoring request to close the Redis link: %s", reason)
+        self.errors = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"state": "open" if self.connected else "down", **self.stats}
+
+    # -- sending -------------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        self._queue(self.sf_channel, self.prefix + frame)
+        return True
+
+    def _queue(self, channel: str, payload: bytes) -> None:
+        if len(self.pending) >= MAX_PENDING_FRAMES:
+            del self.pending[0]
+            self.stats["dropped"] += 1
+        self.pending.append((channel, payload))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        self._flush_scheduled = False
+        if self.pending:
+            t = asyncio.ensure_future(self._flush_now())
+            self._tasks.append(t)
+            t.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _flush_now(self) -> None:
+        if not self.pending or self.client is None:
+            return
+        async with self._sem:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for ch, payload in batch:
+                    pipe.publish(ch, payload)
+                await pipe.execute()
+                self.stats["pipelines"] += 1
+                self.stats["published"] += len(batch)
+            except Exception as exc:
+                self.errlog("publish", logging.WARNING, "Redis publish failed (%s); will retry", exc)
+                self.pending[:0] = batch[-MAX_PENDING_FRAMES:]
+                await asyncio.sleep(0.2)
+                if self.pending and not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._spawn_flush)
+
+    def announce(self) -> None:
+        rec = self.core._local_node_record()
+        w_frame = self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec]))
+        self._queue(self.sf_channel, self.prefix + w_frame)
+        if self.core.config.interop:
+            self._legacy_publish(self.channel, "node_register", rec)
+
+    def heartbeat(self) -> None:
+        if self.core.config.interop:
+            ln = self.core.local_node
+            self._legacy_publish(
+                self.channel, "heartbeat",
+                {"node_id": self.core.node_id, "status": ln.status.value,
+                 "recursion_depth": ln.recursion_depth, "entropy_level": ln.entropy_level},
+            )
+        # Nodes that share only Redis learn our record from this.
+        rec = self.core._local_node_record()
+        self._queue(self.sf_channel, self.prefix + self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec])))
+
+    async def announce_leave(self) -> None:
+        if self.core.config.interop:
+            self._legacy_publish(self.channel, "node_unregister", {"node_id": self.core.node_id})
+        await self._flush_now()
+
+    def mark_dirty(self) -> None:
+        pass
+
+    def _single_frame(self, kind: int, obj: Any) -> bytes:
+        from ..codec import FrameWriter
+
+        w = FrameWriter()
+        w.add(kind, 0, b"", b"", obj)
+        return bytes(w.finish())
+
+    def _legacy_publish(self, channel: str, etype: str, data: Any, target: str | None = None,
+                        event_id: str | None = None) -> None:
+        env: dict[str, Any] = {
+            "type": etype, "source_node": self.core.node_id,
+            "timestamp": datetime.now().isoformat(), "data": data, "_sf": 1,
+        }
+        if target is not None:
+            env["target_node"] = target
+        if event_id is not None:
+            env["event_id"] = event_id
+        self._queue(channel, orjson.dumps(env, default=str))
+
+    def legacy_broadcast(self, ev: schema.Event) -> None:
+        if self.core.config.interop:
+            self._legacy_publish(self.channel, ev.event_type, ev.data, event_id=ev.event_id)
+
+    def is_legacy(self, node_id: str) -> bool:
+        return node_id in self.legacy_nodes and node_id not in self.sf_nodes
+
+    async def send_legacy(self, node_id: str, env: dict[str, Any]) -> None:
+        env = dict(env)
+        env["_sf"] = 1
+        self._queue(f"node_{node_id}", orjson.dumps(env, default=str))
+
+    # -- receiving -----------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                chans = [self.sf_channel, self.my_channel]
+                if self.core.config.interop:
+                    chans += [self.channel, self.legacy_direct]
+                await self.pubsub.subscribe(*chans)
+                if not self.connected:
+                    self.stats["reconnects"] += 1
+                    log.info("Redis reconnected")
+                self.connected = True
+                delay = 0.1
+                async for msg in self.pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    self._on_message(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("Redis connection lost (%s); reconnecting", exc)
+                self.connected = False
+                try:
+                    await self.pubsub.aclose()
+                except Exception:
+                    pass
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, RECONNECT_MAX)
+
+    def _on_message(self, channel: Any, data: Any) -> None:
+        self.stats["received"] += 1
+        ch = channel.decode() if isinstance(channel, bytes) else channel
+        if ch in (self.sf_channel, self.my_channel):
+            self._on_frame(data)
+        else:
+            self._on_legacy(data)
+
+    def _on_frame(self, data: bytes) -> None:
+        if not data:
+            return self._bad("empty frame")
+        n = data[0]
+        sender = data[1 : 1 + n]
+        if sender == self.prefix[1:]:
+            return  # our own echo
+        try:
+            sender_id = sender.decode()
+        except UnicodeDecodeError:
+            return self._bad("bad sender id")
+        self.sf_nodes.add(sender_id)
+        core = self.core
+        try:
+            msgs = decode_frame(memoryview(data)[1 + n :])
+        except FrameError as exc:
+            return self._bad(str(exc))
+        for m in msgs:
+            if m.target and m.target != core.router._node_id_b:
+                continue
+            if m.msg_id and not core.router.dedupe.first_time(m.msg_id):
+                core.router.stats["duplicates"] += 1
+                continue
+            try:
+                obj = decode_payload(m.kind, m.payload)
+            except FrameError as exc:
+                self._bad(str(exc))
+                continue
+            if m.kind == schema.KIND_GOSSIP:
+                for rec in obj.nodes:
+                    if isinstance(rec, dict):
+                        core._node_seen(rec)
+            elif m.kind in (schema.KIND_HELLO, schema.KIND_AUTH, schema.KIND_REJECT, schema.KIND_QUERY):
+                continue
+            core._deliver(self, m.kind, m, obj)
+
+    def _on_legacy(self, data: bytes) -> None:
+        try:
+            env = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self._bad("non-JSON message on the legacy channel")
+        if not isinstance(env, dict) or not isinstance(env.get("type"), str) or not isinstance(
+            env.get("source_node"), str
+        ):
+            return self._bad("legacy message without type/source_node")
+        if env.get("_sf") or env["source_node"] == self.core.node_id:
+            return
+        src = env["source_node"]
+        core = self.core
+        eid = env.get("event_id")
+        if isinstance(eid, str) and not core.router.dedupe.first_time(eid.encode()):
+            return
+        self.legacy_nodes.add(src)
+        etype = env["type"]
+        data_ = env.get("data")
+        if etype == "node_register" and isinstance(data_, dict):
+            rec = dict(data_)
+            rec.setdefault("node_id", src)
+            core._node_seen(rec)
+        elif etype == "heartbeat":
+            core._on_heartbeat(
+                schema.Heartbeat(src, str((data_ or {}).get("status", "active")),
+                                 int((data_ or {}).get("recursion_depth", 0)),
+                                 float((data_ or {}).get("entropy_level", 0.0)), 0.0)
+            ) if isinstance(data_, dict) else core._node_seen({"node_id": src})
+        elif etype == "node_unregister":
+            core.node_lost(src, "left")
+            self.legacy_nodes.discard(src)
+            return
+        else:
+            if src not in core.nodes:
+                core._node_seen({"node_id": src, "name": "codex_node_" + src[:8]})
+        if not isinstance(env.get("timestamp"), str):
+            env["timestamp"] = datetime.now().isoformat()
+        core.deliver_envelope(env)
+
+    def _bad(self, why: str) -> None:
+        self.stats["bad"] += 1
+        self.errlog("bad", logging.WARNING, "ignoring malformed Redis message: %s", why)

@@ -1,0 +1,31 @@
+"""``spiralfast.mesh``: the same names as ``spiralcodex.mesh`` (and ``spiralfast``)."""
+
+from .bus import EventBus
+from .config import MeshConfig
+from .core import MeshCore
+from .registry import MeshRegistry
+from .sync import StateSynchronizer
+from .types import (
+    EventType,
+    MeshNode,
+    NodeCapability,
+    NodeStatus,
+    RitualEvent,
+    StateSnapshot,
+    SyncState,
+)
+
+__all__ = [
+    "EventBus",
+    "EventType",
+    "MeshConfig",
+    "MeshCore",
+    "MeshNode",
+    "MeshRegistry",
+    "NodeCapability",
+    "NodeStatus",
+    "RitualEvent",
+    "StateSnapshot",
+    "StateSynchronizer",
+    "SyncState",
+]

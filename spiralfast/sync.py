@@ -1,0 +1,378 @@
+"""StateSynchronizer: a last-writer-wins map per category, ordered by a hybrid
+logical clock (HLC) with the writer's node id as tie-break.
+
+Locally it is the old key/value API.  Bound to a started ``MeshCore`` it ships
+every change of a shared category as a delta (batched per loop iteration by the
+router) and runs anti-entropy every ``sync_interval``: nodes swap one digest per
+category and repair only categories whose digests differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .schema import StateEntry
+from .types import StateSnapshot, SyncState
+
+if TYPE_CHECKING:
+    from .core import MeshCore
+
+log = logging.getLogger("spiralfast.sync")
+
+DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
+_LOGICAL_BITS = 16
+_MASK64 = (1 << 64) - 1
+
+
+def hlc_wall(hlc: int) -> float:
+    """Seconds since the epoch encoded in an HLC value."""
+    return (hlc >> _LOGICAL_BITS) / 1000.0
+
+
+class HybridClock:
+    """Hybrid logical clock: ``(wall ms << 16) | counter``; never goes backwards."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def now(self) -> int:
+        pt = int(time.time() * 1000) << _LOGICAL_BITS
+        self.last = pt if pt > self.last else self.last + 1
+        return self.last
+
+    def observe(self, remote: int) -> None:
+        if remote > self.last:
+            self.last = remote
+
+
+def _entry_hash(category: str, key: str, hlc: int, node: str, deleted: bool) -> int:
+    h = hashlib.blake2b(f"{category}\0{key}\0{hlc}\0{node}\0{int(deleted)}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+class StateSynchronizer:
+    """Synchronised key/value state (SPEC.md: StateSynchronizer).
+
+    :param node_id: this node's id (the HLC tie-break).
+    :param mesh_core: the ``MeshCore`` to synchronise through, or None (local only).
+    """
+
+    def __init__(self, node_id: str, mesh_core: MeshCore | None = None) -> None:
+        self.node_id = node_id
+        self.mesh_core = mesh_core
+        self.state_version = 0
+        self.sync_status = SyncState.SYNCED
+        self.node_states: dict[str, dict[str, Any]] = {}
+        self.conflict_resolution_strategy = "latest_wins"
+        self.sync_interval = mesh_core.config.sync_interval if mesh_core is not None else 10.0
+        self.running = False
+        self.sync_task: asyncio.Task[None] | None = None
+        self.sync_categories: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in DEFAULT_CATEGORIES}
+        self.last_sync: datetime | None = None
+        self.clock = HybridClock()
+        # (category, key) -> [hlc, node, deleted, wall-time-of-tombstone]
+        self._clock: dict[tuple[str, str], list[Any]] = {}
+        self._digest: dict[str, int] = {}
+        self.shared: set[str] | None = None
+        self.max_clock_offset = 60.0
+        self.tombstone_ttl = 24 * 3600.0
+        self._emit: Any = None  # set by MeshCore: callable(list[StateEntry]) -> None
+        self.stats = {"applied": 0, "stale": 0, "rejected_clock": 0, "repairs": 0, "tombstones_collected": 0}
+        if mesh_core is not None:
+            cfg = mesh_core.config
+            self.shared = set(cfg.shared_categories) if cfg.shared_categories is not None else None
+            self.max_clock_offset = cfg.max_clock_offset
+            self.tombstone_ttl = cfg.tombstone_ttl
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start periodic anti-entropy.  Idempotent."""
+        if self.running:
+            return
+        self.running = True
+        self.sync_task = asyncio.ensure_future(self._sync_loop())
+
+    async def stop(self) -> None:
+        """Stop periodic anti-entropy.  Idempotent."""
+        if not self.running:
+            return
+        self.running = False
+        task, self.sync_task = self.sync_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _sync_loop(self) -> None:
+        while self.running:
+            await asyncio.sleep(self.sync_interval)
+            try:
+                self.collect_tombstones()
+                core = self.mesh_core
+                if core is not None and core.running:
+                    core._send_state_digest()
+            except Exception:
+                log.exception("anti-entropy round failed")
+
+    def is_shared(self, category: str) -> bool:
+        return self.shared is None or category in self.shared
+
+    # -- local API -----------------------------------------------------------------
+
+    def update_local_state(
+        self, category: str, key: str, value: Any, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Store ``value``; bumps ``state_version`` and marks the state OUT_OF_SYNC."""
+        hlc = self.clock.now()
+        self.state_version += 1
+        entry = StateEntry(category, key, value, hlc, self.node_id, self.state_version, False, metadata or {})
+        self._store(entry)
+        self.sync_status = SyncState.OUT_OF_SYNC
+        self._ship(entry)
+
+    def delete_local_state(self, category: str, key: str) -> bool:
+        """Delete a key; the delete travels as a tombstone.  False if the key is absent."""
+        cat = self.sync_categories.get(category)
+        if cat is None or key not in cat:
+            return False
+        hlc = self.clock.now()
+        self.state_version += 1
+        entry = StateEntry(category, key, None, hlc, self.node_id, self.state_version, True, None)
+        self._store(entry)
+        self.sync_status = SyncState.OUT_OF_SYNC
+        self._ship(entry)
+        return True
+
+    def get_local_state(self, category: str | None = None, key: str | None = None) -> Any:
+        if category is None:
+            return {c: dict(entries) for c, entries in self.sync_categories.items()}
+        cat = self.sync_categories.get(category)
+        if cat is None:
+            return None
+        if key is None:
+            return dict(cat)
+        entry = cat.get(key)
+        return entry["value"] if entry is not None else None
+
+    # -- merge ---------------------------------------------------------------------
+
+    def _wins(self, entry: StateEntry, current: list[Any] | None) -> bool:
+        if current is None:
+            return True
+        if self.conflict_resolution_strategy == "highest_version":
+            cur_version = current[4]
+            if entry.version != cur_version:
+                return entry.version > cur_version
+        return (entry.hlc, entry.node) > (current[0], current[1])
+
+    def _store(self, entry: StateEntry) -> None:
+        ck = (entry.category, entry.key)
+        old = self._clock.get(ck)
+        d = self._digest.get(entry.category, 0)
+        if old is not None:
+            d ^= _entry_hash(entry.category, entry.key, old[0], old[1], old[2])
+        d ^= _entry_hash(entry.category, entry.key, entry.hlc, entry.node, entry.deleted)
+        self._digest[entry.category] = d
+        self._clock[ck] = [entry.hlc, entry.node, entry.deleted, time.time(), entry.version]
+        cat = self.sync_categories.setdefault(entry.category, {})
+        if entry.deleted:
+            cat.pop(entry.key, None)
+        else:
+            cat[entry.key] = {
+                "value": entry.value,
+                "timestamp": datetime.fromtimestamp(hlc_wall(entry.hlc)).isoformat(),
+                "version": entry.version,
+                "metadata": entry.metadata or {},
+            }
+
+    def apply_entries(self, entries: list[StateEntry]) -> int:
+        """Merge remote entries (last writer wins); returns how many changed the state."""
+        horizon = (int((time.time() + self.max_clock_offset) * 1000)) << _LOGICAL_BITS
+        changed = 0
+        for e in entries:
+            if not self.is_shared(e.category):
+                continue
+            if e.hlc > horizon:
+                self.stats["rejected_clock"] += 1
+                log.warning("state entry %s/%s from %s is too far in the future; ignored", e.category, e.key, e.node)
+                continue
+            self.clock.observe(e.hlc)
+            if self._wins(e, self._clock.get((e.category, e.key))):
+                self._store(e)
+                changed += 1
+            else:
+                self.stats["stale"] += 1
+        if changed:
+            self.stats["applied"] += changed
+            self.state_version += 1
+        self.last_sync = datetime.now()
+        return changed
+
+    def _ship(self, entry: StateEntry) -> None:
+        if self._emit is not None and self.is_shared(entry.category):
+            self._emit(entry)
+
+    def collect_tombstones(self) -> int:
+        """Forget tombstones older than ``tombstone_ttl``; returns how many."""
+        cutoff = time.time() - self.tombstone_ttl
+        dead = [ck for ck, c in self._clock.items() if c[2] and c[3] < cutoff]
+        for ck in dead:
+            c = self._clock.pop(ck)
+            self._digest[ck[0]] = self._digest.get(ck[0], 0) ^ _entry_hash(ck[0], ck[1], c[0], c[1], True)
+        self.stats["tombstones_collected"] += len(dead)
+        return len(dead)
+
+    # -- anti-entropy helpers (used by MeshCore) -------------------------------------
+
+    def digests(self) -> dict[str, str]:
+        return {
+            c: format(self._digest.get(c, 0) & _MASK64, "x") for c in self.sync_categories if self.is_shared(c)
+        }
+
+    def clocks_for(self, categories: list[str]) -> dict[str, dict[str, list[Any]]]:
+        out: dict[str, dict[str, list[Any]]] = {c: {} for c in categories}
+        for (c, k), v in self._clock.items():
+            if c in out:
+                out[c][k] = [v[0], v[1]]
+        return out
+
+    def entries_newer_than(self, known: dict[str, dict[str, list[Any]]]) -> list[StateEntry]:
+        """Entries (and tombstones) the peer whose clocks are ``known`` lacks or has older."""
+        out: list[StateEntry] = []
+        for c, theirs in known.items():
+            if not self.is_shared(c):
+                continue
+            cat = self.sync_categories.get(c, {})
+            for (cc, k), v in self._clock.items():
+                if cc != c:
+                    continue
+                t = theirs.get(k)
+                if t is None or (v[0], v[1]) > (t[0], t[1]):
+                    e = cat.get(k)
+                    out.append(
+                        StateEntry(c, k, None if v[2] else e["value"] if e else None, v[0], v[1], v[4], v[2],
+                                   None if v[2] or e is None else e.get("metadata"))
+                    )
+        return out
+
+    def all_shared_entries(self) -> list[StateEntry]:
+        return self.entries_newer_than({c: {} for c in self.sync_categories if self.is_shared(c)})
+
+    # -- snapshot API ----------------------------------------------------------------
+
+    def _hash(self, categories: dict[str, Any]) -> str:
+        blob = json.dumps(categories, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    async def create_snapshot(self) -> StateSnapshot:
+        """A copy of the whole state, with its hash and the clocks needed to merge it."""
+        categories = {c: {k: dict(v) for k, v in entries.items()} for c, entries in self.sync_categories.items()}
+        clocks = {f"{c}\0{k}": [v[0], v[1], v[2], v[4]] for (c, k), v in self._clock.items()}
+        return StateSnapshot(
+            node_id=self.node_id,
+            timestamp=datetime.now(),
+            version=self.state_version,
+            state_hash=self._hash(categories),
+            data={"categories": categories, "version": self.state_version, "clocks": clocks},
+            metadata={"conflict_resolution": self.conflict_resolution_strategy, "entries": len(clocks)},
+        )
+
+    async def apply_snapshot(self, snapshot: StateSnapshot) -> bool:
+        """Merge a snapshot (last writer wins per key).  False if it is malformed."""
+        try:
+            categories = snapshot.data["categories"]
+            if self._hash(categories) != snapshot.state_hash:
+                log.warning("snapshot from %s fails its hash check; ignored", snapshot.node_id)
+                return False
+            clocks = snapshot.data.get("clocks") or {}
+            entries: list[StateEntry] = []
+            for c, kv in categories.items():
+                self.sync_categories.setdefault(c, {})
+                for k, v in kv.items():
+                    clk = clocks.get(f"{c}\0{k}")
+                    if clk is not None:
+                        hlc, node, version = int(clk[0]), str(clk[1]), int(clk[3])
+                    else:  # an old-format snapshot: order by its ISO timestamp
+                        wall = datetime.fromisoformat(v["timestamp"]).timestamp()
+                        hlc, node, version = int(wall * 1000) << _LOGICAL_BITS, snapshot.node_id, int(v.get("version", 0))
+                    entries.append(StateEntry(c, k, v["value"], hlc, node, version, False, v.get("metadata") or {}))
+            for ck, clk in clocks.items():
+                if clk[2]:
+                    c, k = ck.split("\0", 1)
+                    entries.append(StateEntry(c, k, None, int(clk[0]), str(clk[1]), int(clk[3]), True, None))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("malformed snapshot from %s; ignored", getattr(snapshot, "node_id", "?"), exc_info=True)
+            return False
+        saved, self.shared = self.shared, None  # a snapshot is applied whole, as asked
+        try:
+            self.apply_entries(entries)
+        finally:
+            self.shared = saved
+        self.node_states[snapshot.node_id] = {
+            "version": snapshot.version,
+            "state_hash": snapshot.state_hash,
+            "timestamp": snapshot.timestamp.isoformat(),
+        }
+        self.sync_status = SyncState.SYNCED
+        self.last_sync = datetime.now()
+        return True
+
+    async def sync_with_node(self, node_id: str) -> bool:
+        """Ask ``node_id`` for its state.  False if there is no mesh or the node is unknown."""
+        core = self.mesh_core
+        if core is None or node_id not in core.nodes or node_id == self.node_id:
+            return False
+        self.sync_status = SyncState.SYNCING
+        return await core.send_to_node(
+            node_id, "state_sync_request", {"requesting_node": self.node_id, "version": self.state_version}
+        )
+
+    async def handle_sync_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer a sync request with a snapshot (sent back when bound to a mesh)."""
+        snap = await self.create_snapshot()
+        response = {"responding_node": self.node_id, "snapshot": snap.to_dict()}
+        requester = request.get("requesting_node") if isinstance(request, dict) else None
+        if self.mesh_core is not None and requester and requester != self.node_id:
+            await self.mesh_core.send_to_node(requester, "state_sync_response", response)
+        return response
+
+    async def handle_sync_response(self, response: dict[str, Any]) -> bool:
+        """Apply the snapshot carried by a sync response."""
+        try:
+            snap = StateSnapshot.from_dict(response.get("snapshot", response))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("malformed sync response ignored")
+            self.sync_status = SyncState.ERROR
+            return False
+        return await self.apply_snapshot(snap)
+
+    # -- introspection -------------------------------------------------------------
+
+    def get_sync_status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "sync_status": self.sync_status.value,
+            "state_version": self.state_version,
+            "categories": list(self.sync_categories),
+            "total_items": sum(len(v) for v in self.sync_categories.values()),
+            "known_nodes": len(self.node_states),
+            "last_sync": self.last_sync.isoformat() if self.last_sync else None,
+            "conflict_resolution": self.conflict_resolution_strategy,
+            "shared_categories": sorted(self.shared) if self.shared is not None else None,
+            "running": self.running,
+            **self.stats,
+        }
+
+    def get_state_summary(self) -> dict[str, dict[str, Any]]:
+        return {c: {"count": len(v), "keys": list(v)[:10]} for c, v in self.sync_categories.items()}
