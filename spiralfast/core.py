@@ -525,6 +525,8 @@ class MeshCore:
             ln.last_heartbeat = datetime.now()
             hb = schema.Heartbeat(self.node_id, ln.status.value, ln.recursion_depth, ln.entropy_level, time.time())
             self.router.broadcast(schema.KIND_HEARTBEAT, 0, b"", hb)
+            if self.router.links:
+                self._send_gossip()
             if self.redis is not None:
                 self.redis.heartbeat()
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))

@@ -166,6 +166,7 @@ class WebSocketTransport:
         self.links: set[WSLink] = set()
         self.dialers: dict[str, asyncio.Task[None]] = {}
         self.expected: dict[str, str] = {}  # url -> node id learnt by gossip
+        self.learned_at: dict[str, float] = {}  # url -> when gossip last named it
         self.slow_drops = 0
         self.errlog = RateLimitedLog(log)
         self._slow_task: asyncio.Task[None] | None = None
@@ -241,6 +242,7 @@ class WebSocketTransport:
             return
         if expected_id is not None:
             self.expected[url] = expected_id
+            self.learned_at[url] = time.monotonic()
         task = self.dialers.get(url)
         if task is not None and not task.done():
             return
@@ -251,6 +253,7 @@ class WebSocketTransport:
         for url, nid in list(self.expected.items()):
             if nid == node_id:
                 del self.expected[url]
+                self.learned_at.pop(url, None)
 
     def _wanted(self, url: str, permanent: bool) -> bool:
         if not self.core.running:
@@ -258,7 +261,12 @@ class WebSocketTransport:
         if permanent:
             return True
         nid = self.expected.get(url)
-        return nid is not None and nid in self.core.nodes
+        if nid is None:
+            return False
+        # Wanted while the node is known, or was named by gossip recently enough
+        # that it may still be alive (failure detection has not ruled it out).
+        window = 3 * self.core.config.heartbeat_interval
+        return nid in self.core.nodes or time.monotonic() - self.learned_at.get(url, 0.0) < window
 
     async def _dial_loop(self, url: str, permanent: bool) -> None:
         delay = BACKOFF_INITIAL

@@ -1,0 +1,386 @@
+"""SPEC.md MeshCore over the in-process link (spiralfast.testing), and local state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from spiralfast import (
+    EventBus,
+    EventType,
+    MeshConfig,
+    MeshCore,
+    MeshNode,
+    MeshRegistry,
+    NodeStatus,
+    StateSnapshot,
+    StateSynchronizer,
+    SyncState,
+)
+from spiralfast.testing import LocalMesh, wait_for
+
+from .conftest import run_on
+
+
+def isolated(**kw: Any) -> MeshConfig:
+    return MeshConfig(enable_redis=False, enable_websocket=False, **kw)
+
+
+def test_attributes_before_start() -> None:
+    core = MeshCore(isolated())
+    assert core.node_id and len(core.node_id) == 36  # uuid4 string
+    assert core.config.node_id is None
+    assert core.nodes == {} and core.event_handlers == {} and core.running is False
+    ln = core.local_node
+    assert ln.name == "codex_node_" + core.node_id[:8] and ln.status == NodeStatus.INITIALIZING
+    assert ln.capabilities == ["ritual_processing", "agent_hosting", "state_sync"]
+    assert (ln.recursion_depth, ln.entropy_level) == (0, 0.0) and "mesh_version" in ln.metadata
+    assert isinstance(core.event_bus, EventBus) and isinstance(core.registry, MeshRegistry)
+    assert isinstance(core.state, StateSynchronizer) and core.state.mesh_core is core
+    assert MeshCore(isolated(node_id="fixed")).node_id == "fixed"
+
+
+def test_start_stop_idempotent_and_status(loop_kind: str) -> None:
+    async def main() -> None:
+        core = MeshCore(isolated())
+        await core.start()
+        await core.start()
+        assert core.running and core.local_node.status == NodeStatus.ACTIVE
+        assert core.nodes[core.node_id] is core.local_node
+        await asyncio.sleep(0.05)
+        st = core.get_mesh_status()
+        for k in ("node_id", "status", "connected_nodes", "total_recursion_depth", "average_entropy",
+                  "uptime", "mesh_name", "nodes"):
+            assert k in st
+        assert st["status"] == "active" and st["connected_nodes"] == 1
+        assert 0.04 < st["uptime"] < 5  # seconds since start
+        assert st["nodes"][0]["node_id"] == core.node_id
+        await core.stop()
+        await core.stop()
+        assert core.running is False and core.local_node.status == NodeStatus.DISCONNECTED
+        assert core.event_bus.running is False and core.state.running is False
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert leftover == []
+
+    run_on(loop_kind, main)
+
+
+def test_unreachable_redis_warns_and_runs(caplog: Any) -> None:
+    async def main() -> MeshCore:
+        core = MeshCore(MeshConfig(enable_websocket=False, redis_url="redis://127.0.0.1:1"))
+        await core.start()
+        assert core.running
+        await core.stop()
+        return core
+
+    with caplog.at_level(logging.WARNING, logger="spiralfast"):
+        core = asyncio.run(main())
+    assert core.config.enable_redis is False
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_busy_port_warns_and_runs(caplog: Any) -> None:
+    async def main() -> tuple[MeshCore, MeshCore]:
+        a = MeshCore(MeshConfig(enable_redis=False, websocket_port=0))
+        await a.start()
+        b = MeshCore(MeshConfig(enable_redis=False, websocket_port=a.config.websocket_port))
+        await b.start()
+        assert b.running
+        await b.stop()
+        await a.stop()
+        return a, b
+
+    with caplog.at_level(logging.WARNING, logger="spiralfast"):
+        a, b = asyncio.run(main())
+    assert b.config.enable_websocket is False and a.config.enable_websocket is True
+    assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_broadcast_reaches_others_not_sender(loop_kind: str) -> None:
+    async def main() -> None:
+        async with LocalMesh(3) as mesh:
+            a, b, c = mesh.nodes
+            got: list[tuple[str, dict[str, Any]]] = []
+            for n in mesh.nodes:
+                n.register_event_handler("ping", lambda env, n=n: got.append((n.node_id, env)))
+            await a.broadcast_event("ping", {"k": 1})
+            await wait_for(lambda: len(got) == 2)
+            await asyncio.sleep(0.02)
+            assert sorted(x for x, _ in got) == ["node-1", "node-2"]
+            env = got[0][1]
+            assert env["type"] == "ping" and env["source_node"] == "node-0" and env["data"] == {"k": 1}
+            datetime.fromisoformat(env["timestamp"])
+            assert "target_node" not in env
+
+    run_on(loop_kind, main)
+
+
+def test_send_to_node_direct_and_unknown(caplog: Any) -> None:
+    async def main() -> None:
+        async with LocalMesh(3) as mesh:
+            a, b, c = mesh.nodes
+            got: list[str] = []
+            for n in mesh.nodes:
+                n.register_event_handler("d", lambda env, n=n: got.append(n.node_id))
+            assert await a.send_to_node("node-2", "d", {"x": 1}) is True
+            await wait_for(lambda: got == ["node-2"])
+            with caplog.at_level(logging.WARNING, logger="spiralfast"):
+                assert await a.send_to_node("ghost", "d", {}) is False
+            assert "ghost" in caplog.text
+            await asyncio.sleep(0.02)
+            assert got == ["node-2"]
+
+    asyncio.run(main())
+
+
+def test_direct_envelope_has_target_and_async_handler_works() -> None:
+    async def main() -> dict[str, Any]:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            box: list[dict[str, Any]] = []
+
+            async def h(env: dict[str, Any]) -> None:
+                await asyncio.sleep(0)
+                box.append(env)
+
+            b.register_event_handler("d", h)
+            await a.send_to_node("node-1", "d", {"x": 1})
+            await wait_for(lambda: box != [])
+            return box[0]
+
+    env = asyncio.run(main())
+    assert env["target_node"] == "node-1" and env["source_node"] == "node-0"
+
+
+def test_failing_handler_does_not_stop_others() -> None:
+    async def main() -> tuple[list[str], int]:
+        async with LocalMesh(3) as mesh:
+            a, b, c = mesh.nodes
+            got: list[str] = []
+            b.register_event_handler("e", lambda env: 1 / 0)
+            b.register_event_handler("e", lambda env: got.append("b"))
+            c.register_event_handler("e", lambda env: got.append("c"))
+            await a.broadcast_event("e", {})
+            await wait_for(lambda: len(got) == 2)
+            return got, b.counters["handler_errors"]
+
+    got, errors = asyncio.run(main())
+    assert sorted(got) == ["b", "c"] and errors == 1
+
+
+def test_remote_nodes_appear_by_themselves_and_leave() -> None:
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            assert set(a.nodes) == {"node-0", "node-1"}
+            rb = a.nodes["node-1"]
+            assert rb.name == "codex_node_node-1" and "state_sync" in rb.capabilities
+            assert a.registry.get_node("node-1") is not None
+            events: list[dict[str, Any]] = []
+            a.register_event_handler("node_unregister", events.append)
+            c = await mesh.add(2)
+            await wait_for(lambda: "node-2" in a.nodes and "node-2" in b.nodes)
+            await c.stop()
+            await wait_for(lambda: "node-2" not in a.nodes and "node-2" not in b.nodes, timeout=2)
+            await wait_for(lambda: any(e["data"]["node_id"] == "node-2" for e in events))
+            assert a.registry.get_node("node-2") is None
+
+    asyncio.run(main())
+
+
+def test_silent_node_removed_after_three_heartbeats() -> None:
+    async def main() -> None:
+        async with LocalMesh(2, heartbeat_interval=0.1) as mesh:
+            a, b = mesh.nodes
+            lost: list[dict[str, Any]] = []
+            a.register_event_handler("node_unregister", lost.append)
+            # Silence b without a leave: cancel its heartbeats and cut the link.
+            for t in b._tasks:
+                t.cancel()
+            link = a.router.links["node-1"]
+            link.closed = True
+            link.peer.closed = True
+            t0 = asyncio.get_running_loop().time()
+            await wait_for(lambda: "node-1" not in a.nodes, timeout=3)
+            elapsed = asyncio.get_running_loop().time() - t0
+            assert 0.2 <= elapsed <= 0.3 + 0.3  # about 3 heartbeat intervals
+            assert lost and lost[0]["data"]["reason"] == "silent"
+
+    asyncio.run(main())
+
+
+def test_heartbeats_refresh_registry() -> None:
+    async def main() -> None:
+        async with LocalMesh(2, heartbeat_interval=0.05) as mesh:
+            a, b = mesh.nodes
+            b.local_node.recursion_depth = 7
+            b.local_node.status = NodeStatus.RITUAL_MODE
+            await wait_for(lambda: a.nodes["node-1"].recursion_depth == 7)
+            assert a.registry.get_node("node-1").status == NodeStatus.RITUAL_MODE  # type: ignore[union-attr]
+            assert a.registry.get_node_metrics("node-1")["heartbeat_count"] >= 1  # type: ignore[index]
+
+    asyncio.run(main())
+
+
+def test_register_and_unregister_node_announce() -> None:
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            seen: list[dict[str, Any]] = []
+            b.register_event_handler("node_register", seen.append)
+            b.register_event_handler("node_unregister", seen.append)
+            ext = MeshNode("ext", "external", NodeStatus.ACTIVE, ["x"], 0, 0.0, datetime.now(), {})
+            await a.register_node(ext)
+            assert a.nodes["ext"] is ext and a.registry.get_node("ext") is ext
+            await a.unregister_node("ext")
+            assert "ext" not in a.nodes
+            await wait_for(lambda: len(seen) == 2)
+            assert seen[0]["data"] == ext.to_dict() and seen[1]["data"] == {"node_id": "ext"}
+
+    asyncio.run(main())
+
+
+def test_mesh_bus_reaches_every_node_and_target() -> None:
+    async def main() -> None:
+        async with LocalMesh(3) as mesh:
+            got: list[tuple[str, Any]] = []
+            for n in mesh.nodes:
+                n.event_bus.subscribe(EventType.AGENT_SPAWN, lambda ev, n=n: got.append((n.node_id, ev)))
+            a = mesh.nodes[0]
+            eid = await a.event_bus.publish(EventType.AGENT_SPAWN, {"a": 1}, priority=6, metadata={"m": 1})
+            await wait_for(lambda: len(got) == 3)
+            assert sorted(x for x, _ in got) == ["node-0", "node-1", "node-2"]
+            assert all(ev.event_id == eid and ev.priority == 6 and ev.metadata == {"m": 1} for _, ev in got)
+            got.clear()
+            await a.event_bus.publish(EventType.AGENT_SPAWN, {}, target_node="node-2")
+            await wait_for(lambda: len(got) == 1)
+            await asyncio.sleep(0.02)
+            assert [x for x, _ in got] == ["node-2"]
+
+    asyncio.run(main())
+
+
+def test_standalone_bus_stays_local_and_nodes_without_hub_are_isolated() -> None:
+    async def main() -> None:
+        a = MeshCore(isolated(node_id="a"))
+        b = MeshCore(isolated(node_id="b"))
+        await a.start()
+        await b.start()
+        got: list[Any] = []
+        b.register_event_handler("x", got.append)
+        await a.broadcast_event("x", {})
+        await asyncio.sleep(0.05)
+        assert got == [] and set(a.nodes) == {"a"}
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+
+
+# -- local state -------------------------------------------------------------------
+
+
+def test_state_defaults_and_local_api() -> None:
+    s = StateSynchronizer("n")
+    assert (s.node_id, s.mesh_core, s.state_version, s.sync_status) == ("n", None, 0, SyncState.SYNCED)
+    assert s.conflict_resolution_strategy == "latest_wins" and s.running is False and s.sync_task is None
+    assert list(s.sync_categories) == ["agents", "rituals", "system", "user_data"]
+    assert s.node_states == {}
+    s.update_local_state("agents", "a1", {"hp": 3}, metadata={"who": "me"})
+    assert s.state_version == 1 and s.sync_status == SyncState.OUT_OF_SYNC
+    e = s.sync_categories["agents"]["a1"]
+    assert set(e) == {"value", "timestamp", "version", "metadata"}
+    assert e["value"] == {"hp": 3} and e["version"] == 1 and e["metadata"] == {"who": "me"}
+    datetime.fromisoformat(e["timestamp"])
+    s.update_local_state("agents", "a1", {"hp": 4})
+    assert s.sync_categories["agents"]["a1"]["version"] == 2
+    assert s.get_local_state("agents", "a1") == {"hp": 4}
+    assert s.get_local_state("agents", "missing") is None
+    assert s.get_local_state("nope") is None
+    assert set(s.get_local_state("agents")) == {"a1"}
+    assert set(s.get_local_state()) == {"agents", "rituals", "system", "user_data"}
+    s.update_local_state("new_cat", "k", 1)
+    assert s.get_local_state("new_cat", "k") == 1
+    assert s.delete_local_state("agents", "a1") is True
+    assert s.get_local_state("agents", "a1") is None and s.state_version == 4
+    assert s.delete_local_state("agents", "a1") is False
+    summary = s.get_state_summary()
+    assert summary["new_cat"] == {"count": 1, "keys": ["k"]}
+    st = s.get_sync_status()
+    for k in ("node_id", "sync_status", "state_version", "categories", "total_items", "known_nodes",
+              "last_sync", "conflict_resolution"):
+        assert k in st
+    assert st["total_items"] == 1 and st["sync_status"] == "out_of_sync"
+
+
+def test_summary_keys_first_ten() -> None:
+    s = StateSynchronizer("n")
+    for i in range(15):
+        s.update_local_state("agents", f"k{i:02}", i)
+    assert s.get_state_summary()["agents"] == {"count": 15, "keys": [f"k{i:02}" for i in range(10)]}
+
+
+def test_snapshot_round_trip_and_apply() -> None:
+    async def main() -> None:
+        a = StateSynchronizer("a")
+        a.update_local_state("agents", "x", 1)
+        a.update_local_state("system", "y", {"z": [1, 2]})
+        snap = await a.create_snapshot()
+        assert isinstance(snap, StateSnapshot) and snap.node_id == "a" and snap.version == 2
+        assert set(snap.data) >= {"categories", "version"} and snap.state_hash
+        again = StateSnapshot.from_dict(snap.to_dict())
+        b = StateSynchronizer("b")
+        assert await b.apply_snapshot(again) is True
+        assert b.get_local_state("system", "y") == {"z": [1, 2]} and b.sync_status == SyncState.SYNCED
+        assert "a" in b.node_states
+        # a newer local write is not overwritten by the older snapshot
+        b.update_local_state("agents", "x", 2)
+        assert await b.apply_snapshot(again) is True
+        assert b.get_local_state("agents", "x") == 2
+        # tampered snapshot refused
+        bad = StateSnapshot.from_dict(snap.to_dict())
+        bad.data["categories"]["agents"]["x"]["value"] = 99
+        assert await b.apply_snapshot(bad) is False
+        resp = await a.handle_sync_request({"requesting_node": "b"})
+        c = StateSynchronizer("c")
+        assert await c.handle_sync_response(resp) is True
+        assert c.get_local_state("agents", "x") == 1
+        assert await c.handle_sync_response({"snapshot": {"junk": 1}}) is False
+        assert await a.sync_with_node("b") is False  # no mesh
+
+    asyncio.run(main())
+
+
+def test_state_sync_start_stop_idempotent() -> None:
+    async def main() -> None:
+        s = StateSynchronizer("n")
+        await s.start()
+        await s.start()
+        assert s.running and s.sync_task is not None
+        await s.stop()
+        await s.stop()
+        assert not s.running
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_state_converges_over_loopback(n: int) -> None:
+    async def main() -> None:
+        async with LocalMesh(n, shared_categories=["agents", "system"]) as mesh:
+            a = mesh.nodes[0]
+            a.state.update_local_state("agents", "k", 1)
+            a.state.update_local_state("user_data", "private", 1)
+            await wait_for(lambda: all(x.state.get_local_state("agents", "k") == 1 for x in mesh.nodes))
+            mesh.nodes[-1].state.update_local_state("agents", "k", 2)
+            await wait_for(lambda: all(x.state.get_local_state("agents", "k") == 2 for x in mesh.nodes))
+            mesh.nodes[1].state.delete_local_state("agents", "k")
+            await wait_for(lambda: all(x.state.get_local_state("agents", "k") is None for x in mesh.nodes))
+            await asyncio.sleep(0.02)
+            assert all(x.state.get_local_state("user_data", "private") is None for x in mesh.nodes[1:])
+
+    asyncio.run(main())
