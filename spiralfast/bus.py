@@ -249,12 +249,15 @@ class EventBus:
                         break
             now = time.time()
             delivered = 0
+            # Enum hashing runs in Python; look handlers up by member identity instead
+            # (rebuilt per batch, so direct edits of ``subscribers`` are honoured).
+            by_id = {id(k): v for k, v in subs.items()}
             for ev in batch:
                 ttl = ev.ttl
                 if ttl is not None and (ttl <= 0 or now - ev._ts >= ttl):
                     self.expired += 1
                     continue
-                handlers = subs.get(ev.event_type)
+                handlers = by_id.get(id(ev.event_type))
                 if handlers:
                     for h in handlers:
                         try:
