@@ -58,7 +58,9 @@ def _reply(core: MeshCore, link: Any, qid: int, ok: bool, data: Any) -> None:
 def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
     args = q.args if isinstance(q.args, dict) else {}
     try:
-        if q.what == "status":
+        if q.what == "ping":
+            _reply(core, link, q.qid, True, {"node_id": core.node_id})
+        elif q.what == "status":
             _reply(core, link, q.qid, True, _jsonable(core.get_mesh_status()))
         elif q.what == "nodes":
             _reply(core, link, q.qid, True, nodes_table(core))
