@@ -1,0 +1,74 @@
+"""Real node processes for integration tests (the installed CLI, run as subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from spiralfast.client import ObserverClient
+
+from .conftest import free_port
+
+
+class NodeProc:
+    def __init__(self, node_id: str, *extra: str, port: int | None = None, hb: float = 0.3) -> None:
+        self.node_id = node_id
+        self.port = port or free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.args = [
+            sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(self.port), "--no-redis",
+            "--node-id", node_id, "--heartbeat-interval", str(hb), "--log-level", "warning", *extra,
+        ]
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        deadline = time.monotonic() + 20
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"node {self.node_id} exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            if line.strip().startswith("websocket"):
+                return
+        raise RuntimeError(f"node {self.node_id} did not start")
+
+    def sigint(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(15)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def client(self, token: str | None = None) -> ObserverClient:
+        return await ObserverClient.connect(self.url, token)
+
+    async def query(self, what: str, token: str | None = None, **args: Any) -> Any:
+        c = await self.client(token)
+        try:
+            return await c.query(what, **args)
+        finally:
+            c.close()
+
+    async def node_ids(self) -> set[str]:
+        return {n["node_id"] for n in await self.query("nodes")}

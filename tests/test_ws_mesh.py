@@ -1,0 +1,247 @@
+"""WebSocket mesh across real processes (and real sockets in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import picows
+import pytest
+
+from spiralfast import EventType, MeshConfig, MeshCore
+from spiralfast.errors import AuthError, HandshakeError
+from spiralfast.links.ws import MAX_OUTBOX_BYTES, WSLink
+
+from .conftest import wait_for
+from .procs import NodeProc
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def chain() -> Iterator[list[NodeProc]]:
+    a = NodeProc("A")
+    b = NodeProc("B", "--peer", a.url)
+    c = NodeProc("C", "--peer", b.url)
+    procs = [a, b, c]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def _all_know(procs: list[NodeProc], ids: set[str], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        sets = [await p.node_ids() for p in procs]
+        if all(s == ids for s in sets):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"membership did not converge: {sets}")
+        await asyncio.sleep(0.1)
+
+
+async def _count(p: NodeProc) -> int:
+    return int((await p.query("status"))["counters"]["events_in"])
+
+
+async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc]) -> None:
+    a, b, c = chain
+    await _all_know(chain, {"A", "B", "C"})
+    nodes = {n["node_id"]: n for n in await a.query("nodes")}
+    assert nodes["C"]["name"] == "codex_node_C" and nodes["C"]["websocket_endpoint"] == c.url
+    assert "state_sync" in nodes["C"]["capabilities"]
+
+    # broadcast: every other node exactly once, never the sender
+    followers = {p.node_id: await p.client() for p in chain}
+    streams = {nid: followers[nid].follow(["bx"]) for nid in followers}
+    got: dict[str, list[dict[str, Any]]] = {nid: [] for nid in followers}
+
+    async def collect(nid: str) -> None:
+        async for env in streams[nid]:
+            got[nid].append(env)
+
+    tasks = [asyncio.ensure_future(collect(n)) for n in followers]
+    await asyncio.sleep(0.2)
+    before = {p.node_id: await _count(p) for p in chain}
+    for i in range(200):
+        await a.query("publish", type="bx", data={"i": i})
+    await wait_for(lambda: len(got["B"]) >= 200 and len(got["C"]) >= 200, timeout=10)
+    await asyncio.sleep(0.3)
+    after = {p.node_id: await _count(p) for p in chain}
+    assert after["A"] == before["A"]  # the sender's handlers never see its own broadcast
+    assert after["B"] - before["B"] == 200 and after["C"] - before["C"] == 200
+    for nid in ("B", "C"):
+        assert [e["data"]["i"] for e in got[nid]] == list(range(200))  # exactly once, in order
+        assert {e["source_node"] for e in got[nid]} == {"A"}
+
+    # direct message: only the target
+    got["B"].clear()
+    got["C"].clear()
+    await a.query("publish", type="bx", data={"direct": 1}, target="C")
+    await wait_for(lambda: len(got["C"]) == 1)
+    await asyncio.sleep(0.3)
+    assert got["B"] == [] and got["C"][0]["target_node"] == "C"
+    for t in tasks:
+        t.cancel()
+    for cl in followers.values():
+        cl.close()
+
+    # kill -9: detected within about 3 heartbeats (0.3 s each)
+    c.kill9()
+    t0 = time.monotonic()
+    await _all_know([a, b], {"A", "B"}, timeout=5)
+    assert time.monotonic() - t0 < 3 * 0.3 + 1.5
+
+    # graceful leave: announced and removed at once, exit code 0
+    assert b.sigint() == 0
+    t0 = time.monotonic()
+    await _all_know([a], {"A"}, timeout=5)
+    assert time.monotonic() - t0 < 0.6  # a leave, not a failure (that takes ~0.9 s+)
+
+
+async def test_restarted_peer_is_reconnected() -> None:
+    a = NodeProc("A")
+    b = NodeProc("B", "--peer", a.url)
+    try:
+        await _all_know([a, b], {"A", "B"})
+        a.kill9()
+        await _all_know([b], {"B"}, timeout=5)
+        a.start()  # same id, same port
+        await _all_know([a, b], {"A", "B"}, timeout=10)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_wrong_token_and_wrong_mesh_refused() -> None:
+    a = NodeProc("A", "--token", "right")
+    bad_token = NodeProc("B", "--peer", a.url, "--token", "wrong")
+    bad_mesh = NodeProc("C", "--peer", a.url, "--token", "right", "--name", "other_mesh")
+    good = NodeProc("D", "--peer", a.url, "--token", "right")
+    try:
+        await wait_for_async(lambda: a_knows(a, "D", token="right"))
+        await asyncio.sleep(1.0)
+        assert await a.query("nodes", token="right") and {
+            n["node_id"] for n in await a.query("nodes", token="right")
+        } == {"A", "D"}
+        st = await a.query("status", token="right")
+        assert st["counters"]["auth_failures"] >= 1 and st["counters"]["handshake_failures"] >= 2
+        with pytest.raises((AuthError, HandshakeError)):
+            await a.client(token="nope")
+        with pytest.raises((AuthError, HandshakeError)):
+            await a.client()
+    finally:
+        for p in (a, bad_token, bad_mesh, good):
+            p.stop()
+
+
+async def a_knows(p: NodeProc, nid: str, token: str | None = None) -> bool:
+    return nid in {n["node_id"] for n in await p.query("nodes", token=token)}
+
+
+async def wait_for_async(fn: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await fn():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        await asyncio.sleep(0.1)
+
+
+class _Raw(picows.WSListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = asyncio.Event()
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        self.closed.set()
+
+
+async def test_malformed_and_oversized_frames_close_link_node_keeps_serving() -> None:
+    a = NodeProc("A")
+    b = NodeProc("B", "--peer", a.url)
+    try:
+        await _all_know([a, b], {"A", "B"})
+        # junk before the handshake
+        tr, lst = await picows.ws_connect(_Raw, a.url)
+        for _ in range(5):
+            tr.send(picows.WSMsgType.BINARY, b"\x07garbage-frame")
+        await asyncio.wait_for(lst.closed.wait(), 5)
+        # a well-formed frame of an unknown kind, then text frames
+        tr, lst = await picows.ws_connect(_Raw, a.url)
+        tr.send(picows.WSMsgType.BINARY, b"\x01\x01\x00\xfa\x00\x00\x00\x00\x00\x00\x00")
+        tr.send(picows.WSMsgType.TEXT, b"hello?")
+        await asyncio.wait_for(lst.closed.wait(), 10)
+        # oversized frame (default limit 16 MiB)
+        tr, lst = await picows.ws_connect(_Raw, a.url, max_frame_size=64 * 1024 * 1024)
+        tr.send(picows.WSMsgType.BINARY, b"\x01" * (17 * 1024 * 1024))
+        await asyncio.wait_for(lst.closed.wait(), 10)
+        # still serving, still meshed
+        st = await a.query("status")
+        assert st["router"]["frame_errors"] + st["counters"]["handshake_failures"] >= 2
+        assert await a.node_ids() == {"A", "B"}
+        await a.query("publish", type="after", data={})
+        await wait_for_async(lambda: _has_event(b, "after"))
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _has_event(p: NodeProc, etype: str) -> bool:
+    return any(e["type"] == etype for e in await p.query("events", count=100))
+
+
+async def test_bus_events_and_state_over_real_websockets() -> None:
+    cfg = dict(enable_redis=False, websocket_port=0, heartbeat_interval=0.5)
+    a = MeshCore(MeshConfig(node_id="a", **cfg))  # type: ignore[arg-type]
+    await a.start()
+    b = MeshCore(MeshConfig(node_id="b", peers=[a.local_node.websocket_endpoint], **cfg))  # type: ignore[arg-type]
+    await b.start()
+    try:
+        await wait_for(lambda: "b" in a.nodes and "a" in b.nodes)
+        got: list[tuple[str, Any]] = []
+        for n in (a, b):
+            n.event_bus.subscribe(EventType.AGENT_MESSAGE, lambda ev, n=n: got.append((n.node_id, ev.data)))
+        await a.event_bus.publish_agent_message("ag1", "hello")
+        await wait_for(lambda: len(got) == 2)
+        assert sorted(x for x, _ in got) == ["a", "b"]
+        b.state.update_local_state("agents", "k", 42)
+        await wait_for(lambda: a.state.get_local_state("agents", "k") == 42)
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+class _FakeWS:
+    """Stands in for a picows transport that never drains (what is under test is WSLink)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.disconnected = False
+
+    def send(self, t: Any, frame: bytes) -> None:
+        self.sent += len(frame)
+
+    def send_close(self, *a: Any) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+
+async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
+    core = MeshCore(MeshConfig(enable_redis=False, enable_websocket=False))
+    from spiralfast.links.ws import WebSocketTransport
+
+    wst = WebSocketTransport(core)
+    link = WSLink(wst, outbound=False)
+    link.ws = _FakeWS()
+    link.pause()  # picows: the socket buffer is full
+    frame = b"x" * (1024 * 1024)
+    sent = 0
+    while link.send_frame(frame):
+        sent += 1
+        assert sent < 1000
+    assert link.outbox_bytes <= MAX_OUTBOX_BYTES
+    assert link.closed and link.ws.disconnected and wst.slow_drops == 1 and link.dropped_frames == 1
