@@ -34,6 +34,10 @@ THREAD_INBOX_CAPACITY = 1 << 14
 Handler = Callable[[RitualEvent], Any]
 
 
+async def _no_backpressure() -> None:
+    return None
+
+
 def _neg_priority(ev: RitualEvent) -> int:
     return -ev.priority
 
@@ -67,6 +71,7 @@ class EventBus:
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._seq = itertools.count(1)
         self._mesh_send: Callable[[RitualEvent], None] | None = None
+        self._backpressure: Callable[[], Any] = _no_backpressure
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inboxes: list[Any] = []
         self._inbox_local = threading.local()
@@ -136,6 +141,7 @@ class EventBus:
         send = self._mesh_send
         if send is not None and target_node != self.node_id:
             send(ev)
+            await self._backpressure()
             if target_node is not None:
                 return eid
         try:

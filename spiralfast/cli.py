@@ -13,8 +13,7 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -44,7 +43,7 @@ def _console() -> Any:
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty())
 
 
-def _run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     try:
         import uvloop
 
@@ -194,7 +193,7 @@ def _with_client(node: str, token: str | None, fn: Callable[[Any], Awaitable[Any
         _fail(str(exc))
     except SpiralError as exc:
         _fail(str(exc))
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         _fail(f"node at {node} did not answer in time")
     except OSError as exc:
         _fail(f"cannot reach node at {node}: {exc}")
@@ -360,4 +359,3 @@ def main() -> None:
 if __name__ == "__main__":  # pragma: no cover
     main()
 
-_ = time

@@ -64,13 +64,13 @@ class ObserverClient:
                 picows.ws_connect(lambda: _ClientListener(self.inbox), url, websocket_handshake_timeout=timeout),
                 timeout,
             )
-        except (OSError, asyncio.TimeoutError, picows.WSError) as exc:
+        except (TimeoutError, OSError, picows.WSError) as exc:
             raise LinkError(f"cannot reach node at {url}: {exc or type(exc).__name__}") from exc
         except ValueError as exc:
             raise LinkError(f"bad node URL {url!r}: {exc}") from exc
         try:
             await asyncio.wait_for(self._handshake(token), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.close()
             raise HandshakeError("node did not accept us (wrong or missing --token?)") from exc
         except Exception:

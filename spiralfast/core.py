@@ -36,6 +36,11 @@ log = logging.getLogger("spiralfast.core")
 
 #: Events kept for ``mesh events`` (CLI, dashboard).
 RECENT_EVENTS = 1000
+#: Handler-queue fill at which the node stops reading from its links (TCP then
+#: pushes back on the senders) and the fill at which it reads again.  The gap is
+#: larger than one frame's messages, so a frame in flight always fits.
+INBOX_HIGH_WATER = DEFAULT_RING_CAPACITY // 2
+INBOX_LOW_WATER = DEFAULT_RING_CAPACITY // 8
 #: Failure detection: a node silent this many heartbeat intervals is removed.
 SILENCE_FACTOR = 3
 
@@ -80,9 +85,9 @@ class MeshCore:
         self.start_time: float | None = None
         self.counters: dict[str, int] = {
             "events_in": 0, "events_out": 0, "handler_errors": 0, "handshake_failures": 0,
-            "auth_failures": 0, "rejected_by_peer": 0, "bad_messages": 0, "dropped_events": 0,
+            "auth_failures": 0, "rejected_by_peer": 0, "bad_messages": 0, "dropped_events": 0, "spilled_events": 0,
         }
-        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.recent_events: deque[Any] = deque(maxlen=RECENT_EVENTS)  # Event structs or envelopes
         self.sessions: dict[Any, PeerSession] = {}
         self.observers: set[Any] = set()
         self.ws: Any = None
@@ -94,6 +99,8 @@ class MeshCore:
         self._errlog = RateLimitedLog(log)
         self._lock = asyncio.Lock()
         self._last_gossip_sent = 0.0
+        self._reading_paused = False
+        self._spill: deque[dict[str, Any]] = deque()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -114,6 +121,7 @@ class MeshCore:
             self.running = True
             self.start_time = time.monotonic()
             self.event_bus._mesh_send = self._send_bus_event
+            self.event_bus._backpressure = self.router.backpressure
             self.state._emit = self._emit_state_entry
             await self.event_bus.start()
             await self.state.start()
@@ -227,6 +235,7 @@ class MeshCore:
         if self.redis is not None:
             self.redis.legacy_broadcast(ev)
         self._record(ev, None)
+        await self.router.backpressure()
 
     async def send_to_node(self, target_node_id: str, event_type: str | EventType, data: Any) -> bool:
         """Deliver to one node.  False (and a warning) when the node is unknown."""
@@ -246,6 +255,7 @@ class MeshCore:
         ok = self.router.send(target_node_id, schema.KIND_EVENT, schema.event_type_id(et), eid, ev)
         if not ok:
             log.warning("send_to_node: no route to %s", target_node_id)
+        await self.router.backpressure()
         return ok
 
     def get_mesh_status(self) -> dict[str, Any]:
@@ -347,11 +357,27 @@ class MeshCore:
     def _enqueue_envelope(self, env: dict[str, Any]) -> None:
         if env["type"] not in self.event_handlers:
             return
+        inbox = self._inbox
+        if self._spill:
+            self._spill.append(env)
+            return
         try:
-            self._inbox.push(env)
+            inbox.push(env)
         except RingFull:
-            self.counters["dropped_events"] += 1
-            self._errlog("inbox", logging.WARNING, "handler queue full: event %s dropped", env.get("event_id"))
+            # Reading is already paused (see below); what picows had buffered before
+            # the pause still arrives.  Bounded by its read buffer, so keep it.
+            self._spill.append(env)
+            self.counters["spilled_events"] += 1
+        if not self._reading_paused and inbox.qsize() > INBOX_HIGH_WATER:
+            self._set_reading(False)
+
+    def _set_reading(self, on: bool) -> None:
+        """Flow control: stop (or restart) reading from every link that can."""
+        self._reading_paused = not on
+        for link in list(self.router.links.values()):
+            fn = getattr(link, "resume_reading" if on else "pause_reading", None)
+            if fn is not None:
+                fn()
 
     async def _process_inbox(self) -> None:
         ring = self._inbox
@@ -359,7 +385,12 @@ class MeshCore:
         while True:
             if ring.empty():
                 await ring.wait_nonempty()
-            for env in ring.pop_many():
+            spill = self._spill
+            while spill and not ring.full():
+                ring.push(spill.popleft())
+            if self._reading_paused and not spill and ring.qsize() < INBOX_LOW_WATER:
+                self._set_reading(True)
+            for env in ring.pop_many(INBOX_LOW_WATER):
                 for h in handlers_by_type.get(env["type"], ()):
                     try:
                         r = h(env)

@@ -81,7 +81,7 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             target = args.get("target")
             task = asyncio.ensure_future(_publish(core, link, q.qid, etype, data, target))
             core._tasks.append(task)
-            task.add_done_callback(lambda t: t in core._tasks and core._tasks.remove(t))
+            task.add_done_callback(lambda t: core._tasks.remove(t) if t in core._tasks else None)
         else:
             _reply(core, link, q.qid, False, f"unknown query {q.what!r}")
     except (KeyError, TypeError, ValueError) as exc:

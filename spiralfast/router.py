@@ -21,6 +21,10 @@ from .limits import DEDUPE_WINDOW, FLUSH_THRESHOLD_BYTES
 
 log = logging.getLogger("spiralfast.router")
 
+#: A tight send loop yields to the event loop after this many messages, so reads,
+#: heartbeats and flushes keep happening during a burst.
+YIELD_EVERY = 1024
+
 #: Frame errors tolerated from one link before it is closed as hostile or broken.
 MAX_LINK_ERRORS = 3
 
@@ -71,6 +75,9 @@ class Router:
         self._bcast = FrameWriter()
         self._direct: dict[str, Any] = {}  # peer id -> FrameWriter
         self._flush_handle: asyncio.Handle | None = None
+        self.paused: set[Any] = set()  # links whose peer is not reading
+        self._writable: asyncio.Event | None = None
+        self._since_yield = 0
         self.decoder = Decoder()
         self.dedupe = Dedupe()
         self._errlog = RateLimitedLog(log)
@@ -94,6 +101,34 @@ class Router:
             w = self._direct.pop(peer_id, None)
             if w is not None:
                 w.clear()
+
+    # -- backpressure --------------------------------------------------------------
+
+    def link_paused(self, link: Any) -> None:
+        self.paused.add(link)
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def link_resumed(self, link: Any) -> None:
+        self.paused.discard(link)
+        if not self.paused and self._writable is not None:
+            self._writable.set()
+
+    async def backpressure(self) -> None:
+        """Called by senders after queuing: waits while a peer is not reading (the
+        link itself drops a peer that stays paused too long) and lets the loop run
+        once every ``YIELD_EVERY`` messages so a tight send loop cannot starve it."""
+        self._since_yield += 1
+        if self.paused:
+            self.flush()
+            w = self._writable
+            assert w is not None
+            await w.wait()
+            self._since_yield = 0
+        elif self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     # -- sending -------------------------------------------------------------------
 

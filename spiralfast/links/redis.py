@@ -152,7 +152,7 @@ class RedisTransport:
         if self.pending:
             t = asyncio.ensure_future(self._flush_now())
             self._tasks.append(t)
-            t.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+            t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _flush_now(self) -> None:
         if not self.pending or self.client is None:

@@ -84,6 +84,7 @@ class WSLink:
 
     def disconnected(self) -> None:
         self.closed = True
+        self.core.router.link_resumed(self)
         self.outbox.clear()
         self.outbox_bytes = 0
         self.owner.links.discard(self)
@@ -100,6 +101,7 @@ class WSLink:
     def pause(self) -> None:
         self.paused = True
         self.paused_since = time.monotonic()
+        self.core.router.link_paused(self)
         self.owner.watch_slow(self)
 
     def resume(self) -> None:
@@ -109,6 +111,16 @@ class WSLink:
             frame = self.outbox.popleft()
             self.outbox_bytes -= len(frame)
             ws.send(picows.WSMsgType.BINARY, frame)
+        if not self.paused:
+            self.core.router.link_resumed(self)
+
+    def pause_reading(self) -> None:
+        if self.ws is not None and not self.closed:
+            self.ws.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.ws is not None and not self.closed:
+            self.ws.underlying_transport.resume_reading()
 
     # -- called by the router -----------------------------------------------------
 
@@ -224,14 +236,14 @@ class WebSocketTransport:
             self.server.close()
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
             self.server = None
         for link in links:
             if not link.disconnected_event.is_set():
                 try:
                     await asyncio.wait_for(link.disconnected_event.wait(), 1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     link.disconnected()
 
     # -- dialling ------------------------------------------------------------------
@@ -284,7 +296,7 @@ class WebSocketTransport:
                 if url.startswith("wss://"):
                     ssl_ctx = ssl.create_default_context()
                 await picows.ws_connect(
-                    lambda: MeshListener(link, self.core.router.on_frame),
+                    lambda link=link: MeshListener(link, self.core.router.on_frame),  # type: ignore[misc]
                     url,
                     max_frame_size=cfg.max_frame_size,
                     websocket_handshake_timeout=cfg.handshake_timeout,
