@@ -151,6 +151,7 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
         "lost": events - rx["received"],
         "events_per_s": round(rx["received"] / rx["elapsed"]) if rx["elapsed"] > 0 else 0,
         "receiver_rss_mib": round(rx["rss_mib"], 1),
+        "send_seconds": round(tx["send_elapsed"], 3),
     }
     if rate:
         res["rate"] = rate
