@@ -103,7 +103,7 @@ async def test_interop_with_old_json_node_and_bad_input() -> None:
                         pass  # the junk this test published itself
 
         await asyncio.wait_for(read(), 5)
-        to_old = [s for s in seen if s["type"] == "to_old"]
+        to_old = [s for s in seen if s.get("type") == "to_old"]
         assert [s["data"]["w"] for s in to_old] == [1, 2]
         assert to_old[0]["source_node"] == "new" and to_old[1]["target_node"] == "old"
         datetime.fromisoformat(to_old[0]["timestamp"])
