@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from . import schema
+from ._aio import cancel_all
 from ._log import RateLimitedLog
 from ._version import __version__
 from .bus import EventBus
@@ -175,13 +176,7 @@ class MeshCore:
             if self.redis is not None:
                 await self.redis.announce_leave()
             self.running = False
-            for t in self._tasks:
-                t.cancel()
-            for t in self._tasks:
-                try:
-                    await t
-                except (asyncio.CancelledError, Exception):
-                    pass
+            await cancel_all(self._tasks)
             self._tasks.clear()
             if self.loopback is not None:
                 self.loopback.detach(self)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import schema
+from .._aio import cancel_all
 from .._log import RateLimitedLog
 from ..codec import decode_frame, decode_payload
 from ..errors import FrameError
@@ -107,13 +108,7 @@ class RedisTransport:
 
     async def stop(self) -> None:
         await self._flush_now()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_all(self._tasks)
         if self in self.core.router.extra_links:
             self.core.router.extra_links.remove(self)
         self.core.sessions.pop(self, None)  # type: ignore[call-overload]

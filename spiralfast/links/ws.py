@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import picows
 
+from .._aio import cancel_all
 from .._log import RateLimitedLog
 from .._native import load
 
@@ -219,13 +220,7 @@ class WebSocketTransport:
         return self.http.respond(request)
 
     async def stop(self) -> None:
-        for t in list(self.dialers.values()):
-            t.cancel()
-        for t in list(self.dialers.values()):
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_all(self.dialers.values())
         self.dialers.clear()
         if self._slow_task is not None:
             self._slow_task.cancel()
