@@ -268,6 +268,8 @@ class MeshCore:
             "websocket_endpoint": self.local_node.websocket_endpoint,
             "redis": bool(self.redis is not None and self.redis.connected),
             "links": self.link_info(),
+            "observers": len(self.observers),
+            "followers": sum(1 for o in self.observers if getattr(o, "following", False)),
             "counters": dict(self.counters),
             "router": dict(self.router.stats),
             "bus": self.event_bus.get_event_stats(),

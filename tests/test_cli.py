@@ -67,7 +67,10 @@ def test_events_follow_and_publish(pair: tuple[NodeProc, NodeProc]) -> None:
         [*exe, "mesh", "events", "--follow", "--count", "2", "--json", "--type", "cli_evt", "--node", b.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(1.5)
+    deadline = time.monotonic() + 20
+    while json.loads(cli("mesh", "status", "--node", b.url, "--json").stdout)["followers"] < 1:
+        assert time.monotonic() < deadline, "follower never subscribed"
+        time.sleep(0.1)
     assert cli("mesh", "publish", "other_evt", "{}", "--node", a.url).returncode == 0
     r1 = cli("mesh", "publish", "cli_evt", '{"n": 1}', "--node", a.url, "--json")
     assert r1.returncode == 0 and json.loads(r1.stdout)["sent"] is True

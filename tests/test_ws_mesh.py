@@ -63,7 +63,8 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
             got[nid].append(env)
 
     tasks = [asyncio.ensure_future(collect(n)) for n in followers]
-    await asyncio.sleep(0.2)
+    for p in chain:
+        await wait_for_async(lambda p=p: _following(p))
     before = {p.node_id: await _count(p) for p in chain}
     for i in range(200):
         await a.query("publish", type="bx", data={"i": i})
@@ -135,6 +136,10 @@ async def test_wrong_token_and_wrong_mesh_refused() -> None:
     finally:
         for p in (a, bad_token, bad_mesh, good):
             p.stop()
+
+
+async def _following(p: NodeProc) -> bool:
+    return int((await p.query("status"))["followers"]) >= 1
 
 
 async def a_knows(p: NodeProc, nid: str, token: str | None = None) -> bool:
