@@ -31,6 +31,7 @@ from .registry import MeshRegistry
 from .ring import Ring
 from .router import Router
 from .sync import StateSynchronizer
+from .timefmt import iso_from_epoch
 from .types import EventType, MeshNode, NodeStatus, RitualEvent
 
 log = logging.getLogger("spiralfast.core")
@@ -49,8 +50,7 @@ EnvelopeHandler = Callable[[dict[str, Any]], Any]
 _EVENT_TYPES = {e.value: e for e in EventType}
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts).isoformat()
+_iso = iso_from_epoch
 
 
 class MeshCore:
@@ -101,6 +101,7 @@ class MeshCore:
         self._lock = asyncio.Lock()
         self._last_gossip_sent = 0.0
         self._reading_paused = False
+        self._handler_kinds: dict[str, tuple[Any, int, bool]] = {}
         self._spill: deque[dict[str, Any]] = deque()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -351,10 +352,30 @@ class MeshCore:
         self.recent_events.append(env)
         self._enqueue_envelope(env)
 
+    def _sync_only(self, etype: str, handlers: list[EnvelopeHandler]) -> bool:
+        c = self._handler_kinds.get(etype)
+        if c is None or c[0] is not handlers or c[1] != len(handlers):
+            c = (handlers, len(handlers), not any(inspect.iscoroutinefunction(h) for h in handlers))
+            self._handler_kinds[etype] = c
+        return c[2]
+
     def _enqueue_envelope(self, env: dict[str, Any]) -> None:
-        if env["type"] not in self.event_handlers:
+        handlers = self.event_handlers.get(env["type"])
+        if not handlers:
             return
         inbox = self._inbox
+        if not self._spill and inbox.empty() and self._sync_only(env["type"], handlers):
+            # Nothing queued ahead of it and only plain handlers: call them now, which
+            # saves a queue round trip and makes a slow handler slow the reads (TCP
+            # backpressure) instead of growing a queue.
+            for h in handlers:
+                try:
+                    r = h(env)
+                    if r is not None and inspect.isawaitable(r):
+                        self._spawn(r)
+                except Exception:
+                    self._handler_failed(h, env)
+            return
         if self._spill:
             self._spill.append(env)
             return
@@ -396,11 +417,27 @@ class MeshCore:
                     except asyncio.CancelledError:
                         raise
                     except Exception:
-                        self.counters["handler_errors"] += 1
-                        self._errlog(
-                            ("handler", getattr(h, "__qualname__", repr(h))), logging.ERROR,
-                            "event handler %r failed on %s", h, env.get("event_id"), exc_info=True,
-                        )
+                        self._handler_failed(h, env)
+
+    def _handler_failed(self, h: Any, env: dict[str, Any]) -> None:
+        self.counters["handler_errors"] += 1
+        self._errlog(
+            ("handler", getattr(h, "__qualname__", repr(h))), logging.ERROR,
+            "event handler %r failed on %s", h, env.get("event_id"), exc_info=True,
+        )
+
+    def _spawn(self, aw: Any) -> None:
+        task = asyncio.ensure_future(aw)
+        self._tasks.append(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if t in self._tasks:
+                self._tasks.remove(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.counters["handler_errors"] += 1
+                log.error("event handler coroutine failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     def _accept_bus_event(self, ev: schema.Event) -> None:
         et = _EVENT_TYPES.get(ev.event_type)

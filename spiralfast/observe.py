@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .timefmt import iso_from_epoch
 
 if TYPE_CHECKING:
     from .core import MeshCore
@@ -31,7 +32,7 @@ def envelope(ev: Any) -> dict[str, Any]:
     env = {
         "type": ev.event_type,
         "source_node": ev.source_node,
-        "timestamp": datetime.fromtimestamp(ev.timestamp).isoformat(),
+        "timestamp": iso_from_epoch(ev.timestamp),
         "data": ev.data,
         "event_id": ev.event_id,
     }
