@@ -51,6 +51,7 @@ _EVENT_TYPES = {e.value: e for e in EventType}
 
 
 _iso = iso_from_epoch
+_ETYPE_IDS = schema.EVENT_TYPE_IDS
 
 
 class MeshCore:
@@ -81,7 +82,7 @@ class MeshCore:
         self.event_bus = EventBus(self.node_id)
         self.registry = MeshRegistry(self.node_id)
         self.state = StateSynchronizer(self.node_id, self)
-        self.router = Router(self.node_id, self._deliver)
+        self.router = Router(self.node_id, self._deliver, self._on_event)
         self.loopback = loopback
         self.start_time: float | None = None
         self.counters: dict[str, int] = {
@@ -223,15 +224,20 @@ class MeshCore:
 
     async def broadcast_event(self, event_type: str | EventType, data: Any) -> None:
         """Deliver to ``event_type`` handlers on every other node of the mesh."""
-        et = event_type.value if isinstance(event_type, EventType) else event_type
+        et: str = event_type.value if isinstance(event_type, EventType) else event_type
         eid = self._prefix + str(next(self._seq))
         ev = schema.Event(eid, et, self.node_id, time.time(), data)
         self.counters["events_out"] += 1
-        self.router.broadcast(schema.KIND_EVENT, schema.event_type_id(et), eid, ev)
+        router = self.router
+        router.broadcast(schema.KIND_EVENT, _ETYPE_IDS.get(et, 0), eid, ev)
         if self.redis is not None:
             self.redis.legacy_broadcast(ev)
-        self._record(ev, None)
-        await self.router.backpressure()
+        self.recent_events.append(ev)
+        if self.observers:
+            from .observe import push_event
+
+            push_event(self, ev)
+        await router.backpressure()
 
     async def send_to_node(self, target_node_id: str, event_type: str | EventType, data: Any) -> bool:
         """Deliver to one node.  False (and a warning) when the node is unknown."""
@@ -324,9 +330,7 @@ class MeshCore:
                 self._answer_query(link, obj)
             return
         if kind == schema.KIND_EVENT:
-            self.counters["events_in"] += 1
-            self._record(obj, None)
-            self._enqueue_envelope(self._envelope(obj))
+            self._on_event(obj)
         elif kind == schema.KIND_BUS_EVENT:
             self._accept_bus_event(obj)
         elif kind == schema.KIND_HEARTBEAT:
@@ -345,6 +349,27 @@ class MeshCore:
             self._answer_query(link, obj)
         else:
             self.counters["bad_messages"] += 1
+
+    def _on_event(self, ev: schema.Event) -> None:
+        """A mesh event for this node (hot path: called once per received event)."""
+        self.counters["events_in"] += 1
+        self.recent_events.append(ev)
+        if self.observers:
+            from .observe import push_event
+
+            push_event(self, ev)
+        if ev.event_type not in self.event_handlers:
+            return
+        env: dict[str, Any] = {
+            "type": ev.event_type,
+            "source_node": ev.source_node,
+            "timestamp": _iso(ev.timestamp),
+            "data": ev.data,
+            "event_id": ev.event_id,
+        }
+        if ev.target_node is not None:
+            env["target_node"] = ev.target_node
+        self._enqueue_envelope(env)
 
     def deliver_envelope(self, env: dict[str, Any]) -> None:
         """An event envelope from a transport that does not use frames (old JSON)."""
@@ -496,6 +521,7 @@ class MeshCore:
                 link.close("duplicate link")
                 return
         link.peer_id = pid
+        link.member = True  # lets the router take the fused event path for it
         self.router.add_link(pid, link)
         self._node_seen(session.peer_node or {"node_id": pid})
         self._send_gossip()

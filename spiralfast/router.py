@@ -14,12 +14,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
+
 from ._log import RateLimitedLog
 from .codec import Decoder, FrameWriter, decode_payload
 from .errors import FrameError
 from .limits import DEDUPE_WINDOW, FLUSH_THRESHOLD_BYTES
+from .schema import KIND_EVENT, Event
 
 log = logging.getLogger("spiralfast.router")
+
+_EVENT_DECODE = msgspec.msgpack.Decoder(Event).decode
 
 #: A tight send loop yields to the event loop after this many messages, so reads,
 #: heartbeats and flushes keep happening during a burst.
@@ -78,8 +83,14 @@ class Router:
     :param deliver: ``deliver(link, kind, message, struct)`` for messages that are ours.
     """
 
-    def __init__(self, node_id: str, deliver: Callable[[Any, int, Any, Any], None]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        deliver: Callable[[Any, int, Any, Any], None],
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
         self.node_id = node_id
+        self.on_event = on_event
         self._node_id_b = node_id.encode()
         self.deliver = deliver
         self.links: dict[str, Any] = {}  # peer id -> ready link (direct route)
@@ -227,13 +238,25 @@ class Router:
         st["frames_in"] += 1
         st["messages_in"] += len(msgs)
         me = self._node_id_b
+        first_time = self.dedupe.first_time
+        # Events from a member link take a fused path: the bulk of all traffic.
+        on_event = self.on_event if getattr(link, "member", False) else None
+        dec_event = _EVENT_DECODE
         for m in msgs:
             target = m.target
             if target and target != me:
                 self._forward(link, m)
                 continue
-            if m.msg_id and not self.dedupe.first_time(m.msg_id):
+            if m.msg_id and not first_time(m.msg_id):
                 st["duplicates"] += 1
+                continue
+            if on_event is not None and m.kind == KIND_EVENT:
+                try:
+                    ev = dec_event(m.payload)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    self._link_error(link, FrameError(f"bad event payload: {exc}"))
+                    continue
+                on_event(ev)
                 continue
             try:
                 obj = decode_payload(m.kind, m.payload)

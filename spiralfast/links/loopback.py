@@ -24,6 +24,7 @@ class LoopbackLink:
         self.owner = owner
         self.peer: LoopbackLink | None = None
         self.peer_id: str | None = None
+        self.member = False  # set once the handshake admits a mesh member
         self.errors = 0
         self.closed = False
         self.name = f"loopback-{next(_ids)}"

@@ -55,6 +55,7 @@ class WSLink:
         self.outbound = outbound
         self.url = url
         self.peer_id: str | None = None
+        self.member = False  # set once the handshake admits a mesh member
         self.errors = 0
         self.closed = False
         self.ws: Any = None
