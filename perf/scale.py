@@ -49,7 +49,7 @@ async def node_main(idx: int, n: int, m: int, port: int, seed_port: int, go_at: 
         await core.broadcast_event("scale", data)
     try:
         await asyncio.wait_for(done, 120)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     elapsed = time.perf_counter() - first if first else float("nan")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

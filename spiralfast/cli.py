@@ -328,6 +328,35 @@ def mesh_publish(
         print(f"published {event_type}" + (f" to {target}" if target else " to the mesh"))
 
 
+@mesh_app.command("state")
+def mesh_state(
+    category: str | None = typer.Argument(None),
+    key: str | None = typer.Argument(None),
+    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
+    set_value: str | None = typer.Option(None, "--set", metavar="JSON", help="Store this value at CATEGORY KEY."),
+    delete: bool = typer.Option(False, "--delete", help="Delete CATEGORY KEY."),
+    as_json: bool = typer.Option(False, "--json"),
+    token: str | None = typer.Option(None, "--token"),
+) -> None:
+    """Show (or --set / --delete) the node's synchronised state."""
+    if (set_value is not None or delete) and (category is None or key is None):
+        _fail("--set and --delete need CATEGORY and KEY", 2)
+    if set_value is not None:
+        try:
+            value = orjson.loads(set_value)
+        except orjson.JSONDecodeError as exc:
+            _fail(f"--set value is not valid JSON: {exc}", 2)
+        res = _with_client(node, token, lambda c: c.query("state_set", category=category, key=key, value=value))
+    elif delete:
+        res = _with_client(node, token, lambda c: c.query("state_delete", category=category, key=key))
+    else:
+        res = _with_client(node, token, lambda c: c.query("state", category=category, key=key))
+    if as_json or not sys.stdout.isatty():
+        _emit_json(res)
+    else:
+        _console().print_json(orjson.dumps(res, default=str).decode())
+
+
 @app.command("bench")
 def bench(
     transport: str = typer.Option("ws", "--transport", help="ws or redis."),

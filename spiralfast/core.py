@@ -43,6 +43,9 @@ RECENT_EVENTS = 1000
 #: larger than one frame's messages, so a frame in flight always fits.
 INBOX_HIGH_WATER = DEFAULT_RING_CAPACITY // 2
 INBOX_LOW_WATER = DEFAULT_RING_CAPACITY // 8
+#: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
+#: for typical values).
+STATE_DELTA_CHUNK = 1000
 #: Failure detection: a node silent this many heartbeat intervals is removed.
 SILENCE_FACTOR = 3
 
@@ -103,6 +106,7 @@ class MeshCore:
         self._last_gossip_sent = 0.0
         self._reading_paused = False
         self._handler_kinds: dict[str, tuple[Any, int, bool]] = {}
+        self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -334,6 +338,7 @@ class MeshCore:
         elif kind == schema.KIND_BUS_EVENT:
             self._accept_bus_event(obj)
         elif kind == schema.KIND_HEARTBEAT:
+            self.state.touch()
             self._on_heartbeat(obj)
         elif kind == schema.KIND_LEAVE:
             self._on_leave(obj.node_id)
@@ -522,11 +527,12 @@ class MeshCore:
                 return
         link.peer_id = pid
         link.member = True  # lets the router take the fused event path for it
+        self.state.before_rejoin()
         self.router.add_link(pid, link)
         self._node_seen(session.peer_node or {"node_id": pid})
         self._send_gossip()
         # A newcomer gets our digests at once, so it catches up without waiting a tick.
-        self.router.send_link(link, schema.KIND_STATE_DIGEST, schema.StateDigest(self.state.digests(), True))
+        self.router.send_link(link, schema.KIND_STATE_DIGEST, schema.StateDigest(self.state.digests(), True, self.state.collected_upto))
 
     def _node_seen(self, record: dict[str, Any]) -> MeshNode | None:
         nid = record.get("node_id")
@@ -640,14 +646,23 @@ class MeshCore:
     # -- internals: state sync ------------------------------------------------------
 
     def _emit_state_entry(self, entry: schema.StateEntry) -> None:
-        self.router.broadcast(schema.KIND_STATE_DELTA, 0, b"", schema.StateDelta([entry]))
-        if self.redis is not None:
-            self.redis.mark_dirty()
+        # Changes of one loop iteration travel together as one delta (per chunk).
+        pending = self._pending_state
+        pending.append(entry)
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_state)
+
+    def _flush_state(self) -> None:
+        pending, self._pending_state = self._pending_state, []
+        for i in range(0, len(pending), STATE_DELTA_CHUNK):
+            self.router.broadcast(schema.KIND_STATE_DELTA, 0, b"", schema.StateDelta(pending[i : i + STATE_DELTA_CHUNK]))
 
     def _send_state_digest(self) -> None:
-        self.router.broadcast(schema.KIND_STATE_DIGEST, 0, b"", schema.StateDigest(self.state.digests(), True))
+        self.router.broadcast(schema.KIND_STATE_DIGEST, 0, b"", schema.StateDigest(self.state.digests(), True, self.state.collected_upto))
 
     def _on_state_digest(self, link: Any, session: PeerSession, d: schema.StateDigest) -> None:
+        self.state.check_resync(d.collected_upto)
+        self.state.touch()
         mine = self.state.digests()
         differ = [c for c, h in d.digests.items() if mine.get(c, "0") != h and self.state.is_shared(c)]
         differ += [c for c in mine if c not in d.digests and mine[c] != "0"]
@@ -664,8 +679,8 @@ class MeshCore:
     def _on_state_request(self, session: PeerSession, req: schema.StateRequest) -> None:
         entries = self.state.entries_newer_than(req.categories)
         link = session.link
-        for i in range(0, len(entries), 1000):
-            self.router.send_link(link, schema.KIND_STATE_DELTA, schema.StateDelta(entries[i : i + 1000]))
+        for i in range(0, len(entries), STATE_DELTA_CHUNK):
+            self.router.send_link(link, schema.KIND_STATE_DELTA, schema.StateDelta(entries[i : i + STATE_DELTA_CHUNK]))
         # Ask back, so entries only the requester has reach us too.
         mine = self.state.clocks_for(list(req.categories))
         if any(k not in mine.get(c, {}) or mine[c][k] < v for c, kv in req.categories.items() for k, v in kv.items()):

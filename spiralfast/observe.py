@@ -3,7 +3,8 @@ mesh members, and send ``Query`` messages; replies carry the same ``qid``.
 
 Queries: ``status``, ``nodes``, ``events`` (args: count, types), ``follow``
 (args: types; then every new event arrives as a ``Reply`` with qid 0 until the
-observer disconnects), ``publish`` (args: type, data, target).
+observer disconnects), ``publish`` (args: type, data, target), ``state`` (args: category, key), ``state_set``
+(category, key, value), ``state_delete`` (category, key), ``sync``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             if types:
                 evs = [e for e in evs if e["type"] in types]
             _reply(core, link, q.qid, True, evs[-count:] if count > 0 else [])
+        elif q.what == "state":
+            _reply(core, link, q.qid, True, _jsonable(core.state.get_local_state(args.get("category"), args.get("key"))))
+        elif q.what == "state_set":
+            core.state.update_local_state(str(args["category"]), str(args["key"]), args.get("value"))
+            _reply(core, link, q.qid, True, {"state_version": core.state.state_version})
+        elif q.what == "state_delete":
+            ok = core.state.delete_local_state(str(args["category"]), str(args["key"]))
+            _reply(core, link, q.qid, True, {"deleted": ok})
+        elif q.what == "sync":
+            _reply(core, link, q.qid, True, _jsonable(core.state.get_sync_status()))
         elif q.what == "follow":
             link.follow_types = set(args.get("types") or ())
             link.following = True

@@ -91,6 +91,7 @@ class StateDelta(msgspec.Struct, array_like=True, gc=False):
 class StateDigest(msgspec.Struct, array_like=True, gc=False):
     digests: dict[str, str]  # category -> hash of (key, hlc, node, deleted)
     reply: bool = True
+    collected_upto: int = 0  # highest HLC of a tombstone the sender has collected
 
 
 class StateRequest(msgspec.Struct, array_like=True, gc=False):

@@ -84,13 +84,19 @@ class StateSynchronizer:
         self.shared: set[str] | None = None
         self.max_clock_offset = 60.0
         self.tombstone_ttl = 24 * 3600.0
-        self._emit: Any = None  # set by MeshCore: callable(list[StateEntry]) -> None
-        self.stats = {"applied": 0, "stale": 0, "rejected_clock": 0, "repairs": 0, "tombstones_collected": 0}
+        self._emit: Any = None  # set by MeshCore: callable(StateEntry) -> None
+        self.last_contact: float | None = None  # wall time we last heard from any peer
+        self._rejoin_from: float | None = None  # last contact before the current rejoin
+        self.collected_upto = 0  # highest HLC of a tombstone we have collected
+        self.absence = 30.0  # seconds without any peer message that count as being away
+        self.stats = {"applied": 0, "stale": 0, "rejected_clock": 0, "repairs": 0, "tombstones_collected": 0,
+                      "full_resyncs": 0}
         if mesh_core is not None:
             cfg = mesh_core.config
             self.shared = set(cfg.shared_categories) if cfg.shared_categories is not None else None
             self.max_clock_offset = cfg.max_clock_offset
             self.tombstone_ttl = cfg.tombstone_ttl
+            self.absence = 3 * cfg.heartbeat_interval
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -217,7 +223,40 @@ class StateSynchronizer:
             self.stats["applied"] += changed
             self.state_version += 1
         self.last_sync = datetime.now()
+        self.last_contact = time.time()
         return changed
+
+    def touch(self) -> None:
+        """Record contact with the mesh (any peer message)."""
+        self.last_contact = time.time()
+
+    def before_rejoin(self) -> None:
+        """Called when a peer link comes up, before any state is exchanged."""
+        now = time.time()
+        if self._rejoin_from is None and self.last_contact is not None and now - self.last_contact > self.absence:
+            self._rejoin_from = self.last_contact
+        self.last_contact = now
+
+    def check_resync(self, peer_collected_upto: int) -> None:
+        """On the first digest after a rejoin: if the peer has collected tombstones
+        newer than our last contact, we may hold keys deleted while we were away.
+        Drop every shared entry older than that contact (what we wrote while away
+        is newer and kept); the digest repair that follows is then a full resync.
+        """
+        since = self._rejoin_from
+        self._rejoin_from = None
+        if since is None:
+            return
+        horizon = (int(since * 1000) + 1) << _LOGICAL_BITS
+        if peer_collected_upto < (int(since * 1000) << _LOGICAL_BITS):
+            return
+        stale = [ck for ck, c in self._clock.items() if self.is_shared(ck[0]) and c[0] < horizon]
+        for c, k in stale:
+            old = self._clock.pop((c, k))
+            self._digest[c] = self._digest.get(c, 0) ^ _entry_hash(c, k, old[0], old[1], old[2])
+            self.sync_categories.get(c, {}).pop(k, None)
+        self.stats["full_resyncs"] += 1
+        log.info("tombstones collected since our last contact: dropped %d stale entries, full resync", len(stale))
 
     def _ship(self, entry: StateEntry) -> None:
         if self._emit is not None and self.is_shared(entry.category):
@@ -229,6 +268,8 @@ class StateSynchronizer:
         dead = [ck for ck, c in self._clock.items() if c[2] and c[3] < cutoff]
         for ck in dead:
             c = self._clock.pop(ck)
+            if c[0] > self.collected_upto:
+                self.collected_upto = c[0]
             self._digest[ck[0]] = self._digest.get(ck[0], 0) ^ _entry_hash(ck[0], ck[1], c[0], c[1], True)
         self.stats["tombstones_collected"] += len(dead)
         return len(dead)

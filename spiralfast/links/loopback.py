@@ -76,3 +76,15 @@ class LoopbackHub:
         for link in [lk for lk in list(core.sessions) if isinstance(lk, LoopbackLink)]:
             # Let the Leave already queued reach the peers before the links close.
             asyncio.get_running_loop().call_soon(link.close, "stopped")
+
+    def partition(self, core: MeshCore) -> None:
+        """Cut ``core`` off from the others without a leave (a network partition)."""
+        if core in self.cores:
+            self.cores.remove(core)
+        for link in [lk for lk in list(core.sessions) if isinstance(lk, LoopbackLink)]:
+            link.close("partition")
+
+    def heal(self, core: MeshCore) -> None:
+        """Reconnect a partitioned ``core`` to everyone in the hub."""
+        if core not in self.cores:
+            self.attach(core)
