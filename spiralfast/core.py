@@ -152,8 +152,7 @@ class MeshCore:
 
                 self.redis = RedisTransport(self)
                 if not await self.redis.start():
-                    cfg.enable_redis = False
-                    self.redis = None
+                    cfg.enable_redis = False  # until Redis appears; the transport keeps trying
             self.local_node.status = NodeStatus.ACTIVE
             self.local_node.last_heartbeat = datetime.now()
             self.nodes[self.node_id] = self.local_node
@@ -167,7 +166,7 @@ class MeshCore:
                     self.ws.dial(url, permanent=True)
             elif cfg.peers:
                 log.warning("peers %s ignored: WebSocket is disabled", cfg.peers)
-            if self.redis is not None:
+            if self.redis is not None and self.redis.connected:
                 self.redis.announce()
             log.info("node %s started (mesh %r)", self.node_id, cfg.mesh_name)
 

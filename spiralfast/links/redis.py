@@ -67,6 +67,7 @@ class RedisTransport:
         self.client: Any = None
         self.pubsub: Any = None
         self.connected = False
+        self.ever_connected = False
         self.peer_id: str | None = None
         self.errors = 0
         self.name = "redis"
@@ -83,28 +84,32 @@ class RedisTransport:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> bool:
+        """Connect; False (one warning) if Redis is unreachable.  Either way a
+        background task keeps the subscription alive and connects as soon as Redis
+        appears (re-enabling ``config.enable_redis``)."""
         import redis.asyncio as aioredis
 
         cfg = self.core.config
-        try:
-            self.client = aioredis.from_url(
-                cfg.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None,
-                health_check_interval=0,
-            )
-            await asyncio.wait_for(self.client.ping(), CONNECT_TIMEOUT)
-        except Exception as exc:
-            log.warning("Redis at %s unreachable (%s); running without Redis", cfg.redis_url, exc)
-            if self.client is not None:
-                try:
-                    await self.client.aclose()
-                except Exception:
-                    pass
-            return False
-        self.connected = True
+        self.client = aioredis.from_url(
+            cfg.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None, health_check_interval=0,
+        )
+        ok = await self._ping()
+        if not ok:
+            log.warning("Redis at %s unreachable; running without Redis (will connect when it appears)",
+                        cfg.redis_url)
+        self.connected = ok
+        self.ever_connected = ok
         self.core.sessions[self] = self.session  # type: ignore[assignment]
         self.core.router.extra_links.append(self)
         self._tasks.append(asyncio.ensure_future(self._reader()))
-        return True
+        return ok
+
+    async def _ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self.client.ping(), CONNECT_TIMEOUT)
+            return True
+        except Exception:
+            return False
 
     async def stop(self) -> None:
         await self._flush_now()
@@ -134,6 +139,8 @@ class RedisTransport:
         return True
 
     def _queue(self, channel: str, payload: bytes) -> None:
+        if not self.ever_connected:
+            return  # nobody on Redis has heard of us yet: nothing worth keeping
         if len(self.pending) >= MAX_PENDING_FRAMES:
             del self.pending[0]
             self.stats["dropped"] += 1
@@ -235,6 +242,14 @@ class RedisTransport:
         delay = 0.1
         while True:
             try:
+                if not self.connected:
+                    if not await self._ping():
+                        raise ConnectionError("Redis unreachable")
+                    if not self.ever_connected:
+                        self.ever_connected = True
+                        self.core.config.enable_redis = True
+                        log.info("Redis at %s is reachable now; connected", self.core.config.redis_url)
+                        self.announce()
                 self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 chans = [self.sf_channel, self.my_channel]
                 if self.core.config.interop:
@@ -256,7 +271,8 @@ class RedisTransport:
                     log.warning("Redis connection lost (%s); reconnecting", exc)
                 self.connected = False
                 try:
-                    await self.pubsub.aclose()
+                    if self.pubsub is not None:
+                        await self.pubsub.aclose()
                 except Exception:
                     pass
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))

@@ -1,0 +1,130 @@
+"""Redis faults against a redis-server of the test's own, on a free port:
+Redis appearing late, a restart mid-stream, and CLIENT KILL of the pub/sub links."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from spiralfast import MeshConfig, MeshCore
+
+from .conftest import IN_CI, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class RedisServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            if IN_CI:
+                pytest.fail("redis-server binary required in CI")
+            pytest.skip("no redis-server binary")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import socket
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    s = RedisServer(free_port())
+    yield s
+    s.stop()
+
+
+def _cfg(node_id: str, url: str, ch: str) -> MeshConfig:
+    return MeshConfig(node_id=node_id, enable_websocket=False, redis_url=url, ritual_channel=ch,
+                      heartbeat_interval=0.2)
+
+
+async def test_node_connects_when_redis_appears(server: RedisServer) -> None:
+    ch = "f_" + uuid.uuid4().hex[:8]
+    a = MeshCore(_cfg("late-a", server.url, ch))
+    await a.start()  # Redis is not there yet
+    try:
+        assert a.running and a.config.enable_redis is False
+        server.start()
+        await wait_for(lambda: a.redis.connected and a.config.enable_redis, timeout=15)
+        b = MeshCore(_cfg("late-b", server.url, ch))
+        await b.start()
+        try:
+            await wait_for(lambda: "late-b" in a.nodes and "late-a" in b.nodes, timeout=5)
+        finally:
+            await b.stop()
+    finally:
+        await a.stop()
+
+
+async def _stream(a: MeshCore, stop: asyncio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        await a.broadcast_event("tick", {"i": i})
+        i += 1
+        await asyncio.sleep(0.005)
+
+
+async def test_restart_and_client_kill_recovery(server: RedisServer) -> None:
+    server.start()
+    ch = "f_" + uuid.uuid4().hex[:8]
+    a, b = MeshCore(_cfg("fa", server.url, ch)), MeshCore(_cfg("fb", server.url, ch))
+    await a.start()
+    await b.start()
+    got: list[Any] = []
+    b.register_event_handler("tick", got.append)
+    stop = asyncio.Event()
+    streamer = asyncio.ensure_future(_stream(a, stop))
+    try:
+        await wait_for(lambda: len(got) > 20, timeout=5)
+        # 1. restart Redis mid-stream
+        server.stop()
+        await wait_for(lambda: not b.redis.connected, timeout=5)
+        server.start()
+        n = len(got)
+        await wait_for(lambda: len(got) > n + 20, timeout=15)
+        assert a.redis.stats["reconnects"] >= 1 and b.redis.stats["reconnects"] >= 1
+        # 2. CLIENT KILL TYPE pubsub: both subscriptions are dropped by the server
+        r = aioredis.from_url(server.url)
+        killed = await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await r.aclose()
+        assert int(killed) >= 2
+        n = len(got)
+        await wait_for(lambda: len(got) > n + 20, timeout=15)
+        assert b.redis.stats["reconnects"] >= 2
+        ids = [e["data"]["i"] for e in got]
+        assert len(ids) == len(set(ids))  # never twice, whatever was lost in the outage
+        assert a.redis.stats["dropped"] == 0  # the outage fit in the bounded outbox
+    finally:
+        stop.set()
+        await streamer
+        await b.stop()
+        await a.stop()
