@@ -27,14 +27,14 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             if IN_CI:
                 pytest.fail("redis-server binary required in CI")
             pytest.skip("no redis-server binary")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         import socket
@@ -126,5 +126,35 @@ async def test_restart_and_client_kill_recovery(server: RedisServer) -> None:
     finally:
         stop.set()
         await streamer
+        await b.stop()
+        await a.stop()
+
+
+async def test_burst_is_paced_under_a_tight_output_buffer_limit(server: RedisServer) -> None:
+    # 8 MiB hard limit for pub/sub clients: an unpaced 300k-event burst (~15 MB of
+    # frames, published in well under a second) would get the subscriber cut off.
+    server.start("--client-output-buffer-limit", "pubsub 8mb 8mb 60")
+    ch = "f_" + uuid.uuid4().hex[:8]
+    a, b = MeshCore(_cfg("pa", server.url, ch)), MeshCore(_cfg("pb", server.url, ch))
+    await a.start()
+    await b.start()
+    n = 300_000
+    count = 0
+
+    def handler(env: Any) -> None:
+        nonlocal count
+        count += 1
+
+    b.register_event_handler("burst", handler)
+    try:
+        await wait_for(lambda: "pb" in a.nodes and "pa" in b.nodes, timeout=5)
+        await wait_for(lambda: "pb" in a.redis.acked, timeout=5)  # b's acks are flowing
+        data = {"payload": "x" * 20}
+        for _ in range(n):
+            await a.broadcast_event("burst", data)
+        await wait_for(lambda: count == n, timeout=60)
+        assert b.redis.stats["reconnects"] == 0  # never cut off by Redis
+        assert a.redis.stats["paced"] >= 1  # the sender did have to wait
+    finally:
         await b.stop()
         await a.stop()

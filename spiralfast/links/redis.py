@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from .. import schema
@@ -33,6 +36,20 @@ log = logging.getLogger("spiralfast.redis")
 
 #: Frames held while Redis is away; beyond it the oldest are dropped (counted).
 MAX_PENDING_FRAMES = 10_000
+#: Bytes queued for Redis beyond which senders wait (Redis slower than us).
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+#: Flow control.  Each frame carries the sender's running byte offset; receivers ack
+#: the offset they have processed.  A sender whose slowest live receiver lags more
+#: than MAX_LAG_BYTES waits, keeping every subscriber well under Redis' pub/sub
+#: output-buffer limits (8 MiB soft / 32 MiB hard by default).
+MAX_LAG_BYTES = 4 * 1024 * 1024
+RESUME_LAG_BYTES = 1 * 1024 * 1024
+ACK_EVERY_BYTES = 256 * 1024
+ACK_INTERVAL = 0.05
+#: A receiver whose acks stop advancing this long is ignored until it acks again
+#: (failure detection removes it soon after), so one dead node cannot stall us.
+ACK_STALL_TIMEOUT = 3.0
+_OFF = struct.Struct("<Q")
 #: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
 MAX_INFLIGHT_PIPELINES = 4
 CONNECT_TIMEOUT = 2.0
@@ -62,6 +79,7 @@ class RedisTransport:
         self.channel = cfg.ritual_channel
         self.sf_channel = f"{cfg.ritual_channel}:sf"
         self.my_channel = f"{cfg.ritual_channel}:sf:{core.node_id}"
+        self.ack_channel = f"{cfg.ritual_channel}:sf:ack"
         self.legacy_direct = f"node_{core.node_id}"
         self.prefix = bytes([len(core.node_id.encode())]) + core.node_id.encode()
         self.client: Any = None
@@ -72,13 +90,22 @@ class RedisTransport:
         self.errors = 0
         self.name = "redis"
         self.pending: list[tuple[str, bytes]] = []
+        self.pending_bytes = 0
+        self.tx_offset = 0  # bytes of spiralfast frames we have published
+        self.acked: dict[str, int] = {}  # receiver -> our offset it has processed
+        self.ack_progress: dict[str, float] = {}  # receiver -> when its ack last advanced
+        self.rx_offsets: dict[str, int] = {}  # sender -> its offset we have processed
+        self.ack_sent: dict[str, int] = {}
+        self.congested = False
+        self._ack_scheduled = False
         self.legacy_nodes: set[str] = set()
         self.sf_nodes: set[str] = set()
         self._flush_scheduled = False
         self._sem = asyncio.Semaphore(MAX_INFLIGHT_PIPELINES)
         self._tasks: list[asyncio.Task[Any]] = []
         self.errlog = RateLimitedLog(log)
-        self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "dropped": 0, "reconnects": 0}
+        self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "dropped": 0, "reconnects": 0,
+                      "paced": 0, "acks_sent": 0}
         self.session = _RedisSession(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -102,6 +129,7 @@ class RedisTransport:
         self.core.sessions[self] = self.session  # type: ignore[assignment]
         self.core.router.extra_links.append(self)
         self._tasks.append(asyncio.ensure_future(self._reader()))
+        self._tasks.append(asyncio.ensure_future(self._ack_loop()))
         return ok
 
     async def _ping(self) -> bool:
@@ -135,16 +163,47 @@ class RedisTransport:
     # -- sending -------------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> bool:
-        self._queue(self.sf_channel, self.prefix + frame)
+        self._send_sf(self.sf_channel, frame)
         return True
+
+    def _send_sf(self, channel: str, frame: bytes) -> None:
+        self.tx_offset += len(frame)
+        self._queue(channel, self.prefix + _OFF.pack(self.tx_offset) + frame)
+        if not self.congested and (
+            self.pending_bytes > MAX_PENDING_BYTES or self._max_lag() > MAX_LAG_BYTES
+        ):
+            self._set_congested(True)
+
+    def _max_lag(self) -> int:
+        now = time.monotonic()
+        nodes = self.core.nodes
+        lag = 0
+        for r, off in self.acked.items():
+            if r in nodes and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
+                lag = max(lag, self.tx_offset - off)
+        return lag
+
+    def _set_congested(self, on: bool) -> None:
+        self.congested = on
+        if on:
+            self.stats["paced"] += 1
+            self.core.router.link_paused(self)
+        else:
+            self.core.router.link_resumed(self)
+
+    def _recheck(self) -> None:
+        if self.congested and self.pending_bytes < MAX_PENDING_BYTES // 2 and self._max_lag() < RESUME_LAG_BYTES:
+            self._set_congested(False)
 
     def _queue(self, channel: str, payload: bytes) -> None:
         if not self.ever_connected:
             return  # nobody on Redis has heard of us yet: nothing worth keeping
         if len(self.pending) >= MAX_PENDING_FRAMES:
+            self.pending_bytes -= len(self.pending[0][1])
             del self.pending[0]
             self.stats["dropped"] += 1
         self.pending.append((channel, payload))
+        self.pending_bytes += len(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._spawn_flush)
@@ -161,6 +220,7 @@ class RedisTransport:
             return
         async with self._sem:
             batch, self.pending = self.pending, []
+            self.pending_bytes = 0
             if not batch:
                 return
             try:
@@ -170,9 +230,12 @@ class RedisTransport:
                 await pipe.execute()
                 self.stats["pipelines"] += 1
                 self.stats["published"] += len(batch)
+                if self.congested:
+                    self._recheck()
             except Exception as exc:
                 self.errlog("publish", logging.WARNING, "Redis publish failed (%s); will retry", exc)
                 self.pending[:0] = batch[-MAX_PENDING_FRAMES:]
+                self.pending_bytes = sum(len(p) for _, p in self.pending)
                 await asyncio.sleep(0.2)
                 if self.pending and not self._flush_scheduled:
                     self._flush_scheduled = True
@@ -181,7 +244,7 @@ class RedisTransport:
     def announce(self) -> None:
         rec = self.core._local_node_record()
         w_frame = self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec]))
-        self._queue(self.sf_channel, self.prefix + w_frame)
+        self._send_sf(self.sf_channel, w_frame)
         if self.core.config.interop:
             self._legacy_publish(self.channel, "node_register", rec)
 
@@ -195,7 +258,7 @@ class RedisTransport:
             )
         # Nodes that share only Redis learn our record from this.
         rec = self.core._local_node_record()
-        self._queue(self.sf_channel, self.prefix + self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec])))
+        self._send_sf(self.sf_channel, self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec])))
 
     async def announce_leave(self) -> None:
         if self.core.config.interop:
@@ -251,7 +314,7 @@ class RedisTransport:
                         log.info("Redis at %s is reachable now; connected", self.core.config.redis_url)
                         self.announce()
                 self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                chans = [self.sf_channel, self.my_channel]
+                chans = [self.sf_channel, self.my_channel, self.ack_channel]
                 if self.core.config.interop:
                     chans += [self.channel, self.legacy_direct]
                 await self.pubsub.subscribe(*chans)
@@ -283,8 +346,54 @@ class RedisTransport:
         ch = channel.decode() if isinstance(channel, bytes) else channel
         if ch in (self.sf_channel, self.my_channel):
             self._on_frame(data)
+        elif ch == self.ack_channel:
+            self._on_ack(data)
         else:
             self._on_legacy(data)
+
+    def _on_ack(self, data: bytes) -> None:
+        try:
+            receiver, offsets = msgspec.msgpack.decode(data)
+            mine = offsets.get(self.core.node_id) if isinstance(offsets, dict) else None
+        except (msgspec.DecodeError, ValueError, TypeError):
+            return self._bad("malformed ack")
+        if not isinstance(mine, int) or not isinstance(receiver, str) or receiver == self.core.node_id:
+            return
+        if mine > self.acked.get(receiver, -1):
+            self.acked[receiver] = mine
+            self.ack_progress[receiver] = time.monotonic()
+            if self.congested:
+                self._recheck()
+
+    def _note_received(self, sender: str, offset: int) -> None:
+        self.rx_offsets[sender] = offset
+        if offset - self.ack_sent.get(sender, 0) >= ACK_EVERY_BYTES:
+            self._send_acks()
+
+    def _send_acks(self) -> None:
+        todo = {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s)}
+        if not todo or not self.connected:
+            return
+        self.ack_sent.update(todo)
+        self.stats["acks_sent"] += 1
+        payload = msgspec.msgpack.encode([self.core.node_id, todo])
+        # Acks bypass the data outbox: they must not queue behind the data they pace.
+        t = asyncio.ensure_future(self._publish_now(self.ack_channel, payload))
+        self._tasks.append(t)
+        t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _publish_now(self, channel: str, payload: bytes) -> None:
+        try:
+            await self.client.publish(channel, payload)
+        except Exception:
+            pass
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            self._send_acks()
+            if self.congested:
+                self._recheck()
 
     def _on_frame(self, data: bytes) -> None:
         if not data:
@@ -293,10 +402,14 @@ class RedisTransport:
         sender = data[1 : 1 + n]
         if sender == self.prefix[1:]:
             return  # our own echo
+        if len(data) < 1 + n + _OFF.size:
+            return self._bad("truncated frame header")
         try:
             sender_id = sender.decode()
         except UnicodeDecodeError:
             return self._bad("bad sender id")
+        offset = _OFF.unpack_from(data, 1 + n)[0]
+        n += _OFF.size
         self.sf_nodes.add(sender_id)
         core = self.core
         try:
@@ -321,6 +434,7 @@ class RedisTransport:
             elif m.kind in (schema.KIND_HELLO, schema.KIND_AUTH, schema.KIND_REJECT, schema.KIND_QUERY):
                 continue
             core._deliver(self, m.kind, m, obj)
+        self._note_received(sender_id, offset)
 
     def _on_legacy(self, data: bytes) -> None:
         try:
