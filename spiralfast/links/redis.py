@@ -406,9 +406,9 @@ class RedisTransport:
         if sender == self.prefix[1:]:
             # Our own echo: nothing to deliver, but our subscription must keep up with
             # it too (Redis cuts off any subscriber that lags), so it paces us as well.
-            me = self.core.node_id
-            self.acked[me] = _OFF.unpack_from(data, 1 + n)[0]
-            self.ack_progress[me] = time.monotonic()
+            own = self.core.node_id
+            self.acked[own] = _OFF.unpack_from(data, 1 + n)[0]
+            self.ack_progress[own] = time.monotonic()
             if self.congested:
                 self._recheck()
             return
