@@ -171,7 +171,9 @@ class RedisTransport:
         self.tx_offset += len(frame)
         self._queue(channel, self.prefix + _OFF.pack(self.tx_offset) + frame)
         if not self.congested and (
-            self.pending_bytes > MAX_PENDING_BYTES or self._max_lag() > MAX_LAG_BYTES
+            self.pending_bytes > MAX_PENDING_BYTES
+            or len(self.pending) > MAX_PENDING_FRAMES // 2
+            or self._max_lag() > MAX_LAG_BYTES
         ):
             self._set_congested(True)
 
@@ -193,13 +195,20 @@ class RedisTransport:
             self.core.router.link_resumed(self)
 
     def _recheck(self) -> None:
-        if self.congested and self.pending_bytes < MAX_PENDING_BYTES // 2 and self._max_lag() < RESUME_LAG_BYTES:
+        if (
+            self.congested
+            and self.pending_bytes < MAX_PENDING_BYTES // 2
+            and len(self.pending) < MAX_PENDING_FRAMES // 4
+            and self._max_lag() < RESUME_LAG_BYTES
+        ):
             self._set_congested(False)
 
     def _queue(self, channel: str, payload: bytes) -> None:
         if not self.ever_connected:
             return  # nobody on Redis has heard of us yet: nothing worth keeping
-        if len(self.pending) >= MAX_PENDING_FRAMES:
+        if len(self.pending) >= MAX_PENDING_FRAMES and not self.connected:
+            # Redis is away: keep the newest, count what is dropped.  (While it is up,
+            # a long queue makes senders wait instead; see _send_sf.)
             self.pending_bytes -= len(self.pending[0][1])
             del self.pending[0]
             self.stats["dropped"] += 1
@@ -235,6 +244,7 @@ class RedisTransport:
                     self._recheck()
             except Exception as exc:
                 self.errlog("publish", logging.WARNING, "Redis publish failed (%s); will retry", exc)
+                self.stats["dropped"] += max(0, len(batch) - MAX_PENDING_FRAMES)
                 self.pending[:0] = batch[-MAX_PENDING_FRAMES:]
                 self.pending_bytes = sum(len(p) for _, p in self.pending)
                 await asyncio.sleep(0.2)
