@@ -37,7 +37,7 @@ def decode_payload(kind: int, payload: Any) -> Any:
         raise FrameError(f"unknown message kind {kind}")
     try:
         return dec.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8 in a string
         raise FrameError(f"bad payload for message kind {kind}: {exc}") from exc
 
 

@@ -25,13 +25,13 @@ from ._version import __version__
 from .bus import EventBus
 from .config import MeshConfig
 from .errors import RingFull
+from .fastpath import iso_from_epoch
 from .limits import DEFAULT_RING_CAPACITY
 from .peer import PeerSession
 from .registry import MeshRegistry
 from .ring import Ring
 from .router import Router
 from .sync import StateSynchronizer
-from .timefmt import iso_from_epoch
 from .types import EventType, MeshNode, NodeStatus, RitualEvent
 
 log = logging.getLogger("spiralfast.core")
@@ -85,7 +85,6 @@ class MeshCore:
         self.event_bus = EventBus(self.node_id)
         self.registry = MeshRegistry(self.node_id)
         self.state = StateSynchronizer(self.node_id, self)
-        self.router = Router(self.node_id, self._deliver, self._on_event)
         self.loopback = loopback
         self.start_time: float | None = None
         self.counters: dict[str, int] = {
@@ -108,6 +107,7 @@ class MeshCore:
         self._handler_kinds: dict[str, tuple[Any, int, bool]] = {}
         self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()
+        self.router = Router(self.node_id, self._deliver, self)  # last: its sink reads the above
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -280,11 +280,17 @@ class MeshCore:
             "links": self.link_info(),
             "observers": len(self.observers),
             "followers": sum(1 for o in self.observers if getattr(o, "following", False)),
-            "counters": dict(self.counters),
+            "counters": self._counters(),
             "router": dict(self.router.stats),
             "bus": self.event_bus.get_event_stats(),
             "sync": self.state.get_sync_status(),
         }
+
+    def _counters(self) -> dict[str, int]:
+        c = dict(self.counters)
+        if self.router.sink is not None:
+            c["events_in"] += self.router.sink.events_in
+        return c
 
     def link_info(self) -> list[dict[str, Any]]:
         out = []
@@ -355,25 +361,15 @@ class MeshCore:
             self.counters["bad_messages"] += 1
 
     def _on_event(self, ev: schema.Event) -> None:
-        """A mesh event for this node (hot path: called once per received event)."""
-        self.counters["events_in"] += 1
-        self.recent_events.append(ev)
-        if self.observers:
-            from .observe import push_event
+        """A mesh event for this node (the router's sink handles the hot path)."""
+        sink = self.router.sink
+        assert sink is not None
+        sink.on_event(ev)
 
-            push_event(self, ev)
-        if ev.event_type not in self.event_handlers:
-            return
-        env: dict[str, Any] = {
-            "type": ev.event_type,
-            "source_node": ev.source_node,
-            "timestamp": _iso(ev.timestamp),
-            "data": ev.data,
-            "event_id": ev.event_id,
-        }
-        if ev.target_node is not None:
-            env["target_node"] = ev.target_node
-        self._enqueue_envelope(env)
+    def _push_observers(self, ev: Any) -> None:
+        from .observe import push_event
+
+        push_event(self, ev)
 
     def deliver_envelope(self, env: dict[str, Any]) -> None:
         """An event envelope from a transport that does not use frames (old JSON)."""

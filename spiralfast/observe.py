@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import schema
-from .timefmt import iso_from_epoch
+from .fastpath import iso_from_epoch
 
 if TYPE_CHECKING:
     from .core import MeshCore

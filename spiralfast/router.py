@@ -14,17 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import msgspec
-
 from ._log import RateLimitedLog
 from .codec import Decoder, FrameWriter, decode_payload
 from .errors import FrameError
-from .limits import DEDUPE_WINDOW, FLUSH_THRESHOLD_BYTES
-from .schema import KIND_EVENT, Event
+from .fastpath import Dedupe, EventSink
+from .limits import FLUSH_THRESHOLD_BYTES
 
 log = logging.getLogger("spiralfast.router")
-
-_EVENT_DECODE = msgspec.msgpack.Decoder(Event).decode
 
 #: A tight send loop yields to the event loop after this many messages, so reads,
 #: heartbeats and flushes keep happening during a burst.
@@ -45,37 +41,6 @@ class Link(Protocol):
     def close(self, reason: str = "") -> None: ...
 
 
-class Dedupe:
-    """Bounded window of recently seen message ids.
-
-    A set for membership plus a fixed ring recording insertion order, so eviction
-    is O(1).  (Evicting the oldest key of a dict with ``next(iter(d))`` looked
-    O(1) but scans the deleted prefix of the dict's entry table: it dominated the
-    receive path in the profile.)
-    """
-
-    __slots__ = ("_seen", "_order", "_pos", "_max")
-
-    def __init__(self, size: int = DEDUPE_WINDOW) -> None:
-        self._seen: set[bytes] = set()
-        self._order: list[bytes | None] = [None] * size
-        self._pos = 0
-        self._max = size
-
-    def first_time(self, msg_id: bytes) -> bool:
-        seen = self._seen
-        if msg_id in seen:
-            return False
-        pos = self._pos
-        old = self._order[pos]
-        if old is not None:
-            seen.discard(old)
-        self._order[pos] = msg_id
-        self._pos = pos + 1 if pos + 1 < self._max else 0
-        seen.add(msg_id)
-        return True
-
-
 class Router:
     """Routes messages between the local node and its links.
 
@@ -87,10 +52,9 @@ class Router:
         self,
         node_id: str,
         deliver: Callable[[Any, int, Any, Any], None],
-        on_event: Callable[[Any], None] | None = None,
+        event_core: Any = None,
     ) -> None:
         self.node_id = node_id
-        self.on_event = on_event
         self._node_id_b = node_id.encode()
         self.deliver = deliver
         self.links: dict[str, Any] = {}  # peer id -> ready link (direct route)
@@ -103,6 +67,8 @@ class Router:
         self._since_yield = 0
         self.decoder = Decoder()
         self.dedupe = Dedupe()
+        # Events from member links are delivered by the (compiled) sink directly.
+        self.sink = EventSink(event_core, node_id.encode(), self.dedupe) if event_core is not None else None
         self._errlog = RateLimitedLog(log)
         self.stats = {
             "frames_in": 0, "frames_out": 0, "messages_in": 0, "messages_out": 0,
@@ -230,33 +196,34 @@ class Router:
     def on_frame(self, link: Any, data: Any) -> None:
         """Handle one frame from a link.  Bad frames are counted; repeat offenders closed."""
         st = self.stats
+        sink = self.sink
         try:
-            msgs = self.decoder.feed(data)
+            if sink is not None:
+                rest = sink.receive(data, getattr(link, "member", False))
+                n = sink.last_messages
+            else:
+                rest = self.decoder.feed(data)
+                n = len(rest)
         except FrameError as exc:
             self._link_error(link, exc)
             return
         st["frames_in"] += 1
-        st["messages_in"] += len(msgs)
+        st["messages_in"] += n
+        if sink is not None:
+            st["duplicates"] += sink.duplicates
+            sink.duplicates = 0
+            if sink.bad_events:
+                bad, sink.bad_events = sink.bad_events, 0
+                self._link_error(link, FrameError(f"{bad} malformed event payload(s)"))
         me = self._node_id_b
         first_time = self.dedupe.first_time
-        # Events from a member link take a fused path: the bulk of all traffic.
-        on_event = self.on_event if getattr(link, "member", False) else None
-        dec_event = _EVENT_DECODE
-        for m in msgs:
+        for m in rest:
             target = m.target
             if target and target != me:
                 self._forward(link, m)
                 continue
-            if m.msg_id and not first_time(m.msg_id):
+            if sink is None and m.msg_id and not first_time(m.msg_id):
                 st["duplicates"] += 1
-                continue
-            if on_event is not None and m.kind == KIND_EVENT:
-                try:
-                    ev = dec_event(m.payload)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    self._link_error(link, FrameError(f"bad event payload: {exc}"))
-                    continue
-                on_event(ev)
                 continue
             try:
                 obj = decode_payload(m.kind, m.payload)

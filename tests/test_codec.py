@@ -204,3 +204,10 @@ def test_str_ids_encode_like_their_utf8_bytes(codec_impl: Any) -> None:
     b = codec_impl.FrameWriter()
     b.add_raw(1, 2, "nödé".encode(), "id-ü".encode(), b"p")
     assert a.finish() == b.finish()
+
+
+def test_invalid_utf8_in_a_payload_string_is_a_frame_error() -> None:
+    # msgspec raises UnicodeDecodeError (not DecodeError) for this; found by hypothesis.
+    bad = msgspec.msgpack.encode(["x"]).replace(b"x", b"\x80")
+    with pytest.raises(FrameError):
+        codec.decode_payload(schema.KIND_LEAVE, bad)

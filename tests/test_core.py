@@ -390,11 +390,11 @@ def test_state_converges_over_loopback(n: int) -> None:
 
 
 def test_dedupe_window_is_bounded_and_fifo() -> None:
-    from spiralfast.router import Dedupe
+    from spiralfast.fastpath import Dedupe
 
     d = Dedupe(4)
     assert all(d.first_time(bytes([i])) for i in range(4))
     assert not d.first_time(b"\x00")
     assert d.first_time(b"\x09")  # evicts 0, the oldest
     assert d.first_time(b"\x00") and not d.first_time(b"\x02")
-    assert len(d._seen) == 4
+    assert len(d) == 4

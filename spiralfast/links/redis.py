@@ -436,7 +436,9 @@ class RedisTransport:
             return self._bad(str(exc))
         me = core.router._node_id_b
         first_time = core.router.dedupe.first_time
-        on_event = core._on_event
+        sink = core.router.sink
+        assert sink is not None
+        on_event = sink.on_event
         for m in msgs:
             if m.target and m.target != me:
                 continue
@@ -446,7 +448,7 @@ class RedisTransport:
             if m.kind == schema.KIND_EVENT:  # the bulk of traffic: skip the generic path
                 try:
                     on_event(_EVENT_DECODE(m.payload))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8
                     self._bad(f"bad event payload: {exc}")
                 continue
             try:

@@ -1,0 +1,256 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled receive hot path.  Behaviour identical to ``_fastpath_py`` (see there)."""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.unicode cimport PyUnicode_FromFormat
+from libc.math cimport modf, nearbyint
+from libc.stdint cimport uint8_t, uint32_t
+
+import inspect
+from datetime import datetime
+
+import msgspec
+
+from spiralfast._codec cimport Message
+from spiralfast import limits as _limits
+from spiralfast.errors import FrameError
+from spiralfast.schema import Event
+
+COMPILED = True
+
+cdef int KIND_EVENT = 3
+cdef Py_ssize_t PROTOCOL_VERSION = _limits.PROTOCOL_VERSION
+cdef Py_ssize_t FRAME_HEADER_SIZE = _limits.FRAME_HEADER_SIZE
+cdef Py_ssize_t MESSAGE_HEADER_SIZE = _limits.MESSAGE_HEADER_SIZE
+cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
+cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
+cdef Py_ssize_t MAX_MESSAGE_SIZE = _limits.MAX_MESSAGE_SIZE
+
+cdef object _decode_event = msgspec.msgpack.Decoder(Event).decode
+cdef object _DecodeError = msgspec.DecodeError
+cdef object _isawaitable = inspect.isawaitable
+cdef object _iscoro = inspect.iscoroutinefunction
+cdef object _fromtimestamp = datetime.fromtimestamp
+
+cdef double _cache_sec = -1.0e300
+cdef str _cache_prefix = ""
+
+
+cpdef str iso_from_epoch(double ts):
+    """``datetime.fromtimestamp(ts).isoformat()``, with the seconds part cached."""
+    global _cache_sec, _cache_prefix
+    cdef double t
+    cdef double frac = modf(ts, &t)
+    # nearbyint rounds half to even, like Python's round() on the same double.
+    cdef long us = <long>nearbyint(frac * 1e6)
+    if us >= 1000000:
+        t += 1
+        us -= 1000000
+    elif us < 0:
+        t -= 1
+        us += 1000000
+    if t != _cache_sec:
+        _cache_prefix = _fromtimestamp(t).isoformat()
+        _cache_sec = t
+    if us:
+        return PyUnicode_FromFormat("%U.%06ld", <void*>_cache_prefix, us)
+    return _cache_prefix
+
+
+cdef class Dedupe:
+    """Bounded window of recently seen message ids (set + ring: O(1) eviction)."""
+
+    cdef set _seen
+    cdef list _order
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _max
+
+    def __init__(self, Py_ssize_t size=_limits.DEDUPE_WINDOW):
+        self._seen = set()
+        self._order = [None] * size
+        self._pos = 0
+        self._max = size
+
+    cpdef bint first_time(self, bytes msg_id):
+        if msg_id in self._seen:
+            return False
+        old = self._order[self._pos]
+        if old is not None:
+            self._seen.discard(old)
+        self._order[self._pos] = msg_id
+        self._pos += 1
+        if self._pos >= self._max:
+            self._pos = 0
+        self._seen.add(msg_id)
+        return True
+
+    def __len__(self):
+        return len(self._seen)
+
+
+cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef class EventSink:
+    """Delivers received mesh events to a node's handlers (see ``_fastpath_py``)."""
+
+    cdef public object core
+    cdef public bytes me
+    cdef public Dedupe dedupe
+    cdef public Py_ssize_t last_messages
+    cdef public Py_ssize_t duplicates
+    cdef public Py_ssize_t bad_events
+    cdef public Py_ssize_t events_in
+    cdef dict _kinds
+    cdef object _recent_append
+    cdef object _spill
+    cdef object _inbox
+    cdef set _observers
+
+    def __init__(self, core, bytes node_id, Dedupe dedupe):
+        self.core = core
+        self.me = node_id
+        self.dedupe = dedupe
+        self.last_messages = 0
+        self.duplicates = 0
+        self.bad_events = 0
+        self.events_in = 0
+        self._kinds = {}
+        # These containers live as long as the core; caching them saves attribute
+        # lookups per event.  (event_handlers is looked up each time: users may
+        # replace that dict.)
+        self._recent_append = core.recent_events.append
+        self._spill = core._spill
+        self._inbox = core._inbox
+        self._observers = core.observers
+
+    cpdef bint sync_only(self, str etype, list handlers) except -1:
+        c = self._kinds.get(etype)
+        if c is None or (<tuple>c)[0] is not handlers or (<tuple>c)[1] != len(handlers):
+            ok = True
+            for h in handlers:
+                if _iscoro(h):
+                    ok = False
+                    break
+            c = (handlers, len(handlers), ok)
+            self._kinds[etype] = c
+        return (<tuple>c)[2]
+
+    cpdef on_event(self, object ev):
+        cdef object core = self.core
+        self.events_in += 1
+        self._recent_append(ev)
+        if self._observers:
+            core._push_observers(ev)
+        cdef str etype = ev.event_type
+        handlers = (<dict>core.event_handlers).get(etype)
+        if not handlers:
+            return
+        cdef dict env = {
+            "type": etype,
+            "source_node": ev.source_node,
+            "timestamp": iso_from_epoch(ev.timestamp),
+            "data": ev.data,
+            "event_id": ev.event_id,
+        }
+        target = ev.target_node
+        if target is not None:
+            env["target_node"] = target
+        if not self._spill and self._inbox.empty() and self.sync_only(etype, handlers):
+            for h in handlers:
+                try:
+                    r = h(env)
+                    if r is not None and _isawaitable(r):
+                        core._spawn(r)
+                except Exception:
+                    core._handler_failed(h, env)
+            return
+        core._enqueue_envelope(env)
+
+    cpdef list receive(self, object data, bint member):
+        cdef Py_buffer view
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except (TypeError, BufferError) as exc:
+            raise FrameError("frame must be a contiguous bytes-like object") from exc
+        try:
+            return self._receive(<const uint8_t*>view.buf, view.len, member)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef list _receive(self, const uint8_t* data, Py_ssize_t size, bint member):
+        cdef Py_ssize_t count, i, pos, tlen, ilen, end
+        cdef uint32_t plen
+        cdef int kind, etype
+        cdef list rest = []
+        cdef bytes target, msg_id, payload
+        cdef Message m
+        if size > MAX_FRAME_SIZE:
+            raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME_SIZE}-byte limit")
+        if size < FRAME_HEADER_SIZE:
+            raise FrameError("truncated frame header")
+        if data[0] != PROTOCOL_VERSION:
+            raise FrameError(f"unsupported frame version {data[0]}")
+        count = data[1] | (data[2] << 8)
+        if count > MAX_MESSAGES_PER_FRAME:
+            raise FrameError(f"frame claims {count} messages (limit {MAX_MESSAGES_PER_FRAME})")
+        # Validate the whole frame before acting on any message, exactly like
+        # decode_frame: a malformed frame delivers nothing.
+        pos = FRAME_HEADER_SIZE
+        for i in range(count):
+            if pos + MESSAGE_HEADER_SIZE > size:
+                raise FrameError("truncated message header")
+            plen = _get_u32(data + pos + 4)
+            if plen > <uint32_t>MAX_MESSAGE_SIZE:
+                raise FrameError(f"message of {plen} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit")
+            end = pos + MESSAGE_HEADER_SIZE + data[pos + 2] + data[pos + 3] + <Py_ssize_t>plen
+            if end > size:
+                raise FrameError("message runs past the end of the frame")
+            pos = end
+        if pos != size:
+            raise FrameError(f"{size - pos} trailing bytes after the last message")
+        self.last_messages = count
+        pos = FRAME_HEADER_SIZE
+        for i in range(count):
+            kind = data[pos]
+            etype = data[pos + 1]
+            tlen = data[pos + 2]
+            ilen = data[pos + 3]
+            plen = _get_u32(data + pos + 4)
+            pos += MESSAGE_HEADER_SIZE
+            end = pos + tlen + ilen + <Py_ssize_t>plen
+            target = PyBytes_FromStringAndSize(<const char*>data + pos, tlen)
+            msg_id = PyBytes_FromStringAndSize(<const char*>data + pos + tlen, ilen)
+            payload = PyBytes_FromStringAndSize(<const char*>data + pos + tlen + ilen, plen)
+            pos = end
+            if tlen and target != self.me:
+                m = Message.__new__(Message)
+                m.kind = kind
+                m.etype = etype
+                m.target = target
+                m.msg_id = msg_id
+                m.payload = payload
+                rest.append(m)
+                continue
+            if ilen and not self.dedupe.first_time(msg_id):
+                self.duplicates += 1
+                continue
+            if member and kind == KIND_EVENT:
+                try:
+                    ev = _decode_event(payload)
+                except (_DecodeError, ValueError):  # ValueError: bad UTF-8 in a string
+                    self.bad_events += 1
+                    continue
+                self.on_event(ev)
+                continue
+            m = Message.__new__(Message)
+            m.kind = kind
+            m.etype = etype
+            m.target = target
+            m.msg_id = msg_id
+            m.payload = payload
+            rest.append(m)
+        return rest

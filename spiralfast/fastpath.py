@@ -1,0 +1,14 @@
+"""Receive hot path (compiled, or the pure twin): see ``_fastpath_py``."""
+
+from __future__ import annotations
+
+from ._native import load
+
+_impl = load("_fastpath", "_fastpath_py")
+
+COMPILED: bool = _impl.COMPILED
+Dedupe = _impl.Dedupe
+EventSink = _impl.EventSink
+iso_from_epoch = _impl.iso_from_epoch
+
+__all__ = ["COMPILED", "Dedupe", "EventSink", "iso_from_epoch"]

@@ -1,0 +1,144 @@
+"""The receive fast path: ISO formatting, and EventSink compiled vs pure twin."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spiralfast import _codec_py, _fastpath_py, schema
+from spiralfast._native import PUREPYTHON_REQUESTED
+from spiralfast.errors import FrameError
+from spiralfast.fastpath import iso_from_epoch
+from spiralfast.ring import Ring
+
+try:
+    from spiralfast import _fastpath as _fp_c
+except ImportError:  # pragma: no cover
+    _fp_c = None  # type: ignore[assignment]
+
+SINKS = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+
+
+@given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+def test_matches_datetime_isoformat(ts: float) -> None:
+    assert iso_from_epoch(ts) == datetime.fromtimestamp(ts).isoformat()
+
+
+def test_now_and_whole_seconds() -> None:
+    now = time.time()
+    assert iso_from_epoch(now) == datetime.fromtimestamp(now).isoformat()
+    assert iso_from_epoch(1700000000.0) == datetime.fromtimestamp(1700000000.0).isoformat()
+
+
+# -- EventSink: compiled and pure twins behave identically ------------------------------
+
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.recent_events: deque[Any] = deque(maxlen=10)
+        self.observers: set[Any] = set()
+        self._spill: deque[Any] = deque()
+        self._inbox = Ring(16)
+        self.event_handlers: dict[str, list[Any]] = {}
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self.queued: list[dict[str, Any]] = []
+        self.failed = 0
+
+    def _push_observers(self, ev: Any) -> None:
+        pass
+
+    def _enqueue_envelope(self, env: dict[str, Any]) -> None:
+        self.queued.append(env)
+
+    def _handler_failed(self, h: Any, env: dict[str, Any]) -> None:
+        self.failed += 1
+
+    def _spawn(self, aw: Any) -> None:
+        aw.close()
+
+
+def _frame(msgs: list[tuple[int, bytes, bytes, Any]]) -> bytes:
+    w = _codec_py.FrameWriter()
+    for kind, target, mid, obj in msgs:
+        if isinstance(obj, bytes):
+            w.add_raw(kind, 7, target, mid, obj)
+        else:
+            w.add(kind, 7, target, mid, obj)
+    return w.finish()
+
+
+def _run(impl: Any, frames: list[bytes], member: bool = True) -> Any:
+    core = FakeCore()
+    core.event_handlers["a"] = [lambda env: core.got.append(("h1", env))]
+
+    async def ah(env: dict[str, Any]) -> None:
+        core.got.append(("async", env))
+
+    core.event_handlers["b"] = [ah]
+    core.event_handlers["c"] = [lambda env: 1 / 0, lambda env: core.got.append(("h2", env))]
+    sink = impl.EventSink(core, b"me", impl.Dedupe(8))
+    out = []
+    for f in frames:
+        try:
+            rest = sink.receive(f, member)
+            out.append([m.as_tuple() for m in rest])
+        except FrameError:
+            out.append("FrameError")
+    return out, core.got, core.queued, core.failed, sink.duplicates, sink.bad_events, sink.events_in
+
+
+def _ev(i: int, etype: str, target: str | None = None) -> schema.Event:
+    return schema.Event(f"id{i}", etype, "src", 1700000000.25 + i, {"i": i}, target)
+
+
+def test_sink_twins_identical_on_mixed_frames() -> None:
+    frames = [
+        _frame([(schema.KIND_EVENT, b"", b"id1", _ev(1, "a")), (schema.KIND_EVENT, b"", b"id2", _ev(2, "b")),
+                (schema.KIND_EVENT, b"", b"id3", _ev(3, "c")), (schema.KIND_EVENT, b"", b"id1", _ev(1, "a")),
+                (schema.KIND_HEARTBEAT, b"", b"", schema.Heartbeat("x", "active", 0, 0.0, 1.0)),
+                (schema.KIND_EVENT, b"other", b"id9", _ev(9, "a")),
+                (schema.KIND_EVENT, b"me", b"id4", _ev(4, "a", "me")),
+                (schema.KIND_EVENT, b"", b"id5", b"\xc1junk"),
+                (schema.KIND_EVENT, b"", b"id6", _ev(6, "nohandler"))]),
+        b"\x01\x05\x00",
+        b"\x02\x00\x00",
+    ]
+    results = [_run(impl, frames) for impl in SINKS]
+    assert all(r == results[0] for r in results)
+    rest, got, queued, failed, dups, bad, events_in = results[0]
+    assert [g[0] for g in got] == ["h1", "h2", "h1"] and failed == 1 and dups == 1 and bad == 1
+    assert [e["type"] for e in queued] == ["b"]  # async handlers go through the queue
+    assert events_in == 5 and rest[1:] == ["FrameError", "FrameError"]
+    assert [t[0] for t in rest[0]] == [schema.KIND_HEARTBEAT, schema.KIND_EVENT]  # heartbeat + forward
+    assert got[2][1]["target_node"] == "me"
+    assert got[0][1]["timestamp"] == datetime.fromtimestamp(1700000001.25).isoformat()
+
+
+def test_non_member_links_get_no_fast_path() -> None:
+    frames = [_frame([(schema.KIND_EVENT, b"", b"id1", _ev(1, "a"))])]
+    for impl in SINKS:
+        rest, got, *_ = _run(impl, frames, member=False)
+        assert got == [] and len(rest[0]) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from([schema.KIND_EVENT, schema.KIND_LEAVE]), st.sampled_from([b"", b"me", b"x"]),
+                          st.binary(max_size=3), st.integers(0, 5)), max_size=20),
+       st.data())
+def test_sink_twins_identical_on_random_and_mutated_frames(msgs: Any, data: st.DataObject) -> None:
+    built = [(k, t, mid, _ev(i, "a") if k == schema.KIND_EVENT else schema.Leave("n")) for k, t, mid, i in msgs]
+    frame = bytearray(_frame(built))
+    if frame and data.draw(st.booleans()):
+        frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+    results = [_run(impl, [bytes(frame)]) for impl in SINKS]
+    assert all(r == results[0] for r in results)
+
+
+def test_iso_twins_identical() -> None:
+    for ts in (0.0, 0.5, 1.0000005, 1700000000.9999996, 1700000000.123456):
+        assert _fastpath_py.iso_from_epoch(ts) == iso_from_epoch(ts) == datetime.fromtimestamp(ts).isoformat()
