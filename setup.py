@@ -23,7 +23,7 @@ DIRECTIVES = {
     "embedsignature": True,
 }
 
-MODULES = ["spiralfast._codec", "spiralfast._ring", "spiralfast._fastpath", "spiralfast.links._wslistener"]
+MODULES = ["spiralfast._codec", "spiralfast._ring", "spiralfast._fastpath", "spiralfast._event", "spiralfast.links._wslistener"]
 
 
 class OptionalBuildExt(build_ext):

@@ -9,7 +9,6 @@ A bus owned by a ``MeshCore`` also hands its events to the mesh router.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import threading
@@ -20,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ._log import RateLimitedLog
+from .enums import EventType
 from .errors import RingFull
+from .event import RitualEvent, dispatch_loop, publish_nowait
 from .limits import DEFAULT_RING_CAPACITY
 from .ring import Ring
-from .types import EventType, RitualEvent
 
 log = logging.getLogger("spiralfast.bus")
 
@@ -36,10 +36,6 @@ Handler = Callable[[RitualEvent], Any]
 
 async def _no_backpressure() -> None:
     return None
-
-
-def _neg_priority(ev: RitualEvent) -> int:
-    return -ev.priority
 
 
 def _as_event_type(event_type: EventType | str) -> EventType:
@@ -130,6 +126,9 @@ class EventBus:
         On a mesh bus, an event with no ``target_node`` reaches every node's
         subscribers; with a ``target_node``, only that node's.
         """
+        eid = publish_nowait(self, event_type, data, target_node, priority, ttl, metadata)
+        if eid is not None:  # the common case: a local bus with room in its queue
+            return eid
         if event_type.__class__ is not EventType:
             event_type = _as_event_type(event_type)
         eid = self._prefix + str(next(self._seq))
@@ -239,51 +238,14 @@ class EventBus:
     # -- dispatch ------------------------------------------------------------------
 
     async def _process(self) -> None:
-        ring = self.event_queue
-        subs = self.subscribers
-        history = self.event_history
-        while self.running:
-            if ring.empty():
-                await ring.wait_nonempty()
-            batch = ring.pop_many()
-            n = len(batch)
-            if n > 1:
-                p0 = batch[0].priority
-                for ev in batch:
-                    if ev.priority != p0:
-                        batch.sort(key=_neg_priority)  # stable: FIFO within a priority
-                        break
-            now = time.time()
-            delivered = 0
-            # Enum hashing runs in Python; look handlers up by member identity instead
-            # (rebuilt per batch, so direct edits of ``subscribers`` are honoured).
-            by_id = {id(k): v for k, v in subs.items()}
-            for ev in batch:
-                ttl = ev.ttl
-                if ttl is not None and (ttl <= 0 or now - ev._ts >= ttl):
-                    self.expired += 1
-                    continue
-                handlers = by_id.get(id(ev.event_type))
-                if handlers:
-                    for h in handlers:
-                        try:
-                            r = h(ev)
-                            if r is not None and inspect.isawaitable(r):
-                                await r
-                        except asyncio.CancelledError:
-                            raise
-                        except Exception:
-                            self.handler_errors += 1
-                            self._errlog(
-                                ("handler", getattr(h, "__qualname__", repr(h))), logging.ERROR,
-                                "event handler %r failed on %s", h, ev.event_id, exc_info=True,
-                            )
-                history.append(ev)
-                delivered += 1
-            self.delivered += delivered
-            extra = len(history) - self.max_history
-            if extra > 0:
-                del history[:extra]
+        await dispatch_loop(self)
+
+    def _handler_failed(self, h: Any, ev: RitualEvent) -> None:
+        self.handler_errors += 1
+        self._errlog(
+            ("handler", getattr(h, "__qualname__", repr(h))), logging.ERROR,
+            "event handler %r failed on %s", h, ev.event_id, exc_info=True,
+        )
 
     # -- introspection -------------------------------------------------------------
 

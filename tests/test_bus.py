@@ -220,3 +220,35 @@ def test_publish_from_threads(loop_kind: str) -> None:
     got = run_on(loop_kind, main)
     for base in (0, 10000):
         assert [x for x in got if base <= x < base + 10000] == list(range(base, base + 2000))
+
+
+def test_ritual_event_twins_behave_identically() -> None:
+    from datetime import datetime
+
+    from spiralfast import _event_py
+    from spiralfast._native import PUREPYTHON_REQUESTED
+
+    impls = [_event_py]
+    if not PUREPYTHON_REQUESTED:
+        from spiralfast import _event
+
+        impls.append(_event)
+    seen = []
+    for impl in impls:
+        E = impl.RitualEvent
+        a = E("id", EventType.CUSTOM, "n", None, 1700000000.5, {"d": 1}, None, 3, 0.5)
+        b = E("id", EventType.CUSTOM, "n", None, datetime.fromtimestamp(1700000000.5), {"d": 1}, {}, 3, 0.5)
+        assert a == b and a.metadata == {}
+        assert (a != b) is False  # noqa: SIM202 - __ne__ is under test
+        a.metadata["x"] = 1
+        assert a != b
+        a.timestamp = datetime(2026, 1, 1)
+        assert a.epoch == datetime(2026, 1, 1).timestamp()
+        try:
+            hash(a)
+            hashable = True
+        except TypeError:
+            hashable = False
+        d = b.to_dict()
+        seen.append((repr(b), d, E.from_dict(d) == b, hashable, b.priority, b.ttl))
+    assert all(s == seen[0] for s in seen) and seen[0][2] is True and seen[0][3] is False

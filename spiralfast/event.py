@@ -1,0 +1,14 @@
+"""``RitualEvent`` and the EventBus hot path (compiled, or the pure twin)."""
+
+from __future__ import annotations
+
+from ._native import load
+
+_impl = load("_event", "_event_py")
+
+COMPILED: bool = _impl.COMPILED
+RitualEvent = _impl.RitualEvent
+publish_nowait = _impl.publish_nowait
+dispatch_loop = _impl.dispatch_loop
+
+__all__ = ["COMPILED", "RitualEvent", "publish_nowait", "dispatch_loop"]
