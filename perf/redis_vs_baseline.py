@@ -6,7 +6,6 @@ latency run.  Usage: python perf/redis_vs_baseline.py [EVENTS] [REDIS_URL]
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
