@@ -30,7 +30,7 @@ from .limits import DEFAULT_RING_CAPACITY
 from .peer import PeerSession
 from .registry import MeshRegistry
 from .ring import Ring
-from .router import Router
+from .router import YIELD_EVERY, Router
 from .sync import StateSynchronizer
 from .types import EventType, MeshNode, NodeStatus, RitualEvent
 
@@ -54,6 +54,9 @@ _EVENT_TYPES = {e.value: e for e in EventType}
 
 
 _iso = iso_from_epoch
+_Event = schema.Event
+_KIND_EVENT = schema.KIND_EVENT
+_now = time.time
 _ETYPE_IDS = schema.EVENT_TYPE_IDS
 
 
@@ -229,18 +232,19 @@ class MeshCore:
         """Deliver to ``event_type`` handlers on every other node of the mesh."""
         et: str = event_type.value if isinstance(event_type, EventType) else event_type
         eid = self._prefix + str(next(self._seq))
-        ev = schema.Event(eid, et, self.node_id, time.time(), data)
+        ev = _Event(eid, et, self.node_id, _now(), data)
         self.counters["events_out"] += 1
         router = self.router
-        router.broadcast(schema.KIND_EVENT, _ETYPE_IDS.get(et, 0), eid, ev)
+        router.broadcast(_KIND_EVENT, _ETYPE_IDS.get(et, 0), eid, ev)
         if self.redis is not None:
             self.redis.legacy_broadcast(ev)
         self.recent_events.append(ev)
         if self.observers:
-            from .observe import push_event
-
-            push_event(self, ev)
-        await router.backpressure()
+            self._push_observers(ev)
+        # router.backpressure(), with its cheap test inlined: no coroutine per event.
+        router._since_yield += 1
+        if router.paused or router._since_yield >= YIELD_EVERY:
+            await router.wait_writable()
 
     async def send_to_node(self, target_node_id: str, event_type: str | EventType, data: Any) -> bool:
         """Deliver to one node.  False (and a warning) when the node is unknown."""

@@ -109,15 +109,19 @@ class Router:
         link itself drops a peer that stays paused too long) and lets the loop run
         once every ``YIELD_EVERY`` messages so a tight send loop cannot starve it."""
         self._since_yield += 1
+        if self.paused or self._since_yield >= YIELD_EVERY:
+            await self.wait_writable()
+
+    async def wait_writable(self) -> None:
+        """The slow half of ``backpressure`` (senders inline the cheap test)."""
         if self.paused:
             self.flush()
             w = self._writable
             assert w is not None
             await w.wait()
-            self._since_yield = 0
-        elif self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
+        else:
             await asyncio.sleep(0)
+        self._since_yield = 0
 
     # -- sending -------------------------------------------------------------------
 
