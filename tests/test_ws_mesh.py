@@ -99,7 +99,7 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
     assert b.sigint() == 0
     t0 = time.monotonic()
     await _all_know([a], {"A"}, timeout=5)
-    assert time.monotonic() - t0 < 0.6  # a leave, not a failure (that takes ~0.9 s+)
+    assert time.monotonic() - t0 < 0.85  # a leave, not a failure (silence needs > 3 x 0.3 s)
 
 
 async def test_restarted_peer_is_reconnected() -> None:
