@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
     _codec_c = None  # type: ignore[assignment]
 
 BATCH = 64
+_DECODE_EVENT = msgspec.msgpack.Decoder(schema.Event).decode
 NODE = str(uuid.uuid4())
 DATA = {"agent_id": "agent-7", "message": "hello", "target_agent": None}
 
@@ -39,8 +40,7 @@ def _run_frame(impl: Any, events: list[schema.Event]) -> Any:
     for ev in events:
         w.add(schema.KIND_EVENT, et, b"", ev.event_id, ev)
     frame = w.finish()
-    dec = msgspec.msgpack.Decoder(schema.Event)
-    return [dec.decode(m.payload) for m in impl.decode_frame(frame)]
+    return impl.decode_payloads(frame, _DECODE_EVENT)
 
 
 IMPLS = [pytest.param(_codec_py, id="pure")]

@@ -32,3 +32,4 @@ cdef class Decoder:
 
 
 cpdef list decode_frame(object data, Py_ssize_t max_frame_size=*)
+cpdef list decode_payloads(object data, object decode, Py_ssize_t max_frame_size=*)

@@ -246,6 +246,58 @@ cdef list _decode(const uint8_t* data, Py_ssize_t size, Py_ssize_t max_frame_siz
     return out
 
 
+cdef list _decode_payloads(const uint8_t* data, Py_ssize_t size, object decode, Py_ssize_t max_frame_size):
+    cdef Py_ssize_t count, i, pos, end
+    cdef uint32_t plen
+    cdef list out
+    if size > max_frame_size:
+        raise FrameError(f"frame of {size} bytes exceeds the {max_frame_size}-byte limit")
+    if size < FRAME_HEADER_SIZE:
+        raise FrameError("truncated frame header")
+    if data[0] != PROTOCOL_VERSION:
+        raise FrameError(f"unsupported frame version {data[0]}")
+    count = data[1] | (data[2] << 8)
+    if count > MAX_MESSAGES_PER_FRAME:
+        raise FrameError(f"frame claims {count} messages (limit {MAX_MESSAGES_PER_FRAME})")
+    # Validate everything first: a malformed frame yields nothing.
+    pos = FRAME_HEADER_SIZE
+    for i in range(count):
+        if pos + MESSAGE_HEADER_SIZE > size:
+            raise FrameError("truncated message header")
+        plen = _get_u32(data + pos + 4)
+        if plen > <uint32_t>MAX_MESSAGE_SIZE:
+            raise FrameError(f"message of {plen} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit")
+        end = pos + MESSAGE_HEADER_SIZE + data[pos + 2] + data[pos + 3] + <Py_ssize_t>plen
+        if end > size:
+            raise FrameError("message runs past the end of the frame")
+        pos = end
+    if pos != size:
+        raise FrameError(f"{size - pos} trailing bytes after the last message")
+    out = [None] * count
+    pos = FRAME_HEADER_SIZE
+    for i in range(count):
+        plen = _get_u32(data + pos + 4)
+        pos += MESSAGE_HEADER_SIZE + data[pos + 2] + data[pos + 3]
+        out[i] = decode(PyBytes_FromStringAndSize(<const char*>data + pos, plen))
+        pos += plen
+    return out
+
+
+cpdef list decode_payloads(object data, object decode, Py_ssize_t max_frame_size=MAX_FRAME_SIZE):
+    """``[decode(payload) for each message]`` without building ``Message`` objects,
+    for a receiver that needs only the payloads.  ``FrameError`` as ``decode_frame``;
+    errors raised by ``decode`` propagate."""
+    cdef Py_buffer view
+    try:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    except (TypeError, BufferError) as exc:
+        raise FrameError("frame must be a contiguous bytes-like object") from exc
+    try:
+        return _decode_payloads(<const uint8_t*>view.buf, view.len, decode, max_frame_size)
+    finally:
+        PyBuffer_Release(&view)
+
+
 cpdef list decode_frame(object data, Py_ssize_t max_frame_size=MAX_FRAME_SIZE):
     """Split one frame into messages.  Raises ``FrameError`` on any malformed input."""
     cdef Py_buffer view

@@ -205,6 +205,13 @@ def decode_frame(data: Any, max_frame_size: int = MAX_FRAME_SIZE) -> list[Messag
     return out
 
 
+def decode_payloads(data: Any, decode: Any, max_frame_size: int = MAX_FRAME_SIZE) -> list[Any]:
+    """``[decode(payload) for each message]`` without exposing ``Message`` objects,
+    for a receiver that needs only the payloads.  ``FrameError`` as ``decode_frame``;
+    errors raised by ``decode`` propagate."""
+    return [decode(m.payload) for m in decode_frame(data, max_frame_size)]
+
+
 class Decoder:
     """Sans-I/O frame decoder: ``feed(frame)`` returns the frame's messages."""
 

@@ -22,6 +22,7 @@ Message = _impl.Message
 FrameWriter = _impl.FrameWriter
 Decoder = _impl.Decoder
 decode_frame = _impl.decode_frame
+decode_payloads = _impl.decode_payloads
 encode_batch = _impl.encode_batch
 
 #: One reused msgpack decoder per message kind (kind byte -> Struct type).
@@ -52,6 +53,7 @@ __all__ = [
     "FrameWriter",
     "Decoder",
     "decode_frame",
+    "decode_payloads",
     "encode_batch",
     "decode_payload",
     "decode_messages",

@@ -211,3 +211,21 @@ def test_invalid_utf8_in_a_payload_string_is_a_frame_error() -> None:
     bad = msgspec.msgpack.encode(["x"]).replace(b"x", b"\x80")
     with pytest.raises(FrameError):
         codec.decode_payload(schema.KIND_LEAVE, bad)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.data())
+def test_decode_payloads_matches_decode_frame(batch: Any, data: st.DataObject) -> None:
+    frame = bytearray(_codec_py.encode_batch(batch))
+    if frame and data.draw(st.booleans()):
+        frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+    for impl in IMPLS:
+        try:
+            expected: Any = [m.payload for m in impl.decode_frame(bytes(frame))]
+        except FrameError:
+            expected = "FrameError"
+        try:
+            got: Any = impl.decode_payloads(bytes(frame), bytes)
+        except FrameError:
+            got = "FrameError"
+        assert got == expected
