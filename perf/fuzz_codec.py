@@ -1,4 +1,5 @@
-"""Feed mutated frames to the compiled decoder; report escapes, crashes and RSS growth.
+"""Feed mutated frames to the compiled decoders (decode_frame, decode_payloads and the
+receive fast path's EventSink); report escapes, crashes and RSS growth.
 
 Usage: python perf/fuzz_codec.py [COUNT] [SEED]      (default 1,000,000; not run in CI)
 A crash kills the process (non-zero exit); an exception other than FrameError is
@@ -11,9 +12,29 @@ import random
 import resource
 import sys
 import time
+from collections import deque
 
 from spiralfast import _codec as impl  # the compiled decoder, on purpose
+from spiralfast import _fastpath
 from spiralfast.errors import FrameError
+from spiralfast.ring import Ring
+
+
+class _Core:
+    """Just enough of a MeshCore for the compiled EventSink."""
+
+    def __init__(self) -> None:
+        self.recent_events: deque[object] = deque(maxlen=100)
+        self.observers: set[object] = set()
+        self._spill: deque[object] = deque()
+        self._inbox = Ring(16)
+        self.event_handlers = {"x": [lambda env: None]}
+
+    def _enqueue_envelope(self, env: object) -> None:
+        pass
+
+    def _handler_failed(self, h: object, env: object) -> None:
+        pass
 
 
 def rss_mib() -> float:
@@ -58,6 +79,7 @@ def main() -> int:
     rng = random.Random(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
     pool = seeds(rng)
     ok = errors = escapes = 0
+    sink = _fastpath.EventSink(_Core(), b"me", _fastpath.Dedupe(1024))
     start = time.perf_counter()
     rss_start = None
     for i in range(count):
@@ -67,6 +89,15 @@ def main() -> int:
             ok += 1
         except FrameError:
             errors += 1
+        except Exception as exc:  # noqa: BLE001 - counting escapes is the point
+            escapes += 1
+            if escapes <= 10:
+                print(f"ESCAPE decode_frame {type(exc).__name__}: {exc} frame={frame[:64].hex()}")
+        try:
+            impl.decode_payloads(frame, bytes)
+            sink.receive(frame, True)
+        except FrameError:
+            pass
         except Exception as exc:  # noqa: BLE001 - counting escapes is the point
             escapes += 1
             if escapes <= 10:

@@ -13,7 +13,8 @@ from datetime import datetime
 
 import msgspec
 
-from spiralfast._codec cimport Message
+from spiralfast._codec cimport Message, FrameWriter
+from cpython.bytearray cimport PyByteArray_GET_SIZE
 from spiralfast import limits as _limits
 from spiralfast.errors import FrameError
 from spiralfast.schema import Event
@@ -29,6 +30,7 @@ cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
 cdef Py_ssize_t MAX_MESSAGE_SIZE = _limits.MAX_MESSAGE_SIZE
 
 cdef object _decode_event = msgspec.msgpack.Decoder(Event).decode
+cdef object _Event = Event
 cdef object _DecodeError = msgspec.DecodeError
 cdef object _isawaitable = inspect.isawaitable
 cdef object _iscoro = inspect.iscoroutinefunction
@@ -254,3 +256,72 @@ cdef class EventSink:
             m.payload = payload
             rest.append(m)
         return rest
+
+
+cdef object _now = __import__("time").time
+
+
+cdef class EventSender:
+    """The send half of the hot path (see ``_fastpath_py.EventSender``)."""
+
+    cdef public object core
+    cdef public str prefix
+    cdef public long seq
+    cdef public dict etype_ids
+    cdef public Py_ssize_t flush_bytes
+    cdef public Py_ssize_t yield_every
+    cdef public Py_ssize_t since_yield
+    cdef public Py_ssize_t events_out
+    cdef object _router
+    cdef FrameWriter _writer
+    cdef object _recent_append
+    cdef set _observers
+    cdef str _node_id
+    cdef dict _stats
+
+    def __init__(self, core, str prefix, dict etype_ids, Py_ssize_t flush_bytes, Py_ssize_t yield_every):
+        self.core = core
+        self.prefix = prefix
+        self.seq = 0
+        self.etype_ids = etype_ids
+        self.flush_bytes = flush_bytes
+        self.yield_every = yield_every
+        self.since_yield = 0
+        self.events_out = 0
+        self._router = core.router
+        self._writer = core.router._bcast
+        self._recent_append = core.recent_events.append
+        self._observers = core.observers
+        self._node_id = core.node_id
+        self._stats = core.router.stats
+
+    cpdef str next_id(self):
+        self.seq += 1
+        return PyUnicode_FromFormat("%U%ld", <void*>self.prefix, self.seq)
+
+    cpdef bint broadcast(self, str etype, object data) except -1:
+        cdef FrameWriter w = self._writer
+        router = self._router
+        self.seq += 1
+        eid = PyUnicode_FromFormat("%U%ld", <void*>self.prefix, self.seq)
+        ev = _Event(eid, etype, self._node_id, _now(), data)
+        self.events_out += 1
+        if w._count >= MAX_MESSAGES_PER_FRAME:
+            router.flush()
+        w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
+        self._stats["messages_out"] += 1
+        if PyByteArray_GET_SIZE(w._buf) >= self.flush_bytes:
+            router.flush()
+        else:
+            router._schedule()
+        redis = self.core.redis
+        if redis is not None:
+            redis.legacy_broadcast(ev)
+        self._recent_append(ev)
+        if self._observers:
+            self.core._push_observers(ev)
+        self.since_yield += 1
+        if router.paused or self.since_yield >= self.yield_every:
+            self.since_yield = 0
+            return True
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from datetime import datetime
 from typing import Any
 
@@ -164,3 +165,55 @@ class EventSink:
                 continue
             rest.append(m)
         return rest
+
+
+class EventSender:
+    """The send half of the hot path: ``broadcast(event_type, data)`` builds the wire
+    event, queues it once for every link (and Redis' legacy channel), records it,
+    and returns True when the caller must ``await router.wait_writable()``.
+
+    ``core`` provides: ``node_id``, ``router`` (``_bcast`` writer, ``flush``,
+    ``_schedule``, ``paused``), ``recent_events``, ``observers``,
+    ``_push_observers(ev)``, ``counters``, ``redis``.
+    """
+
+    def __init__(self, core: Any, prefix: str, etype_ids: dict[str, int], flush_bytes: int, yield_every: int) -> None:
+        self.core = core
+        self.prefix = prefix
+        self.seq = 0
+        self.etype_ids = etype_ids
+        self.flush_bytes = flush_bytes
+        self.yield_every = yield_every
+        self.since_yield = 0
+        self.events_out = 0
+
+    def next_id(self) -> str:
+        self.seq += 1
+        return self.prefix + str(self.seq)
+
+    def broadcast(self, etype: str, data: Any) -> bool:
+        core = self.core
+        self.seq += 1
+        eid = self.prefix + str(self.seq)
+        ev = Event(eid, etype, core.node_id, time.time(), data)
+        self.events_out += 1
+        router = core.router
+        w = router._bcast
+        if w.full:
+            router.flush()
+        w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
+        router.stats["messages_out"] += 1
+        if w.nbytes >= self.flush_bytes:
+            router.flush()
+        else:
+            router._schedule()
+        if core.redis is not None:
+            core.redis.legacy_broadcast(ev)
+        core.recent_events.append(ev)
+        if core.observers:
+            core._push_observers(ev)
+        self.since_yield += 1
+        if router.paused or self.since_yield >= self.yield_every:
+            self.since_yield = 0
+            return True
+        return False

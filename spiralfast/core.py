@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import random
 import time
@@ -25,8 +24,8 @@ from ._version import __version__
 from .bus import EventBus
 from .config import MeshConfig
 from .errors import RingFull
-from .fastpath import iso_from_epoch
-from .limits import DEFAULT_RING_CAPACITY
+from .fastpath import EventSender, iso_from_epoch
+from .limits import DEFAULT_RING_CAPACITY, FLUSH_THRESHOLD_BYTES
 from .peer import PeerSession
 from .registry import MeshRegistry
 from .ring import Ring
@@ -101,7 +100,6 @@ class MeshCore:
         self.redis: Any = None
         self._inbox = Ring(DEFAULT_RING_CAPACITY, overflow="reject")
         self._tasks: list[asyncio.Task[Any]] = []
-        self._seq = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._errlog = RateLimitedLog(log)
         self._lock = asyncio.Lock()
@@ -111,6 +109,7 @@ class MeshCore:
         self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()
         self.router = Router(self.node_id, self._deliver, self)  # last: its sink reads the above
+        self._sender = EventSender(self, self._prefix, schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -231,20 +230,8 @@ class MeshCore:
     async def broadcast_event(self, event_type: str | EventType, data: Any) -> None:
         """Deliver to ``event_type`` handlers on every other node of the mesh."""
         et: str = event_type.value if isinstance(event_type, EventType) else event_type
-        eid = self._prefix + str(next(self._seq))
-        ev = _Event(eid, et, self.node_id, _now(), data)
-        self.counters["events_out"] += 1
-        router = self.router
-        router.broadcast(_KIND_EVENT, _ETYPE_IDS.get(et, 0), eid, ev)
-        if self.redis is not None:
-            self.redis.legacy_broadcast(ev)
-        self.recent_events.append(ev)
-        if self.observers:
-            self._push_observers(ev)
-        # router.backpressure(), with its cheap test inlined: no coroutine per event.
-        router._since_yield += 1
-        if router.paused or router._since_yield >= YIELD_EVERY:
-            await router.wait_writable()
+        if self._sender.broadcast(et, data):  # True: a peer is slow, or time to yield
+            await self.router.wait_writable()
 
     async def send_to_node(self, target_node_id: str, event_type: str | EventType, data: Any) -> bool:
         """Deliver to one node.  False (and a warning) when the node is unknown."""
@@ -252,7 +239,7 @@ class MeshCore:
         if target_node_id not in self.nodes:
             log.warning("send_to_node: unknown node %s", target_node_id)
             return False
-        eid = self._prefix + str(next(self._seq))
+        eid = self._sender.next_id()
         ev = schema.Event(eid, et, self.node_id, time.time(), data, target_node_id)
         self.counters["events_out"] += 1
         if target_node_id == self.node_id:
@@ -294,6 +281,7 @@ class MeshCore:
         c = dict(self.counters)
         if self.router.sink is not None:
             c["events_in"] += self.router.sink.events_in
+        c["events_out"] += self._sender.events_out
         return c
 
     def link_info(self) -> list[dict[str, Any]]:

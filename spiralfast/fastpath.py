@@ -9,6 +9,7 @@ _impl = load("_fastpath", "_fastpath_py")
 COMPILED: bool = _impl.COMPILED
 Dedupe = _impl.Dedupe
 EventSink = _impl.EventSink
+EventSender = _impl.EventSender
 iso_from_epoch = _impl.iso_from_epoch
 
-__all__ = ["COMPILED", "Dedupe", "EventSink", "iso_from_epoch"]
+__all__ = ["COMPILED", "Dedupe", "EventSender", "EventSink", "iso_from_epoch"]
