@@ -7,6 +7,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -142,3 +143,61 @@ def test_sink_twins_identical_on_random_and_mutated_frames(msgs: Any, data: st.D
 def test_iso_twins_identical() -> None:
     for ts in (0.0, 0.5, 1.0000005, 1700000000.9999996, 1700000000.123456):
         assert _fastpath_py.iso_from_epoch(ts) == iso_from_epoch(ts) == datetime.fromtimestamp(ts).isoformat()
+
+
+class _SendCore:
+    def __init__(self) -> None:
+        from spiralfast.router import Router
+
+        self.node_id = "me"
+        self.recent_events: deque[Any] = deque(maxlen=10)
+        self.observers: set[Any] = set()
+        self.counters: dict[str, int] = {}
+        self.redis = None
+        self.router = Router("me", lambda *a: None)
+        self.pushed: list[Any] = []
+
+    def _push_observers(self, ev: Any) -> None:
+        self.pushed.append(ev)
+
+
+def test_sender_twins_build_the_same_frames() -> None:
+    import asyncio
+
+    from spiralfast import _fastpath_py as pure
+
+    impls = [pure] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+
+    async def run(impl: Any) -> Any:
+        core = _SendCore()
+        sent: list[bytes] = []
+
+        class Link:
+            errors = 0
+            peer_id = "p"
+
+            def send_frame(self, f: bytes) -> bool:
+                sent.append(f)
+                return True
+
+            def close(self, reason: str = "") -> None:
+                pass
+
+        core.router.add_link("p", Link())
+        s = impl.EventSender(core, "pre-", schema.EVENT_TYPE_IDS, 1 << 20, 3)
+        flags = [s.broadcast("custom" if i % 2 else "weird_type", {"i": i}) for i in range(7)]
+        core.observers.add(object())
+        flags.append(s.broadcast("custom", {"i": 7}))
+        core.router.flush()
+        msgs = [m for f in sent for m in _codec_py.decode_frame(f)]
+        evs = [msgspec.msgpack.decode(m.payload, type=schema.Event) for m in msgs]
+        shape = [(m.kind, m.etype, m.msg_id, e.event_id, e.event_type, e.source_node, e.data) for m, e in zip(msgs, evs, strict=True)]
+        return flags, shape, len(core.recent_events), len(core.pushed), s.events_out, s.next_id()
+
+    results = [asyncio.run(run(impl)) for impl in impls]
+    assert all(r == results[0] for r in results)
+    flags, shape, recent, pushed, out, nxt = results[0]
+    assert flags == [False, False, True, False, False, True, False, False]  # a yield every 3rd event
+    assert [x[2] for x in shape] == [f"pre-{i}".encode() for i in range(1, 9)]
+    assert shape[1][1] == schema.EVENT_TYPE_IDS["custom"] and shape[0][1] == 0
+    assert (recent, pushed, out, nxt) == (8, 1, 8, "pre-9")
