@@ -142,7 +142,8 @@ class Router:
             self._schedule()
 
     def send(self, target: str, kind: int, etype: int, msg_id: bytes | str, obj: Any) -> bool:
-        """Queue ``obj`` for ``target``: its direct link, else relayed by the neighbours."""
+        """Queue ``obj`` for ``target``: its direct link, else a transport that reaches
+        it directly (Redis' per-node channel), else relayed by the neighbours."""
         if target in self.links:
             w = self._direct.get(target)
             if w is None:
@@ -156,6 +157,11 @@ class Router:
             else:
                 self._schedule()
             return True
+        for x in self.extra_links:  # e.g. Redis: its own channel for that node
+            if x.can_reach(target):
+                x.send_direct(target, kind, etype, msg_id, obj)
+                self.stats["messages_out"] += 1
+                return True
         if not self.links and not self.extra_links:
             self.stats["unroutable"] += 1
             return False

@@ -56,6 +56,7 @@ async def test_redis_only_mesh_membership_broadcast_direct_and_failure() -> None
         assert await a.send_to_node("rb", "rx", {"direct": True})
         await wait_for(lambda: len(got) == 101)
         assert got[-1]["target_node"] == "rb"
+        assert a.redis.stats["direct"] == 1  # on rb's own channel, not the broadcast one
         await b.stop()
         await wait_for(lambda: "rb" not in a.nodes, timeout=3)
     finally:

@@ -26,7 +26,7 @@ import orjson
 from .. import schema
 from .._aio import cancel_all
 from .._log import RateLimitedLog
-from ..codec import decode_frame, decode_payload
+from ..codec import FrameWriter, decode_frame, decode_payload
 from ..errors import FrameError
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ class RedisTransport:
         self.ack_sent: dict[str, int] = {}
         self.congested = False
         self._ack_scheduled = False
+        self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
+        self._direct_scheduled = False
         self.legacy_nodes: set[str] = set()
         self.sf_nodes: set[str] = set()
         self._flush_scheduled = False
@@ -106,7 +108,7 @@ class RedisTransport:
         self._tasks: list[asyncio.Task[Any]] = []
         self.errlog = RateLimitedLog(log)
         self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "dropped": 0, "reconnects": 0,
-                      "paced": 0, "acks_sent": 0}
+                      "paced": 0, "acks_sent": 0, "direct": 0}
         self.session = _RedisSession(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -166,6 +168,29 @@ class RedisTransport:
     def send_frame(self, frame: bytes) -> bool:
         self._send_sf(self.sf_channel, frame)
         return True
+
+    def can_reach(self, node_id: str) -> bool:
+        """True for spiralfast nodes heard on Redis: they read their own channel."""
+        return self.connected and node_id in self.sf_nodes
+
+    def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
+        """Queue a message for one node's channel; batched per loop iteration."""
+        w = self._direct.get(target)
+        if w is None:
+            w = self._direct[target] = FrameWriter()
+        if w.full:
+            self._flush_direct()
+        w.add(kind, etype, target, msg_id, obj)
+        self.stats["direct"] += 1
+        if not self._direct_scheduled:
+            self._direct_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_direct)
+
+    def _flush_direct(self) -> None:
+        self._direct_scheduled = False
+        for target, w in self._direct.items():
+            if w.count:
+                self._send_sf(f"{self.channel}:sf:{target}", w.finish())
 
     def _send_sf(self, channel: str, frame: bytes) -> None:
         self.tx_offset += len(frame)
@@ -280,8 +305,6 @@ class RedisTransport:
         pass
 
     def _single_frame(self, kind: int, obj: Any) -> bytes:
-        from ..codec import FrameWriter
-
         w = FrameWriter()
         w.add(kind, 0, b"", b"", obj)
         return bytes(w.finish())
