@@ -30,7 +30,7 @@ class _Core:
         self._inbox = Ring(16)
         self.event_handlers = {"x": [lambda env: None]}
 
-    def _enqueue_envelope(self, env: object) -> None:
+    def _queue_envelope(self, env: object) -> None:
         pass
 
     def _handler_failed(self, h: object, env: object) -> None:

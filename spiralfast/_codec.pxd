@@ -1,3 +1,5 @@
+from libc.stdint cimport uint8_t
+
 # Declarations of the compiled frame codec, for cimport by other compiled units
 # (the picows listener feeds the decoder without Python-level calls).
 
@@ -33,3 +35,4 @@ cdef class Decoder:
 
 cpdef list decode_frame(object data, Py_ssize_t max_frame_size=*)
 cpdef list decode_payloads(object data, object decode, Py_ssize_t max_frame_size=*)
+cdef Py_ssize_t validate_frame(const uint8_t* data, Py_ssize_t size, Py_ssize_t max_frame_size) except -1

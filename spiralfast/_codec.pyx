@@ -202,54 +202,11 @@ def encode_batch(messages):
     return w.finish()
 
 
-cdef list _decode(const uint8_t* data, Py_ssize_t size, Py_ssize_t max_frame_size):
-    cdef Py_ssize_t count, i, pos, tlen, ilen, end
-    cdef uint32_t plen
-    cdef int kind, etype
-    cdef list out
-    if size > max_frame_size:
-        raise FrameError(f"frame of {size} bytes exceeds the {max_frame_size}-byte limit")
-    if size < FRAME_HEADER_SIZE:
-        raise FrameError("truncated frame header")
-    if data[0] != PROTOCOL_VERSION:
-        raise FrameError(f"unsupported frame version {data[0]}")
-    count = data[1] | (data[2] << 8)
-    if count > MAX_MESSAGES_PER_FRAME:
-        raise FrameError(f"frame claims {count} messages (limit {MAX_MESSAGES_PER_FRAME})")
-    out = []
-    pos = FRAME_HEADER_SIZE
-    for i in range(count):
-        if pos + MESSAGE_HEADER_SIZE > size:
-            raise FrameError("truncated message header")
-        kind = data[pos]
-        etype = data[pos + 1]
-        tlen = data[pos + 2]
-        ilen = data[pos + 3]
-        plen = _get_u32(data + pos + 4)
-        if plen > <uint32_t>MAX_MESSAGE_SIZE:
-            raise FrameError(f"message of {plen} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit")
-        pos += MESSAGE_HEADER_SIZE
-        end = pos + tlen + ilen + <Py_ssize_t>plen
-        if end > size:
-            raise FrameError("message runs past the end of the frame")
-        # Copies are deliberate: the caller's buffer (a picows read buffer) is only
-        # valid during the callback, so nothing may keep a view into it.
-        out.append(_new_message(
-            kind, etype,
-            PyBytes_FromStringAndSize(<const char*>data + pos, tlen),
-            PyBytes_FromStringAndSize(<const char*>data + pos + tlen, ilen),
-            PyBytes_FromStringAndSize(<const char*>data + pos + tlen + ilen, plen),
-        ))
-        pos = end
-    if pos != size:
-        raise FrameError(f"{size - pos} trailing bytes after the last message")
-    return out
-
-
-cdef list _decode_payloads(const uint8_t* data, Py_ssize_t size, object decode, Py_ssize_t max_frame_size):
+cdef Py_ssize_t validate_frame(const uint8_t* data, Py_ssize_t size, Py_ssize_t max_frame_size) except -1:
+    """Check a whole frame against the layout and every limit; returns its message
+    count.  Every decoder runs this first, so a malformed frame yields nothing."""
     cdef Py_ssize_t count, i, pos, end
     cdef uint32_t plen
-    cdef list out
     if size > max_frame_size:
         raise FrameError(f"frame of {size} bytes exceeds the {max_frame_size}-byte limit")
     if size < FRAME_HEADER_SIZE:
@@ -259,7 +216,6 @@ cdef list _decode_payloads(const uint8_t* data, Py_ssize_t size, object decode, 
     count = data[1] | (data[2] << 8)
     if count > MAX_MESSAGES_PER_FRAME:
         raise FrameError(f"frame claims {count} messages (limit {MAX_MESSAGES_PER_FRAME})")
-    # Validate everything first: a malformed frame yields nothing.
     pos = FRAME_HEADER_SIZE
     for i in range(count):
         if pos + MESSAGE_HEADER_SIZE > size:
@@ -273,7 +229,37 @@ cdef list _decode_payloads(const uint8_t* data, Py_ssize_t size, object decode, 
         pos = end
     if pos != size:
         raise FrameError(f"{size - pos} trailing bytes after the last message")
-    out = [None] * count
+    return count
+
+
+cdef list _decode(const uint8_t* data, Py_ssize_t size, Py_ssize_t max_frame_size):
+    cdef Py_ssize_t count = validate_frame(data, size, max_frame_size)
+    cdef Py_ssize_t i, pos, tlen, ilen
+    cdef uint32_t plen
+    cdef list out = [None] * count
+    pos = FRAME_HEADER_SIZE
+    for i in range(count):
+        tlen = data[pos + 2]
+        ilen = data[pos + 3]
+        plen = _get_u32(data + pos + 4)
+        pos += MESSAGE_HEADER_SIZE
+        # Copies are deliberate: the caller's buffer (a picows read buffer) is only
+        # valid during the callback, so nothing may keep a view into it.
+        out[i] = _new_message(
+            data[pos - MESSAGE_HEADER_SIZE], data[pos - MESSAGE_HEADER_SIZE + 1],
+            PyBytes_FromStringAndSize(<const char*>data + pos, tlen),
+            PyBytes_FromStringAndSize(<const char*>data + pos + tlen, ilen),
+            PyBytes_FromStringAndSize(<const char*>data + pos + tlen + ilen, plen),
+        )
+        pos += tlen + ilen + <Py_ssize_t>plen
+    return out
+
+
+cdef list _decode_payloads(const uint8_t* data, Py_ssize_t size, object decode, Py_ssize_t max_frame_size):
+    cdef Py_ssize_t count = validate_frame(data, size, max_frame_size)
+    cdef Py_ssize_t i, pos
+    cdef uint32_t plen
+    cdef list out = [None] * count
     pos = FRAME_HEADER_SIZE
     for i in range(count):
         plen = _get_u32(data + pos + 4)

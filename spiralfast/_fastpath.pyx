@@ -13,7 +13,7 @@ from datetime import datetime
 
 import msgspec
 
-from spiralfast._codec cimport Message, FrameWriter
+from spiralfast._codec cimport Message, FrameWriter, validate_frame
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from spiralfast import limits as _limits
 from spiralfast.errors import FrameError
@@ -22,12 +22,10 @@ from spiralfast.schema import Event
 COMPILED = True
 
 cdef int KIND_EVENT = 3
-cdef Py_ssize_t PROTOCOL_VERSION = _limits.PROTOCOL_VERSION
 cdef Py_ssize_t FRAME_HEADER_SIZE = _limits.FRAME_HEADER_SIZE
 cdef Py_ssize_t MESSAGE_HEADER_SIZE = _limits.MESSAGE_HEADER_SIZE
 cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
 cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
-cdef Py_ssize_t MAX_MESSAGE_SIZE = _limits.MAX_MESSAGE_SIZE
 
 cdef object _decode_event = msgspec.msgpack.Decoder(Event).decode
 cdef object _Event = Event
@@ -161,16 +159,19 @@ cdef class EventSink:
         target = ev.target_node
         if target is not None:
             env["target_node"] = target
-        if not self._spill and self._inbox.empty() and self.sync_only(etype, handlers):
+        self.dispatch(env, handlers)
+
+    cpdef dispatch(self, dict env, list handlers):
+        if not self._spill and self._inbox.empty() and self.sync_only(env["type"], handlers):
             for h in handlers:
                 try:
                     r = h(env)
                     if r is not None and _isawaitable(r):
-                        core._spawn(r)
+                        self.core._spawn(r)
                 except Exception:
-                    core._handler_failed(h, env)
+                    self.core._handler_failed(h, env)
             return
-        core._enqueue_envelope(env)
+        self.core._queue_envelope(env)
 
     cpdef list receive(self, object data, bint member):
         cdef Py_buffer view
@@ -190,30 +191,7 @@ cdef class EventSink:
         cdef list rest = []
         cdef bytes target, msg_id, payload
         cdef Message m
-        if size > MAX_FRAME_SIZE:
-            raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME_SIZE}-byte limit")
-        if size < FRAME_HEADER_SIZE:
-            raise FrameError("truncated frame header")
-        if data[0] != PROTOCOL_VERSION:
-            raise FrameError(f"unsupported frame version {data[0]}")
-        count = data[1] | (data[2] << 8)
-        if count > MAX_MESSAGES_PER_FRAME:
-            raise FrameError(f"frame claims {count} messages (limit {MAX_MESSAGES_PER_FRAME})")
-        # Validate the whole frame before acting on any message, exactly like
-        # decode_frame: a malformed frame delivers nothing.
-        pos = FRAME_HEADER_SIZE
-        for i in range(count):
-            if pos + MESSAGE_HEADER_SIZE > size:
-                raise FrameError("truncated message header")
-            plen = _get_u32(data + pos + 4)
-            if plen > <uint32_t>MAX_MESSAGE_SIZE:
-                raise FrameError(f"message of {plen} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit")
-            end = pos + MESSAGE_HEADER_SIZE + data[pos + 2] + data[pos + 3] + <Py_ssize_t>plen
-            if end > size:
-                raise FrameError("message runs past the end of the frame")
-            pos = end
-        if pos != size:
-            raise FrameError(f"{size - pos} trailing bytes after the last message")
+        count = validate_frame(data, size, MAX_FRAME_SIZE)
         self.last_messages = count
         pos = FRAME_HEADER_SIZE
         for i in range(count):

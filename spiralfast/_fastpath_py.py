@@ -86,7 +86,7 @@ class EventSink:
 
     ``core`` provides: ``counters``, ``recent_events``, ``event_handlers``,
     ``observers``, ``_push_observers(ev)``, ``_spill``, ``_inbox``,
-    ``_enqueue_envelope(env)``, ``_handler_failed(h, env)``, ``_spawn(aw)``.
+    ``_queue_envelope(env)``, ``_handler_failed(h, env)``, ``_spawn(aw)``.
     """
 
     def __init__(self, core: Any, node_id: bytes, dedupe: Dedupe) -> None:
@@ -125,9 +125,14 @@ class EventSink:
         }
         if ev.target_node is not None:
             env["target_node"] = ev.target_node
-        if not core._spill and core._inbox.empty() and self.sync_only(etype, handlers):
-            # Nothing queued ahead and only plain handlers: call them now.  A slow
-            # handler then slows our reads (TCP backpressure), not a growing queue.
+        self.dispatch(env, handlers)
+
+    def dispatch(self, env: dict[str, Any], handlers: list[Any]) -> None:
+        """Call ``handlers`` now if nothing is queued ahead and all are plain
+        functions (a slow handler then slows our reads: TCP backpressure); else
+        queue the envelope for the core's handler task."""
+        core = self.core
+        if not core._spill and core._inbox.empty() and self.sync_only(env["type"], handlers):
             for h in handlers:
                 try:
                     r = h(env)
@@ -136,7 +141,7 @@ class EventSink:
                 except Exception:
                     core._handler_failed(h, env)
             return
-        core._enqueue_envelope(env)
+        core._queue_envelope(env)
 
     def receive(self, data: Any, member: bool) -> list[Any]:
         """Handle one frame; returns the messages the router must still handle

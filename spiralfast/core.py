@@ -26,6 +26,7 @@ from .config import MeshConfig
 from .errors import RingFull
 from .fastpath import EventSender, iso_from_epoch
 from .limits import DEFAULT_RING_CAPACITY, FLUSH_THRESHOLD_BYTES
+from .observe import envelope
 from .peer import PeerSession
 from .registry import MeshRegistry
 from .ring import Ring
@@ -105,7 +106,6 @@ class MeshCore:
         self._lock = asyncio.Lock()
         self._last_gossip_sent = 0.0
         self._reading_paused = False
-        self._handler_kinds: dict[str, tuple[Any, int, bool]] = {}
         self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()
         self.router = Router(self.node_id, self._deliver, self)  # last: its sink reads the above
@@ -297,24 +297,7 @@ class MeshCore:
         return self.local_node.to_dict()
 
     def _envelope(self, ev: schema.Event) -> dict[str, Any]:
-        env: dict[str, Any] = {
-            "type": ev.event_type,
-            "source_node": ev.source_node,
-            "timestamp": _iso(ev.timestamp),
-            "data": ev.data,
-            "event_id": ev.event_id,
-        }
-        if ev.target_node is not None:
-            env["target_node"] = ev.target_node
-        return env
-
-    def _record(self, ev: schema.Event, _unused: Any) -> None:
-        # Kept raw (epoch float); envelopes are built only when someone asks.
-        self.recent_events.append(ev)
-        if self.observers:
-            from .observe import push_event
-
-            push_event(self, ev)
+        return envelope(ev)
 
     # -- internals: receiving -------------------------------------------------------
 
@@ -369,30 +352,17 @@ class MeshCore:
         self.recent_events.append(env)
         self._enqueue_envelope(env)
 
-    def _sync_only(self, etype: str, handlers: list[EnvelopeHandler]) -> bool:
-        c = self._handler_kinds.get(etype)
-        if c is None or c[0] is not handlers or c[1] != len(handlers):
-            c = (handlers, len(handlers), not any(inspect.iscoroutinefunction(h) for h in handlers))
-            self._handler_kinds[etype] = c
-        return c[2]
-
     def _enqueue_envelope(self, env: dict[str, Any]) -> None:
+        """Deliver an envelope to this node's handlers (inline or via the queue)."""
         handlers = self.event_handlers.get(env["type"])
-        if not handlers:
-            return
+        if handlers:
+            sink = self.router.sink
+            assert sink is not None
+            sink.dispatch(env, handlers)
+
+    def _queue_envelope(self, env: dict[str, Any]) -> None:
+        """Queue an envelope for the handler task (async handlers, or a backlog)."""
         inbox = self._inbox
-        if not self._spill and inbox.empty() and self._sync_only(env["type"], handlers):
-            # Nothing queued ahead of it and only plain handlers: call them now, which
-            # saves a queue round trip and makes a slow handler slow the reads (TCP
-            # backpressure) instead of growing a queue.
-            for h in handlers:
-                try:
-                    r = h(env)
-                    if r is not None and inspect.isawaitable(r):
-                        self._spawn(r)
-                except Exception:
-                    self._handler_failed(h, env)
-            return
         if self._spill:
             self._spill.append(env)
             return

@@ -54,7 +54,7 @@ class FakeCore:
     def _push_observers(self, ev: Any) -> None:
         pass
 
-    def _enqueue_envelope(self, env: dict[str, Any]) -> None:
+    def _queue_envelope(self, env: dict[str, Any]) -> None:
         self.queued.append(env)
 
     def _handler_failed(self, h: Any, env: dict[str, Any]) -> None:
