@@ -7,9 +7,16 @@ Hot structs are ``array_like`` (no field names on the wire) and ``gc=False``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+#: Seconds since the epoch that ``datetime.fromtimestamp`` can represent (up to the
+#: year 9999).  Anything else from the network is a malformed message, refused at
+#: decode time rather than failing later in a handler or a formatter.
+EpochSeconds = Annotated[float, msgspec.Meta(ge=0.0, le=253402300799.0)]
+#: Hybrid logical clock values: non-negative 64-bit.
+HlcValue = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 # -- message kinds (frame header byte) -----------------------------------------
 KIND_HELLO = 1  # handshake opener: identity, mesh name, nonce
@@ -48,7 +55,7 @@ class Event(msgspec.Struct, array_like=True, gc=False):
     event_id: str
     event_type: str
     source_node: str
-    timestamp: float  # seconds since the epoch (UTC)
+    timestamp: EpochSeconds
     data: Any = None
     target_node: str | None = None
     priority: int = 5
@@ -61,7 +68,7 @@ class Heartbeat(msgspec.Struct, array_like=True, gc=False):
     status: str
     recursion_depth: int
     entropy_level: float
-    sent_at: float
+    sent_at: EpochSeconds
 
 
 class Leave(msgspec.Struct, array_like=True, gc=False):
@@ -77,7 +84,7 @@ class StateEntry(msgspec.Struct, array_like=True, gc=False):
     category: str
     key: str
     value: Any
-    hlc: int  # hybrid logical clock: (wall ms << 16) | logical counter
+    hlc: HlcValue  # hybrid logical clock: (wall ms << 16) | logical counter
     node: str  # writer, the tie-break
     version: int
     deleted: bool = False

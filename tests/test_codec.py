@@ -176,7 +176,7 @@ def test_decode_payload_maps_every_failure_to_frame_error() -> None:
         event_id=st.text(max_size=20),
         event_type=st.text(max_size=20),
         source_node=st.text(max_size=20),
-        timestamp=st.floats(allow_nan=False, allow_infinity=False),
+        timestamp=st.floats(min_value=0, max_value=253402300799.0),
         data=st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=5),
         target_node=st.none() | st.text(max_size=5),
         priority=st.integers(0, 10),
@@ -229,3 +229,12 @@ def test_decode_payloads_matches_decode_frame(batch: Any, data: st.DataObject) -
         except FrameError:
             got = "FrameError"
         assert got == expected
+
+
+@pytest.mark.parametrize("ts", [1e17, float("nan"), float("inf"), -5.0])
+def test_out_of_range_event_timestamps_are_frame_errors(ts: float) -> None:
+    # A timestamp datetime cannot represent would otherwise fail later, in a handler
+    # or the ISO formatter (found by hypothesis on mutated frames).
+    payload = msgspec.msgpack.encode(["id", "t", "src", ts, None])
+    with pytest.raises(FrameError):
+        codec.decode_payload(schema.KIND_EVENT, payload)
