@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from spiralfast import _codec as impl  # the compiled decoder, on purpose
-from spiralfast import _fastpath
+from spiralfast import _fastpath, codec, schema
 from spiralfast.errors import FrameError
 from spiralfast.ring import Ring
 
@@ -50,6 +50,14 @@ def seeds(rng: random.Random) -> list[bytes]:
             for _ in range(n)
         ]
         out.append(impl.encode_batch(msgs))
+    # Well-formed event frames too, so mutations reach the payload decoder and the
+    # receive path's envelope/handler code, not only the framing.
+    for n in (1, 3, 16):
+        w = impl.FrameWriter()
+        for i in range(n):
+            ev = schema.Event(f"e{i}", "x", "src", 1700000000.0 + i, {"i": i, "s": "é" * i}, None, 5, 1.0, {"m": i})
+            w.add(schema.KIND_EVENT, 16, b"", f"e{i}-{rng.random()}", ev)
+        out.append(w.finish())
     return out
 
 
@@ -96,12 +104,17 @@ def main() -> int:
         try:
             impl.decode_payloads(frame, bytes)
             sink.receive(frame, True)
+            for m in impl.decode_frame(frame):
+                try:
+                    codec.decode_payload(m.kind, m.payload)
+                except FrameError:
+                    pass
         except FrameError:
             pass
-        except Exception as exc:  # noqa: BLE001 - counting escapes is the point
+        except Exception as exc:  # noqa: BLE001
             escapes += 1
             if escapes <= 10:
-                print(f"ESCAPE {type(exc).__name__}: {exc} frame={frame[:64].hex()}")
+                print(f"ESCAPE receive path {type(exc).__name__}: {exc} frame={frame[:64].hex()}")
         if i == 10_000:
             rss_start = rss_mib()
     elapsed = time.perf_counter() - start
