@@ -162,3 +162,23 @@ async def test_burst_is_paced_under_a_tight_output_buffer_limit(server: RedisSer
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_acl_user_and_password_in_the_url(server: RedisServer) -> None:
+    server.start("--user", "alice", "on", ">s3cret", "~*", "&*", "+@all", "--user", "default", "off")
+    ch = "f_" + uuid.uuid4().hex[:8]
+    good = f"redis://alice:s3cret@127.0.0.1:{server.port}/0"
+    bad = f"redis://alice:wrong@127.0.0.1:{server.port}/0"
+    a, b = MeshCore(_cfg("acl-a", good, ch)), MeshCore(_cfg("acl-b", good, ch))
+    c = MeshCore(_cfg("acl-c", bad, ch))
+    await a.start()
+    await b.start()
+    await c.start()
+    try:
+        assert a.config.enable_redis and b.config.enable_redis
+        assert c.config.enable_redis is False and c.running  # refused: one warning, runs on
+        await wait_for(lambda: "acl-b" in a.nodes and "acl-a" in b.nodes, timeout=5)
+        assert "acl-c" not in a.nodes
+    finally:
+        for n in (c, b, a):
+            await n.stop()
