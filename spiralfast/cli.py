@@ -173,13 +173,14 @@ def ritual_start(
 
 
 def _with_client(node: str, token: str | None, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``fn(client)`` against ``node``; ``SPIRALFAST_CAFILE`` names a CA bundle for wss://."""
     from .client import ObserverClient
 
     if not (node.startswith("ws://") or node.startswith("wss://")):
         _fail(f"bad node URL {node!r} (expected ws://host:port)", 2)
 
     async def main() -> Any:
-        client = await ObserverClient.connect(node, token)
+        client = await ObserverClient.connect(node, token, cafile=os.environ.get("SPIRALFAST_CAFILE"))
         try:
             return await fn(client)
         finally:

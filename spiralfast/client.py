@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,12 +57,20 @@ class ObserverClient:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, url: str, token: str | None = None, timeout: float = 5.0) -> ObserverClient:
-        """Raises ``LinkError`` (unreachable), ``AuthError``/``HandshakeError`` (refused)."""
+    async def connect(
+        cls, url: str, token: str | None = None, timeout: float = 5.0, cafile: str | None = None
+    ) -> ObserverClient:
+        """Raises ``LinkError`` (unreachable), ``AuthError``/``HandshakeError`` (refused).
+
+        ``cafile``: CA bundle to check a ``wss://`` node's certificate against.
+        """
         self = cls()
+        ctx = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
         try:
             self.transport, _ = await asyncio.wait_for(
-                picows.ws_connect(lambda: _ClientListener(self.inbox), url, websocket_handshake_timeout=timeout),
+                picows.ws_connect(
+                    lambda: _ClientListener(self.inbox), url, websocket_handshake_timeout=timeout, ssl_context=ctx
+                ),
                 timeout,
             )
         except (TimeoutError, OSError, picows.WSError) as exc:

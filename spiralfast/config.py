@@ -29,7 +29,8 @@ class MeshConfig:
     :param tombstone_ttl: seconds a delete is remembered before it is collected.
     :param max_clock_offset: seconds a remote state timestamp may be ahead of ours.
     :param ssl_certfile / ssl_keyfile: serve ``wss://`` with these files.
-    :param persistence_path: SQLite event log path (None: no event log).
+    :param ssl_cafile: CA bundle that ``wss://`` peers' certificates are checked
+        against (None: the system's CAs).
     """
 
     node_id: str | None = None
@@ -54,7 +55,7 @@ class MeshConfig:
     max_clock_offset: float = 60.0
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    persistence_path: str | None = None
+    ssl_cafile: str | None = None
 
     def __post_init__(self) -> None:
         if self.peers is None:

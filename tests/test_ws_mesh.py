@@ -250,3 +250,50 @@ async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
         assert sent < 1000
     assert link.outbox_bytes <= MAX_OUTBOX_BYTES
     assert link.closed and link.ws.disconnected and wst.slow_drops == 1 and link.dropped_frames == 1
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    import shutil
+    import subprocess as sp
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl binary needed to make a test certificate")
+    cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
+    sp.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_wss_with_a_verified_certificate(tmp_path: Any) -> None:
+    from spiralfast.client import ObserverClient
+    from spiralfast.errors import LinkError
+
+    cert, key = _self_signed(tmp_path)
+    base = dict(enable_redis=False, websocket_port=0, heartbeat_interval=0.5)
+    a = MeshCore(MeshConfig(node_id="tls-a", ssl_certfile=cert, ssl_keyfile=key, **base))  # type: ignore[arg-type]
+    await a.start()
+    ep = a.local_node.websocket_endpoint
+    assert ep is not None and ep.startswith("wss://")
+    b = MeshCore(MeshConfig(node_id="tls-b", peers=[ep], ssl_cafile=cert, **base))  # type: ignore[arg-type]
+    c = MeshCore(MeshConfig(node_id="tls-c", peers=[ep], **base))  # type: ignore[arg-type]  # no CA: refused
+    await b.start()
+    await c.start()
+    try:
+        await wait_for(lambda: "tls-b" in a.nodes and "tls-a" in b.nodes)
+        got: list[Any] = []
+        b.register_event_handler("secret", got.append)
+        await a.broadcast_event("secret", {"x": 1})
+        await wait_for(lambda: got != [])
+        await asyncio.sleep(0.5)
+        assert "tls-c" not in a.nodes and "tls-a" not in c.nodes
+        client = await ObserverClient.connect(ep, cafile=cert)
+        assert (await client.query("status"))["node_id"] == "tls-a"
+        client.close()
+        with pytest.raises(LinkError):
+            await ObserverClient.connect(ep)  # unverified certificate
+    finally:
+        for n in (c, b, a):
+            await n.stop()

@@ -290,7 +290,7 @@ class WebSocketTransport:
             try:
                 ssl_ctx = None
                 if url.startswith("wss://"):
-                    ssl_ctx = ssl.create_default_context()
+                    ssl_ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
                 await picows.ws_connect(
                     lambda link=link: MeshListener(link, self.core.router.on_frame),  # type: ignore[misc]
                     url,
