@@ -361,15 +361,20 @@ def mesh_state(
 @app.command("bench")
 def bench(
     transport: str = typer.Option("ws", "--transport", help="ws or redis."),
-    events: int = typer.Option(200_000, "--events"),
-    rate: int = typer.Option(0, "--rate", help="Paced events/s for latency (0 = as fast as possible)."),
+    events: int = typer.Option(200_000, "--events", help="Events in the throughput run."),
+    rate: int = typer.Option(10_000, "--rate", help="Events/s of the paced latency run (0: skip it)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Two processes on this machine through the public API: events/s and latency."""
+    """Two processes on this machine through the public API: events/s as fast as the
+    sender can go, then p50/p99 latency at a paced rate (like ``nats bench``)."""
     from .benchmark import run_bench
 
     try:
-        res = run_bench(transport, events, rate)
+        res = run_bench(transport, events, 0)
+        if rate:
+            paced = run_bench(transport, max(1, min(events, rate * 2)), rate)
+            res.update({"latency_rate": rate, "latency_events": paced["events"], "latency_lost": paced["lost"],
+                        "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"]})
     except (SpiralError, RuntimeError, OSError) as exc:
         _fail(str(exc))
     if as_json:

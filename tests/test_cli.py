@@ -141,3 +141,11 @@ def test_sigint_exits_zero_and_ritual_start() -> None:
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_bench_prints_rate_and_latency() -> None:
+    r = cli("bench", "--events", "20000", "--rate", "5000", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["delivered"] == 20000 and res["lost"] == 0 and res["events_per_s"] > 0
+    assert res["p99_ms"] >= res["p50_ms"] > 0 and res["latency_lost"] == 0
