@@ -14,6 +14,7 @@ from datetime import datetime
 import msgspec
 
 from spiralfast._codec cimport Message, FrameWriter, validate_frame
+from spiralfast._ring cimport Ring
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from spiralfast import limits as _limits
 from spiralfast.errors import FrameError
@@ -108,6 +109,7 @@ cdef class EventSink:
     cdef object _recent_append
     cdef object _spill
     cdef object _inbox
+    cdef Ring _cring  # the same ring when it is the compiled one: a C-level empty()
     cdef set _observers
 
     def __init__(self, core, bytes node_id, Dedupe dedupe):
@@ -125,6 +127,7 @@ cdef class EventSink:
         self._recent_append = core.recent_events.append
         self._spill = core._spill
         self._inbox = core._inbox
+        self._cring = core._inbox if isinstance(core._inbox, Ring) else None
         self._observers = core.observers
 
     cpdef bint sync_only(self, str etype, list handlers) except -1:
@@ -162,7 +165,8 @@ cdef class EventSink:
         self.dispatch(env, handlers)
 
     cpdef dispatch(self, dict env, list handlers):
-        if not self._spill and self._inbox.empty() and self.sync_only(env["type"], handlers):
+        cdef bint idle = self._cring.empty() if self._cring is not None else self._inbox.empty()
+        if not self._spill and idle and self.sync_only(env["type"], handlers):
             for h in handlers:
                 try:
                     r = h(env)

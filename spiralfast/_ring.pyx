@@ -30,21 +30,6 @@ cdef class Ring:
         is counted.
     """
 
-    cdef list _slots
-    cdef Py_ssize_t _head
-    cdef Py_ssize_t _tail
-    cdef Py_ssize_t _mask
-    cdef readonly Py_ssize_t capacity
-    cdef int _policy
-    cdef readonly str overflow
-    cdef readonly Py_ssize_t pushed
-    cdef readonly Py_ssize_t popped
-    cdef readonly Py_ssize_t dropped
-    cdef readonly Py_ssize_t rejected
-    cdef object _waiter
-    cdef object _space_waiter
-    cdef object _loop
-    cdef bint _waiting
 
     def __init__(self, Py_ssize_t capacity=_limits.DEFAULT_RING_CAPACITY, str overflow="reject"):
         cdef Py_ssize_t cap = 2
