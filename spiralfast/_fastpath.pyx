@@ -4,7 +4,8 @@
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.unicode cimport PyUnicode_FromFormat
+from cpython.unicode cimport PyUnicode_FromFormat, PyUnicode_DecodeASCII
+from libc.string cimport memcpy
 from libc.math cimport modf, nearbyint
 from libc.stdint cimport uint8_t, uint32_t
 
@@ -37,15 +38,19 @@ cdef object _fromtimestamp = datetime.fromtimestamp
 
 cdef double _cache_sec = -1.0e300
 cdef str _cache_prefix = ""
+cdef char _cache_buf[40]  # the prefix as ASCII, then room for ".ffffff"
+cdef Py_ssize_t _cache_len = 0
 
 
 cpdef str iso_from_epoch(double ts):
     """``datetime.fromtimestamp(ts).isoformat()``, with the seconds part cached."""
-    global _cache_sec, _cache_prefix
+    global _cache_sec, _cache_prefix, _cache_len
     cdef double t
     cdef double frac = modf(ts, &t)
     # nearbyint rounds half to even, like Python's round() on the same double.
     cdef long us = <long>nearbyint(frac * 1e6)
+    cdef Py_ssize_t i
+    cdef bytes b
     if us >= 1000000:
         t += 1
         us -= 1000000
@@ -54,10 +59,23 @@ cpdef str iso_from_epoch(double ts):
         us += 1000000
     if t != _cache_sec:
         _cache_prefix = _fromtimestamp(t).isoformat()
+        b = _cache_prefix.encode("ascii")
+        _cache_len = len(b)
+        if _cache_len > 32:  # years beyond 9999 cannot happen (schema limits), but be safe
+            _cache_len = 0
+        else:
+            memcpy(_cache_buf, <char*>b, _cache_len)
         _cache_sec = t
-    if us:
+    if not us:
+        return _cache_prefix
+    if _cache_len == 0:
         return PyUnicode_FromFormat("%U.%06ld", <void*>_cache_prefix, us)
-    return _cache_prefix
+    # ".ffffff" written by hand: PyUnicode_FromFormat's parsing costs more than this.
+    _cache_buf[_cache_len] = 46  # '.'
+    for i in range(6, 0, -1):
+        _cache_buf[_cache_len + i] = <char>(48 + us % 10)
+        us //= 10
+    return PyUnicode_DecodeASCII(_cache_buf, _cache_len + 7, NULL)
 
 
 cdef class Dedupe:
@@ -254,12 +272,12 @@ cdef class EventSender:
     cdef public Py_ssize_t yield_every
     cdef public Py_ssize_t since_yield
     cdef public Py_ssize_t events_out
+    cdef public object redis  # set by the core while its Redis link runs
     cdef object _router
     cdef FrameWriter _writer
     cdef object _recent_append
     cdef set _observers
     cdef str _node_id
-    cdef dict _stats
 
     def __init__(self, core, str prefix, dict etype_ids, Py_ssize_t flush_bytes, Py_ssize_t yield_every):
         self.core = core
@@ -270,12 +288,12 @@ cdef class EventSender:
         self.yield_every = yield_every
         self.since_yield = 0
         self.events_out = 0
+        self.redis = None
         self._router = core.router
         self._writer = core.router._bcast
         self._recent_append = core.recent_events.append
         self._observers = core.observers
         self._node_id = core.node_id
-        self._stats = core.router.stats
 
     cpdef str next_id(self):
         self.seq += 1
@@ -291,14 +309,12 @@ cdef class EventSender:
         if w._count >= MAX_MESSAGES_PER_FRAME:
             router.flush()
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
-        self._stats["messages_out"] += 1
         if PyByteArray_GET_SIZE(w._buf) >= self.flush_bytes:
             router.flush()
-        else:
+        elif router._flush_handle is None:
             router._schedule()
-        redis = self.core.redis
-        if redis is not None:
-            redis.legacy_broadcast(ev)
+        if self.redis is not None:
+            self.redis.legacy_broadcast(ev)
         self._recent_append(ev)
         if self._observers:
             self.core._push_observers(ev)

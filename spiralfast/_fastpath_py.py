@@ -178,8 +178,8 @@ class EventSender:
     and returns True when the caller must ``await router.wait_writable()``.
 
     ``core`` provides: ``node_id``, ``router`` (``_bcast`` writer, ``flush``,
-    ``_schedule``, ``paused``), ``recent_events``, ``observers``,
-    ``_push_observers(ev)``, ``counters``, ``redis``.
+    ``_schedule``, ``_flush_handle``, ``paused``), ``recent_events``, ``observers``,
+    ``_push_observers(ev)``.  The core sets ``redis`` while its Redis link runs.
     """
 
     def __init__(self, core: Any, prefix: str, etype_ids: dict[str, int], flush_bytes: int, yield_every: int) -> None:
@@ -191,6 +191,7 @@ class EventSender:
         self.yield_every = yield_every
         self.since_yield = 0
         self.events_out = 0
+        self.redis: Any = None  # set by the core while its Redis link runs
 
     def next_id(self) -> str:
         self.seq += 1
@@ -207,13 +208,12 @@ class EventSender:
         if w.full:
             router.flush()
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
-        router.stats["messages_out"] += 1
         if w.nbytes >= self.flush_bytes:
             router.flush()
-        else:
+        elif router._flush_handle is None:
             router._schedule()
-        if core.redis is not None:
-            core.redis.legacy_broadcast(ev)
+        if self.redis is not None:
+            self.redis.legacy_broadcast(ev)
         core.recent_events.append(ev)
         if core.observers:
             core._push_observers(ev)

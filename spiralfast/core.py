@@ -153,6 +153,7 @@ class MeshCore:
                 from .links.redis import RedisTransport
 
                 self.redis = RedisTransport(self)
+                self._sender.redis = self.redis
                 if not await self.redis.start():
                     cfg.enable_redis = False  # until Redis appears; the transport keeps trying
             self.local_node.status = NodeStatus.ACTIVE
@@ -193,6 +194,7 @@ class MeshCore:
             if self.redis is not None:
                 await self.redis.stop()
                 self.redis = None
+                self._sender.redis = None
             for session in list(self.sessions.values()):
                 session.close()
             self.sessions.clear()
@@ -272,7 +274,8 @@ class MeshCore:
             "observers": len(self.observers),
             "followers": sum(1 for o in self.observers if getattr(o, "following", False)),
             "counters": self._counters(),
-            "router": dict(self.router.stats),
+            "router": {**self.router.stats,
+                       "messages_out": self.router.stats["messages_out"] + self._sender.events_out},
             "bus": self.event_bus.get_event_stats(),
             "sync": self.state.get_sync_status(),
         }
