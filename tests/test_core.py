@@ -398,3 +398,23 @@ def test_dedupe_window_is_bounded_and_fifo() -> None:
     assert d.first_time(b"\x09")  # evicts 0, the oldest
     assert d.first_time(b"\x00") and not d.first_time(b"\x02")
     assert len(d) == 4
+
+
+def test_oversized_event_is_refused_with_a_clear_error_and_the_node_goes_on() -> None:
+    from spiralfast.errors import FrameError
+
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            got: list[Any] = []
+            b.register_event_handler("e", got.append)
+            with pytest.raises(FrameError, match="exceeds"):
+                await a.broadcast_event("e", {"blob": "x" * (9 * 1024 * 1024)})
+            with pytest.raises(FrameError):
+                await a.send_to_node("node-1", "e", {"blob": "x" * (9 * 1024 * 1024)})
+            await a.broadcast_event("e", {"ok": 1})
+            assert await a.send_to_node("node-1", "e", {"ok": 2})
+            await wait_for(lambda: len(got) == 2)
+            assert [g["data"] for g in got] == [{"ok": 1}, {"ok": 2}]
+
+    asyncio.run(main())
