@@ -79,6 +79,9 @@ def _setup_logging(level: str, fmt: str) -> None:
         root.setLevel(level.upper())
     except ValueError:
         _fail(f"unknown log level {level!r}", 2)
+    if root.level > logging.DEBUG:
+        # picows logs every accepted connection at INFO; that is debug detail here.
+        logging.getLogger("picows").setLevel(logging.WARNING)
 
 
 def _start_node(
