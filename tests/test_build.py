@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from spiralfast import codec, ring
+from spiralfast import codec, event, fastpath, ring
 from spiralfast._native import PUREPYTHON_REQUESTED
 
 
@@ -14,9 +14,13 @@ def test_selected_implementation_matches_the_switch() -> None:
     if PUREPYTHON_REQUESTED:
         assert codec.COMPILED is False
         assert ring.COMPILED is False
+        assert fastpath.COMPILED is False
+        assert event.COMPILED is False
     else:
         assert codec.COMPILED is True, "compiled codec did not load (extension not built?)"
         assert ring.COMPILED is True, "compiled ring did not load (extension not built?)"
+        assert fastpath.COMPILED is True, "compiled receive/send path did not load"
+        assert event.COMPILED is True, "compiled RitualEvent/bus path did not load"
         from spiralfast.links import ws
 
         assert ws.LISTENER_COMPILED is True, "compiled picows listener did not load"
@@ -25,7 +29,9 @@ def test_selected_implementation_matches_the_switch() -> None:
 def test_purepython_switch_forces_the_twin() -> None:
     env = dict(os.environ, SPIRALFAST_PUREPYTHON="1")
     out = subprocess.run(
-        [sys.executable, "-c", "from spiralfast import codec, ring; print(codec.COMPILED, ring.COMPILED)"],
+        [sys.executable, "-c",
+         "from spiralfast import codec, event, fastpath, ring; "
+         "print(codec.COMPILED, ring.COMPILED, fastpath.COMPILED, event.COMPILED)"],
         env=env, capture_output=True, text=True, check=True,
     )
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False", "False"]
