@@ -123,6 +123,7 @@ cdef class EventSink:
     cdef public Py_ssize_t duplicates
     cdef public Py_ssize_t bad_events
     cdef public Py_ssize_t events_in
+    cdef public object handlers  # the core's event_handlers (any dict subclass; its setter keeps this current)
     cdef dict _kinds
     cdef object _recent_append
     cdef object _spill
@@ -140,8 +141,8 @@ cdef class EventSink:
         self.events_in = 0
         self._kinds = {}
         # These containers live as long as the core; caching them saves attribute
-        # lookups per event.  (event_handlers is looked up each time: users may
-        # replace that dict.)
+        # lookups per event.  (A new event_handlers dict is handed over by the core.)
+        self.handlers = core.event_handlers
         self._recent_append = core.recent_events.append
         self._spill = core._spill
         self._inbox = core._inbox
@@ -167,7 +168,7 @@ cdef class EventSink:
         if self._observers:
             core._push_observers(ev)
         cdef str etype = ev.event_type
-        handlers = (<dict>core.event_handlers).get(etype)
+        handlers = self.handlers.get(etype)
         if not handlers:
             return
         cdef dict env = {

@@ -97,6 +97,7 @@ class EventSink:
         self.duplicates = 0
         self.bad_events = 0
         self.events_in = 0
+        self.handlers: dict[str, list[Any]] = core.event_handlers  # kept current by the core
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
 
     def sync_only(self, etype: str, handlers: list[Any]) -> bool:
@@ -113,7 +114,7 @@ class EventSink:
         if core.observers:
             core._push_observers(ev)
         etype = ev.event_type
-        handlers = core.event_handlers.get(etype)
+        handlers = self.handlers.get(etype)
         if not handlers:
             return
         env: dict[str, Any] = {

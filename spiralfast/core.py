@@ -72,7 +72,7 @@ class MeshCore:
         self.config = config if config is not None else MeshConfig()
         self.node_id: str = self.config.node_id or str(uuid.uuid4())
         self.nodes: dict[str, MeshNode] = {}
-        self.event_handlers: dict[str, list[EnvelopeHandler]] = {}
+        self._event_handlers: dict[str, list[EnvelopeHandler]] = {}
         self.running = False
         self.local_node = MeshNode(
             node_id=self.node_id,
@@ -110,6 +110,18 @@ class MeshCore:
         self._spill: deque[dict[str, Any]] = deque()
         self.router = Router(self.node_id, self._deliver, self)  # last: its sink reads the above
         self._sender = EventSender(self, self._prefix, schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
+
+    @property
+    def event_handlers(self) -> dict[str, list[EnvelopeHandler]]:
+        """Event type -> handlers (SPEC.md).  Assigning a new dict is supported."""
+        return self._event_handlers
+
+    @event_handlers.setter
+    def event_handlers(self, value: dict[str, list[EnvelopeHandler]]) -> None:
+        self._event_handlers = value
+        router = self.__dict__.get("router")
+        if router is not None and router.sink is not None:
+            router.sink.handlers = value  # the receive path caches the dict
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -389,7 +401,6 @@ class MeshCore:
 
     async def _process_inbox(self) -> None:
         ring = self._inbox
-        handlers_by_type = self.event_handlers
         while True:
             if ring.empty():
                 await ring.wait_nonempty()
@@ -398,6 +409,7 @@ class MeshCore:
                 ring.push(spill.popleft())
             if self._reading_paused and not spill and ring.qsize() < INBOX_LOW_WATER:
                 self._set_reading(True)
+            handlers_by_type = self._event_handlers
             for env in ring.pop_many(INBOX_LOW_WATER):
                 for h in handlers_by_type.get(env["type"], ()):
                     try:

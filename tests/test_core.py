@@ -418,3 +418,18 @@ def test_oversized_event_is_refused_with_a_clear_error_and_the_node_goes_on() ->
             assert [g["data"] for g in got] == [{"ok": 1}, {"ok": 2}]
 
     asyncio.run(main())
+
+
+def test_replacing_the_event_handlers_dict_is_honoured() -> None:
+    from collections import defaultdict
+
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            got: list[Any] = []
+            b.event_handlers = defaultdict(list, {"e": [got.append]})  # old code may do this
+            await a.broadcast_event("e", {"n": 1})
+            await wait_for(lambda: len(got) == 1)
+            assert b.event_handlers["e"] == [got.append]
+
+    asyncio.run(main())
