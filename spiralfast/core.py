@@ -338,14 +338,14 @@ class MeshCore:
         elif kind == schema.KIND_LEAVE:
             self._on_leave(obj.node_id)
         elif kind == schema.KIND_GOSSIP:
-            self._on_gossip(obj)
+            self._on_gossip(obj, learn=getattr(link, "shared_bus", False))
         elif kind == schema.KIND_STATE_DELTA:
             self.state.apply_entries(obj.entries)
         elif kind == schema.KIND_STATE_DIGEST:
             self._on_state_digest(link, session, obj)
         elif kind == schema.KIND_STATE_REQUEST:
             self._on_state_request(session, obj)
-        elif kind == schema.KIND_QUERY:
+        elif kind == schema.KIND_QUERY and not getattr(link, "shared_bus", False):
             self._answer_query(link, obj)
         else:
             self.counters["bad_messages"] += 1
@@ -576,10 +576,14 @@ class MeshCore:
         records = [n.to_dict() for n in self.nodes.values() if n.websocket_endpoint]
         self.router.broadcast(schema.KIND_GOSSIP, 0, b"", schema.Gossip(records))
 
-    def _on_gossip(self, g: schema.Gossip) -> None:
+    def _on_gossip(self, g: schema.Gossip, learn: bool = False) -> None:
+        """Dial endpoints we have no link to.  ``learn``: the gossip came over a shared
+        bus (Redis), where there is no handshake, so it is how nodes become known."""
         for rec in g.nodes:
             if not isinstance(rec, dict):
                 continue
+            if learn:
+                self._node_seen(rec)
             nid = rec.get("node_id")
             ep = rec.get("websocket_endpoint")
             if not nid or nid == self.node_id:

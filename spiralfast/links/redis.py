@@ -26,8 +26,7 @@ import orjson
 from .. import schema
 from .._aio import cancel_all
 from .._log import RateLimitedLog
-from ..codec import FrameWriter, decode_frame, decode_payload
-from ..errors import FrameError
+from ..codec import FrameWriter
 
 if TYPE_CHECKING:
     from ..core import MeshCore
@@ -50,7 +49,6 @@ ACK_INTERVAL = 0.05
 #: (failure detection removes it soon after), so one dead node cannot stall us.
 ACK_STALL_TIMEOUT = 3.0
 _OFF = struct.Struct("<Q")
-_EVENT_DECODE = msgspec.msgpack.Decoder(schema.Event).decode
 #: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
 MAX_INFLIGHT_PIPELINES = 4
 CONNECT_TIMEOUT = 2.0
@@ -90,6 +88,8 @@ class RedisTransport:
         self.peer_id: str | None = None
         self.errors = 0
         self.name = "redis"
+        self.member = True  # the router's event fast path applies
+        self.shared_bus = True  # no handshake: learn nodes from gossip, answer no queries
         self.pending: list[tuple[str, bytes]] = []
         self.pending_bytes = 0
         self.tx_offset = 0  # bytes of spiralfast frames we have published
@@ -452,40 +452,9 @@ class RedisTransport:
         offset = _OFF.unpack_from(data, 1 + n)[0]
         n += _OFF.size
         self.sf_nodes.add(sender_id)
-        core = self.core
-        try:
-            msgs = decode_frame(memoryview(data)[1 + n :])
-        except FrameError as exc:
-            return self._bad(str(exc))
-        me = core.router._node_id_b
-        first_time = core.router.dedupe.first_time
-        sink = core.router.sink
-        assert sink is not None
-        on_event = sink.on_event
-        for m in msgs:
-            if m.target and m.target != me:
-                continue
-            if m.msg_id and not first_time(m.msg_id):
-                core.router.stats["duplicates"] += 1
-                continue
-            if m.kind == schema.KIND_EVENT:  # the bulk of traffic: skip the generic path
-                try:
-                    on_event(_EVENT_DECODE(m.payload))
-                except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8
-                    self._bad(f"bad event payload: {exc}")
-                continue
-            try:
-                obj = decode_payload(m.kind, m.payload)
-            except FrameError as exc:
-                self._bad(str(exc))
-                continue
-            if m.kind == schema.KIND_GOSSIP:
-                for rec in obj.nodes:
-                    if isinstance(rec, dict):
-                        core._node_seen(rec)
-            elif m.kind in (schema.KIND_HELLO, schema.KIND_AUTH, schema.KIND_REJECT, schema.KIND_QUERY):
-                continue
-            core._deliver(self, m.kind, m, obj)
+        # From here on a Redis frame is like any other: the router (and its compiled
+        # sink) dedupes, delivers and counts it.
+        self.core.router.on_frame(self, memoryview(data)[1 + n :])
         self._note_received(sender_id, offset)
 
     def _on_legacy(self, data: bytes) -> None:
