@@ -9,6 +9,7 @@ import inspect
 import time
 from datetime import datetime
 
+from spiralfast._time import parse_dt as _parse_dt
 from spiralfast.enums import EventType
 from spiralfast.errors import RingFull
 
@@ -21,14 +22,6 @@ cdef object _datetime = datetime
 cdef object _isawaitable = inspect.isawaitable
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _RingFull = RingFull
-
-
-def _parse_dt(value):
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value)
-    return datetime.fromisoformat(str(value))
 
 
 # Like the gc=False msgspec structs of the wire protocol: events are not tracked by

@@ -10,19 +10,12 @@ import time
 from datetime import datetime
 from typing import Any
 
+from ._time import parse_dt as _parse_dt
 from .enums import EventType
 from .errors import RingFull
 
 COMPILED = False
 log = logging.getLogger("spiralfast.bus")
-
-
-def _parse_dt(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value)
-    return datetime.fromisoformat(str(value))
 
 
 class RitualEvent:

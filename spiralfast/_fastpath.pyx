@@ -113,6 +113,16 @@ cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
     return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
+cdef inline Message _message(int kind, int etype, bytes target, bytes msg_id, bytes payload):
+    cdef Message m = Message.__new__(Message)
+    m.kind = kind
+    m.etype = etype
+    m.target = target
+    m.msg_id = msg_id
+    m.payload = payload
+    return m
+
+
 cdef class EventSink:
     """Delivers received mesh events to a node's handlers (see ``_fastpath_py``)."""
 
@@ -213,7 +223,6 @@ cdef class EventSink:
         cdef int kind, etype
         cdef list rest = []
         cdef bytes target, msg_id, payload
-        cdef Message m
         count = validate_frame(data, size, MAX_FRAME_SIZE)
         self.last_messages = count
         pos = FRAME_HEADER_SIZE
@@ -230,13 +239,7 @@ cdef class EventSink:
             payload = PyBytes_FromStringAndSize(<const char*>data + pos + tlen + ilen, plen)
             pos = end
             if tlen and target != self.me:
-                m = Message.__new__(Message)
-                m.kind = kind
-                m.etype = etype
-                m.target = target
-                m.msg_id = msg_id
-                m.payload = payload
-                rest.append(m)
+                rest.append(_message(kind, etype, target, msg_id, payload))
                 continue
             if ilen and not self.dedupe.first_time(msg_id):
                 self.duplicates += 1
@@ -249,13 +252,7 @@ cdef class EventSink:
                     continue
                 self.on_event(ev)
                 continue
-            m = Message.__new__(Message)
-            m.kind = kind
-            m.etype = etype
-            m.target = target
-            m.msg_id = msg_id
-            m.payload = payload
-            rest.append(m)
+            rest.append(_message(kind, etype, target, msg_id, payload))
         return rest
 
 

@@ -10,20 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ._time import parse_dt as _parse_dt
 from .enums import EventType, NodeStatus, SyncState
 from .event import RitualEvent
 
 
 def _iso(dt: datetime) -> str:
     return dt.isoformat()
-
-
-def _parse_dt(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value)
-    return datetime.fromisoformat(str(value))
 
 
 @dataclass(eq=True)
