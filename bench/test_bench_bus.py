@@ -65,8 +65,8 @@ class BaselineBus:
                 self.history = self.history[-1000:]
 
 
-async def _spiralfast_round() -> None:
-    bus = EventBus("bench")
+async def _round(make_bus: Any) -> None:
+    """Publish N events through ``make_bus()`` and wait until a plain handler saw all."""
     done = asyncio.get_running_loop().create_future()
     count = 0
 
@@ -76,34 +76,30 @@ async def _spiralfast_round() -> None:
         if count == N:
             done.set_result(None)
 
+    bus = make_bus()
     bus.subscribe(EventType.CUSTOM, handler)
-    await bus.start()
+    if isinstance(bus, EventBus):
+        await bus.start()
+        runner = None
+    else:
+        runner = asyncio.ensure_future(bus.run())
     publish = bus.publish
     data = {"k": 1}
     for _ in range(N):
         await publish(EventType.CUSTOM, data)
     await done
-    await bus.stop()
+    if runner is None:
+        await bus.stop()
+    else:
+        runner.cancel()
+
+
+async def _spiralfast_round() -> None:
+    await _round(lambda: EventBus("bench"))
 
 
 async def _baseline_round() -> None:
-    bus = BaselineBus("bench")
-    done = asyncio.get_running_loop().create_future()
-    count = 0
-
-    def handler(ev: Any) -> None:
-        nonlocal count
-        count += 1
-        if count == N:
-            done.set_result(None)
-
-    bus.subscribe(EventType.CUSTOM, handler)
-    task = asyncio.ensure_future(bus.run())
-    data = {"k": 1}
-    for _ in range(N):
-        await bus.publish(EventType.CUSTOM, data)
-    await done
-    task.cancel()
+    await _round(lambda: BaselineBus("bench"))
 
 
 @pytest.mark.benchmark(group=f"bus-{N}-events")

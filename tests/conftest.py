@@ -23,6 +23,16 @@ except ImportError:  # pragma: no cover - only when the build failed
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+
+def require(available: bool, what: str) -> None:
+    """Skip when ``what`` is missing on a developer's machine; fail in CI, where
+    .ci/run provides it (a missing service must never pass silently there)."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but missing")
+    pytest.skip(f"{what} is missing")
+
 CODEC_IMPLS = [pytest.param(_codec_py, id="pure")]
 RING_IMPLS = [pytest.param(_ring_py, id="pure")]
 if _codec_c is not None and not PUREPYTHON_REQUESTED:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from spiralfast import MeshConfig, MeshCore
 
-from .conftest import IN_CI, free_port, wait_for
+from .conftest import free_port, require, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,10 +29,8 @@ class RedisServer:
 
     def start(self, *extra: str) -> None:
         exe = shutil.which("redis-server")
-        if exe is None:
-            if IN_CI:
-                pytest.fail("redis-server binary required in CI")
-            pytest.skip("no redis-server binary")
+        require(exe is not None, "the redis-server binary")
+        assert exe is not None
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ from spiralfast import EventType, MeshConfig, MeshCore
 from spiralfast.errors import AuthError, HandshakeError
 from spiralfast.links.ws import MAX_OUTBOX_BYTES, WSLink
 
-from .conftest import IN_CI, wait_for
+from .conftest import require, wait_for
 from .procs import NodeProc
 
 pytestmark = pytest.mark.timeout(120)
@@ -256,10 +256,7 @@ def _self_signed(tmp: Any) -> tuple[str, str]:
     import shutil
     import subprocess as sp
 
-    if shutil.which("openssl") is None:
-        if IN_CI:
-            pytest.fail("openssl binary needed to make a test certificate")
-        pytest.skip("openssl binary needed to make a test certificate")
+    require(shutil.which("openssl") is not None, "the openssl binary (for a test certificate)")
     cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
     sp.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
