@@ -104,7 +104,6 @@ class MeshCore:
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._errlog = RateLimitedLog(log)
         self._lock = asyncio.Lock()
-        self._last_gossip_sent = 0.0
         self._reading_paused = False
         self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()

@@ -5,7 +5,6 @@ The enums live in ``enums``; ``RitualEvent`` in ``event`` (compiled, or its twin
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -104,11 +103,7 @@ class NodeCapability:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def now_epoch() -> float:
-    return time.time()
-
 
 __all__ = [
     "EventType", "MeshNode", "NodeCapability", "NodeStatus", "RitualEvent", "StateSnapshot", "SyncState",
-    "now_epoch",
 ]

@@ -98,7 +98,6 @@ class RedisTransport:
         self.rx_offsets: dict[str, int] = {}  # sender -> its offset we have processed
         self.ack_sent: dict[str, int] = {}
         self.congested = False
-        self._ack_scheduled = False
         self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
         self._direct_scheduled = False
         self.legacy_nodes: set[str] = set()
@@ -300,9 +299,6 @@ class RedisTransport:
         if self.core.config.interop:
             self._legacy_publish(self.channel, "node_unregister", {"node_id": self.core.node_id})
         await self._flush_now()
-
-    def mark_dirty(self) -> None:
-        pass
 
     def _single_frame(self, kind: int, obj: Any) -> bytes:
         w = FrameWriter()
