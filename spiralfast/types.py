@@ -103,7 +103,6 @@ class NodeCapability:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-
 __all__ = [
     "EventType", "MeshNode", "NodeCapability", "NodeStatus", "RitualEvent", "StateSnapshot", "SyncState",
 ]
