@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from .errors import ConfigError
+
+#: MeshNode.capabilities of the old library, the default.
+DEFAULT_CAPABILITIES = ("ritual_processing", "agent_hosting", "state_sync")
 
 
 @dataclass
@@ -22,15 +24,30 @@ class MeshConfig:
     :param peers: ``ws://``/``wss://`` URLs of nodes to join.
     :param auth_token: shared mesh secret; peers must prove they know it (HMAC).
     :param shared_categories: state categories synchronised across nodes (None = all).
-    :param interop: speak the old JSON format on ``ritual_channel`` / ``node_<id>``.
+    :param interop: the old JSON format on ``ritual_channel`` / ``node_<id>``: ``"auto"``
+        (JSON copies only while an old node was heard within 3 heartbeat intervals),
+        True (always) or False (never).  With ``auth_token`` set, ``"auto"`` means off.
     :param max_frame_size: largest WebSocket frame accepted from a peer (bytes).
-    :param outbox_capacity: queued frames per link before the slow-peer policy applies.
     :param handshake_timeout: seconds a peer has to complete the handshake.
     :param tombstone_ttl: seconds a delete is remembered before it is collected.
     :param max_clock_offset: seconds a remote state timestamp may be ahead of ours.
     :param ssl_certfile / ssl_keyfile: serve ``wss://`` with these files.
     :param ssl_cafile: CA bundle that ``wss://`` peers' certificates are checked
         against (None: the system's CAs).
+    :param capabilities: what this node offers (``MeshNode.capabilities``); task types it
+        serves are added to it.
+    :param rate_limit / rate_burst: events per second (and burst) accepted from one peer
+        link or observer; None: unlimited.  A member over it is slowed, never dropped.
+    :param retransmit_buffer_bytes / retransmit_window: what this node keeps of its own
+        sent events for gap repair (bytes, seconds).
+    :param persistence_path: SQLite file the node persists mesh events to (None: off).
+    :param persistence_url: ``postgresql://`` URL instead of a SQLite file.
+    :param persist_events: ``"mesh"`` (membership, status, alerts, errors), ``"all"``, or
+        a list of event types persisted in addition to the mesh ones.
+    :param persist_retention_days: stored events older than this are removed.
+    :param nats_url: NATS server URL, or a list of a cluster's URLs (None: no NATS link).
+    :param enable_nats: use the NATS link when ``nats_url`` is set.
+    :param nats_stream: also keep broadcasts in a JetStream stream for catch-up.
     """
 
     node_id: str | None = None
@@ -47,15 +64,26 @@ class MeshConfig:
     peers: list[str] = field(default_factory=list)
     auth_token: str | None = None
     shared_categories: Iterable[str] | None = None
-    interop: bool = True
+    interop: bool | str = "auto"
     max_frame_size: int = 16 * 1024 * 1024
-    outbox_capacity: int = 4096
     handshake_timeout: float = 5.0
     tombstone_ttl: float = 24 * 3600.0
     max_clock_offset: float = 60.0
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cafile: str | None = None
+    capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    rate_limit: float | None = None
+    rate_burst: int = 10_000
+    retransmit_buffer_bytes: int = 64 * 1024 * 1024
+    retransmit_window: float = 60.0
+    persistence_path: str | None = None
+    persistence_url: str | None = None
+    persist_events: str | list[str] = "mesh"
+    persist_retention_days: float = 30.0
+    nats_url: str | list[str] | None = None
+    enable_nats: bool = True
+    nats_stream: bool = False
 
     def __post_init__(self) -> None:
         if self.peers is None:
@@ -99,15 +127,40 @@ class MeshConfig:
                 raise ConfigError("shared_categories must be an iterable of names, not one string")
             self.shared_categories = [str(c) for c in self.shared_categories]
         _check_int("max_frame_size", self.max_frame_size, 1024, 1 << 30)
-        _check_int("outbox_capacity", self.outbox_capacity, 1, 1 << 24)
+        if self.interop not in (True, False, "auto"):
+            raise ConfigError(f"interop must be True, False or 'auto', got {self.interop!r}")
+        if isinstance(self.capabilities, str) or not all(isinstance(c, str) and c for c in self.capabilities):
+            raise ConfigError(f"capabilities must be a list of names, got {self.capabilities!r}")
+        self.capabilities = list(self.capabilities)
+        if self.rate_limit is not None:
+            _check_positive("rate_limit", self.rate_limit)
+        _check_int("rate_burst", self.rate_burst, 1, 1 << 30)
+        _check_int("retransmit_buffer_bytes", self.retransmit_buffer_bytes, 0, 1 << 40)
+        _check_positive("retransmit_window", self.retransmit_window)
+        if self.persistence_url is not None and not str(self.persistence_url).startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"persistence_url must be a postgresql:// URL, got {self.persistence_url!r}")
+        if not (self.persist_events in ("mesh", "all") or (
+            isinstance(self.persist_events, (list, tuple)) and all(isinstance(t, str) for t in self.persist_events)
+        )):
+            raise ConfigError(f"persist_events must be 'mesh', 'all' or a list of event types, got {self.persist_events!r}")
+        _check_positive("persist_retention_days", self.persist_retention_days)
+        if self.nats_url is not None:
+            urls = [self.nats_url] if isinstance(self.nats_url, str) else self.nats_url
+            if not isinstance(urls, (list, tuple)) or not urls or not all(
+                isinstance(u, str) and urlparse(u).scheme in ("nats", "tls", "ws", "wss") for u in urls
+            ):
+                raise ConfigError(f"nats_url must be a nats:// URL or a list of them, got {self.nats_url!r}")
         _check_positive("handshake_timeout", self.handshake_timeout)
         _check_positive("tombstone_ttl", self.tombstone_ttl)
         _check_positive("max_clock_offset", self.max_clock_offset)
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ConfigError("ssl_certfile and ssl_keyfile go together")
 
-    def resolved_node_id(self) -> str:
-        return self.node_id or str(uuid.uuid4())
+    def interop_mode(self) -> bool | str:
+        """The effective interop setting: with a token, only an explicit True is on."""
+        if self.auth_token and self.interop != True:  # noqa: E712 (True, not truthy)
+            return False
+        return self.interop
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

@@ -51,6 +51,8 @@ SILENCE_FACTOR = 3
 
 EnvelopeHandler = Callable[[dict[str, Any]], Any]
 _EVENT_TYPES = {e.value: e for e in EventType}
+#: Stands in ``observers`` while event listeners exist (so the hot paths notify them).
+_LISTENERS = object()
 
 
 _iso = iso_from_epoch
@@ -78,7 +80,7 @@ class MeshCore:
             node_id=self.node_id,
             name="codex_node_" + self.node_id[:8],
             status=NodeStatus.INITIALIZING,
-            capabilities=["ritual_processing", "agent_hosting", "state_sync"],
+            capabilities=list(self.config.capabilities),
             recursion_depth=0,
             entropy_level=0.0,
             last_heartbeat=datetime.now(),
@@ -107,6 +109,11 @@ class MeshCore:
         self._reading_paused = False
         self._pending_state: list[schema.StateEntry] = []
         self._spill: deque[dict[str, Any]] = deque()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        from .tasks import TaskManager
+
+        self.tasks = TaskManager(self)
+        self.eventlog: Any = None  # an EventLog while persistence is on
         self.router = Router(self.node_id, self._deliver, self)  # last: its sink reads the above
         self._sender = EventSender(self, self._prefix, schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
 
@@ -182,6 +189,13 @@ class MeshCore:
                 log.warning("peers %s ignored: WebSocket is disabled", cfg.peers)
             if self.redis is not None and self.redis.connected:
                 self.redis.announce()
+            if cfg.persistence_path or cfg.persistence_url:
+                from .eventlog import EventLog
+
+                self.eventlog = EventLog(self)
+                await self.eventlog.start()
+                self.add_event_listener(self.eventlog.record)
+            await self.tasks.start()
             log.info("node %s started (mesh %r)", self.node_id, cfg.mesh_name)
 
     async def stop(self) -> None:
@@ -189,6 +203,7 @@ class MeshCore:
         async with self._lock:
             if not self.running:
                 return
+            await self.tasks.stop()
             leave = schema.Leave(self.node_id, "stop")
             self.router.broadcast(schema.KIND_LEAVE, 0, b"", leave)
             self.router.flush()
@@ -216,6 +231,10 @@ class MeshCore:
             self.event_bus._mesh_send = None
             self.state._emit = None
             self.local_node.status = NodeStatus.DISCONNECTED
+            if self.eventlog is not None:
+                self.remove_event_listener(self.eventlog.record)
+                await self.eventlog.stop()
+                self.eventlog = None
             for nid in [n for n in self.nodes if n != self.node_id]:
                 self.nodes.pop(nid, None)
                 self.registry.unregister_node(nid)
@@ -255,6 +274,9 @@ class MeshCore:
         eid = self._sender.next_id()
         ev = schema.Event(eid, et, self.node_id, time.time(), data, target_node_id)
         self.counters["events_out"] += 1
+        self.recent_events.append(ev)
+        if self.observers:
+            self._push_observers(ev)
         if target_node_id == self.node_id:
             self._enqueue_envelope(self._envelope(ev))
             return True
@@ -266,6 +288,49 @@ class MeshCore:
             log.warning("send_to_node: no route to %s", target_node_id)
         await self.router.backpressure()
         return ok
+
+    def add_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """``fn(envelope)`` is called, on the loop, for every event this node sends or
+        receives, membership changes included (persistence, dashboards)."""
+        self._listeners.append(fn)
+        self.observers.add(_LISTENERS)  # makes the hot paths call _push_observers
+
+    def remove_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+        if not self._listeners:
+            self.observers.discard(_LISTENERS)
+
+    def _notify(self, env: dict[str, Any]) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(env)
+            except Exception:
+                self._errlog(("listener", repr(fn)), logging.ERROR, "event listener %r failed", fn, exc_info=True)
+
+    # -- services: tasks (spiralfast.tasks) and the event log (spiralfast.eventlog) --
+
+    def register_task_handler(self, task_type: str, handler: Callable[[Any], Any], *, capacity: int = 64) -> None:
+        """Serve ``task_type`` on this node with at most ``capacity`` running at once."""
+        self.tasks.register(task_type, handler, capacity=capacity)
+
+    async def submit_task(self, task_type: str, payload: Any, *, timeout: float = 30.0, retries: int = 2,
+                          target_node: str | None = None) -> Any:
+        """Run one task on the best node serving ``task_type``; returns its result."""
+        return await self.tasks.submit(task_type, payload, timeout=timeout, retries=retries, target_node=target_node)
+
+    def map_tasks(self, task_type: str, payloads: Any, *, concurrency: int = 256) -> Any:
+        """Async iterator of results, in submission order."""
+        return self.tasks.map(task_type, payloads, concurrency=concurrency)
+
+    def history(self, since: Any = None, until: Any = None, types: Any = None, source: str | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored event envelopes, newest last ([] without persistence)."""
+        return self.eventlog.history(since, until, types, source, limit) if self.eventlog is not None else []
+
+    async def replay(self, since: Any, types: Any = None) -> int:
+        """Re-deliver stored events to the local handlers; returns how many."""
+        return await self.eventlog.replay(since, types) if self.eventlog is not None else 0
 
     def get_mesh_status(self) -> dict[str, Any]:
         nodes = list(self.nodes.values())
@@ -282,13 +347,15 @@ class MeshCore:
             "websocket_endpoint": self.local_node.websocket_endpoint,
             "redis": bool(self.redis is not None and self.redis.connected),
             "links": self.link_info(),
-            "observers": len(self.observers),
+            "observers": len(self.observers - {_LISTENERS}),
             "followers": sum(1 for o in self.observers if getattr(o, "following", False)),
             "counters": self._counters(),
             "router": {**self.router.stats,
                        "messages_out": self.router.stats["messages_out"] + self._sender.events_out},
             "bus": self.event_bus.get_event_stats(),
             "sync": self.state.get_sync_status(),
+            "tasks": self.tasks.status(),
+            "persistence": self.eventlog.status() if self.eventlog is not None else None,
         }
 
     def _counters(self) -> dict[str, int]:
@@ -364,6 +431,8 @@ class MeshCore:
         """An event envelope from a transport that does not use frames (old JSON)."""
         self.counters["events_in"] += 1
         self.recent_events.append(env)
+        if self.observers:
+            self._push_observers(env)
         self._enqueue_envelope(env)
 
     def _enqueue_envelope(self, env: dict[str, Any]) -> None:
@@ -520,10 +589,11 @@ class MeshCore:
             self.nodes[nid] = node
             self.registry.register_node(node)
             log.info("node %s (%s) joined", nid, node.name)
-            self._enqueue_envelope(
-                {"type": EventType.NODE_REGISTER.value, "source_node": nid,
-                 "timestamp": datetime.now().isoformat(), "data": node.to_dict()}
-            )
+            env = {"type": EventType.NODE_REGISTER.value, "source_node": nid,
+                   "timestamp": datetime.now().isoformat(), "data": node.to_dict()}
+            if self._listeners:
+                self._notify(env)
+            self._enqueue_envelope(env)
         else:
             node.last_heartbeat = datetime.now()
             ep = record.get("websocket_endpoint")
@@ -566,10 +636,11 @@ class MeshCore:
             return
         self.registry.unregister_node(node_id)
         log.info("node %s removed (%s)", node_id, reason)
-        self._enqueue_envelope(
-            {"type": EventType.NODE_UNREGISTER.value, "source_node": node_id,
-             "timestamp": datetime.now().isoformat(), "data": {"node_id": node_id, "reason": reason}}
-        )
+        env = {"type": EventType.NODE_UNREGISTER.value, "source_node": node_id,
+               "timestamp": datetime.now().isoformat(), "data": {"node_id": node_id, "reason": reason}}
+        if self._listeners:
+            self._notify(env)
+        self._enqueue_envelope(env)
 
     def _send_gossip(self) -> None:
         records = [n.to_dict() for n in self.nodes.values() if n.websocket_endpoint]

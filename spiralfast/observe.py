@@ -111,6 +111,9 @@ async def _publish(core: MeshCore, link: Any, qid: int, etype: str, data: Any, t
 
 def push_event(core: MeshCore, ev: Any) -> None:
     env = None
+    if core._listeners:
+        env = envelope(ev)
+        core._notify(env)
     for link in list(core.observers):
         if not getattr(link, "following", False):
             continue

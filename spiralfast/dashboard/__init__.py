@@ -1,0 +1,1 @@
+"""The dashboard page (static HTML/CSS/JS shipped in the package)."""
