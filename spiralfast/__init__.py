@@ -7,8 +7,11 @@ from .errors import (
     FrameError,
     HandshakeError,
     LinkError,
+    NoNodeForTask,
     ProtocolError,
     SpiralError,
+    TaskError,
+    TaskTimeout,
 )
 from .mesh import (
     EventBus,
@@ -38,6 +41,7 @@ __all__ = [
     "MeshCore",
     "MeshNode",
     "MeshRegistry",
+    "NoNodeForTask",
     "NodeCapability",
     "NodeStatus",
     "ProtocolError",
@@ -46,4 +50,6 @@ __all__ = [
     "StateSnapshot",
     "StateSynchronizer",
     "SyncState",
+    "TaskError",
+    "TaskTimeout",
 ]

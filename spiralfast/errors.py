@@ -41,6 +41,39 @@ class RingFull(SpiralError, OverflowError):
     """A ring buffer with the ``reject`` policy is full."""
 
 
+class TaskError(SpiralError):
+    """A task handler raised on the node that ran it.
+
+    :param type_name: the remote exception's type name (e.g. ``"ValueError"``).
+    :param message: the remote exception's message (``str(exc)``).
+    :param task_type: the task type that failed.
+    :param node_id: the node that ran the handler.
+    """
+
+    def __init__(self, type_name: str, message: str, *, task_type: str | None = None,
+                 node_id: str | None = None) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.task_type = task_type
+        self.node_id = node_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_task_error, (self.type_name, self.message, self.task_type, self.node_id))
+
+
+def _task_error(type_name: str, message: str, task_type: str | None, node_id: str | None) -> TaskError:
+    return TaskError(type_name, message, task_type=task_type, node_id=node_id)
+
+
+class NoNodeForTask(SpiralError, LookupError):
+    """No node of the mesh (this one included) serves the task type."""
+
+
+class TaskTimeout(SpiralError, TimeoutError):
+    """A task got no result within its timeout on any of its attempts."""
+
+
 __all__ = [
     "SpiralError",
     "ConfigError",
@@ -50,4 +83,7 @@ __all__ = [
     "AuthError",
     "LinkError",
     "RingFull",
+    "TaskError",
+    "NoNodeForTask",
+    "TaskTimeout",
 ]

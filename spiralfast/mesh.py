@@ -3,6 +3,7 @@
 from .bus import EventBus
 from .config import MeshConfig
 from .core import MeshCore
+from .errors import NoNodeForTask, TaskError, TaskTimeout
 from .registry import MeshRegistry
 from .sync import StateSynchronizer
 from .types import (
@@ -22,10 +23,13 @@ __all__ = [
     "MeshCore",
     "MeshNode",
     "MeshRegistry",
+    "NoNodeForTask",
     "NodeCapability",
     "NodeStatus",
     "RitualEvent",
     "StateSnapshot",
     "StateSynchronizer",
     "SyncState",
+    "TaskError",
+    "TaskTimeout",
 ]
