@@ -1,39 +1,507 @@
-"""Small HTTP endpoints on the mesh port: ``/health`` and ``/api/*`` JSON."""
+"""HTTP on the mesh port: ``/health``, ``/metrics``, ``/api/*`` JSON, the dashboard
+(``GET /`` and its static files) and its live feed (``/live``, JSON over WebSocket).
+
+Everything is served through picows' upgrade-response path: a request that is not a
+mesh WebSocket upgrade reaches :meth:`HttpEndpoints.respond`, which answers it and
+closes the connection (``Connection: close``), or, for ``/live``, upgrades it.
+
+With ``auth_token`` set, every path needs ``Authorization: Bearer <token>`` except
+``GET /health`` (which then says only ``{"status": "ok"}``) and the dashboard's static
+shell (no node data in it).  The browser cannot set headers on a WebSocket, so a
+``/live`` client sends ``{"token": "..."}`` as its first message instead.
+
+The live feed computes one snapshot per second while at least one client is
+connected, encodes it once and sends it to every client: rates, not events, so the
+page costs the node the same at 10 events/s or 1M events/s.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+import time
+from collections import deque
+from datetime import datetime
+from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import orjson
+import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from ._log import RateLimitedLog
 from .observe import _jsonable, envelope, nodes_table
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
+log = logging.getLogger("spiralfast.http")
+
+#: Static files of the dashboard: URL path -> (package file, content type).
+STATIC: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
+}
+#: The page may load only its own files and talk only to its own node.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+#: /api/events: default and largest ``count``.
+EVENTS_DEFAULT = 100
+EVENTS_MAX = 1000
+#: Live feed: seconds between snapshots (never faster than 1/s), samples of history kept.
+LIVE_INTERVAL = 1.0
+LIVE_HISTORY = 60
+#: Live feed: most clients at once, seconds a client has to authenticate, largest
+#: message a client may send, and the send buffer beyond which a slow client skips a tick.
+LIVE_MAX_CLIENTS = 64
+LIVE_AUTH_TIMEOUT = 10.0
+LIVE_MAX_MESSAGE = 4096
+LIVE_MAX_BUFFERED = 4 * 1024 * 1024
+#: Recent events shown, and the longest data preview (characters).
+RECENT_SHOWN = 25
+DATA_PREVIEW = 240
+
+
+def _static(name: str) -> bytes:
+    return resources.files("spiralfast.dashboard").joinpath(name).read_bytes()
+
+
+def _split_target(target: bytes) -> tuple[str, dict[str, list[str]]]:
+    raw = target.decode("latin-1", errors="replace")
+    path, _, query = raw.partition("?")
+    return path, parse_qs(query, keep_blank_values=False) if query else {}
+
 
 class HttpEndpoints:
+    """One per node; ``respond(request)`` answers every non-mesh request."""
+
     def __init__(self, core: MeshCore) -> None:
         self.core = core
+        self._static: dict[str, bytes] = {}
+        self._registry: Any = None
+        self.live = LiveFeed(core)
 
-    def _json(self, obj: Any, status: int = 200) -> Any:
-        body = orjson.dumps(_jsonable(obj))
+    # -- plumbing -----------------------------------------------------------------
+
+    def _response(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> Any:
+        headers = {"Content-Type": ctype, **SECURITY_HEADERS, **(extra or {})}
         if status == 200:
-            resp = WSUpgradeResponse.create_ok_response(body, {"Content-Type": "application/json"})
+            resp = WSUpgradeResponse.create_ok_response(body, headers)
         else:
-            resp = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": "application/json"})
+            resp = WSUpgradeResponse.create_error_response(status, body, headers)
         return WSUpgradeResponseWithListener(resp, None)
 
+    def _json(self, obj: Any, status: int = 200, extra: dict[str, str] | None = None) -> Any:
+        return self._response(status, orjson.dumps(_jsonable(obj)), "application/json", extra)
+
+    def authorized(self, request: Any) -> bool:
+        token = self.core.config.auth_token
+        if not token:
+            return True
+        got = request.headers.get("Authorization") or ""
+        scheme, _, value = got.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode(), token.encode())
+
+    def static(self, path: str) -> Any:
+        name, ctype = STATIC[path]
+        body = self._static.get(name)
+        if body is None:
+            body = self._static[name] = _static(name)
+        return self._response(200, body, ctype)
+
+    # -- routing --------------------------------------------------------------------
+
     def respond(self, request: Any) -> Any:
-        path = request.path.split(b"?", 1)[0].decode(errors="replace")
+        path, query = _split_target(request.path)
         core = self.core
+        if path in STATIC:
+            return self.static(path)
         if path == "/health":
+            if core.config.auth_token and not self.authorized(request):
+                return self._json({"status": "ok"})
             return self._json({"status": "ok" if core.running else "stopping", "node_id": core.node_id})
+        if path == "/live":
+            return self.live.accept(request)
+        if not self.authorized(request):
+            self.live.errlog(("http-auth",), logging.INFO, "HTTP %s refused: missing or wrong token", path)
+            return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="spiralfast"'})
+        if path == "/metrics":
+            return self.metrics()
         if path == "/api/status":
             return self._json(core.get_mesh_status())
         if path == "/api/nodes":
             return self._json(nodes_table(core))
         if path == "/api/events":
-            return self._json([envelope(e) for e in list(core.recent_events)[-100:]])
+            return self._json(recent_events(core, query))
+        if path == "/api/topology":
+            return self._json(topology(core))
+        if path == "/api/snapshot":
+            return self._json(self.live.snapshot())
         return self._json({"error": "not found", "path": path}, 404)
+
+    def metrics(self) -> Any:
+        from . import metrics
+
+        if self._registry is None:
+            self._registry = metrics.registry_for(self.core)
+        body, ctype = metrics.render(self._registry)
+        return self._response(200, body, ctype)
+
+
+def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """``/api/events?count=N&type=T&type=U`` (``type=T,U`` works too), newest last."""
+    try:
+        count = int((query.get("count") or [EVENTS_DEFAULT])[0])
+    except ValueError:
+        count = EVENTS_DEFAULT
+    count = max(0, min(count, EVENTS_MAX))
+    types = {t for v in query.get("type", []) for t in v.split(",") if t}
+    out: list[dict[str, Any]] = []
+    if count == 0:
+        return out
+    for ev in reversed(list(core.recent_events)):
+        t = ev["type"] if isinstance(ev, dict) else ev.event_type
+        if types and t not in types:
+            continue
+        out.append(envelope(ev))
+        if len(out) >= count:
+            break
+    out.reverse()
+    return out
+
+
+def topology(core: MeshCore) -> dict[str, Any]:
+    """The mesh as this node knows it: node ids, and links as sorted id pairs.
+
+    This node's own links come from its router; other nodes' links from the
+    ``links`` list in their records' metadata (gossiped).  Only links between known
+    nodes are drawn, so a node that is gone takes its links with it.
+    """
+    known = set(core.nodes)
+    known.add(core.node_id)
+    pairs: set[tuple[str, str]] = set()
+
+    def add(a: str, b: str) -> None:
+        if a != b and a in known and b in known:
+            pairs.add((a, b) if a < b else (b, a))
+
+    for peer in core.router.links:
+        add(core.node_id, str(peer))
+    records = [core.local_node, *core.nodes.values()]
+    for node in records:
+        md = node.metadata if isinstance(node.metadata, dict) else {}
+        peers = md.get("links")
+        if isinstance(peers, (list, tuple)):
+            for peer in peers:
+                add(node.node_id, peer if isinstance(peer, str) else str(peer))
+    return {
+        "local": core.node_id,
+        "nodes": sorted(known),
+        "links": [list(p) for p in sorted(pairs)],
+    }
+
+
+def _event_time(ev: Any) -> float | None:
+    if isinstance(ev, dict):
+        ts = ev.get("timestamp")
+        if isinstance(ts, (int, float)):
+            return float(ts)
+        if isinstance(ts, str):
+            try:
+                return datetime.fromisoformat(ts).timestamp()
+            except ValueError:
+                return None
+        return None
+    ts = getattr(ev, "timestamp", None)
+    return float(ts) if isinstance(ts, (int, float)) else None
+
+
+def _preview(env: dict[str, Any]) -> dict[str, Any]:
+    data = orjson.dumps(_jsonable(env.get("data"))).decode()
+    if len(data) > DATA_PREVIEW:
+        data = data[: DATA_PREVIEW - 1] + "…"
+    out = {"type": env.get("type"), "source_node": env.get("source_node"), "timestamp": env.get("timestamp"),
+           "data": data}
+    if env.get("target_node"):
+        out["target_node"] = env["target_node"]
+    return out
+
+
+class LiveFeed:
+    """Snapshots for the dashboard, one per ``LIVE_INTERVAL``, while anyone watches."""
+
+    def __init__(self, core: MeshCore) -> None:
+        self.core = core
+        self.clients: set[LiveClient] = set()
+        self.pending: set[LiveClient] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.history: deque[list[float]] = deque(maxlen=LIVE_HISTORY)
+        self.errlog = RateLimitedLog(log)
+        self._prev: dict[str, Any] | None = None
+        self._prev_t = 0.0
+        self._prev_wall = 0.0
+        self._rates: dict[str, Any] = {"in": 0.0, "out": 0.0, "forwarded": 0.0}
+        self._link_rates: dict[str, dict[str, float]] = {}
+        self._by_type: dict[str, float] = {}
+
+    # -- connections ------------------------------------------------------------------
+
+    def accept(self, request: Any) -> Any:
+        if (request.headers.get("Upgrade") or "").lower() != "websocket":
+            body = orjson.dumps({"error": "/live is a WebSocket endpoint"})
+            resp = WSUpgradeResponse.create_error_response(400, body, {"Content-Type": "application/json"})
+            return WSUpgradeResponseWithListener(resp, None)
+        if len(self.clients) + len(self.pending) >= LIVE_MAX_CLIENTS:
+            body = orjson.dumps({"error": "too many dashboard connections"})
+            resp = WSUpgradeResponse.create_error_response(503, body, {"Content-Type": "application/json"})
+            return WSUpgradeResponseWithListener(resp, None)
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(), LiveClient(self))
+
+    def admit(self, client: LiveClient) -> None:
+        self.pending.discard(client)
+        self.clients.add(client)
+        client.send(self.snapshot_bytes())
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._loop())
+
+    def drop(self, client: LiveClient) -> None:
+        self.pending.discard(client)
+        self.clients.discard(client)
+
+    async def _loop(self) -> None:
+        try:
+            while self.clients and self.core.running:
+                await asyncio.sleep(LIVE_INTERVAL)
+                if not self.clients:
+                    break
+                if not self.core.running:
+                    break
+                payload = self.snapshot_bytes()
+                for c in list(self.clients):
+                    c.send(payload)
+        except Exception:
+            self.errlog(("live-loop",), logging.ERROR, "dashboard feed failed", exc_info=True)
+        finally:
+            if not self.core.running:
+                for c in list(self.clients | self.pending):
+                    c.close("node stopping")
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def snapshot_bytes(self) -> bytes:
+        return orjson.dumps(self.snapshot())
+
+    def _sample(self, st: dict[str, Any]) -> None:
+        """Rates since the previous sample (at most one per ``LIVE_INTERVAL``/2)."""
+        now = time.monotonic()
+        wall = time.time()
+        if self._prev is not None and now - self._prev_t < LIVE_INTERVAL / 2:
+            return
+        c = st.get("counters") or {}
+        r = st.get("router") or {}
+        cur = {
+            "in": int(c.get("events_in") or 0),
+            "out": int(c.get("events_out") or 0),
+            "forwarded": int(r.get("forwarded") or 0),
+            "links": {str(lk.get("peer")): lk for lk in st.get("links") or []},
+        }
+        prev = self._prev
+        if prev is not None:
+            dt = max(now - self._prev_t, 1e-6)
+            rates = {k: max(0.0, (cur[k] - prev[k]) / dt) for k in ("in", "out", "forwarded")}
+            self._rates = rates
+            self.history.append([round(wall, 3), round(rates["in"], 1), round(rates["out"], 1)])
+            lr: dict[str, dict[str, float]] = {}
+            for peer, lk in cur["links"].items():
+                old = prev["links"].get(peer)
+                if old is None:
+                    continue
+                lr[peer] = {
+                    k: max(0.0, (float(lk.get(k) or 0) - float(old.get(k) or 0)) / dt)
+                    for k in ("bytes_out", "bytes_in", "frames_out", "frames_in")
+                }
+            self._link_rates = lr
+            self._by_type = self._type_rates(self._prev_wall, dt, rates["in"] + rates["out"])
+        self._prev, self._prev_t, self._prev_wall = cur, now, wall
+
+    def _type_rates(self, since: float, dt: float, total_rate: float) -> dict[str, float]:
+        """Events/s by type over the last interval, from the node's recent-events window
+        (scaled to the measured total when the window holds less than the interval)."""
+        recent = list(self.core.recent_events)
+        counts: dict[str, int] = {}
+        n = 0
+        oldest_in_window = None
+        for ev in reversed(recent):
+            ts = _event_time(ev)
+            if ts is None:
+                continue
+            if ts < since:
+                oldest_in_window = ts
+                break
+            t = ev["type"] if isinstance(ev, dict) else ev.event_type
+            counts[t] = counts.get(t, 0) + 1
+            n += 1
+        if not n:
+            return {}
+        seen_rate = n / dt
+        scale = 1.0
+        if oldest_in_window is None and total_rate > seen_rate:
+            scale = total_rate / seen_rate  # the window overflowed: shares, scaled to the total
+        return {t: round(k / dt * scale, 1) for t, k in sorted(counts.items(), key=lambda kv: -kv[1])[:20]}
+
+    def snapshot(self) -> dict[str, Any]:
+        core = self.core
+        st = core.get_mesh_status()
+        self._sample(st)
+        sync = st.get("sync") or {}
+        links = []
+        for lk in st.get("links") or []:
+            peer = str(lk.get("peer"))
+            rates = self._link_rates.get(peer, {})
+            rtt = lk.get("rtt_ms")
+            links.append({
+                "peer": peer,
+                "transport": lk.get("transport"),
+                "state": lk.get("state"),
+                "direction": lk.get("direction"),
+                "endpoint": lk.get("endpoint"),
+                "rtt_ms": float(rtt) if isinstance(rtt, (int, float)) else None,
+                "bytes_out_s": round(rates.get("bytes_out", 0.0), 1),
+                "bytes_in_s": round(rates.get("bytes_in", 0.0), 1) if "bytes_in" in lk else None,
+                "frames_out_s": round(rates.get("frames_out", 0.0), 1),
+                "bytes_out": lk.get("bytes_out"),
+                "bytes_in": lk.get("bytes_in"),
+                "dropped_frames": lk.get("dropped_frames", 0),
+                "gaps": lk.get("gaps", lk.get("lost")),
+            })
+        recent = [_preview(envelope(e)) for e in list(core.recent_events)[-RECENT_SHOWN:]]
+        recent.reverse()
+        nodes = []
+        for n in nodes_table(core):
+            nodes.append({k: n.get(k) for k in ("node_id", "name", "status", "capabilities", "websocket_endpoint",
+                                                 "seconds_since_heartbeat", "local", "last_heartbeat")})
+        return _jsonable({
+            "t": time.time(),
+            "node_id": core.node_id,
+            "mesh_name": st.get("mesh_name"),
+            "status": st.get("status"),
+            "uptime": st.get("uptime"),
+            "redis": st.get("redis"),
+            "interval": LIVE_INTERVAL,
+            "nodes": nodes,
+            "topology": topology(core),
+            "links": links,
+            "rates": dict(self._rates),
+            "history": list(self.history),
+            "by_type": self._by_type,
+            "counters": st.get("counters"),
+            "router": st.get("router"),
+            "sync": {
+                "sync_status": sync.get("sync_status"),
+                "state_version": sync.get("state_version"),
+                "total_items": sync.get("total_items"),
+                "last_sync": sync.get("last_sync"),
+                "repairs": sync.get("repairs"),
+                "keys": {str(c): len(v) for c, v in core.state.sync_categories.items()},
+            },
+            "recent": recent,
+            "tasks": st.get("tasks") or None,
+            "persistence": st.get("persistence"),
+            "observers": st.get("observers"),
+        })
+
+
+class LiveClient(picows.WSListener):  # type: ignore[misc]
+    """One dashboard connection: authenticates (if the node has a token), then receives snapshots."""
+
+    def __init__(self, feed: LiveFeed) -> None:
+        super().__init__()
+        self.feed = feed
+        self.transport: Any = None
+        self.admitted = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def on_ws_connected(self, transport: Any) -> None:
+        self.transport = transport
+        if not self.feed.core.config.auth_token:
+            self.admitted = True
+            self.feed.admit(self)
+            return
+        self.feed.pending.add(self)
+        self._timer = asyncio.get_running_loop().call_later(LIVE_AUTH_TIMEOUT, self._auth_timeout)
+        self.send(orjson.dumps({"auth": "required"}))
+
+    def _auth_timeout(self) -> None:
+        if not self.admitted:
+            self.close("authentication timeout")
+
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        mt = frame.msg_type
+        if mt == picows.WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if mt not in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY):
+            return  # ping/pong/continuation: picows answers pings itself
+        if frame.payload_size > LIVE_MAX_MESSAGE:
+            self.close("message too large")
+            return
+        if self.admitted:
+            return  # nothing to ask for yet; snapshots come on their own
+        try:
+            msg = orjson.loads(frame.get_payload_as_bytes())
+            token = msg.get("token") if isinstance(msg, dict) else None
+        except orjson.JSONDecodeError:
+            token = None
+        expected = self.feed.core.config.auth_token or ""
+        if isinstance(token, str) and hmac.compare_digest(token.encode(), expected.encode()):
+            self.admitted = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self.feed.admit(self)
+            return
+        self.feed.core.counters["auth_failures"] = self.feed.core.counters.get("auth_failures", 0) + 1
+        self.feed.errlog(("live-auth",), logging.INFO, "dashboard connection refused: wrong token")
+        self.send(orjson.dumps({"error": "unauthorized"}))
+        self.close("unauthorized", picows.WSCloseCode.POLICY_VIOLATION)
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.feed.drop(self)
+
+    def send(self, payload: bytes) -> None:
+        tr = self.transport
+        if tr is None or tr.is_disconnected():
+            return
+        try:
+            if tr.underlying_transport.get_write_buffer_size() > LIVE_MAX_BUFFERED:
+                return  # a slow browser skips a tick rather than growing our memory
+        except Exception:
+            pass
+        tr.send(picows.WSMsgType.TEXT, payload)
+
+    def close(self, reason: str, code: Any = None) -> None:
+        tr = self.transport
+        self.feed.drop(self)
+        if tr is None or tr.is_disconnected():
+            return
+        try:
+            tr.send_close(code if code is not None else picows.WSCloseCode.GOING_AWAY, reason.encode()[:120])
+        finally:
+            tr.disconnect()

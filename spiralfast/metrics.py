@@ -1,0 +1,251 @@
+"""Prometheus metrics for one node (``GET /metrics``).
+
+A custom ``prometheus_client`` collector reads the node's own counters at scrape
+time (``get_mesh_status()`` and public attributes): nothing is counted twice and the
+hot paths make no metric calls.  Per-peer series are bounded: the busiest
+``MAX_PEER_LABELS`` links get their own ``peer`` label, the rest are summed under
+``peer="_other"``.
+
+Event latency is a histogram fed by sampling (one event in ``LATENCY_SAMPLE_EVERY``)
+into a :class:`LatencyHistogram` that the node keeps as ``mesh.latency``; the
+collector only reads it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .core import MeshCore
+
+#: Links that get their own ``peer`` label; the rest are summed as ``_other``.
+MAX_PEER_LABELS = 64
+#: The receive path samples one event in this many for the latency histogram.
+LATENCY_SAMPLE_EVERY = 64
+#: Histogram bucket bounds for event latency (seconds).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+OTHER_PEER = "_other"
+
+PREFIX = "spiralfast"
+
+
+class LatencyHistogram:
+    """Fixed-bucket histogram the receive path feeds with sampled latencies.
+
+    ``observe(seconds)`` is a bisect and two additions; call it for one event in
+    ``LATENCY_SAMPLE_EVERY`` with ``time.time() - event.timestamp``.
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "count", "_lock")
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # last: +Inf
+        self.sum = 0.0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        if seconds < 0.0:  # clocks of two machines disagree: count it as immediate
+            seconds = 0.0
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        acc = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            acc += n
+            out.append((_fmt_bound(bound), float(acc)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+def _fmt_bound(b: float) -> str:
+    return repr(float(b))
+
+
+def _compiled() -> bool:
+    try:
+        from . import codec, fastpath
+
+        return bool(codec.COMPILED and fastpath.COMPILED)
+    except Exception:  # pragma: no cover - import trouble shows elsewhere
+        return False
+
+
+def bounded_peers(links: list[dict[str, Any]], limit: int = MAX_PEER_LABELS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``links`` into those that get a ``peer`` label (busiest first) and the rest."""
+    if len(links) <= limit:
+        return links, []
+    ranked = sorted(links, key=lambda lk: -(int(lk.get("bytes_out") or 0) + int(lk.get("bytes_in") or 0)))
+    return ranked[:limit], ranked[limit:]
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class MeshCollector(Collector):
+    """Reads one node's figures at scrape time."""
+
+    def __init__(self, mesh: MeshCore) -> None:
+        self.mesh = mesh
+        self.compiled = _compiled()
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: the node's figures are only read at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        mesh = self.mesh
+        st = mesh.get_mesh_status()
+        c: dict[str, Any] = st.get("counters") or {}
+        router: dict[str, Any] = st.get("router") or {}
+        bus: dict[str, Any] = st.get("bus") or {}
+        sync: dict[str, Any] = st.get("sync") or {}
+        links: list[dict[str, Any]] = st.get("links") or []
+        p = PREFIX
+
+        def counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{p}_{name}", doc, value=_num(value))
+
+        yield counter("events_sent_total", "Events this node originated (broadcast or sent).", c.get("events_out"))
+        yield counter("events_received_total", "Events delivered to this node.", c.get("events_in"))
+        yield counter("events_forwarded_total", "Messages this node forwarded for others.", router.get("forwarded"))
+
+        dropped = CounterMetricFamily(f"{p}_events_dropped_total", "Events dropped, by reason.", labels=["reason"])
+        reasons = {
+            "queue_full": c.get("dropped_events"),
+            "duplicate": router.get("duplicates"),
+            "unroutable": router.get("unroutable"),
+            "slow_peer": sum(_num(lk.get("dropped_frames")) for lk in links),
+            "bus_dropped": bus.get("dropped"),
+            "bus_expired": bus.get("expired"),
+        }
+        for extra in ("rate_limited", "unauthenticated", "wrong_mesh", "replayed"):
+            if extra in c:
+                reasons[extra] = c[extra]
+        for reason, v in reasons.items():
+            dropped.add_metric([reason], _num(v))
+        yield dropped
+
+        lost = c.get("events_lost", c.get("lost", 0))
+        delivery = st.get("delivery")
+        if isinstance(delivery, dict) and "lost" in delivery:
+            lv = delivery["lost"]
+            lost = sum(_num(x) for x in lv.values()) if isinstance(lv, dict) else lv
+        yield counter("events_lost_total", "Events found missing (gaps) that could not be repaired.", lost)
+        yield counter("handler_errors_total", "Event handlers that raised (mesh and bus).",
+                      _num(c.get("handler_errors")) + _num(bus.get("handler_errors")))
+        yield counter("auth_failures_total", "Peers or observers refused for a missing or wrong token.",
+                      c.get("auth_failures"))
+        yield counter("handshake_failures_total", "Handshakes that failed for any reason.", c.get("handshake_failures"))
+        yield counter("bad_messages_total", "Malformed or unexpected messages.",
+                      _num(c.get("bad_messages")) + _num(router.get("frame_errors")))
+        yield counter("frames_received_total", "Frames read from all links.", router.get("frames_in"))
+        yield counter("frames_sent_total", "Frames written to all links.", router.get("frames_out"))
+        yield counter("bytes_received_total", "Bytes read from all links.", router.get("bytes_in"))
+        yield counter("bytes_sent_total", "Bytes written to all links.", router.get("bytes_out"))
+
+        nodes_by_status: dict[str, int] = {}
+        for n in st.get("nodes") or []:
+            s = str(n.get("status", "unknown"))
+            nodes_by_status[s] = nodes_by_status.get(s, 0) + 1
+        g = GaugeMetricFamily(f"{p}_nodes", "Nodes this node knows (itself included), by status.", labels=["status"])
+        for s in ("active", "initializing", "degraded", "offline"):
+            nodes_by_status.setdefault(s, 0)
+        for s, n in sorted(nodes_by_status.items()):
+            g.add_metric([s], n)
+        yield g
+
+        g = GaugeMetricFamily(f"{p}_links", "Open links to peer nodes, by transport.", labels=["transport"])
+        by_t: dict[str, int] = {}
+        for lk in links:
+            t = str(lk.get("transport", "unknown"))
+            by_t[t] = by_t.get(t, 0) + 1
+        for t, n in sorted(by_t.items()):
+            g.add_metric([t], n)
+        yield g
+        yield GaugeMetricFamily(f"{p}_observers", "Observers connected (CLI, dashboards).", value=_num(st.get("observers")))
+
+        named, rest = bounded_peers(links)
+        sent = CounterMetricFamily(f"{p}_link_bytes_sent_total", "Bytes sent on the link to a peer.", labels=["peer"])
+        recv = CounterMetricFamily(f"{p}_link_bytes_received_total", "Bytes received on the link from a peer.",
+                                   labels=["peer"])
+        frames = CounterMetricFamily(f"{p}_link_frames_sent_total", "Frames sent on the link to a peer.", labels=["peer"])
+        ldrop = CounterMetricFamily(f"{p}_link_dropped_frames_total", "Frames dropped on the link to a slow peer.",
+                                    labels=["peer"])
+        lgaps = CounterMetricFamily(f"{p}_link_gaps_total", "Sequence gaps detected on a link.", labels=["peer"])
+        rtt = GaugeMetricFamily(f"{p}_link_rtt_seconds", "Last measured round-trip time to a peer.", labels=["peer"])
+        groups: list[tuple[str, list[dict[str, Any]]]] = [(str(lk.get("peer")), [lk]) for lk in named]
+        if rest:
+            groups.append((OTHER_PEER, rest))
+        for peer, lks in groups:
+            sent.add_metric([peer], sum(_num(lk.get("bytes_out")) for lk in lks))
+            recv.add_metric([peer], sum(_num(lk.get("bytes_in")) for lk in lks))
+            frames.add_metric([peer], sum(_num(lk.get("frames_out")) for lk in lks))
+            ldrop.add_metric([peer], sum(_num(lk.get("dropped_frames")) for lk in lks))
+            lgaps.add_metric([peer], sum(_num(lk.get("gaps", lk.get("lost"))) for lk in lks))
+            rtts = [float(lk["rtt_ms"]) / 1000.0 for lk in lks if lk.get("rtt_ms") is not None]
+            if rtts:
+                rtt.add_metric([peer], max(rtts))
+        yield sent
+        yield recv
+        yield frames
+        yield ldrop
+        yield lgaps
+        yield rtt
+
+        keys = GaugeMetricFamily(f"{p}_state_keys", "Live keys in the synchronised state, by category.",
+                                 labels=["category"])
+        for cat, entries in sorted(mesh.state.sync_categories.items()):
+            keys.add_metric([str(cat)], len(entries))
+        yield keys
+        yield GaugeMetricFamily(f"{p}_state_version", "This node's state version (local changes).",
+                                value=_num(sync.get("state_version")))
+        yield counter("state_repairs_total", "Anti-entropy repairs this node asked for.", sync.get("repairs"))
+        in_sync = GaugeMetricFamily(f"{p}_state_in_sync", "1 when the state is in sync with the peers.")
+        in_sync.add_metric([], 1.0 if sync.get("sync_status") == "in_sync" else 0.0)
+        yield in_sync
+
+        hist = getattr(mesh, "latency", None)
+        h = HistogramMetricFamily(f"{p}_event_latency_seconds",
+                                  f"Origin timestamp to delivery, sampled (1 event in {LATENCY_SAMPLE_EVERY}).")
+        if isinstance(hist, LatencyHistogram):
+            h.add_metric([], hist.cumulative(), sum_value=hist.sum)
+        else:
+            h.add_metric([], [(_fmt_bound(b), 0.0) for b in LATENCY_BUCKETS] + [("+Inf", 0.0)], sum_value=0.0)
+        yield h
+
+        yield GaugeMetricFamily(f"{p}_uptime_seconds", "Seconds since the node started.", value=_num(st.get("uptime")))
+        info = GaugeMetricFamily(f"{p}_build_info", "Build of this node (value 1).", labels=["version", "compiled"])
+        info.add_metric([__version__, "true" if self.compiled else "false"], 1.0)
+        yield info
+
+
+def registry_for(mesh: MeshCore) -> CollectorRegistry:
+    """A registry of its own per node (several nodes may share one process)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(MeshCollector(mesh))
+    return reg
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition and its content type."""
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(registry), CONTENT_TYPE_LATEST
