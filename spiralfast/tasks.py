@@ -1,38 +1,933 @@
 """Work distribution: task handlers, submission, load balancing, failover.
 
-(Interface fixed by the core; the implementation is being built for issue 17.)
+Built on the mesh's public API only (``send_to_node``, ``broadcast_event``,
+``register_event_handler``, ``nodes``, ``local_node``, ``registry``).  Three
+reserved event types carry the protocol:
+
+``_sf.task``    submitter -> worker: ``[[task_id, task_type, payload], ...]``
+``_sf.result``  worker -> submitter: ``{"r": [[task_id, status, value], ...],
+                "l": {task_type: [capacity, load, load_from_you]}}``
+``_sf.load``    worker -> everyone: ``{"o": {task_type: [capacity, load]}}``
+
+Tasks and results are batched: everything for one node in one loop iteration
+travels as one event (at most :data:`MAX_BATCH` items).  ``status`` is 0 (the
+value is the result), 1 (the handler raised: the value is ``[type name,
+message]``) or 2 (the node does not serve the type: the submitter drops it and
+goes elsewhere).
+
+Load travels three ways: every result event carries the worker's load per task
+type (and how much of it is the receiver's, so a submitter adds the other
+submitters' share to its own exact count); a ``_sf.load`` broadcast goes out
+when the load changed, at most every ``heartbeat_interval / 4``, and at least
+every ``heartbeat_interval`` while the node offers anything; and a node that
+joins gets one at once.  Offered task types are also appended to the local
+node's ``capabilities`` (so they travel in handshakes and gossip) and applied to
+peers' ``mesh.nodes`` records when their ``_sf.load`` arrives (the core only
+copies capabilities of a node it has not seen before).
+
+Choosing a node: power of two choices over the nodes serving the type, by
+load / capacity (this node's own in-flight count plus the others' advertised
+share); a node at capacity is not chosen while another has room, and when every
+node is full the task waits (without a node; its timeout runs) until one has
+room.  The waiting list holds only tasks whose submitters are awaiting them, so
+it is bounded by the callers (``map`` keeps ``concurrency`` tasks at most).
+
+Failover: a task whose worker leaves or is removed by failure detection
+(``node_unregister``), whose worker's link drops, or whose attempt times out is
+sent to another node (the same one if it is the only one), at most ``retries``
+times.  Each task has an id; the first result wins and later replies (a retry
+racing a slow worker) are counted and dropped, so the caller gets each result
+exactly once.  Execution is at least once: a task may run twice when a retry
+races a worker that was slow rather than dead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from .errors import NoNodeForTask, TaskError, TaskTimeout
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
+log = logging.getLogger("spiralfast.tasks")
+
+#: Reserved event types of the task protocol.
+TASK_EVENT = "_sf.task"
+RESULT_EVENT = "_sf.result"
+LOAD_EVENT = "_sf.load"
+#: Result status codes.
+OK, FAILED, REFUSED = 0, 1, 2
+#: Items per task or result event (bounded so one event stays far below the
+#: message size limit for small payloads; a batch that still does not fit is split).
+MAX_BATCH = 512
+#: Latency samples kept per task type for p50/p99.
+LATENCY_SAMPLES = 4096
+#: Capacity assumed for a node that lists a task type as a capability but whose
+#: ``_sf.load`` advertisement has not arrived yet.
+DEFAULT_CAPACITY = 64
+#: Shortest period of the housekeeping loop (timeouts, link checks, load adverts).
+MIN_TICK = 0.01
+#: Longest period of the housekeeping loop; also the timeout precision.
+MAX_TICK = 0.05
+
+_perf = time.perf_counter
+
+
+class _Offer:
+    """A task type this node serves."""
+
+    __slots__ = ("handler", "capacity", "is_async", "running", "queue", "by_src", "done", "failed", "latency")
+
+    def __init__(self, handler: Callable[[Any], Any], capacity: int) -> None:
+        self.handler = handler
+        self.capacity = capacity
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.running = 0
+        self.queue: deque[tuple[str, int, Any]] = deque()
+        self.by_src: dict[str, int] = {}
+        self.done = 0
+        self.failed = 0
+        self.latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    @property
+    def load(self) -> int:
+        return self.running + len(self.queue)
+
+
+class _Target:
+    """A (node, task type) pair this node may send tasks to."""
+
+    __slots__ = ("node", "capacity", "others", "mine", "offer", "advertised")
+
+    def __init__(self, node: str, capacity: int, offer: _Offer | None = None, advertised: bool = True) -> None:
+        self.node = node
+        self.capacity = max(1, capacity)
+        self.others = 0  # load from other submitters, as last advertised
+        self.mine = 0  # this node's tasks in flight there
+        self.offer = offer  # set for the local node: its load is known exactly
+        self.advertised = advertised  # False: only known from capabilities
+
+    def load(self) -> int:
+        o = self.offer
+        return o.load if o is not None else self.mine + self.others
+
+
+class _Pending:
+    """One submitted task until its result reaches the caller."""
+
+    __slots__ = ("tid", "ttype", "payload", "fut", "target", "attempts", "timeout", "deadline", "t0", "pinned")
+
+    def __init__(self, tid: int, ttype: str, payload: Any, fut: asyncio.Future[Any], retries: int,
+                 timeout: float, pinned: str | None) -> None:
+        self.tid = tid
+        self.ttype = ttype
+        self.payload = payload
+        self.fut = fut
+        self.target: _Target | None = None
+        self.attempts = retries  # retries left
+        self.timeout = timeout
+        self.t0 = _perf()
+        self.deadline = self.t0 + timeout
+        self.pinned = pinned
+
+
+class _Stats:
+    """What this node submitted, per task type."""
+
+    __slots__ = ("submitted", "done", "failed", "retried", "timeouts", "latency")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.retried = 0
+        self.timeouts = 0
+        self.latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+
+def _percentiles(samples: Iterable[float]) -> tuple[float | None, float | None]:
+    s = sorted(samples)
+    if not s:
+        return None, None
+    return round(s[len(s) // 2] * 1000, 3), round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 3)
+
 
 class TaskManager:
-    """One per MeshCore (``mesh.tasks``).  Uses only the mesh's public API."""
+    """One per MeshCore (``mesh.tasks``).  Uses only the mesh's public API.
+
+    :param mesh: the node it serves and submits for.
+    """
 
     def __init__(self, mesh: MeshCore) -> None:
         self.mesh = mesh
+        self._offers: dict[str, _Offer] = {}
+        self._targets: dict[str, dict[str, _Target]] = {}  # task type -> node -> target
+        self._cands: dict[str, list[_Target]] = {}  # task type -> targets (cached list)
+        self._refused: set[tuple[str, str]] = set()  # (node, type) that answered "not served"
+        self._pending: dict[int, _Pending] = {}
+        self._waiting: dict[str, deque[_Pending]] = {}
+        self._stats: dict[str, _Stats] = {}
+        self._seq = 0
+        self._late = 0
+        self._out: dict[str, list[list[Any]]] = {}  # node -> tasks to send
+        self._results: dict[str, list[list[Any]]] = {}  # node -> results to send
+        self._hello: set[str] = set()  # nodes that get our load advert directly
+        self._advert_now = False
+        self._wake = asyncio.Event()
+        self._drain_scheduled = False
+        self._loop_tasks: list[asyncio.Task[Any]] = []
+        self._workers: set[asyncio.Task[Any]] = set()
+        self._linked: set[str] = set()
+        self._last_advert: dict[str, list[int]] | None = None
+        self._last_advert_t = 0.0
+        self._started = False
+
+    # -- serving ---------------------------------------------------------------------
 
     def register(self, task_type: str, handler: Callable[[Any], Any], *, capacity: int = 64) -> None:
-        raise NotImplementedError
+        """Serve ``task_type`` on this node.
+
+        :param task_type: the name submitters use; it becomes a capability of this node.
+        :param handler: ``handler(payload) -> result`` (plain or ``async def``).  Plain
+            handlers run inline on the event loop as tasks arrive; ``async def`` ones
+            run as tasks, at most ``capacity`` at once (the rest queue on this node).
+        :param capacity: how many tasks of this type the node takes at once; submitters
+            do not send more while they know it is full.
+        :raises ValueError: for an empty type, a handler that is not callable or a
+            capacity below 1.
+        """
+        if not isinstance(task_type, str) or not task_type:
+            raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
+        if not callable(handler):
+            raise ValueError(f"handler for {task_type!r} is not callable")
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        offer = self._offers.get(task_type)
+        if offer is None:
+            offer = self._offers[task_type] = _Offer(handler, capacity)
+        else:  # a new handler or capacity; what runs and the counters stay
+            offer.handler, offer.capacity = handler, capacity
+            offer.is_async = inspect.iscoroutinefunction(handler)
+        me = self.mesh.node_id
+        t = self._targets.setdefault(task_type, {}).get(me)
+        if t is None:
+            self._targets[task_type][me] = _Target(me, capacity, offer)
+        else:
+            t.offer, t.capacity = offer, capacity
+        self._refresh(task_type)
+        ln = self.mesh.local_node
+        if task_type not in ln.capabilities:
+            ln.capabilities.append(task_type)
+        if me in self.mesh.registry.nodes:
+            self.mesh.registry.register_node(ln)  # re-index its capabilities
+        if self._started:
+            self._advert_now = True
+            self._wake.set()
+        self._schedule_drain()
+
+    def offered(self) -> dict[str, int]:
+        """Task types this node serves -> capacity."""
+        return {k: o.capacity for k, o in self._offers.items()}
+
+    # -- submitting ------------------------------------------------------------------
 
     async def submit(self, task_type: str, payload: Any, *, timeout: float = 30.0, retries: int = 2,
                      target_node: str | None = None) -> Any:
-        raise NotImplementedError
+        """Run one task on the least-loaded node serving ``task_type`` (this one included).
 
-    def map(self, task_type: str, payloads: Iterable[Any], *, concurrency: int = 256) -> AsyncIterator[Any]:
-        raise NotImplementedError
+        :param task_type: a type some node registered a handler for.
+        :param payload: the handler's argument (msgpack/JSON-able to reach other nodes).
+        :param timeout: seconds per attempt (waiting for a node with room included).
+        :param retries: attempts on other nodes after a timeout or a lost worker.
+        :param target_node: run it on that node only.
+        :returns: the handler's result.
+        :raises NoNodeForTask: at once, when no known node serves the type (or
+            ``target_node`` does not).
+        :raises TaskError: the handler raised (``type_name``, ``message``), or the
+            worker was lost with no retries left (``type_name == "WorkerLost"``).
+        :raises TaskTimeout: no result within ``timeout`` on the last attempt.
+        """
+        p = self._start(task_type, payload, timeout, retries, target_node)
+        try:
+            return await p.fut
+        except asyncio.CancelledError:
+            self._abandon(p)
+            raise
+
+    def map(self, task_type: str, payloads: Iterable[Any], *, concurrency: int = 256, timeout: float = 30.0,
+            retries: int = 2) -> AsyncIterator[Any]:
+        """Results of ``task_type`` for each payload, in submission order, with up to
+        ``concurrency`` tasks in flight across the mesh.
+
+        The first failed task raises its error at its place in the order; the tasks
+        still in flight are then abandoned (their results are dropped).
+        """
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        return self._map(task_type, payloads, concurrency, timeout, retries)
+
+    async def _map(self, task_type: str, payloads: Iterable[Any], concurrency: int, timeout: float,
+                   retries: int) -> AsyncIterator[Any]:
+        window: deque[_Pending] = deque()
+        start = self._start
+        try:
+            for payload in payloads:
+                window.append(start(task_type, payload, timeout, retries, None))
+                if len(window) >= concurrency:
+                    yield await window.popleft().fut
+            while window:
+                yield await window.popleft().fut
+        finally:
+            for p in window:
+                self._abandon(p)
+
+    def _start(self, ttype: str, payload: Any, timeout: float, retries: int, pinned: str | None) -> _Pending:
+        if not self._started:
+            raise NoNodeForTask(f"cannot submit {ttype!r}: the mesh node is not running")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        if not self._has_candidates(ttype, pinned, ()):
+            where = f"node {pinned}" if pinned else "no node of the mesh"
+            raise NoNodeForTask(f"{where} serves task type {ttype!r}")
+        self._seq += 1
+        p = _Pending(self._seq, ttype, payload, asyncio.get_running_loop().create_future(), retries, timeout, pinned)
+        self._pending[p.tid] = p
+        st = self._stats.get(ttype)
+        if st is None:
+            st = self._stats[ttype] = _Stats()
+        st.submitted += 1
+        self._dispatch(p, ())
+        return p
+
+    def _abandon(self, p: _Pending) -> None:
+        """The caller no longer waits for ``p`` (cancelled, or ``map`` closed)."""
+        if self._pending.get(p.tid) is p:
+            del self._pending[p.tid]
+            self._release(p)
+        if p.fut.done() and not p.fut.cancelled():
+            p.fut.exception()  # retrieved: no "never retrieved" warning
+        else:
+            p.fut.cancel()
+
+    # -- choosing a node -------------------------------------------------------------
+
+    def _refresh(self, ttype: str) -> None:
+        tmap = self._targets.get(ttype)
+        if tmap:
+            self._cands[ttype] = list(tmap.values())
+        else:
+            self._targets.pop(ttype, None)
+            self._cands.pop(ttype, None)
+
+    def _learn_from_capabilities(self, ttype: str) -> None:
+        """Targets for nodes listing ``ttype`` as a capability whose advert has not
+        arrived yet (a node that joined a moment ago)."""
+        me = self.mesh.node_id
+        added = False
+        for nid, node in list(self.mesh.nodes.items()):
+            if nid == me or ttype not in node.capabilities or (nid, ttype) in self._refused:
+                continue
+            if (node.metadata or {}).get("implementation") != "spiralfast":
+                continue
+            tmap = self._targets.setdefault(ttype, {})
+            if nid not in tmap:
+                tmap[nid] = _Target(nid, DEFAULT_CAPACITY, advertised=False)
+                added = True
+        if added:
+            self._refresh(ttype)
+
+    def _has_candidates(self, ttype: str, pinned: str | None, exclude: Iterable[str]) -> bool:
+        cands = self._cands.get(ttype)
+        if not cands:
+            self._learn_from_capabilities(ttype)
+            cands = self._cands.get(ttype)
+            if not cands:
+                return False
+        if pinned is not None:
+            return any(t.node == pinned for t in cands)
+        return True
+
+    def _choose(self, ttype: str, pinned: str | None, exclude: tuple[str, ...]) -> _Target | None:
+        """The node to run a task on, or None when every candidate is full."""
+        cands = self._cands.get(ttype)
+        if not cands:
+            return None
+        if pinned is not None or exclude:
+            if pinned is not None:
+                cands = [t for t in cands if t.node == pinned]
+            else:
+                rest = [t for t in cands if t.node not in exclude]
+                cands = rest or cands  # the excluded node if it is the only one
+        n = len(cands)
+        if n == 1:
+            t = cands[0]
+            return t if t.load() < t.capacity else None
+        if n == 2:
+            a, b = cands
+        else:
+            i = int(random.random() * n)
+            j = int(random.random() * (n - 1))
+            if j >= i:
+                j += 1
+            a, b = cands[i], cands[j]
+        ua = a.load() / a.capacity
+        ub = b.load() / b.capacity
+        if ua > ub:
+            a, ua = b, ub
+        if ua < 1.0:
+            return a
+        best = None
+        bu = 1.0
+        for t in cands:  # both sampled are full: any node with room
+            u = t.load() / t.capacity
+            if u < bu:
+                best, bu = t, u
+        return best
+
+    def _dispatch(self, p: _Pending, exclude: tuple[str, ...]) -> None:
+        t = self._choose(p.ttype, p.pinned, exclude)
+        if t is None:
+            if not self._has_candidates(p.ttype, p.pinned, exclude):
+                self._finish_exc(p, NoNodeForTask(f"no node serves task type {p.ttype!r}"))
+                return
+            w = self._waiting.get(p.ttype)
+            if w is None:
+                w = self._waiting[p.ttype] = deque()
+            w.append(p)
+            return
+        p.target = t
+        t.mine += 1
+        node = t.node
+        if t.offer is not None:  # this node: no network
+            self._run(node, p.tid, p.ttype, p.payload)
+            return
+        out = self._out.get(node)
+        if out is None:
+            out = self._out[node] = []
+            self._wake.set()
+        out.append([p.tid, p.ttype, p.payload])
+
+    def _release(self, p: _Pending) -> None:
+        t = p.target
+        if t is not None:
+            p.target = None
+            t.mine -= 1
+            if self._waiting:
+                self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if self._waiting and not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Send waiting tasks to nodes that have room now."""
+        self._drain_scheduled = False
+        pending = self._pending
+        for ttype, w in list(self._waiting.items()):
+            while w:
+                p = w[0]
+                if pending.get(p.tid) is not p or p.target is not None:
+                    w.popleft()
+                    continue
+                if not self._has_candidates(ttype, p.pinned, ()):
+                    w.popleft()
+                    self._finish_exc(p, NoNodeForTask(f"no node serves task type {ttype!r} any more"))
+                    continue
+                t = self._choose(ttype, p.pinned, ())
+                if t is None:
+                    if p.pinned is None:
+                        break
+                    w.rotate(-1)  # pinned elsewhere: may block only its own node  # pragma: no cover
+                    break
+                w.popleft()
+                self._dispatch(p, ())
+            if not w:
+                del self._waiting[ttype]
+
+    # -- results ---------------------------------------------------------------------
+
+    def _finish_exc(self, p: _Pending, exc: BaseException) -> None:
+        if self._pending.get(p.tid) is p:
+            del self._pending[p.tid]
+        self._release(p)
+        st = self._stats[p.ttype]
+        if isinstance(exc, TaskTimeout):
+            st.timeouts += 1
+        st.failed += 1
+        if not p.fut.done():
+            p.fut.set_exception(exc)
+
+    def _accept(self, src: str, tid: int, status: int, value: Any) -> None:
+        p = self._pending.get(tid)
+        if p is None:
+            self._late += 1
+            return
+        t = p.target
+        if status == REFUSED:
+            if t is None or t.node != src:
+                return  # an earlier attempt's refusal
+            self._drop_target(src, p.ttype, refused=True)
+            self._release(p)
+            self._dispatch(p, (src,))
+            return
+        del self._pending[tid]
+        if t is not None:
+            p.target = None
+            t.mine -= 1
+            if self._waiting:
+                self._schedule_drain()
+        st = self._stats[p.ttype]
+        fut = p.fut
+        if status == OK:
+            st.done += 1
+            st.latency.append(_perf() - p.t0)
+            if not fut.done():
+                fut.set_result(value)
+        else:
+            st.failed += 1
+            try:
+                tn, msg = str(value[0]), str(value[1])
+            except (TypeError, IndexError, KeyError):
+                tn, msg = "TaskError", repr(value)
+            if not fut.done():
+                fut.set_exception(TaskError(tn, msg, task_type=p.ttype, node_id=src))
+
+    def _retry(self, p: _Pending, why: str) -> None:
+        """Another attempt for ``p`` after a timeout or a lost worker."""
+        old = p.target.node if p.target is not None else None
+        self._release(p)
+        st = self._stats[p.ttype]
+        if p.attempts <= 0:
+            if why == "timeout":
+                self._finish_exc(p, TaskTimeout(
+                    f"task {p.ttype!r} got no result within {p.timeout}s (attempts exhausted)"))
+            else:
+                self._finish_exc(p, TaskError("WorkerLost", f"node {old} {why}; no retries left",
+                                              task_type=p.ttype, node_id=old))
+            return
+        p.attempts -= 1
+        st.retried += 1
+        if why == "timeout":
+            st.timeouts += 1
+        p.deadline = _perf() + p.timeout
+        if why != "timeout" and old is not None and p.pinned == old:
+            self._finish_exc(p, TaskError("WorkerLost", f"node {old} {why}", task_type=p.ttype, node_id=old))
+            return
+        self._dispatch(p, (old,) if old is not None else ())
+
+    # -- worker side -----------------------------------------------------------------
+
+    def _run(self, src: str, tid: int, ttype: str, payload: Any) -> None:
+        o = self._offers.get(ttype)
+        if o is None:
+            self._reply(src, tid, REFUSED, None)
+            return
+        if o.is_async:
+            o.by_src[src] = o.by_src.get(src, 0) + 1
+            if o.running < o.capacity:
+                o.running += 1
+                self._spawn_worker(o, ttype, src, tid, payload)
+            else:
+                o.queue.append((src, tid, payload))
+            return
+        t0 = _perf()
+        try:
+            r = o.handler(payload)
+        except Exception as exc:
+            o.failed += 1
+            self._reply(src, tid, FAILED, [type(exc).__name__, str(exc)])
+            return
+        if r is not None and inspect.isawaitable(r):  # a plain function returning an awaitable
+            o.by_src[src] = o.by_src.get(src, 0) + 1
+            o.running += 1
+            self._spawn_worker(o, ttype, src, tid, None, r)
+            return
+        o.done += 1
+        o.latency.append(_perf() - t0)
+        self._reply(src, tid, OK, r)
+
+    def _spawn_worker(self, o: _Offer, ttype: str, src: str, tid: int, payload: Any, aw: Any = None) -> None:
+        task = asyncio.ensure_future(self._work(o, ttype, src, tid, payload, aw))
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self, o: _Offer, ttype: str, src: str, tid: int, payload: Any, aw: Any) -> None:
+        """One of an offer's ``capacity`` slots: runs tasks until its queue is empty."""
+        try:
+            while True:
+                t0 = _perf()
+                try:
+                    r = await (aw if aw is not None else o.handler(payload))
+                    status = OK
+                    o.done += 1
+                    o.latency.append(_perf() - t0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    status, r = FAILED, [type(exc).__name__, str(exc)]
+                    o.failed += 1
+                aw = None
+                n = o.by_src.get(src, 1) - 1
+                if n > 0:
+                    o.by_src[src] = n
+                else:
+                    o.by_src.pop(src, None)
+                self._reply(src, tid, status, r)
+                if not o.queue:
+                    break
+                src, tid, payload = o.queue.popleft()
+        finally:
+            o.running -= 1
+
+    def _reply(self, src: str, tid: int, status: int, value: Any) -> None:
+        if src == self.mesh.node_id:
+            self._accept(src, tid, status, value)
+            return
+        lst = self._results.get(src)
+        if lst is None:
+            lst = self._results[src] = []
+            self._wake.set()
+        lst.append([tid, status, value])
+
+    def _load_for(self, src: str) -> dict[str, list[int]]:
+        return {k: [o.capacity, o.load, o.by_src.get(src, 0)] for k, o in self._offers.items()}
+
+    def _advert(self) -> dict[str, list[int]]:
+        return {k: [o.capacity, o.load] for k, o in self._offers.items()}
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _on_task_env(self, env: dict[str, Any]) -> None:
+        src = env.get("source_node")
+        items = env.get("data")
+        if not isinstance(src, str) or not isinstance(items, list):
+            return
+        run = self._run
+        for item in items:
+            try:
+                tid, ttype, payload = item
+            except (TypeError, ValueError):
+                log.warning("malformed task item from %s", src)
+                continue
+            run(src, tid, ttype, payload)
+
+    def _on_result_env(self, env: dict[str, Any]) -> None:
+        src = env.get("source_node")
+        data = env.get("data")
+        if not isinstance(src, str) or not isinstance(data, dict):
+            return
+        loads = data.get("l")
+        if isinstance(loads, dict):
+            for ttype, v in loads.items():
+                try:
+                    cap, load, yours = int(v[0]), int(v[1]), int(v[2])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                self._update_target(src, ttype, cap, max(0, load - yours))
+        accept = self._accept
+        for item in data.get("r") or ():
+            try:
+                tid, status, value = item
+            except (TypeError, ValueError):
+                continue
+            accept(src, tid, status, value)
+        if self._waiting:
+            self._schedule_drain()
+
+    def _on_load_env(self, env: dict[str, Any]) -> None:
+        src = env.get("source_node")
+        data = env.get("data")
+        if not isinstance(src, str) or src == self.mesh.node_id or not isinstance(data, dict):
+            return
+        offers = data.get("o")
+        if not isinstance(offers, dict):
+            return
+        for ttype, v in offers.items():
+            try:
+                cap, load = int(v[0]), int(v[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            t = self._update_target(src, ttype, cap, None)
+            t.others = max(0, load - t.mine)
+        for ttype in [k for k, tmap in self._targets.items() if src in tmap and k not in offers]:
+            self._drop_target(src, ttype)
+        node = self.mesh.nodes.get(src)
+        if node is not None:  # capabilities of a node the core knew before it offered
+            new = [k for k in offers if k not in node.capabilities]
+            if new:
+                node.capabilities.extend(new)
+                self.mesh.registry.register_node(node)
+        if self._waiting:
+            self._schedule_drain()
+
+    def _update_target(self, node: str, ttype: str, cap: int, others: int | None) -> _Target:
+        tmap = self._targets.get(ttype)
+        if tmap is None:
+            tmap = self._targets[ttype] = {}
+        t = tmap.get(node)
+        if t is None:
+            t = tmap[node] = _Target(node, cap)
+            self._refused.discard((node, ttype))
+            self._refresh(ttype)
+        t.capacity = max(1, cap)
+        t.advertised = True
+        if others is not None:
+            t.others = others
+        return t
+
+    def _drop_target(self, node: str, ttype: str, refused: bool = False) -> None:
+        tmap = self._targets.get(ttype)
+        if tmap is not None and tmap.pop(node, None) is not None:
+            self._refresh(ttype)
+        if refused:
+            self._refused.add((node, ttype))
+
+    def _on_node_register(self, env: dict[str, Any]) -> None:
+        nid = env.get("source_node")
+        if isinstance(nid, str) and nid != self.mesh.node_id and self._offers:
+            self._hello.add(nid)
+            self._wake.set()
+
+    def _on_node_unregister(self, env: dict[str, Any]) -> None:
+        data = env.get("data")
+        nid = data.get("node_id") if isinstance(data, dict) else None
+        if not isinstance(nid, str):
+            nid = env.get("source_node")
+        if isinstance(nid, str) and nid != self.mesh.node_id:
+            self._node_lost(nid, "left the mesh")
+
+    def _node_lost(self, nid: str, why: str, keep_targets: bool = False) -> None:
+        if not keep_targets:
+            for ttype in [k for k, tmap in self._targets.items() if nid in tmap]:
+                self._drop_target(nid, ttype)
+            self._refused = {r for r in self._refused if r[0] != nid}
+        lost = [p for p in self._pending.values() if p.target is not None and p.target.node == nid]
+        if lost:
+            log.info("node %s %s: %d task(s) go elsewhere", nid, why, len(lost))
+        for p in lost:
+            self._retry(p, why)
+        for offer in self._offers.values():  # its queued tasks here have nobody to reply to
+            if offer.queue:
+                offer.queue = deque(q for q in offer.queue if q[0] != nid)
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def _outbox(self) -> None:
+        """Sends what one loop iteration produced: one event per node and kind."""
+        mesh = self.mesh
+        wake = self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            if self._results:
+                results, self._results = self._results, {}
+                for node, items in results.items():
+                    if node in mesh.nodes:
+                        await self._send(node, RESULT_EVENT, items, self._load_for(node))
+            if self._out:
+                out, self._out = self._out, {}
+                for node, items in out.items():
+                    if node in mesh.nodes:
+                        await self._send(node, TASK_EVENT, items, None)
+                    else:
+                        self._unsent(node, items, "is not in the mesh")
+            if self._advert_now:
+                self._advert_now = False
+                await self._broadcast_advert()
+            if self._hello:
+                hello, self._hello = self._hello, set()
+                for node in hello:
+                    if node in mesh.nodes:
+                        await mesh.send_to_node(node, LOAD_EVENT, {"o": self._advert()})
+
+    def _unsent(self, node: str, items: list[list[Any]], why: str) -> None:
+        for item in items:
+            p = self._pending.get(item[0])
+            if p is not None and p.target is not None and p.target.node == node:
+                self._retry(p, why)
+
+    async def _send(self, node: str, etype: str, items: list[list[Any]], loads: dict[str, Any] | None) -> None:
+        for i in range(0, len(items), MAX_BATCH):
+            chunk = items[i : i + MAX_BATCH]
+            data: Any = chunk if loads is None else {"r": chunk, "l": loads}
+            try:
+                ok = await self.mesh.send_to_node(node, etype, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an unencodable payload or result, or a batch too large
+                if len(chunk) > 1:
+                    for item in chunk:
+                        await self._send(node, etype, [item], loads)
+                else:
+                    self._unencodable(node, etype, chunk[0], exc)
+                continue
+            if not ok and etype == TASK_EVENT:
+                self._unsent(node, chunk, "is unreachable")
+
+    def _unencodable(self, node: str, etype: str, item: list[Any], exc: Exception) -> None:
+        if etype == TASK_EVENT:
+            p = self._pending.get(item[0])
+            if p is not None:
+                self._finish_exc(p, TaskError(type(exc).__name__, f"payload not sendable: {exc}", task_type=p.ttype))
+        else:
+            err = [type(exc).__name__, f"result not sendable: {exc}"]
+            asyncio.get_running_loop().call_soon(self._reply, node, item[0], FAILED, err)
+
+    async def _broadcast_advert(self) -> None:
+        adv = self._advert()
+        self._last_advert = adv
+        self._last_advert_t = time.monotonic()
+        await self.mesh.broadcast_event(LOAD_EVENT, {"o": adv})
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        hb = float(self.mesh.config.heartbeat_interval)
+        tick = max(MIN_TICK, min(hb / 8, MAX_TICK))
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self._check_timeouts()
+                self._check_links()
+                if self._offers:
+                    since = time.monotonic() - self._last_advert_t
+                    if since >= hb or (since >= hb / 4 and self._advert() != self._last_advert):
+                        await self._broadcast_advert()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task housekeeping failed")
+
+    def _check_timeouts(self) -> None:
+        if not self._pending:
+            return
+        now = _perf()
+        for p in [p for p in self._pending.values() if p.deadline <= now]:
+            if self._pending.get(p.tid) is not p:
+                continue
+            if p.target is None:  # still waiting for room: counts as an attempt
+                if p.attempts <= 0:
+                    self._finish_exc(p, TaskTimeout(f"task {p.ttype!r}: no node had room within {p.timeout}s"))
+                else:
+                    p.attempts -= 1
+                    p.deadline = now + p.timeout
+                continue
+            self._retry(p, "timeout")
+
+    def _check_links(self) -> None:
+        """Tasks at a node whose direct link just dropped go elsewhere at once (the
+        node itself goes when failure detection removes it)."""
+        info = getattr(self.mesh, "link_info", None)
+        if info is None:
+            return
+        try:
+            now = {x["peer"] for x in info() if x.get("state") != "closed"}
+        except Exception:
+            return
+        gone = self._linked - now
+        self._linked = now
+        for nid in gone:
+            if nid in self.mesh.nodes and any(
+                p.target is not None and p.target.node == nid for p in self._pending.values()
+            ):
+                self._node_lost(nid, "lost its link", keep_targets=True)
+
+    # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Called by ``MeshCore.start()`` once the links are up."""
+        if self._started:
+            return
+        handlers = {
+            TASK_EVENT: self._on_task_env, RESULT_EVENT: self._on_result_env, LOAD_EVENT: self._on_load_env,
+            "node_register": self._on_node_register, "node_unregister": self._on_node_unregister,
+        }
+        for etype, h in handlers.items():
+            if h not in self.mesh.event_handlers.get(etype, ()):
+                self.mesh.register_event_handler(etype, h)
+        self._wake = asyncio.Event()
+        self._started = True
+        self._loop_tasks = [asyncio.ensure_future(self._outbox()), asyncio.ensure_future(self._housekeeping())]
+        me = self.mesh.node_id
+        if self._offers:
+            ln = self.mesh.local_node
+            for k in self._offers:
+                if k not in ln.capabilities:
+                    ln.capabilities.append(k)
+            self.mesh.registry.register_node(ln)
+            self._advert_now = True
+            self._wake.set()
+        for k, o in self._offers.items():
+            self._targets.setdefault(k, {}).setdefault(me, _Target(me, o.capacity, o))
+            self._refresh(k)
 
     async def stop(self) -> None:
-        """Called by ``MeshCore.stop()`` before the links close."""
+        """Called by ``MeshCore.stop()`` before the links close: fails what this node
+        still waits for and cancels the handlers running here."""
+        if not self._started:
+            return
+        self._started = False
+        for t in self._loop_tasks:
+            t.cancel()
+        workers = list(self._workers)
+        for t in workers:
+            t.cancel()
+        await asyncio.gather(*self._loop_tasks, *workers, return_exceptions=True)
+        self._loop_tasks = []
+        for p in list(self._pending.values()):
+            self._finish_exc(p, TaskError("MeshStopped", "the mesh node stopped", task_type=p.ttype))
+        self._waiting.clear()
+        self._out.clear()
+        self._results.clear()
+        self._hello.clear()
+        me = self.mesh.node_id
+        for k in list(self._targets):
+            mine = self._targets[k].get(me)
+            self._targets[k] = {me: mine} if mine is not None else {}
+            self._refresh(k)
+        self._refused.clear()
+        self._linked.clear()
+        for o in self._offers.values():
+            o.queue.clear()
+            o.by_src.clear()
+
+    # -- status ----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {}
+        """What ``get_mesh_status()["tasks"]`` shows: the types this node serves, what
+        it submitted (per type), and every node's advertised offers as seen here."""
+        offered = {}
+        for k, o in self._offers.items():
+            p50, p99 = _percentiles(o.latency)
+            offered[k] = {"capacity": o.capacity, "running": o.running, "queued": len(o.queue),
+                          "done": o.done, "failed": o.failed, "p50_ms": p50, "p99_ms": p99}
+        in_flight: dict[str, int] = {}
+        waiting: dict[str, int] = {}
+        for p in self._pending.values():
+            if p.target is None:
+                waiting[p.ttype] = waiting.get(p.ttype, 0) + 1
+            else:
+                in_flight[p.ttype] = in_flight.get(p.ttype, 0) + 1
+        submitted = {}
+        for k, st in self._stats.items():
+            p50, p99 = _percentiles(st.latency)
+            submitted[k] = {"submitted": st.submitted, "in_flight": in_flight.get(k, 0), "waiting": waiting.get(k, 0),
+                            "done": st.done, "failed": st.failed, "retried": st.retried, "timeouts": st.timeouts,
+                            "p50_ms": p50, "p99_ms": p99}
+        nodes: dict[str, dict[str, Any]] = {}
+        for k, tmap in self._targets.items():
+            for nid, t in tmap.items():
+                nodes.setdefault(nid, {})[k] = {"capacity": t.capacity, "load": t.load(), "in_flight": t.mine,
+                                                "advertised": t.advertised}
+        return {"offered": offered, "submitted": submitted, "nodes": nodes, "late_replies": self._late}
