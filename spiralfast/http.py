@@ -487,7 +487,7 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
 
     def send(self, payload: bytes) -> None:
         tr = self.transport
-        if tr is None or tr.is_disconnected():
+        if tr is None or tr.is_disconnected:
             return
         try:
             if tr.underlying_transport.get_write_buffer_size() > LIVE_MAX_BUFFERED:
@@ -499,7 +499,7 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
     def close(self, reason: str, code: Any = None) -> None:
         tr = self.transport
         self.feed.drop(self)
-        if tr is None or tr.is_disconnected():
+        if tr is None or tr.is_disconnected:
             return
         try:
             tr.send_close(code if code is not None else picows.WSCloseCode.GOING_AWAY, reason.encode()[:120])
