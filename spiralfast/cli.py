@@ -1,17 +1,24 @@
 """Command line: ``spiralfast`` / ``spiralcodex`` / ``python -m spiralfast``.
 
-``mesh start`` runs a node in the foreground; ``mesh status|nodes|events|publish``
-inspect a running node over its own port as an observer (never a mesh member).
-Errors are one line on stderr and a non-zero exit, never a traceback.
+``mesh start`` runs a node in the foreground; ``mesh status|nodes|events|publish|state``
+inspect a running node over its own port as an observer (never a mesh member);
+``config show`` prints the effective configuration and where each value came from.
+Node settings come in layers (see :mod:`spiralfast.settings`): defaults < TOML file <
+``SPIRALFAST_*`` environment variables < flags.
+
+Errors, usage errors included, are one line on stderr (``error: ...``) and a non-zero
+exit (2 for usage and configuration errors, 1 otherwise), never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import inspect
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -19,22 +26,52 @@ from typing import Any
 import orjson
 import typer
 
-from .errors import ConfigError, LinkError, SpiralError
+from . import settings
+from ._version import __version__
+from .errors import AuthError, ConfigError, HandshakeError, LinkError, ProtocolError, SpiralError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="spiralfast mesh node and tools.")
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.")
 mesh_app = typer.Typer(no_args_is_help=True, help="Run or inspect a mesh node.")
 ritual_app = typer.Typer(no_args_is_help=True, help="The old spiralcodex entry point.")
+config_app = typer.Typer(no_args_is_help=True, help="Show the node configuration.")
 app.add_typer(mesh_app, name="mesh")
 app.add_typer(ritual_app, name="ritual")
+app.add_typer(config_app, name="config")
 
-NODE_HELP = "WebSocket URL of the node to inspect."
+NODE_HELP = "WebSocket URL of the node to inspect (default: from the config file, else ws://127.0.0.1:8765)."
+TOKEN_HELP = "Shared mesh secret of the node (default: auth_token from the config file or environment)."
+CAFILE_HELP = "CA bundle to check a wss:// node's certificate against (env SPIRALFAST_CAFILE)."
+JSON_HELP = "Machine-readable output (JSON) on stdout."
+TIMEOUT_HELP = "Seconds to wait for the node to answer."
+CONFIG_HELP = "TOML configuration file (default: ./spiralfast.toml when it exists; env SPIRALFAST_CONFIG)."
 DEFAULT_NODE = "ws://127.0.0.1:8765"
 
 
-def _fail(msg: str, code: int = 1) -> None:
+class CliError(Exception):
+    """A one-line error for the user; ``code`` is the exit status."""
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def _fail(msg: str, code: int = 1) -> typer.Exit:
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+def reason(exc: BaseException) -> str:
+    """A non-empty, one-line reason for ``exc`` (its message, else its type and cause)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+        text = f"{exc.reason}" + (f" ({exc.library})" if getattr(exc, "library", None) else "")
+    if not text:
+        text = type(exc).__name__
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and cause is not exc:
+            text += f": {reason(cause)}"
+    return text
 
 
 def _console() -> Any:
@@ -57,65 +94,284 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _build_info() -> str:
+    """``compiled`` or ``pure Python (why)``: what the hot paths really run on."""
+    from . import _native, codec, event, fastpath, ring
+
+    if all(m.COMPILED for m in (codec, ring, fastpath, event)):
+        return "compiled"
+    if _native.PUREPYTHON_REQUESTED:
+        return "pure Python (SPIRALFAST_PUREPYTHON=1)"
+    return "pure Python (compiled extensions unavailable)"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"spiralfast {__version__} ({_build_info()}, Python {sys.version.split()[0]})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """spiralfast mesh node and tools."""
+
+
+# -- node settings as flags --------------------------------------------------------------
+
+#: Flags of ``mesh start`` / ``ritual start`` / ``config show`` that are not settings.
+_NOT_SETTINGS = ("config", "no_db", "mesh", "as_json")
+
+
+def _metavar(spec: settings.FieldSpec) -> str:
+    n = spec.name
+    if spec.kind == "interop":
+        return "auto|true|false"
+    if n == "persist_events":
+        return "mesh|all|TYPE,..."
+    if n.endswith("_url") or n == "peers":
+        return "URL"
+    if n.endswith(("file", "path")):
+        return "PATH"
+    if n.endswith("port"):
+        return "PORT"
+    if spec.kind == "list":
+        return "NAME"
+    if spec.kind == "float":
+        return "NUMBER" if n.startswith("rate") or n.endswith("days") else "SECONDS"
+    if spec.kind == "int":
+        return "BYTES" if n.endswith(("size", "bytes")) else "N"
+    return "TEXT"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]) if text else text
+
+
+def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
+    """One flag per MeshConfig field (from :func:`settings.field_specs`), plus
+    ``--config``, ``--no-db``, ``--log-level`` and ``--log-format``."""
+    params: list[inspect.Parameter] = []
+    flag_names: dict[str, str] = {}
+    kw = inspect.Parameter.KEYWORD_ONLY
+    for spec in settings.field_specs():
+        names = [spec.flag] + ["--" + a.replace("_", "-") for a in spec.aliases]
+        help_text = _sentence(spec.help)
+        ann: Any
+        if spec.kind == "bool":
+            base = spec.name[len("enable_"):] if spec.name.startswith("enable_") else spec.name
+            base = base.replace("_", "-")
+            decl = f"--enable-{base}/--no-{base}" if spec.name.startswith("enable_") else f"--{base}/--no-{base}"
+            opt = typer.Option(None, decl, help=help_text, show_default=False)
+            ann = bool | None
+            flag_names[spec.name] = decl
+        else:
+            if spec.kind in ("list", "str_or_list"):
+                ann = list[str] | None
+                help_text += " Repeatable; commas separate values."
+            elif spec.kind == "int":
+                ann = int | None
+            elif spec.kind == "float":
+                ann = float | None
+            else:
+                ann = str | None
+            opt = typer.Option(None, *names, help=help_text, metavar=_metavar(spec), show_default=False)
+            flag_names[spec.name] = "/".join(names)
+        params.append(inspect.Parameter(spec.name, kw, default=opt, annotation=ann))
+    params += [
+        inspect.Parameter("no_db", kw, annotation=bool, default=typer.Option(
+            False, "--no-db", help="Turn persistence off (whatever the file or environment say).")),
+        inspect.Parameter("log_level", kw, annotation=str | None, default=typer.Option(
+            None, "--log-level", metavar="LEVEL", show_default=False,
+            help="debug, info, warning, error or critical (default info).")),
+        inspect.Parameter("log_format", kw, annotation=str | None, default=typer.Option(
+            None, "--log-format", metavar="FORMAT", show_default=False,
+            help="text or json (JSON lines carry node_id; default text).")),
+        inspect.Parameter("config", kw, annotation=str | None, default=typer.Option(
+            None, "--config", "-c", metavar="PATH", show_default=False, help=CONFIG_HELP)),
+    ]
+    return params, flag_names
+
+
+def _with_setting_flags(
+    extra: list[inspect.Parameter] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give ``fn(**kw)`` a signature with every setting flag (plus ``extra`` first), so a
+    field added to MeshConfig gets its flag without a change here."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params, _ = _setting_params()
+        params = list(extra or []) + params
+        fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return deco
+
+
+def _resolve(kw: dict[str, Any]) -> settings.Resolved:
+    """Turn the flags of a command into a :class:`settings.Resolved` (raises CliError)."""
+    specs = settings.specs_by_name()
+    _, flag_names = _setting_params()
+    flags: dict[str, Any] = {}
+    for name, value in kw.items():
+        if name in _NOT_SETTINGS or value is None:
+            continue
+        spec = specs.get(name)
+        if spec is not None and spec.kind in ("list", "str_or_list"):
+            if not value:
+                continue
+            flags[name] = settings.parse_text(spec, ",".join(value), f"flag {flag_names[name]}")
+        elif spec is not None and spec.kind == "interop":
+            flags[name] = settings.parse_text(spec, str(value), f"flag {flag_names[name]}")
+        else:
+            flags[name] = value
+    if "redis_url" in flags and "enable_redis" not in flags:
+        flags["enable_redis"] = True  # --redis URL means: use this Redis
+        flag_names["enable_redis"] = flag_names["redis_url"]
+    if flags.get("redis_url") is not None and flags.get("enable_redis") is False:
+        raise CliError("--redis URL and --no-redis contradict each other", 2)
+    if kw.get("no_db"):
+        if flags.get("persistence_path") or flags.get("persistence_url"):
+            raise CliError("--db/--persistence-path and --no-db contradict each other", 2)
+        flags["persistence_path"] = settings.NONE
+        flags["persistence_url"] = settings.NONE
+        flag_names["persistence_path"] = flag_names["persistence_url"] = "--no-db"
+    for k in ("log_level", "log_format"):
+        if kw.get(k) is not None:
+            flags[k] = kw[k]
+    try:
+        return settings.resolve(flags, kw.get("config"), flag_names=flag_names)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
 # -- running a node --------------------------------------------------------------------
 
 
-def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
+def _check_tls(cfg: Any) -> None:
+    """Refuse unusable TLS files before anything starts, saying which and why."""
+    if cfg.ssl_certfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+        except FileNotFoundError as exc:
+            raise CliError(f"TLS: cannot read {exc.filename or cfg.ssl_certfile}: no such file") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"TLS: certificate {cfg.ssl_certfile} / key {cfg.ssl_keyfile} unusable: "
+                           f"{reason(exc)}") from None
+    if cfg.ssl_cafile:
+        try:
+            ssl.create_default_context(cafile=cfg.ssl_cafile)
+        except FileNotFoundError:
+            raise CliError(f"TLS: cannot read CA file {cfg.ssl_cafile}: no such file") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"TLS: CA file {cfg.ssl_cafile} unusable: {reason(exc)}") from None
 
-        class _Json(logging.Formatter):
-            def format(self, r: logging.LogRecord) -> str:
-                return json.dumps(
-                    {"ts": r.created, "level": r.levelname, "logger": r.name, "msg": r.getMessage()}
-                )
 
-        handler.setFormatter(_Json())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, before the node logs anything, when the port cannot be bound."""
+    if port == 0:
+        return
     try:
-        root.setLevel(level.upper())
-    except ValueError:
-        _fail(f"unknown log level {level!r}", 2)
-    if root.level > logging.DEBUG:
-        # picows logs every accepted connection at INFO; that is debug detail here.
-        logging.getLogger("picows").setLevel(logging.WARNING)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {reason(exc)}") from None
+    for family, stype, proto, _, addr in infos:
+        with socket.socket(family, stype, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                why = "port already in use" if exc.errno in (98, 48) else reason(exc)
+                raise CliError(f"cannot listen on {host}:{port}: {why}") from None
 
 
-def _start_node(
-    port: int, host: str, redis: str | None, no_redis: bool, peer: list[str], node_id: str | None,
-    name: str, token: str | None, log_level: str, log_format: str, heartbeat_interval: float,
-) -> None:
-    from .config import MeshConfig
+def _banner(core: Any, res: settings.Resolved) -> list[str]:
+    """What really started: every line is read from the running node, not the config."""
+    cfg = core.config
+    rows: list[tuple[str, str]] = []
+    auth = "token required" if cfg.auth_token else "no token: anyone who can connect may join"
+    rows.append(("mesh", f"{cfg.mesh_name}; {auth}"))
+    if core.ws is not None:
+        ep = core.local_node.websocket_endpoint or ""
+        tls = f"TLS on, certificate {cfg.ssl_certfile}" if ep.startswith("wss://") else "TLS off"
+        rows.append(("websocket", f"{ep} ({tls})"))
+    else:
+        rows.append(("websocket", "off"))
+    if cfg.peers:
+        verify = f"verified against {cfg.ssl_cafile}" if cfg.ssl_cafile else "verified against the system CAs"
+        tls_peers = any(p.startswith("wss://") for p in cfg.peers)
+        rows.append(("peers", ", ".join(cfg.peers) + " (dialling" + (f"; wss:// {verify}" if tls_peers else "")
+                     + ")"))
+    redis = core.redis
+    if redis is not None and getattr(redis, "connected", False):
+        rows.append(("redis", f"connected {settings.display_value('redis_url', cfg.redis_url)}"))
+    elif redis is not None:
+        rows.append(("redis", f"NOT connected: {settings.display_value('redis_url', cfg.redis_url)} "
+                              "unreachable (retrying in the background)"))
+    else:
+        rows.append(("redis", "off"))
+    nats = getattr(core, "nats", None)
+    if cfg.nats_url:
+        if nats is not None and getattr(nats, "connected", False):
+            rows.append(("nats", f"connected {settings.display_value('nats_url', cfg.nats_url)}"))
+        elif nats is not None:
+            rows.append(("nats", f"NOT connected: {settings.display_value('nats_url', cfg.nats_url)}"))
+        else:
+            rows.append(("nats", "off" if not cfg.enable_nats else "not started"))
+    links = getattr(getattr(core, "router", None), "links", {}) or {}
+    rows.append(("links", f"{len(links)} open"))
+    eventlog = getattr(core, "eventlog", None)
+    if eventlog is not None:
+        where = cfg.persistence_url and settings.display_value("persistence_url", cfg.persistence_url)
+        rows.append(("persistence", f"on: {where or cfg.persistence_path}"))
+    elif cfg.persistence_path or cfg.persistence_url:
+        rows.append(("persistence", "NOT running"))
+    else:
+        rows.append(("persistence", "off"))
+    rows.append(("build", _build_info()))
+    rows.append(("config", res.file or "no file (defaults, environment and flags)"))
+    return [f"spiralfast {__version__} node {core.node_id}"] + [f"  {k:<12}{v}" for k, v in rows]
+
+
+def _start_node(kw: dict[str, Any]) -> None:
+    from ._log import setup_logging
     from .core import MeshCore
 
-    _setup_logging(log_level, log_format)
     try:
-        kw: dict[str, Any] = {}
-        if redis:
-            kw["redis_url"] = redis
-        cfg = MeshConfig(
-            node_id=node_id, mesh_name=name, websocket_port=port, websocket_host=host,
-            enable_redis=not no_redis, peers=list(peer), auth_token=token,
-            heartbeat_interval=heartbeat_interval, **kw,
-        )
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+        res = _resolve(kw)
+        cfg = res.config
+        formatter = setup_logging(res.log_level, res.log_format)
+        _check_tls(cfg)
+        if cfg.enable_websocket:
+            _check_port(cfg.websocket_host, cfg.websocket_port)
+    except CliError as exc:
+        raise _fail(str(exc), exc.code) from None
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
 
     async def main() -> int:
+        want_ws = cfg.enable_websocket
         core = MeshCore(cfg)
-        await core.start()
-        if not cfg.enable_websocket:
+        if hasattr(formatter, "node_id"):
+            formatter.node_id = core.node_id
+        try:
+            await core.start()
+        except (SpiralError, OSError) as exc:
             await core.stop()
-            sys.stderr.write(f"error: cannot listen on {host}:{port} (port in use or not permitted)\n")
+            sys.stderr.write(f"error: node did not start: {reason(exc)}\n")
             return 1
-        redis_state = "connected " + cfg.redis_url if core.redis is not None else "off"
-        print(f"spiralfast node {core.node_id}", flush=True)
-        print(f"  mesh      {cfg.mesh_name}", flush=True)
-        print(f"  websocket {core.local_node.websocket_endpoint}", flush=True)
-        print(f"  redis     {redis_state}", flush=True)
+        if want_ws and core.ws is None:
+            await core.stop()
+            sys.stderr.write(f"error: cannot listen on {cfg.websocket_host}:{cfg.websocket_port} "
+                             "(port in use or not permitted)\n")
+            return 1
+        for line in _banner(core, res):
+            print(line, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,65 +381,107 @@ def _start_node(
         print("stopped", flush=True)
         return 0
 
-    code = _run(main)
-    raise typer.Exit(code)
-
-
-def _start_options() -> dict[str, Any]:
-    return {}
+    raise typer.Exit(_run(main))
 
 
 @mesh_app.command("start")
-def mesh_start(
-    port: int = typer.Option(8765, help="WebSocket port."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    redis: str | None = typer.Option(None, "--redis", help="Redis URL (default redis://localhost:6379)."),
-    no_redis: bool = typer.Option(False, "--no-redis", help="Run without Redis."),
-    peer: list[str] = typer.Option([], "--peer", help="ws:// URL of a node to join (repeatable)."),
-    node_id: str | None = typer.Option(None, "--node-id", help="Node id (default: a new uuid4)."),
-    name: str = typer.Option("spiral_codex_mesh", "--name", help="Mesh name."),
-    token: str | None = typer.Option(None, "--token", help="Shared mesh secret."),
-    log_level: str = typer.Option("info", "--log-level"),
-    log_format: str = typer.Option("text", "--log-format", help="text or json."),
-    heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Seconds."),
-) -> None:
-    """Run a node in the foreground until SIGINT/SIGTERM."""
-    _start_node(port, host, redis, no_redis, peer, node_id, name, token, log_level, log_format, heartbeat_interval)
+@_with_setting_flags()
+def mesh_start(**kw: Any) -> None:
+    """Run a node in the foreground until SIGINT/SIGTERM.
+
+    Every setting can also come from the TOML file (--config, or ./spiralfast.toml)
+    and from SPIRALFAST_<SETTING> environment variables; flags win.  See
+    'spiralfast config show' for the effective values and their sources.
+    """
+    _start_node(kw)
 
 
 @ritual_app.command("start")
-def ritual_start(
-    mesh: bool = typer.Option(False, "--mesh", help="Start the mesh node (the old way)."),
-    port: int = typer.Option(8765),
-    host: str = typer.Option("127.0.0.1"),
-    redis: str | None = typer.Option(None, "--redis"),
-    no_redis: bool = typer.Option(False, "--no-redis"),
-    peer: list[str] = typer.Option([], "--peer"),
-    node_id: str | None = typer.Option(None, "--node-id"),
-    name: str = typer.Option("spiral_codex_mesh", "--name"),
-    token: str | None = typer.Option(None, "--token"),
-    log_level: str = typer.Option("info", "--log-level"),
-    log_format: str = typer.Option("text", "--log-format"),
-    heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval"),
-) -> None:
-    """Start the same node as ``mesh start`` (needs --mesh)."""
-    if not mesh:
-        _fail("only 'ritual start --mesh' is supported", 2)
-    _start_node(port, host, redis, no_redis, peer, node_id, name, token, log_level, log_format, heartbeat_interval)
+@_with_setting_flags([inspect.Parameter(
+    "mesh", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--mesh", help="Start the mesh node (the old way; required)."),
+)])
+def ritual_start(**kw: Any) -> None:
+    """Start the same node as 'mesh start' (needs --mesh)."""
+    if not kw.get("mesh"):
+        raise _fail("only 'ritual start --mesh' is supported", 2)
+    _start_node(kw)
+
+
+@config_app.command("show")
+@_with_setting_flags([inspect.Parameter(
+    "as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--json", help=JSON_HELP),
+)])
+def config_show(**kw: Any) -> None:
+    """Print the effective node configuration and where each value came from.
+
+    Takes the same flags as 'mesh start'.  The token is masked.
+    """
+    try:
+        res = _resolve(kw)
+    except CliError as exc:
+        raise _fail(str(exc), exc.code) from None
+    if kw.get("as_json"):
+        _emit_json({
+            "file": res.file,
+            "settings": {n: {"value": settings.jsonable_value(n, v), "source": res.sources[n]}
+                         for n, v in res.values.items()},
+        })
+        return
+    width = max(len(n) for n in res.values)
+    print(f"# configuration file: {res.file or 'none'}")
+    for name, value, source in res.show():
+        print(f"{name:<{width}}  {value}    [{source}]")
 
 
 # -- inspecting a node -----------------------------------------------------------------
 
 
-def _with_client(node: str, token: str | None, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run ``fn(client)`` against ``node``; ``SPIRALFAST_CAFILE`` names a CA bundle for wss://."""
+def _quiet_transport_logs() -> None:
+    """The TLS and WebSocket layers log whole tracebacks for a failed connect; the CLI
+    reports the reason itself, in one line."""
+    for name in ("asyncio", "picows"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.CRITICAL + 1)
+        lg.propagate = False
+
+
+def _inspect_defaults(node: str | None, token: str | None, cafile: str | None) -> tuple[str, str | None, str | None]:
+    """Fill --node / --token / --cafile from the config file and environment."""
+    if node is not None and token is not None and cafile is not None:
+        return node, token, cafile
+    try:
+        res = settings.resolve({})
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    cfg = res.config
+    if node is None:
+        host = cfg.websocket_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        scheme = "wss" if cfg.ssl_certfile else "ws"
+        node = f"{scheme}://{host}:{cfg.websocket_port}"
+    return node, token if token is not None else cfg.auth_token, cafile if cafile is not None else cfg.ssl_cafile
+
+
+def _with_client(node: str | None, token: str | None, fn: Callable[[Any], Awaitable[Any]],
+                 cafile: str | None = None, timeout: float = 10.0) -> Any:
+    """Run ``fn(client)`` against ``node``; every failure ends in one line with a reason."""
     from .client import ObserverClient
 
+    node, token, cafile = _inspect_defaults(node, token, cafile)
     if not (node.startswith("ws://") or node.startswith("wss://")):
-        _fail(f"bad node URL {node!r} (expected ws://host:port)", 2)
+        raise _fail(f"bad node URL {node!r} (expected ws://host:port or wss://host:port)", 2)
+    if timeout <= 0:
+        raise _fail(f"--timeout must be a positive number of seconds, got {timeout}", 2)
+    _quiet_transport_logs()
 
     async def main() -> Any:
-        client = await ObserverClient.connect(node, token, cafile=os.environ.get("SPIRALFAST_CAFILE"))
+        client = await ObserverClient.connect(node, token, timeout=min(timeout, 10.0), cafile=cafile)
+        client.default_timeout = timeout
         try:
             return await fn(client)
         finally:
@@ -193,14 +491,19 @@ def _with_client(node: str, token: str | None, fn: Callable[[Any], Awaitable[Any
         return _run(main)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except LinkError as exc:
-        _fail(str(exc))
-    except SpiralError as exc:
-        _fail(str(exc))
+    except CliError as exc:
+        raise _fail(str(exc), exc.code) from None
+    except AuthError as exc:
+        raise _fail(f"{reason(exc)} (node {node})") from None
+    except (LinkError, HandshakeError, ProtocolError, SpiralError) as exc:
+        raise _fail(reason(exc)) from None
     except TimeoutError:
-        _fail(f"node at {node} did not answer in time")
+        raise _fail(f"node at {node} did not answer within {timeout:g}s (overloaded, or not a spiralfast node?)") \
+            from None
+    except ssl.SSLError as exc:
+        raise _fail(f"TLS with {node} failed: {reason(exc)}") from None
     except OSError as exc:
-        _fail(f"cannot reach node at {node}: {exc}")
+        raise _fail(f"cannot reach node at {node}: {reason(exc)}") from None
 
 
 def _status_table(st: dict[str, Any]) -> Any:
@@ -237,35 +540,75 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
     return t
 
 
+# Options shared by the inspection commands.
+def _node_opt() -> Any:
+    return typer.Option(None, "--node", metavar="URL", help=NODE_HELP, show_default=False)
+
+
+def _token_opt() -> Any:
+    return typer.Option(None, "--token", metavar="SECRET", help=TOKEN_HELP, show_default=False)
+
+
+def _cafile_opt() -> Any:
+    return typer.Option(None, "--cafile", metavar="PATH", help=CAFILE_HELP, show_default=False,
+                        envvar="SPIRALFAST_CAFILE")
+
+
+def _json_opt(help_text: str = JSON_HELP) -> Any:
+    return typer.Option(False, "--json", help=help_text)
+
+
+def _timeout_opt() -> Any:
+    return typer.Option(10.0, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP)
+
+
 @mesh_app.command("status")
 def mesh_status(
-    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    token: str | None = typer.Option(None, "--token"),
-    watch: bool = typer.Option(False, "--watch", help="Live view, refreshed every second."),
-    iterations: int = typer.Option(0, "--iterations", hidden=True, help="Stop --watch after N refreshes."),
+    node: str | None = _node_opt(),
+    as_json: bool = _json_opt("Machine-readable output; with --watch, one JSON object per refresh."),
+    token: str | None = _token_opt(),
+    cafile: str | None = _cafile_opt(),
+    timeout: float = _timeout_opt(),
+    watch: bool = typer.Option(False, "--watch", help="Live view, refreshed every --interval seconds."),
+    interval: float = typer.Option(1.0, "--interval", metavar="SECONDS", min=0.05, help="Refresh period of --watch."),
+    iterations: int = typer.Option(0, "--iterations", min=0, hidden=True, help="Stop --watch after N refreshes."),
 ) -> None:
     """The node's get_mesh_status(), plus link and rate figures."""
     if not watch:
-        st = _with_client(node, token, lambda c: c.query("status"))
+        st = _with_client(node, token, lambda c: c.query("status"), cafile, timeout)
         if as_json:
             _emit_json(st)
         else:
             _console().print(_status_table(st))
         return
+    if as_json:
+
+        async def json_lines(c: Any) -> None:
+            n = 0
+            while True:
+                _emit_json(await c.query("status"))
+                n += 1
+                if iterations and n >= iterations:
+                    return
+                await asyncio.sleep(interval)
+
+        _with_client(node, token, json_lines, cafile, timeout)
+        return
     from .hud import run_hud
 
-    _with_client(node, token, lambda c: run_hud(c, _console(), iterations))
+    _with_client(node, token, lambda c: run_hud(c, _console(), iterations), cafile, timeout)
 
 
 @mesh_app.command("nodes")
 def mesh_nodes(
-    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
-    as_json: bool = typer.Option(False, "--json"),
-    token: str | None = typer.Option(None, "--token"),
+    node: str | None = _node_opt(),
+    as_json: bool = _json_opt(),
+    token: str | None = _token_opt(),
+    cafile: str | None = _cafile_opt(),
+    timeout: float = _timeout_opt(),
 ) -> None:
     """One row per node the inspected node knows."""
-    nodes = _with_client(node, token, lambda c: c.query("nodes"))
+    nodes = _with_client(node, token, lambda c: c.query("nodes"), cafile, timeout)
     if as_json:
         _emit_json(nodes)
     else:
@@ -280,12 +623,18 @@ def _event_line(env: dict[str, Any]) -> str:
 
 @mesh_app.command("events")
 def mesh_events(
-    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="One JSON envelope per line."),
-    token: str | None = typer.Option(None, "--token"),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
-    types: list[str] = typer.Option([], "--type", help="Only this event type (repeatable)."),
-    count: int = typer.Option(0, "--count", help="Recent events to show; with --follow, stop after N new."),
+    node: str | None = _node_opt(),
+    as_json: bool = _json_opt("One JSON envelope per line."),
+    token: str | None = _token_opt(),
+    cafile: str | None = _cafile_opt(),
+    timeout: float = _timeout_opt(),
+    follow: bool = typer.Option(False, "--follow", "-f", help="After the recent events, keep printing new ones."),
+    types: list[str] = typer.Option([], "--type", metavar="TYPE", help="Only this event type (repeatable)."),
+    count: int = typer.Option(0, "--count", min=0, metavar="N",
+                              help="Without --follow: recent events to show (default 50). "
+                                   "With --follow: stop after N new events (default: never)."),
+    recent: int = typer.Option(10, "--recent", min=0, metavar="N",
+                               help="With --follow: recent events shown first (0: none)."),
 ) -> None:
     """Recent events, then (with --follow) new ones as they happen."""
 
@@ -301,31 +650,75 @@ def mesh_events(
             for env in await c.query("events", count=count or 50, types=types):
                 out(env)
             return
+        # Subscribe first, then fetch the recent ones: nothing falls between the two,
+        # and an event in both is printed once.
+        await c.subscribe(types)
+        shown: set[Any] = set()
+        if recent:
+            for env in await c.query("events", count=recent, types=types):
+                shown.add(env.get("event_id"))
+                out(env)
         seen = 0
-        async for env in c.follow(types):
+        while True:
+            env = await c.next_event()
+            eid = env.get("event_id")
+            if eid is not None and eid in shown:
+                shown.discard(eid)
+                continue
             out(env)
             seen += 1
             if count and seen >= count:
                 return
 
-    _with_client(node, token, run)
+    _with_client(node, token, run, cafile, timeout)
+
+
+def _read_data(data: str) -> Any:
+    """DATA_JSON as given, ``-`` for stdin or ``@path`` for a file; parsed as JSON."""
+    if data == "-":
+        raw: bytes | str = sys.stdin.buffer.read()
+        what = "data from stdin"
+    elif data.startswith("@"):
+        path = data[1:]
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise CliError(f"cannot read data file {path}: {exc.strerror or reason(exc)}", 2) from None
+        what = f"data file {path}"
+    else:
+        raw, what = data, "DATA_JSON"
+    if not raw.strip():
+        raise CliError(f"{what} is empty (give a JSON value, e.g. '{{}}')", 2)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"{what} is not valid JSON: {exc}", 2) from None
 
 
 @mesh_app.command("publish")
 def mesh_publish(
-    event_type: str = typer.Argument(..., metavar="TYPE"),
-    data: str = typer.Argument("{}", metavar="[DATA_JSON]"),
-    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
-    target: str | None = typer.Option(None, "--target", help="Send to this node id only."),
-    as_json: bool = typer.Option(False, "--json"),
-    token: str | None = typer.Option(None, "--token"),
+    event_type: str = typer.Argument(..., metavar="TYPE", help="Event type (non-empty)."),
+    data: str = typer.Argument("{}", metavar="[DATA_JSON]",
+                               help="Event data as JSON; '-' reads it from stdin, '@PATH' from a file."),
+    node: str | None = _node_opt(),
+    target: str | None = typer.Option(None, "--target", metavar="NODE_ID", help="Send to this node id only."),
+    as_json: bool = _json_opt(),
+    token: str | None = _token_opt(),
+    cafile: str | None = _cafile_opt(),
+    timeout: float = _timeout_opt(),
 ) -> None:
     """Broadcast (or send with --target) one event from the node."""
+    if not event_type.strip():
+        raise _fail("event TYPE must not be empty", 2)
+    if target is not None and not target.strip():
+        raise _fail("--target must not be empty", 2)
     try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        _fail(f"DATA_JSON is not valid JSON: {exc}", 2)
-    res = _with_client(node, token, lambda c: c.query("publish", type=event_type, data=payload, target=target))
+        payload = _read_data(data)
+    except CliError as exc:
+        raise _fail(str(exc), exc.code) from None
+    res = _with_client(node, token, lambda c: c.query("publish", type=event_type, data=payload, target=target),
+                       cafile, timeout)
     if as_json:
         _emit_json(res)
     else:
@@ -334,27 +727,50 @@ def mesh_publish(
 
 @mesh_app.command("state")
 def mesh_state(
-    category: str | None = typer.Argument(None),
-    key: str | None = typer.Argument(None),
-    node: str = typer.Option(DEFAULT_NODE, "--node", help=NODE_HELP),
-    set_value: str | None = typer.Option(None, "--set", metavar="JSON", help="Store this value at CATEGORY KEY."),
+    category: str | None = typer.Argument(None, help="State category (all of them when left out)."),
+    key: str | None = typer.Argument(None, help="Key in the category (the whole category when left out)."),
+    node: str | None = _node_opt(),
+    set_value: str | None = typer.Option(None, "--set", metavar="JSON",
+                                         help="Store this value at CATEGORY KEY ('-': stdin, '@PATH': a file)."),
     delete: bool = typer.Option(False, "--delete", help="Delete CATEGORY KEY."),
-    as_json: bool = typer.Option(False, "--json"),
-    token: str | None = typer.Option(None, "--token"),
+    as_json: bool = _json_opt(),
+    token: str | None = _token_opt(),
+    cafile: str | None = _cafile_opt(),
+    timeout: float = _timeout_opt(),
 ) -> None:
-    """Show (or --set / --delete) the node's synchronised state."""
+    """Show (or --set / --delete) the node's synchronised state.
+
+    A CATEGORY or KEY that does not exist is an error (exit 1).
+    """
     if (set_value is not None or delete) and (category is None or key is None):
-        _fail("--set and --delete need CATEGORY and KEY", 2)
+        raise _fail("--set and --delete need CATEGORY and KEY", 2)
+    if set_value is not None and delete:
+        raise _fail("--set and --delete exclude each other", 2)
     if set_value is not None:
         try:
-            value = orjson.loads(set_value)
-        except orjson.JSONDecodeError as exc:
-            _fail(f"--set value is not valid JSON: {exc}", 2)
-        res = _with_client(node, token, lambda c: c.query("state_set", category=category, key=key, value=value))
+            value = _read_data(set_value)
+        except CliError as exc:
+            raise _fail(str(exc).replace("DATA_JSON", "--set value"), exc.code) from None
+        res = _with_client(node, token, lambda c: c.query("state_set", category=category, key=key, value=value),
+                           cafile, timeout)
     elif delete:
-        res = _with_client(node, token, lambda c: c.query("state_delete", category=category, key=key))
+        res = _with_client(node, token, lambda c: c.query("state_delete", category=category, key=key),
+                           cafile, timeout)
+        if isinstance(res, dict) and res.get("deleted") is False:
+            raise _fail(f"no key {key!r} in category {category!r}")
     else:
-        res = _with_client(node, token, lambda c: c.query("state", category=category, key=key))
+
+        async def get(c: Any) -> Any:
+            val = await c.query("state", category=category, key=key)
+            if val is None and category is not None:
+                cat = await c.query("state", category=category) if key is not None else None
+                if cat is None:
+                    raise CliError(f"no state category {category!r}")
+                if key not in cat:
+                    raise CliError(f"no key {key!r} in category {category!r}")
+            return val
+
+        res = _with_client(node, token, get, cafile, timeout)
     if as_json or not sys.stdout.isatty():
         _emit_json(res)
     else:
@@ -363,23 +779,34 @@ def mesh_state(
 
 @app.command("bench")
 def bench(
-    transport: str = typer.Option("ws", "--transport", help="ws or redis."),
-    events: int = typer.Option(200_000, "--events", help="Events in the throughput run."),
-    rate: int = typer.Option(10_000, "--rate", help="Events/s of the paced latency run (0: skip it)."),
-    as_json: bool = typer.Option(False, "--json"),
+    transport: str = typer.Option("ws", "--transport", metavar="ws|redis", help="ws or redis."),
+    events: int = typer.Option(200_000, "--events", min=1, metavar="N", help="Events in the throughput run."),
+    rate: int = typer.Option(10_000, "--rate", min=0, metavar="N",
+                             help="Events/s of the paced latency run (0: skip it)."),
+    redis: str | None = typer.Option(None, "--redis", metavar="URL",
+                                     help="Redis URL for --transport redis (default redis://127.0.0.1:6379/0)."),
+    as_json: bool = _json_opt(),
 ) -> None:
-    """Two processes on this machine through the public API: events/s as fast as the
-    sender can go, then p50/p99 latency at a paced rate (like ``nats bench``)."""
+    """Two-process benchmark through the public API: events/s, then p50/p99 latency at a paced rate.
+
+    The sender (this process) awaits broadcast_event in a loop; the receiver (a child
+    process, never left behind) counts in its handler.
+    """
     from .benchmark import run_bench
 
+    if transport not in ("ws", "redis"):
+        raise _fail(f"--transport must be ws or redis, got {transport!r}", 2)
+    _quiet_transport_logs()
     try:
-        res = run_bench(transport, events, 0)
+        res = run_bench(transport, events, 0, redis_url=redis)
         if rate:
-            paced = run_bench(transport, max(1, min(events, rate * 2)), rate)
+            paced = run_bench(transport, max(1, min(events, rate * 2)), rate, redis_url=redis)
             res.update({"latency_rate": rate, "latency_events": paced["events"], "latency_lost": paced["lost"],
                         "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"]})
+    except ConfigError as exc:
+        raise _fail(reason(exc), 2) from None
     except (SpiralError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        raise _fail(reason(exc)) from None
     if as_json:
         _emit_json(res)
     else:
@@ -387,13 +814,78 @@ def bench(
             print(f"{k:>16}: {v}")
 
 
-def main() -> None:
+@app.command("completion")
+def completion(
+    shell: str = typer.Argument(..., metavar="SHELL", help="bash, zsh, fish or powershell."),
+) -> None:
+    """Print the shell completion script, e.g. 'eval "$(spiralfast completion bash)"'."""
+    from typer._completion_shared import get_completion_script
+
+    shells = ("bash", "zsh", "fish", "powershell", "pwsh")
+    if shell not in shells:
+        raise _fail(f"unknown shell {shell!r} (bash, zsh, fish or powershell)", 2)
+    prog = os.path.basename(sys.argv[0]) if not sys.argv[0].endswith("__main__.py") else "spiralfast"
+    if prog not in ("spiralfast", "spiralcodex"):
+        prog = "spiralfast"
+    var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
+    sys.stdout.write(get_completion_script(prog_name=prog, complete_var=var, shell=shell))
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def _tidy_help(cmd: Any) -> None:
+    """Flags show no type in help (no ``--json <bool>``); recurse into groups."""
+    from typer import _click
+
+    help_opt = cmd.get_help_option(_click.Context(cmd))
+    for p in [*getattr(cmd, "params", []), help_opt]:
+        if p is not None and getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    for sub in getattr(cmd, "commands", {}).values():
+        _tidy_help(sub)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; usage errors become one ``error:`` line and exit 2."""
+    from typer import _click
+
+    cmd = typer.main.get_command(app)
+    _tidy_help(cmd)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "spiralfast"
+    if prog == "__main__.py":
+        prog = "python -m spiralfast"
     try:
-        app()
+        rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
+    except _click.exceptions.NoArgsIsHelpError as exc:
+        text = exc.format_message()
+        if text.strip():  # typer's rich help prints itself and leaves this empty
+            sys.stdout.write(text + "\n")
+        sys.exit(exc.exit_code)
+    except _click.exceptions.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        sys.stderr.write(f"error: {_one_line(exc.format_message())}{where}\n")
+        sys.exit(exc.exit_code)
+    except _click.exceptions.ClickException as exc:
+        sys.stderr.write(f"error: {_one_line(exc.format_message())}\n")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {reason(exc)}\n")
+        sys.exit(2)
+    except SpiralError as exc:
+        sys.stderr.write(f"error: {reason(exc)}\n")
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

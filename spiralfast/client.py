@@ -55,6 +55,9 @@ class ObserverClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        #: seconds ``query`` waits for a reply unless told otherwise.
+        self.default_timeout = 10.0
+        self.url = ""
 
     @classmethod
     async def connect(
@@ -65,7 +68,13 @@ class ObserverClient:
         ``cafile``: CA bundle to check a ``wss://`` node's certificate against.
         """
         self = cls()
-        ctx = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
+        self.url = url
+        try:
+            ctx = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
+        except FileNotFoundError:
+            raise LinkError(f"cannot read CA file {cafile}: no such file") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"CA file {cafile} unusable: {_reason(exc)}") from None
         try:
             self.transport, _ = await asyncio.wait_for(
                 picows.ws_connect(
@@ -73,15 +82,30 @@ class ObserverClient:
                 ),
                 timeout,
             )
-        except (TimeoutError, OSError, picows.WSError) as exc:
-            raise LinkError(f"cannot reach node at {url}: {exc or type(exc).__name__}") from exc
+        except TimeoutError as exc:
+            raise LinkError(f"cannot reach node at {url}: no answer within {timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise LinkError(f"TLS: certificate of {url} not trusted: {exc.verify_message or _reason(exc)}"
+                            + ("" if cafile else " (give the CA with --cafile or SPIRALFAST_CAFILE)")) from exc
+        except ssl.SSLError as exc:
+            hint = " (is the node serving plain ws:// rather than wss://?)" if "WRONG_VERSION" in str(exc) or \
+                "record layer" in str(exc) else ""
+            raise LinkError(f"TLS handshake with {url} failed: {_reason(exc)}{hint}") from exc
+        except (OSError, picows.WSError) as exc:
+            hint = ""
+            if url.startswith("ws://") and isinstance(exc, picows.WSError):
+                hint = " (is the node serving wss://?)"
+            elif url.startswith("wss://") and isinstance(exc, (ConnectionResetError, EOFError, picows.WSError)):
+                hint = " during the TLS handshake (is the node serving plain ws://?)"
+            raise LinkError(f"cannot reach node at {url}: {_reason(exc)}{hint}") from exc
         except ValueError as exc:
-            raise LinkError(f"bad node URL {url!r}: {exc}") from exc
+            raise LinkError(f"bad node URL {url!r}: {_reason(exc)}") from exc
         try:
             await asyncio.wait_for(self._handshake(token), timeout)
         except TimeoutError as exc:
             self.close()
-            raise HandshakeError("node did not accept us (wrong or missing --token?)") from exc
+            why = "wrong --token?" if token else "it needs a token? give --token"
+            raise HandshakeError(f"node at {url} did not accept us within {timeout:g}s ({why})") from exc
         except Exception:
             self.close()
             raise
@@ -96,12 +120,13 @@ class ObserverClient:
     async def _next(self) -> tuple[Any, Any]:
         kind, obj = await self.inbox.get()
         if kind == "closed":
-            raise LinkError("node closed the connection")
+            raise LinkError(f"node at {self.url or '?'} closed the connection")
         if kind == "error":
             raise obj
         if kind == schema.KIND_REJECT:
-            reason = obj.reason
-            raise (AuthError if "token" in reason else HandshakeError)(f"node refused us: {reason}")
+            why = obj.reason or "no reason given"
+            auth = "token" in why or "auth" in why
+            raise (AuthError if auth else HandshakeError)(f"node refused us: {why}")
         return kind, obj
 
     async def _handshake(self, token: str | None) -> None:
@@ -122,9 +147,9 @@ class ObserverClient:
             kind, obj = await self._next()
             if kind == schema.KIND_AUTH:
                 if not token:
-                    raise AuthError("node requires a token (--token)")
+                    raise AuthError("the node requires a token; give it with --token (or SPIRALFAST_AUTH_TOKEN)")
                 if obj.proof != auth_proof(token, nonce, hello.nonce, hello.node_id):
-                    raise AuthError("node failed to prove the token")
+                    raise AuthError("wrong token: the node's token is not the one given (check --token)")
                 continue
             if kind == schema.KIND_REPLY and obj.qid == qid:
                 return
@@ -144,31 +169,58 @@ class ObserverClient:
         except Exception as exc:
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, LinkError) else LinkError(str(exc)))
+                    fut.set_exception(exc if isinstance(exc, (LinkError, ProtocolError)) else LinkError(_reason(exc)))
             self._events.put_nowait(exc)
 
-    async def query(self, what: str, timeout: float = 10.0, **args: Any) -> Any:
-        """Ask the node; returns the reply data or raises ``ProtocolError`` with its message."""
+    async def query(self, what: str, timeout: float | None = None, **args: Any) -> Any:
+        """Ask the node; returns the reply data.
+
+        Raises ``ProtocolError`` with the node's message when it refuses the query,
+        ``TimeoutError`` (naming the query and the wait) when it does not answer, and
+        ``LinkError`` when the connection is lost.
+        """
+        timeout = self.default_timeout if timeout is None else timeout
         qid = next(self._qids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[qid] = fut
         self._send(schema.KIND_QUERY, schema.Query(qid, what, args))
-        reply = await asyncio.wait_for(fut, timeout)
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._pending.pop(qid, None)
+            raise TimeoutError(f"node at {self.url or '?'} did not answer the {what!r} query "
+                               f"within {timeout:g}s") from None
         if not reply.ok:
-            raise ProtocolError(str(reply.data))
+            raise ProtocolError(f"node refused the {what!r} query: {reply.data or 'no reason given'}")
         return reply.data
+
+    async def subscribe(self, types: list[str] | None = None) -> None:
+        """Ask the node to stream every new event (of ``types``); see :meth:`next_event`."""
+        await self.query("follow", types=list(types or []))
+
+    async def next_event(self) -> dict[str, Any]:
+        """The next streamed event envelope (after :meth:`subscribe`)."""
+        item = await self._events.get()
+        if isinstance(item, Exception):
+            raise item
+        return item  # type: ignore[no-any-return]
 
     async def follow(self, types: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Yield every new event envelope as the node sees it."""
-        await self.query("follow", types=list(types or []))
+        await self.subscribe(types)
         while True:
-            item = await self._events.get()
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            yield await self.next_event()
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
         if self.transport is not None:
             self.transport.disconnect()
+
+
+def _reason(exc: BaseException) -> str:
+    """A non-empty one-line reason: the message, else the exception's type."""
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+        return str(exc.reason)
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,17 +1,34 @@
-"""Opt-in aliasing: ``install()`` makes ``import spiralcodex.mesh`` load spiralfast."""
+"""Opt-in aliasing for unchanged ``spiralcodex`` code.
+
+:func:`install` makes ``import spiralcodex.mesh`` load spiralfast, and makes the old
+logger names reach ours: ``logging.getLogger("spiralcodex.mesh")`` (and
+``"spiralcodex"``) return the ``spiralfast`` logger, and loggers below them
+(``"spiralcodex.mesh.<x>"``) hang below it.  So old code that sets debug logging with
+``logging.getLogger("spiralcodex.mesh").setLevel(logging.DEBUG)`` turns on ours.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+from typing import Any
+
+#: Old logger names that become the ``spiralfast`` logger.
+LOGGER_ALIASES = ("spiralcodex", "spiralcodex.mesh")
+_installed_loggers: dict[str, logging.Logger] = {}
 
 
 def install() -> None:
-    """Register ``spiralcodex`` and ``spiralcodex.mesh`` as aliases of spiralfast."""
+    """Register ``spiralcodex`` and ``spiralcodex.mesh`` as aliases of spiralfast, for
+    imports and for logger names.  Idempotent."""
     import spiralfast
     import spiralfast.mesh
+    import spiralfast.persistence
 
     sys.modules["spiralcodex"] = spiralfast
     sys.modules["spiralcodex.mesh"] = spiralfast.mesh
+    sys.modules["spiralcodex.persistence"] = spiralfast.persistence
+    _alias_loggers()
 
 
 def uninstall() -> None:
@@ -22,3 +39,42 @@ def uninstall() -> None:
         del sys.modules["spiralcodex"]
     if sys.modules.get("spiralcodex.mesh") is spiralfast.mesh:
         del sys.modules["spiralcodex.mesh"]
+    persistence = sys.modules.get("spiralfast.persistence")
+    if persistence is not None and sys.modules.get("spiralcodex.persistence") is persistence:
+        del sys.modules["spiralcodex.persistence"]
+    manager = logging.Logger.manager
+    with _lock():
+        for name, ours in list(_installed_loggers.items()):
+            if manager.loggerDict.get(name) is ours:
+                del manager.loggerDict[name]
+            del _installed_loggers[name]
+
+
+def _lock() -> Any:
+    return logging._lock  # type: ignore[attr-defined]
+
+
+def _alias_loggers() -> None:
+    ours = logging.getLogger("spiralfast")
+    manager = logging.Logger.manager
+    with _lock():
+        for name in LOGGER_ALIASES:
+            old = manager.loggerDict.get(name)
+            if old is ours:
+                continue
+            if isinstance(old, logging.Logger):
+                # Configured before install(): carry its settings over to ours.
+                if old.level != logging.NOTSET:
+                    ours.setLevel(old.level)
+                for h in old.handlers:
+                    if h not in ours.handlers:
+                        ours.addHandler(h)
+                if not old.propagate:
+                    ours.propagate = False
+            manager.loggerDict[name] = ours
+            _installed_loggers[name] = ours
+        # Loggers below the old names, e.g. "spiralcodex.mesh.core", hang below ours.
+        for name, obj in list(manager.loggerDict.items()):
+            if name.startswith("spiralcodex.mesh.") and isinstance(obj, logging.Logger):
+                obj.parent = ours
+    manager._clear_cache()  # type: ignore[attr-defined]
