@@ -1,35 +1,946 @@
-"""The node's event log: persists mesh events (SQLite or PostgreSQL), history, replay.
+"""The node's event log: mesh events kept in SQLite (or PostgreSQL), queried, replayed.
 
-(Interface fixed by the core; the implementation is being built for issue 16.)
+``MeshCore.start()`` opens an :class:`EventLog` when ``persistence_path`` (a SQLite
+file) or ``persistence_url`` (``postgresql://...``) is set, and calls :meth:`EventLog.record`
+for every event envelope the node sends or receives.
+
+How writes flow:
+
+- ``record()`` runs on the event loop and only appends the envelope to the batch being
+  filled (when its type is persisted).
+- A batch is handed to the writer thread when it holds :data:`BATCH_MAX_EVENTS`
+  events, or every :data:`BATCH_MAX_AGE_S` while the writer is idle.  The writer
+  commits each batch in one transaction (SQLite in WAL mode, or one ``COPY`` into
+  PostgreSQL), so a kill -9 loses at most the batch being written and the one being
+  filled.
+- Only one batch is ever in the writer's hands.  When the next one is full before the
+  writer is done, ``record()`` waits for it (the loop stalls, reading stops, TCP pushes
+  back on the senders): a disk slower than the event rate slows the node and memory
+  stays bounded.  Stalls are counted in :meth:`EventLog.status`.
+- A write that fails (read-only or full disk, lost database) is logged once as an error;
+  the node keeps running and the events are counted as ``dropped`` until a retry
+  (every :data:`ERROR_RETRY_S`) succeeds, which is logged too.
+
+The writer thread also samples the node's metrics into ``system_metrics`` every
+``sync_interval`` and deletes rows older than ``persist_retention_days``.
+
+Rows go to the old ``ritual_events`` table (see :mod:`spiralfast.persistence`):
+``event_id``, ``timestamp`` (local ISO text, as in the envelope), ``event_type`` (the
+envelope's type), ``description``, ``agent_id`` (the source node), ``metadata``
+(JSON ``{"mesh": 1, "data": ..., "target_node": ...}``) and ``severity``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import math
+import queue
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from .persistence import open_sqlite
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
+log = logging.getLogger("spiralfast.eventlog")
+
+#: A batch is handed to the writer at this many events: bounds what a kill -9 can
+#: lose and the memory a batch holds (about 5 MB of envelopes).
+BATCH_MAX_EVENTS = 10_000
+#: ...or at this age (seconds), whichever comes first.
+BATCH_MAX_AGE_S = 0.1
+#: Seconds between write attempts while the store fails (events in between are
+#: counted as dropped, so a broken disk never stalls the node).
+ERROR_RETRY_S = 2.0
+#: Rows deleted per retention transaction (keeps the write lock short).
+RETENTION_CHUNK = 50_000
+#: Rows per page when replaying.
+REPLAY_PAGE = 10_000
+#: Seconds ``history()`` waits for pending events to be committed before it reads.
+SYNC_TIMEOUT_S = 10.0
+
+#: Event types always persisted: membership, status changes, alerts, errors.
+MESH_EVENT_TYPES = frozenset({"node_register", "node_unregister", "node_status_change", "system_alert", "system_error"})
+
+EVENT_COLUMNS = ("event_id", "timestamp", "event_type", "description", "agent_id", "metadata", "severity")
+METRIC_COLUMNS = ("metric_id", "timestamp", "metric_name", "metric_value", "metadata")
+
+Row = tuple[Any, ...]
+
+_json_encode = msgspec.json.Encoder(enc_hook=str).encode
+_json_decode = msgspec.json.decode
+
+
+# -- time arguments ----------------------------------------------------------------------
+
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_time(value: Any) -> str | None:
+    """A time bound as stored (local ISO text), from None, a ``datetime`` (naive =
+    local), an epoch number, a ``timedelta`` or relative string (``"10m"``, ``"2h"``,
+    ``"30s"``, ``"1d"``: that long ago) or an ISO string.
+
+    :raises ValueError: the value is none of these.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone().replace(tzinfo=None)
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return (datetime.now() - value).isoformat()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value)).isoformat()
+    if isinstance(value, str):
+        m = _REL.match(value)
+        if m:
+            return (datetime.now() - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])).isoformat()
+        try:
+            return parse_time(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        except ValueError:
+            pass
+    raise ValueError(f"not a time: {value!r} (use an ISO time, or 30s, 10m, 2h, 1d ago)")
+
+
+def _types(types: Any) -> list[str] | None:
+    if types is None:
+        return None
+    if isinstance(types, str):
+        return [types]
+    out = [getattr(t, "value", t) for t in types]
+    return [str(t) for t in out] or None
+
+
+# -- rows <-> envelopes ----------------------------------------------------------------
+
+
+def _encode_json(obj: Any) -> bytes:
+    try:
+        return _json_encode(obj)
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(obj, default=str).encode()
+
+
+def event_row(env: dict[str, Any]) -> Row:
+    """The ``ritual_events`` row of one envelope."""
+    et = env["type"]
+    meta = b'{"mesh":1,"data":' + _encode_json(env.get("data"))
+    target = env.get("target_node")
+    if target is not None:
+        meta += b',"target_node":' + _encode_json(target)
+    if env.get("replayed"):
+        meta += b',"replayed":true'
+    severity = "INFO"
+    description = et
+    if et == "node_register":
+        description = "Node joined mesh"
+    elif et == "node_unregister":
+        data = env.get("data")
+        reason = data.get("reason") if isinstance(data, dict) else None
+        if reason in ("silent", "lost"):
+            description, severity = f"Node lost ({reason})", "WARNING"
+        else:
+            description = f"Node left mesh ({reason})" if reason else "Node left mesh"
+    elif et == "system_alert":
+        severity = "WARNING"
+    elif et == "system_error":
+        severity = "ERROR"
+    eid = env.get("event_id") or uuid.uuid4().hex
+    ts = env.get("timestamp") or datetime.now().isoformat()
+    return (eid, ts, et, description, env.get("source_node"), (meta + b"}").decode(), severity)
+
+
+def row_envelope(event_id: str, timestamp: str, event_type: str, description: str, agent_id: str | None,
+                 metadata: str | None, severity: str | None) -> dict[str, Any]:
+    """The envelope of one stored row.  Rows written by ``PersistenceManager`` (not
+    mesh events) carry ``{"description", "metadata", "severity"}`` as their data."""
+    meta: Any = None
+    if metadata:
+        try:
+            meta = _json_decode(metadata)
+        except (msgspec.DecodeError, ValueError):
+            meta = metadata
+    env: dict[str, Any] = {"type": event_type, "source_node": agent_id, "timestamp": timestamp}
+    if isinstance(meta, dict) and meta.get("mesh") == 1:
+        env["data"] = meta.get("data")
+        env["event_id"] = event_id
+        if meta.get("target_node") is not None:
+            env["target_node"] = meta["target_node"]
+    else:
+        env["data"] = {"description": description, "metadata": meta, "severity": severity or "INFO"}
+        env["event_id"] = event_id
+    return env
+
+
+# -- stores ----------------------------------------------------------------------------
+
+
+class Store(ABC):
+    """Where the writer thread puts batches.  ``open``/``write``/``purge``/``close`` run
+    on the writer thread; ``query`` on any thread."""
+
+    kind = "?"
+    where = "?"
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
+        """Commit both lists in one transaction (raises on failure, nothing committed)."""
+
+    @abstractmethod
+    def purge(self, cutoff: str) -> int:
+        """Delete rows with ``timestamp < cutoff``; returns how many."""
+
+    @abstractmethod
+    def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
+              limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
+        """Envelopes in time order (newest ``limit`` when not ``ascending``, oldest
+        after the key ``after`` when ``ascending``) and the key of the last one."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteStore(Store):
+    """One SQLite file in WAL mode (readers never block the writer)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.where = str(self.path)
+        self._conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+
+    def open(self) -> None:
+        if self._conn is None:
+            self._conn = open_sqlite(self.path)
+
+    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
+        c = self._conn
+        if c is None:
+            self.open()
+            c = self._conn
+            assert c is not None
+        c.execute("BEGIN")
+        try:
+            if events:
+                c.executemany("INSERT INTO ritual_events VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+            if metrics:
+                c.executemany("INSERT OR REPLACE INTO system_metrics VALUES (?, ?, ?, ?, ?)", metrics)
+            c.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+
+    def purge(self, cutoff: str) -> int:
+        c = self._conn
+        if c is None:
+            return 0
+        n = 0
+        for table in ("ritual_events", "system_metrics"):
+            while True:
+                cur = c.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE timestamp < ? LIMIT ?)",
+                    (cutoff, RETENTION_CHUNK),
+                )
+                n += max(cur.rowcount, 0)
+                if cur.rowcount < RETENTION_CHUNK:
+                    break
+        return n
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+            self._local.conn = conn
+        return conn
+
+    def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
+              limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("timestamp >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("timestamp <= ?")
+            params.append(until)
+        if types:
+            where.append(f"event_type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        if source is not None:
+            where.append("agent_id = ?")
+            params.append(source)
+        if after is not None:
+            where.append("(timestamp, rowid) > (?, ?)")
+            params.extend(after)
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)}, rowid FROM ritual_events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY timestamp ASC, rowid ASC" if ascending else " ORDER BY timestamp DESC, rowid DESC"
+        sql += " LIMIT ?"
+        params.append(int(limit))
+        try:
+            rows = self._reader().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc) or "unable to open" in str(exc):
+                self._local.conn = None
+                return [], None
+            raise
+        if not ascending:
+            rows.reverse()
+        key = (rows[-1][1], rows[-1][7]) if rows else None
+        return [row_envelope(*r[:7]) for r in rows], key
+
+    def close(self) -> None:
+        for conn in (self._conn, getattr(self._local, "conn", None)):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._conn = None
+        self._local.conn = None
+
+
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS agents (
+        agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, agent_type TEXT NOT NULL, status TEXT NOT NULL,
+        recursion_depth INTEGER DEFAULT 0, entropy_level DOUBLE PRECISION DEFAULT 0.5,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, metadata TEXT)""",
+    """CREATE TABLE IF NOT EXISTS ritual_events (
+        event_id TEXT NOT NULL, "timestamp" TEXT NOT NULL, event_type TEXT NOT NULL,
+        description TEXT NOT NULL, agent_id TEXT, metadata TEXT, severity TEXT DEFAULT 'INFO')""",
+    'CREATE INDEX IF NOT EXISTS idx_ritual_events_timestamp ON ritual_events ("timestamp")',
+    """CREATE TABLE IF NOT EXISTS system_metrics (
+        metric_id TEXT PRIMARY KEY, "timestamp" TEXT NOT NULL, metric_name TEXT NOT NULL,
+        metric_value DOUBLE PRECISION NOT NULL, metadata TEXT)""",
+    'CREATE INDEX IF NOT EXISTS idx_system_metrics_timestamp ON system_metrics ("timestamp")',
+    """CREATE TABLE IF NOT EXISTS configuration (
+        key TEXT PRIMARY KEY, value TEXT NOT NULL, description TEXT, updated_at TEXT NOT NULL)""",
+)
+
+
+def split_pg_url(url: str) -> tuple[str, str | None]:
+    """``(dsn, schema)``: the ``schema`` query parameter (tables live in that schema,
+    created if missing) is taken out of the URL asyncpg sees."""
+    parts = urlsplit(url)
+    q = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in q if k == "schema"), None)
+    rest = [(k, v) for k, v in q if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def mask_url(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class PostgresStore(Store):
+    """The same tables in PostgreSQL, written with ``COPY`` (asyncpg).  The writer
+    thread runs its own event loop for its connection; queries open their own."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = mask_url(url)
+        self.dsn, self.schema = split_pg_url(url)
+        if self.schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.schema):
+            raise ValueError(f"bad schema name {self.schema!r}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Any = None
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        if self.schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(f'SET search_path TO "{self.schema}"')
+        return conn
+
+    def _run(self, coro: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def open(self) -> None:
+        if self._conn is not None:
+            return
+
+        async def go() -> Any:
+            conn = await self._connect()
+            try:
+                # Concurrent nodes creating the tables at once: serialise on a lock.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(7316002)")
+                    for stmt in _PG_SCHEMA:
+                        await conn.execute(stmt)
+            except BaseException:
+                await conn.close()
+                raise
+            return conn
+
+        self._conn = self._run(go())
+
+    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
+        if self._conn is None:
+            self.open()
+        conn = self._conn
+
+        async def go() -> None:
+            async with conn.transaction():
+                if events:
+                    await conn.copy_records_to_table("ritual_events", records=events, columns=EVENT_COLUMNS)
+                if metrics:
+                    await conn.copy_records_to_table("system_metrics", records=metrics, columns=METRIC_COLUMNS)
+
+        try:
+            self._run(go())
+        except BaseException:
+            self._drop_conn()
+            raise
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self._run(conn.close(timeout=2))
+
+    def purge(self, cutoff: str) -> int:
+        if self._conn is None:
+            return 0
+        conn = self._conn
+
+        async def go() -> int:
+            n = 0
+            for table in ("ritual_events", "system_metrics"):
+                r = await conn.execute(f'DELETE FROM {table} WHERE "timestamp" < $1', cutoff)
+                n += int(r.split()[-1])
+            return n
+
+        return int(self._run(go()))
+
+    def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
+              limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
+        where: list[str] = []
+        params: list[Any] = []
+
+        def p(v: Any) -> str:
+            params.append(v)
+            return f"${len(params)}"
+
+        if since is not None:
+            where.append(f'"timestamp" >= {p(since)}')
+        if until is not None:
+            where.append(f'"timestamp" <= {p(until)}')
+        if types:
+            where.append(f"event_type = ANY({p(list(types))}::text[])")
+        if source is not None:
+            where.append(f"agent_id = {p(source)}")
+        if after is not None:
+            where.append(f'("timestamp", event_id) > ({p(after[0])}, {p(after[1])})')
+        cols = ", ".join('"timestamp"' if c == "timestamp" else c for c in EVENT_COLUMNS)
+        sql = f"SELECT {cols} FROM ritual_events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        order = "ASC" if ascending else "DESC"
+        sql += f' ORDER BY "timestamp" {order}, event_id {order} LIMIT {p(int(limit))}'
+
+        async def go() -> list[Any]:
+            import asyncpg
+
+            conn = await self._connect()
+            try:
+                return list(await conn.fetch(sql, *params))
+            except asyncpg.UndefinedTableError:
+                return []
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            rows = asyncio.run(go())
+        else:  # called on a loop's thread (``history()``): run the query on a helper thread
+            with ThreadPoolExecutor(1) as ex:
+                rows = ex.submit(asyncio.run, go()).result()
+        if not ascending:
+            rows.reverse()
+        key = (rows[-1][1], rows[-1][0]) if rows else None
+        return [row_envelope(*tuple(r)) for r in rows], key
+
+    def close(self) -> None:
+        self._drop_conn()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+def open_store(path: str | None, url: str | None) -> Store:
+    """The store for a config: PostgreSQL when ``url`` is set, else the SQLite file."""
+    if url:
+        return PostgresStore(url)
+    if path:
+        return SQLiteStore(path)
+    raise ValueError("no persistence_path or persistence_url")
+
+
+# -- the event log ---------------------------------------------------------------------
+
+
+class _Stop:
+    pass
+
 
 class EventLog:
-    """Opened by ``MeshCore.start()`` when ``persistence_path`` or ``persistence_url`` is set."""
+    """Persists a node's events (see the module docstring).
 
-    def __init__(self, mesh: MeshCore) -> None:
+    :param mesh: the node; its config's ``persistence_path``/``persistence_url``,
+        ``persist_events``, ``persist_retention_days`` and ``sync_interval`` are used.
+    """
+
+    def __init__(self, mesh: MeshCore, store: Store | None = None) -> None:
         self.mesh = mesh
+        cfg = mesh.config
+        self.store = store if store is not None else open_store(cfg.persistence_path, cfg.persistence_url)
+        pe = cfg.persist_events
+        self._all = pe == "all"
+        self._types = set(MESH_EVENT_TYPES)
+        if isinstance(pe, (list, tuple, set, frozenset)):
+            self._types.update(str(getattr(t, "value", t)) for t in pe)
+        self.retention_days = float(cfg.persist_retention_days)
+        self.metrics_interval = float(getattr(cfg, "sync_interval", 5.0) or 5.0)
+        self._buf: list[dict[str, Any]] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held while a batch of events is in the writer's hands: at most one is.
+        self._writer_free = threading.Semaphore(1)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._qpool: ThreadPoolExecutor | None = None
+        self._opened: Future[None] = Future()
+        self._writable: asyncio.Event | None = None
+        self.running = False
+        # counters (written by one thread each; read anywhere)
+        self.handed = 0  # events handed to the writer
+        self.written = 0
+        self.dropped = 0
+        self.batches = 0
+        self.last_batch = 0
+        self.metrics_written = 0
+        self.purged = 0
+        self.stalls = 0
+        self.stall_seconds = 0.0
+        self.in_flight = 0
+        self.error: str | None = None
+        self._error_since = 0.0
+        self._next_retry = 0.0
 
-    async def start(self) -> None: ...
+    # -- lifecycle ----------------------------------------------------------------------
 
-    async def stop(self) -> None: ...
+    async def start(self) -> None:
+        """Open the store (on the writer thread) and start writing.  A store that
+        cannot be opened is logged once as an error; the node runs on and the writer
+        keeps trying (events are counted as dropped meanwhile)."""
+        if self.running:
+            return
+        self.running = True
+        self._loop = asyncio.get_running_loop()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._thread = threading.Thread(target=self._writer, name="spiralfast-eventlog", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(self._opened)
+        self._tasks.append(asyncio.ensure_future(self._ticker()))
+        self._tasks.append(asyncio.ensure_future(self._metrics_loop()))
+        log.info("persisting %s events to %s %s", "all" if self._all else sorted(self._types),
+                 self.store.kind, self.store.where)
+
+    async def stop(self) -> None:
+        """Write what is pending, then stop the writer and close the store."""
+        if not self.running:
+            return
+        self.running = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await asyncio.get_running_loop().run_in_executor(None, self._final_flush)
+        if self._qpool is not None:
+            self._qpool.shutdown(wait=False)
+            self._qpool = None
+
+    def _final_flush(self) -> None:
+        self._writer_free.acquire()
+        buf, self._buf = self._buf, []
+        if buf:
+            self._hand(buf)
+        else:
+            self._writer_free.release()
+        self._queue.put(_Stop())
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # -- the loop side --------------------------------------------------------------------
 
     def record(self, env: dict[str, Any]) -> None:
-        """Called (synchronously, on the loop) for every event envelope this node sends or receives."""
+        """Called on the loop for every event envelope the node sends or receives."""
+        if self._all or env["type"] in self._types:
+            buf = self._buf
+            buf.append(env)
+            if len(buf) >= BATCH_MAX_EVENTS:
+                self._full()
+
+    def _hand(self, buf: list[dict[str, Any]]) -> None:
+        # The caller holds _writer_free; the writer releases it after the commit.
+        self.handed += len(buf)
+        self.in_flight = len(buf)
+        self._queue.put(buf)
+
+    def _full(self) -> None:
+        """The batch being filled is full: hand it over, waiting for the writer if it
+        is still busy with the previous one (this is the backpressure)."""
+        if not self.running:
+            return  # stopping: _final_flush takes the buffer
+        if not self._writer_free.acquire(blocking=False):
+            if self._writable is not None:
+                self._writable.clear()
+            t0 = time.monotonic()
+            self._writer_free.acquire()
+            self.stalls += 1
+            self.stall_seconds += time.monotonic() - t0
+        buf, self._buf = self._buf, []
+        self._hand(buf)
+
+    def _tick(self) -> None:
+        """Hand over the batch being filled if the writer is idle."""
+        if self._buf and self.running and self._writer_free.acquire(blocking=False):
+            buf, self._buf = self._buf, []
+            self._hand(buf)
+        if self._writable is not None and not self._writable.is_set() and len(self._buf) < BATCH_MAX_EVENTS // 2:
+            self._writable.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(BATCH_MAX_AGE_S)
+            self._tick()
+
+    def _writer_done(self) -> None:
+        """Called on the loop by the writer after each batch."""
+        if self._buf and len(self._buf) >= BATCH_MAX_EVENTS // 10:
+            self._tick()
+        elif self._writable is not None and not self._writable.is_set():
+            self._writable.set()
+
+    @property
+    def congested(self) -> bool:
+        """True while the writer is behind (a batch waits for it): the core may stop
+        reading from its links and hold senders until :meth:`wait_writable` returns."""
+        return len(self._buf) >= BATCH_MAX_EVENTS // 2 and self.in_flight > 0
+
+    async def wait_writable(self) -> None:
+        """Return once the writer has caught up (for senders while :attr:`congested`)."""
+        if self.congested and self._writable is not None:
+            self._writable.clear()
+            await self._writable.wait()
+
+    def _sync(self, timeout: float = SYNC_TIMEOUT_S) -> bool:
+        """Commit everything recorded so far (blocks the caller up to ``timeout``)."""
+        if not self.running:
+            return True
+        if self._buf:
+            if not self._writer_free.acquire(timeout=timeout):
+                return False
+            buf, self._buf = self._buf, []
+            self._hand(buf)
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _writer(self) -> None:
+        store = self.store
+        self._try_open()
+        self._opened.set_result(None)
+        retention_s = self.retention_days * 86400.0
+        retention_every = min(3600.0, max(1.0, retention_s / 10.0))
+        next_purge = time.monotonic()
+        metrics: list[Row] = []
+        while True:
+            timeout = max(0.0, next_purge - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Stop):
+                if metrics:
+                    self._write([], metrics)
+                break
+            if isinstance(item, threading.Event):
+                if metrics:
+                    self._write([], metrics)
+                    metrics = []
+                item.set()
+                continue
+            if isinstance(item, tuple):  # metrics: written with the next batch (or now if idle)
+                metrics.extend(item)
+                if not self._queue.empty():
+                    continue
+                self._write([], metrics)
+                metrics = []
+            elif isinstance(item, list):
+                try:
+                    self._write(item, metrics)
+                finally:
+                    metrics = []
+                    self.in_flight = 0
+                    self._writer_free.release()
+                    loop = self._loop
+                    if loop is not None and self.running:
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(self._writer_done)
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + retention_every
+                self._purge(retention_s)
+        store.close()
+
+    def _try_open(self) -> bool:
+        try:
+            self.store.open()
+        except Exception as exc:  # noqa: BLE001 - any failure: one clear error, keep running
+            self._failed(exc, 0)
+            return False
+        return True
+
+    def _write(self, envs: list[dict[str, Any]], metrics: list[Row]) -> None:
+        n = len(envs)
+        now = time.monotonic()
+        if self.error is not None and now < self._next_retry:
+            self.dropped += n
+            return
+        try:
+            rows = [event_row(e) for e in envs]
+            self.store.write(rows, metrics)
+        except Exception as exc:  # noqa: BLE001 - sqlite3/OS/asyncpg errors alike
+            self._failed(exc, n)
+            return
+        self.written += n
+        self.metrics_written += len(metrics)
+        if n:
+            self.batches += 1
+            self.last_batch = n
+        if self.error is not None:
+            log.warning("event log: writing to %s %s again (%d events were dropped while it failed)",
+                        self.store.kind, self.store.where, self.dropped)
+            self.error = None
+
+    def _failed(self, exc: BaseException, n: int) -> None:
+        self.dropped += n
+        self._next_retry = time.monotonic() + ERROR_RETRY_S
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._error_since = time.time()
+            log.error(
+                "event log: cannot write to %s %s (%s); the node keeps running, events are counted as "
+                "dropped until it is writable again (retry every %.0f s)",
+                self.store.kind, self.store.where, self.error, ERROR_RETRY_S,
+            )
+
+    def _purge(self, retention_s: float) -> None:
+        if self.error is not None:
+            return
+        cutoff = (datetime.now() - timedelta(seconds=retention_s)).isoformat()
+        try:
+            n = self.store.purge(cutoff)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("event log: retention on %s failed: %s", self.store.where, exc)
+            return
+        self.purged += n
+        if n:
+            log.debug("event log: %d rows older than %s removed", n, cutoff)
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def metric_rows(self) -> list[Row]:
+        """The node's metrics now, as ``system_metrics`` rows."""
+        st = self.mesh.get_mesh_status()
+        values: dict[str, float] = {}
+        for k in ("connected_nodes", "uptime", "average_entropy", "total_recursion_depth"):
+            v = st.get(k)
+            if isinstance(v, (int, float)):
+                values[k] = float(v)
+        for k, v in (st.get("counters") or {}).items():
+            if isinstance(v, (int, float)):
+                values["counters." + k] = float(v)
+        values["persistence.written"] = float(self.written)
+        values["persistence.dropped"] = float(self.dropped)
+        values["persistence.pending"] = float(len(self._buf) + self.in_flight)
+        ts = datetime.now().isoformat()
+        meta = json.dumps({"node_id": self.mesh.node_id})
+        return [(uuid.uuid4().hex, ts, name, v, meta) for name, v in values.items() if math.isfinite(v)]
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_interval)
+            try:
+                self._queue.put(tuple(self.metric_rows()))
+            except Exception:  # noqa: BLE001
+                log.debug("metrics sample failed", exc_info=True)
+
+    # -- reading ----------------------------------------------------------------------------
 
     def history(self, since: Any = None, until: Any = None, types: Any = None, source: str | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
-        return []
+        """Stored envelopes, newest last (at most ``limit``, the newest ones).  Events
+        recorded so far are committed first, so they are included.
+
+        :param since: ISO time, ``datetime``, epoch seconds or ``"10m"`` (ago).
+        :param until: the same, inclusive.
+        :param types: an event type or an iterable of them.
+        :param source: only events from this node.
+        :raises ValueError: a bad time.
+        """
+        s, u, t = parse_time(since), parse_time(until), _types(types)
+        self._sync()
+        return self.store.query(s, u, t, source, int(limit), False)[0]
+
+    async def history_async(self, since: Any = None, until: Any = None, types: Any = None,
+                            source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """:meth:`history` without blocking the loop (for observer queries)."""
+        s, u, t = parse_time(since), parse_time(until), _types(types)
+        await self._sync_async()
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool(), self.store.query, s, u, t, source, int(limit), False)
+        return out[0]
+
+    async def _sync_async(self) -> None:
+        if not self.running:
+            return
+        self._tick()
+        done = threading.Event()
+        self._queue.put(done)
+        await asyncio.get_running_loop().run_in_executor(self._pool(), done.wait, SYNC_TIMEOUT_S)
+        if self._buf:  # the writer was busy at the tick: once more
+            self._tick()
+            done = threading.Event()
+            self._queue.put(done)
+            await asyncio.get_running_loop().run_in_executor(self._pool(), done.wait, SYNC_TIMEOUT_S)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._qpool is None:
+            self._qpool = ThreadPoolExecutor(1, thread_name_prefix="spiralfast-eventlog-query")
+        return self._qpool
 
     async def replay(self, since: Any, types: Any = None) -> int:
-        return 0
+        """Re-deliver stored events (from ``since`` on, oldest first) to this node's
+        handlers, each envelope marked ``"replayed": True``; coroutine handlers are
+        awaited in order.  Returns how many stored events were replayed."""
+        s, t = parse_time(since), _types(types)
+        await self._sync_async()
+        loop = asyncio.get_running_loop()
+        count = 0
+        after: Any = None
+        while True:
+            envs, after = await loop.run_in_executor(self._pool(), self.store.query, s, None, t, None,
+                                                     REPLAY_PAGE, True, after)
+            for env in envs:
+                env["replayed"] = True
+                count += 1
+                for h in list(self.mesh.event_handlers.get(env["type"], ())):
+                    try:
+                        r = h(env)
+                        if r is not None and inspect.isawaitable(r):
+                            await r
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("replay: handler %r failed on %s", h, env.get("event_id"))
+            if len(envs) < REPLAY_PAGE:
+                return count
 
     def status(self) -> dict[str, Any]:
-        return {}
+        """Figures for ``get_mesh_status()["persistence"]``."""
+        return {
+            "backend": self.store.kind,
+            "where": self.store.where,
+            "persist_events": "all" if self._all else sorted(self._types),
+            "recorded": self.handed + len(self._buf),
+            "written": self.written,
+            "pending": len(self._buf) + self.in_flight,
+            "dropped": self.dropped,
+            "batches": self.batches,
+            "last_batch": self.last_batch,
+            "metrics_written": self.metrics_written,
+            "purged": self.purged,
+            "stalls": self.stalls,
+            "stall_seconds": round(self.stall_seconds, 3),
+            "congested": self.congested,
+            "retention_days": self.retention_days,
+            "error": self.error,
+        }
+
+
+def read_history(path: str | None = None, url: str | None = None, since: Any = None, until: Any = None,
+                 types: Iterable[str] | str | None = None, source: str | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+    """Read stored envelopes (newest last) straight from a store, without a node
+    (``spiralfast mesh history --db PATH``).
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: a bad time.
+    """
+    if path is not None and not url and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"no such database: {path}")
+    store = open_store(path, url)
+    try:
+        return store.query(parse_time(since), parse_time(until), _types(types), source, int(limit), False)[0]
+    finally:
+        store.close()
+
+
+__all__ = [
+    "EventLog",
+    "Store",
+    "SQLiteStore",
+    "PostgresStore",
+    "open_store",
+    "read_history",
+    "parse_time",
+    "event_row",
+    "row_envelope",
+    "MESH_EVENT_TYPES",
+    "BATCH_MAX_EVENTS",
+    "BATCH_MAX_AGE_S",
+]
