@@ -32,6 +32,7 @@ import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from ._log import RateLimitedLog
+from .metrics import peer_label
 from .observe import _jsonable, envelope, nodes_table
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class HttpEndpoints:
         if path == "/live":
             return self.live.accept(request)
         if not self.authorized(request):
+            core.counters["auth_failures"] = core.counters.get("auth_failures", 0) + 1
             self.live.errlog(("http-auth",), logging.INFO, "HTTP %s refused: missing or wrong token", path)
             return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="spiralfast"'})
         if path == "/metrics":
@@ -166,7 +168,7 @@ class HttpEndpoints:
 def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str, Any]]:
     """``/api/events?count=N&type=T&type=U`` (``type=T,U`` works too), newest last."""
     try:
-        count = int((query.get("count") or [EVENTS_DEFAULT])[0])
+        count = int((query.get("count") or [str(EVENTS_DEFAULT)])[0])
     except ValueError:
         count = EVENTS_DEFAULT
     count = max(0, min(count, EVENTS_MAX))
@@ -185,7 +187,7 @@ def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str,
     return out
 
 
-def topology(core: MeshCore) -> dict[str, Any]:
+def topology(core: MeshCore, links: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The mesh as this node knows it: node ids, and links as sorted id pairs.
 
     This node's own links come from its router; other nodes' links from the
@@ -200,8 +202,12 @@ def topology(core: MeshCore) -> dict[str, Any]:
         if a != b and a in known and b in known:
             pairs.add((a, b) if a < b else (b, a))
 
-    for peer in core.router.links:
-        add(core.node_id, str(peer))
+    if links is None:
+        links = core.get_mesh_status().get("links") or []
+    for lk in links:
+        peer = lk.get("peer")
+        if peer is not None:  # bus links (Redis, NATS) have no single peer
+            add(core.node_id, str(peer))
     records = [core.local_node, *core.nodes.values()]
     for node in records:
         md = node.metadata if isinstance(node.metadata, dict) else {}
@@ -314,11 +320,11 @@ class LiveFeed:
             return
         c = st.get("counters") or {}
         r = st.get("router") or {}
-        cur = {
+        cur: dict[str, Any] = {
             "in": int(c.get("events_in") or 0),
             "out": int(c.get("events_out") or 0),
             "forwarded": int(r.get("forwarded") or 0),
-            "links": {str(lk.get("peer")): lk for lk in st.get("links") or []},
+            "links": {peer_label(lk): lk for lk in st.get("links") or []},
         }
         prev = self._prev
         if prev is not None:
@@ -371,7 +377,7 @@ class LiveFeed:
         sync = st.get("sync") or {}
         links = []
         for lk in st.get("links") or []:
-            peer = str(lk.get("peer"))
+            peer = peer_label(lk)
             rates = self._link_rates.get(peer, {})
             rtt = lk.get("rtt_ms")
             links.append({
@@ -404,7 +410,7 @@ class LiveFeed:
             "redis": st.get("redis"),
             "interval": LIVE_INTERVAL,
             "nodes": nodes,
-            "topology": topology(core),
+            "topology": topology(core, st.get("links") or []),
             "links": links,
             "rates": dict(self._rates),
             "history": list(self.history),

@@ -93,6 +93,12 @@ def bounded_peers(links: list[dict[str, Any]], limit: int = MAX_PEER_LABELS) -> 
     return ranked[:limit], ranked[limit:]
 
 
+def peer_label(link: dict[str, Any]) -> str:
+    """A link's ``peer`` label: the peer's node id, or ``_<transport>`` for a shared bus."""
+    peer = link.get("peer")
+    return str(peer) if peer is not None else f"_{link.get('transport', 'bus')}"
+
+
 def _num(v: Any) -> float:
     try:
         return float(v or 0)
@@ -136,9 +142,11 @@ class MeshCollector(Collector):
             "bus_dropped": bus.get("dropped"),
             "bus_expired": bus.get("expired"),
         }
-        for extra in ("rate_limited", "unauthenticated", "wrong_mesh", "replayed"):
-            if extra in c:
-                reasons[extra] = c[extra]
+        for key, reason in (("refused_messages", "refused"), ("preauth_refused", "preauth_refused"),
+                            ("gate_errors", "gate_error"), ("unauthenticated", "unauthenticated"),
+                            ("wrong_mesh", "wrong_mesh"), ("replayed", "replayed")):
+            if key in c:
+                reasons[reason] = c[key]
         for reason, v in reasons.items():
             dropped.add_metric([reason], _num(v))
         yield dropped
@@ -191,7 +199,7 @@ class MeshCollector(Collector):
                                     labels=["peer"])
         lgaps = CounterMetricFamily(f"{p}_link_gaps_total", "Sequence gaps detected on a link.", labels=["peer"])
         rtt = GaugeMetricFamily(f"{p}_link_rtt_seconds", "Last measured round-trip time to a peer.", labels=["peer"])
-        groups: list[tuple[str, list[dict[str, Any]]]] = [(str(lk.get("peer")), [lk]) for lk in named]
+        groups: list[tuple[str, list[dict[str, Any]]]] = [(peer_label(lk), [lk]) for lk in named]
         if rest:
             groups.append((OTHER_PEER, rest))
         for peer, lks in groups:

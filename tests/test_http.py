@@ -1,0 +1,194 @@
+"""HTTP on the node's port: /health, /api/*, the dashboard's shell and its /live feed,
+with and without ``auth_token`` (SPEC "Observability", issue 11 item 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import picows
+import pytest
+
+from spiralfast import MeshCore
+
+from .conftest import wait_for
+from .test_metrics import cfg, get, peers
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "s3cret"
+STATIC = ("/", "/index.html", "/dashboard.css", "/dashboard.js", "/favicon.svg", "/favicon.ico")
+PROTECTED = ("/metrics", "/api/status", "/api/nodes", "/api/events", "/api/topology", "/api/snapshot")
+
+
+@pytest.fixture
+async def open_node() -> AsyncIterator[MeshCore]:
+    a = MeshCore(cfg("h-open"))
+    await a.start()
+    try:
+        yield a
+    finally:
+        await a.stop()
+
+
+@pytest.fixture
+async def locked_node() -> AsyncIterator[MeshCore]:
+    a = MeshCore(cfg("h-locked", auth_token=TOKEN))
+    await a.start()
+    try:
+        yield a
+    finally:
+        await a.stop()
+
+
+def base(node: MeshCore) -> str:
+    return f"http://127.0.0.1:{node.config.websocket_port}"
+
+
+async def test_open_node_answers_everything(open_node: MeshCore) -> None:
+    a = open_node
+    status, _, body = await get(base(a) + "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok", "node_id": "h-open"}
+    for path in STATIC + PROTECTED:
+        assert (await get(base(a) + path))[0] == 200, path
+    status, headers, body = await get(base(a) + "/")
+    assert headers["Content-Type"].startswith("text/html") and b"/dashboard.js" in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert (await get(base(a) + "/nope"))[0] == 404
+
+
+async def test_locked_node_needs_the_token(locked_node: MeshCore) -> None:
+    a = locked_node
+    # /health says only that it is up, to anyone
+    status, _, body = await get(base(a) + "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, body = await get(base(a) + "/health", TOKEN)
+    assert status == 200 and json.loads(body)["node_id"] == "h-locked"
+    # the static shell holds no node data and needs no token
+    for path in STATIC:
+        status, _, body = await get(base(a) + path)
+        assert status == 200, path
+        assert b"h-locked" not in body
+    before = a.counters["auth_failures"]
+    for path in PROTECTED:
+        status, _, body = await get(base(a) + path)
+        assert status == 401, path
+        assert b"h-locked" not in body
+        assert (await get(base(a) + path, "wrong"))[0] == 401
+        assert (await get(base(a) + path, TOKEN + "x"))[0] == 401
+        assert (await get(base(a) + path, TOKEN))[0] == 200, path
+    assert a.counters["auth_failures"] > before
+
+
+async def test_api_events_honours_its_query(open_node: MeshCore) -> None:
+    a = open_node
+    b = MeshCore(cfg("h-b", peers=[f"ws://127.0.0.1:{a.config.websocket_port}"]))
+    await b.start()
+    try:
+        await wait_for(lambda: "h-b" in peers(a))
+        for i in range(5):
+            await b.broadcast_event("x", {"i": i})
+            await b.broadcast_event("y", {"i": i})
+        await wait_for(lambda: a.get_mesh_status()["counters"]["events_in"] >= 10)
+        evs = json.loads((await get(base(a) + "/api/events?count=1&type=x"))[2])
+        assert [(e["type"], e["data"]) for e in evs] == [("x", {"i": 4})]
+        evs = json.loads((await get(base(a) + "/api/events?type=y"))[2])
+        assert [e["data"]["i"] for e in evs] == [0, 1, 2, 3, 4] and {e["type"] for e in evs} == {"y"}
+        evs = json.loads((await get(base(a) + "/api/events?count=3&type=x&type=y"))[2])
+        assert len(evs) == 3
+        evs = json.loads((await get(base(a) + "/api/events?count=2&type=x,y"))[2])
+        assert len(evs) == 2
+        assert json.loads((await get(base(a) + "/api/events?count=0"))[2]) == []
+        assert json.loads((await get(base(a) + "/api/events?type=nothing"))[2]) == []
+        assert len(json.loads((await get(base(a) + "/api/events?count=junk"))[2])) == 10
+        topo = json.loads((await get(base(a) + "/api/topology"))[2])
+        assert topo == {"local": "h-open", "nodes": ["h-b", "h-open"], "links": [["h-b", "h-open"]]}
+    finally:
+        await b.stop()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.xfail(strict=True, reason="picows refuses HEAD before the listener factory runs: "
+                                       "needs a pre-parser in links/ws.py (see the issue 15 report)")
+async def test_head_health_is_not_400(open_node: MeshCore) -> None:
+    out = await asyncio.to_thread(_raw, open_node.config.websocket_port,
+                                  b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200"), out[:80]
+    assert out.endswith(b"\r\n\r\n")  # no body
+
+
+class _Live(picows.WSListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.msgs: list[Any] = []
+        self.closed = False
+
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        if frame.msg_type == picows.WSMsgType.TEXT:
+            self.msgs.append(orjson.loads(frame.get_payload_as_bytes()))
+        elif frame.msg_type == picows.WSMsgType.CLOSE:
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        self.closed = True
+
+
+async def _live(node: MeshCore) -> tuple[Any, _Live]:
+    tr, lst = await picows.ws_connect(_Live, f"ws://127.0.0.1:{node.config.websocket_port}/live")
+    return tr, lst
+
+
+async def test_live_feed_open(open_node: MeshCore) -> None:
+    tr, lst = await _live(open_node)
+    try:
+        await wait_for(lambda: len(lst.msgs) >= 2, timeout=5)
+        s = lst.msgs[-1]
+        assert s["node_id"] == "h-open"
+        assert {n["node_id"] for n in s["nodes"]} == {"h-open"}
+        assert s["topology"]["nodes"] == ["h-open"]
+        for key in ("rates", "history", "by_type", "sync", "recent", "links", "counters"):
+            assert key in s
+        assert lst.msgs[-1]["t"] - lst.msgs[-2]["t"] >= 0.9  # never faster than once a second
+    finally:
+        tr.disconnect()
+
+
+async def test_live_feed_needs_the_token(locked_node: MeshCore) -> None:
+    tr, lst = await _live(locked_node)
+    await wait_for(lambda: bool(lst.msgs), timeout=5)
+    assert lst.msgs == [{"auth": "required"}]
+    tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": "wrong"}))
+    await wait_for(lambda: lst.closed, timeout=5)
+    assert lst.msgs[-1] == {"error": "unauthorized"}
+    assert not any("node_id" in m for m in lst.msgs)
+
+    tr, lst = await _live(locked_node)
+    try:
+        await wait_for(lambda: bool(lst.msgs), timeout=5)
+        tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": TOKEN}))
+        await wait_for(lambda: any("node_id" in m for m in lst.msgs), timeout=5)
+        assert lst.msgs[-1]["node_id"] == "h-locked"
+    finally:
+        tr.disconnect()
+
+
+async def test_live_clients_closed_when_node_stops() -> None:
+    a = MeshCore(cfg("h-stop"))
+    await a.start()
+    tr, lst = await _live(a)
+    await wait_for(lambda: bool(lst.msgs), timeout=5)
+    await a.stop()
+    await wait_for(lambda: lst.closed, timeout=5)
+
