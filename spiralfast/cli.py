@@ -28,6 +28,7 @@ import typer
 
 from . import settings
 from ._version import __version__
+from .cli_history import mesh_history
 from .errors import AuthError, ConfigError, HandshakeError, LinkError, ProtocolError, SpiralError
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.")
@@ -844,6 +845,9 @@ def _tidy_help(cmd: Any) -> None:
             p.metavar = ""
     for sub in getattr(cmd, "commands", {}).values():
         _tidy_help(sub)
+
+
+mesh_app.command("history")(mesh_history)  # spiralfast/cli_history.py
 
 
 def _one_line(msg: str) -> str:

@@ -912,6 +912,33 @@ class EventLog:
         }
 
 
+_answers: set[asyncio.Task[Any]] = set()
+
+
+def answer_history(mesh: Any, args: dict[str, Any], reply: Any) -> None:
+    """Answer an observer's ``history`` query (args: since, until, types, source,
+    limit) without blocking the loop: ``reply(ok, data)`` is called later."""
+    eventlog = getattr(mesh, "eventlog", None)
+    if eventlog is None:
+        reply(False, "persistence is off on this node (start it with --db PATH or a persistence_url)")
+        return
+
+    async def go() -> None:
+        try:
+            envs = await eventlog.history_async(args.get("since"), args.get("until"), args.get("types") or None,
+                                                args.get("source"), int(args.get("limit") or 1000))
+        except (ValueError, TypeError) as exc:
+            reply(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the store failed: say so, keep running
+            reply(False, f"cannot read the event log: {type(exc).__name__}: {exc}")
+        else:
+            reply(True, envs)
+
+    task = asyncio.ensure_future(go())
+    _answers.add(task)
+    task.add_done_callback(_answers.discard)
+
+
 def read_history(path: str | None = None, url: str | None = None, since: Any = None, until: Any = None,
                  types: Iterable[str] | str | None = None, source: str | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
@@ -937,6 +964,7 @@ __all__ = [
     "PostgresStore",
     "open_store",
     "read_history",
+    "answer_history",
     "parse_time",
     "event_row",
     "row_envelope",

@@ -4,7 +4,7 @@ mesh members, and send ``Query`` messages; replies carry the same ``qid``.
 Queries: ``status``, ``nodes``, ``events`` (args: count, types), ``follow``
 (args: types; then every new event arrives as a ``Reply`` with qid 0 until the
 observer disconnects), ``publish`` (args: type, data, target), ``state`` (args: category, key), ``state_set``
-(category, key, value), ``state_delete`` (category, key), ``sync``.
+(category, key, value), ``state_delete`` (category, key), ``sync``, ``history`` (since, until, types, source, limit).
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             _reply(core, link, q.qid, True, {"deleted": ok})
         elif q.what == "sync":
             _reply(core, link, q.qid, True, _jsonable(core.state.get_sync_status()))
+        elif q.what == "history":
+            from .eventlog import answer_history
+
+            answer_history(core, args, lambda ok, data, qid=q.qid: _reply(core, link, qid, ok, data))
         elif q.what == "follow":
             link.follow_types = set(args.get("types") or ())
             link.following = True

@@ -1,0 +1,52 @@
+"""A mesh peer in its own process that sends ``N`` events ``TYPE`` with data
+``{"seq": i}`` to the node at ``URL`` (used by the persistence tests and perf).
+
+Usage: ``python -m tests.persist_sender URL N [TYPE] [RATE]`` -- prints ``connected``,
+then ``sent N SECONDS`` when done, and stays in the mesh until stdin closes.
+``RATE`` (events/s, 0 = as fast as possible) paces the sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from spiralfast.config import MeshConfig
+from spiralfast.core import MeshCore
+
+
+async def main(url: str, n: int, etype: str, rate: float) -> None:
+    core = MeshCore(MeshConfig(enable_redis=False, websocket_port=0, peers=[url]))
+    await core.start()
+    while not core.router.links:
+        await asyncio.sleep(0.02)
+    print("connected", flush=True)
+    t0 = time.perf_counter()
+    if rate > 0:
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            await core.broadcast_event(etype, {"seq": i})
+    else:
+        for i in range(n):
+            await core.broadcast_event(etype, {"seq": i})
+    core.router.flush()
+    print(f"sent {n} {time.perf_counter() - t0:.6f}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await core.stop()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    args = sys.argv[1:]
+    asyncio.run(main(args[0], int(args[1]), args[2] if len(args) > 2 else "load",
+                     float(args[3]) if len(args) > 3 else 0.0))
