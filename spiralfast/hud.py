@@ -1,4 +1,9 @@
-"""``mesh status --watch``: a live terminal view (rich Live), refreshed every second."""
+"""``mesh status --watch``: a live terminal view (rich Live), refreshed every second.
+
+Shows the node's rates, the nodes it knows, its links with their analytics (RTT,
+throughput in and out, drops, gaps) and the mesh topology as this node knows it
+(``hud_config.show_network_topology`` in the old library's words).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,84 @@ import asyncio
 import time
 from typing import Any
 
+#: Counters the HUD turns into rates, and where they live in ``get_mesh_status()``.
+RATE_KEYS = {
+    "events_in": ("counters", "events_in"),
+    "events_out": ("counters", "events_out"),
+    "frames_in": ("router", "frames_in"),
+    "frames_out": ("router", "frames_out"),
+}
+LINK_RATE_KEYS = ("bytes_out", "bytes_in", "frames_out", "frames_in")
 
-def render(st: dict[str, Any], nodes: list[dict[str, Any]], rates: dict[str, float]) -> Any:
+
+def link_key(lk: dict[str, Any]) -> str:
+    peer = lk.get("peer")
+    return str(peer) if peer is not None else f"_{lk.get('transport', 'bus')}"
+
+
+def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
+    """Node ids and links (sorted id pairs) as the inspected node knows them: its own
+    links, plus the ``links`` each node's record carries in its metadata."""
+    local = str(st.get("node_id"))
+    known = {str(n.get("node_id")) for n in st.get("nodes") or []}
+    known.add(local)
+    pairs: set[tuple[str, str]] = set()
+
+    def add(a: str, b: str) -> None:
+        if a != b and a in known and b in known:
+            pairs.add((a, b) if a < b else (b, a))
+
+    for lk in st.get("links") or []:
+        if lk.get("peer") is not None:
+            add(local, str(lk["peer"]))
+    for n in st.get("nodes") or []:
+        md = n.get("metadata") or {}
+        peers = md.get("links") if isinstance(md, dict) else None
+        if isinstance(peers, (list, tuple)):
+            for p in peers:
+                add(str(n.get("node_id")), str(p))
+    return {"local": local, "nodes": sorted(known), "links": sorted(pairs)}
+
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e4:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def _bytes(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if v < 1024:
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} GiB"
+
+
+def render(
+    st: dict[str, Any],
+    nodes: list[dict[str, Any]],
+    rates: dict[str, float],
+    link_rates: dict[str, dict[str, float]] | None = None,
+    show_topology: bool = True,
+) -> Any:
     from rich.console import Group
     from rich.table import Table
+    from rich.tree import Tree
 
+    link_rates = link_rates or {}
     head = Table(title=f"spiralfast {st['node_id']}  ({st['status']}, up {st['uptime']:.0f}s)")
     for col in ("events in/s", "events out/s", "frames in/s", "frames out/s", "sync", "redis"):
         head.add_column(col)
     sync = st.get("sync", {})
     head.add_row(
-        f"{rates['events_in']:.0f}", f"{rates['events_out']:.0f}", f"{rates['frames_in']:.0f}",
-        f"{rates['frames_out']:.0f}", f"{sync.get('sync_status')} v{sync.get('state_version')}",
+        _rate(rates["events_in"]), _rate(rates["events_out"]), _rate(rates["frames_in"]),
+        _rate(rates["frames_out"]), f"{sync.get('sync_status')} v{sync.get('state_version')}",
         "on" if st.get("redis") else "off",
     )
     nt = Table(title="nodes")
@@ -26,18 +97,50 @@ def render(st: dict[str, Any], nodes: list[dict[str, Any]], rates: dict[str, flo
     for n in nodes:
         nt.add_row(n["node_id"], n["name"], n["status"], f"{n['seconds_since_heartbeat']:.1f}")
     lt = Table(title="links")
-    for col in ("peer", "transport", "state", "frames out", "bytes out"):
-        lt.add_column(col)
+    for col in ("peer", "transport", "state", "RTT", "out/s", "in/s", "frames out/s", "dropped", "gaps"):
+        lt.add_column(col, justify="right" if col not in ("peer", "transport", "state") else "left")
     for lk in st.get("links", []):
-        lt.add_row(lk["peer"], lk.get("transport", "?"), str(lk.get("state")), str(lk.get("frames_out", "")),
-                   str(lk.get("bytes_out", "")))
-    return Group(head, nt, lt)
+        key = link_key(lk)
+        lr = link_rates.get(key, {})
+        rtt = lk.get("rtt_ms")
+        gaps = lk.get("gaps", lk.get("lost"))
+        lt.add_row(
+            key, str(lk.get("transport", "?")), str(lk.get("state")),
+            f"{float(rtt):.2f} ms" if isinstance(rtt, (int, float)) else "-",
+            _bytes(lr.get("bytes_out")) + "/s" if "bytes_out" in lr else "-",
+            _bytes(lr.get("bytes_in")) + "/s" if "bytes_in" in lr and "bytes_in" in lk else "-",
+            _rate(lr.get("frames_out")) if "frames_out" in lr else "-",
+            str(lk.get("dropped_frames", 0)),
+            "-" if gaps is None else str(gaps),
+        )
+    parts: list[Any] = [head, nt, lt]
+    if show_topology:
+        topo = topology_from_status(st)
+        tree = Tree(f"topology: {len(topo['nodes'])} nodes, {len(topo['links'])} links")
+        adj: dict[str, list[str]] = {n: [] for n in topo["nodes"]}
+        for a, b in topo["links"]:
+            adj[a].append(b)
+            adj[b].append(a)
+        for n in topo["nodes"]:
+            label = f"[bold]{n}[/bold] (this node)" if n == topo["local"] else n
+            branch = tree.add(label)
+            for peer in sorted(adj[n]):
+                branch.add(f"── {peer}")
+            if not adj[n]:
+                branch.add("[dim](no known links)[/dim]")
+        parts.append(tree)
+    return Group(*parts)
 
 
-async def run_hud(client: Any, console: Any, iterations: int = 0) -> None:
+def _get(st: dict[str, Any], where: tuple[str, str]) -> float:
+    return float((st.get(where[0]) or {}).get(where[1]) or 0)
+
+
+async def run_hud(client: Any, console: Any, iterations: int = 0, show_topology: bool = True) -> None:
     from rich.live import Live
 
     prev: dict[str, float] | None = None
+    prev_links: dict[str, dict[str, Any]] = {}
     prev_t = time.monotonic()
     n = 0
     with Live(console=console, auto_refresh=False) as live:
@@ -45,14 +148,21 @@ async def run_hud(client: Any, console: Any, iterations: int = 0) -> None:
             st = await client.query("status")
             nodes = await client.query("nodes")
             now = time.monotonic()
-            cur = {
-                "events_in": st["counters"]["events_in"], "events_out": st["counters"]["events_out"],
-                "frames_in": st["router"]["frames_in"], "frames_out": st["router"]["frames_out"],
-            }
+            cur = {k: _get(st, where) for k, where in RATE_KEYS.items()}
             dt = max(now - prev_t, 1e-6)
             rates = {k: (cur[k] - prev[k]) / dt if prev else 0.0 for k in cur}
-            prev, prev_t = cur, now
-            live.update(render(st, nodes, rates), refresh=True)
+            links = {link_key(lk): lk for lk in st.get("links", [])}
+            link_rates: dict[str, dict[str, float]] = {}
+            for key, lk in links.items():
+                old = prev_links.get(key)
+                if old is None:
+                    continue
+                link_rates[key] = {
+                    k: max(0.0, (float(lk.get(k) or 0) - float(old.get(k) or 0)) / dt)
+                    for k in LINK_RATE_KEYS if k in lk
+                }
+            prev, prev_t, prev_links = cur, now, links
+            live.update(render(st, nodes, rates, link_rates, show_topology), refresh=True)
             n += 1
             if iterations and n >= iterations:
                 return

@@ -205,3 +205,37 @@ def test_dashboard_asks_for_the_token(browser: Browser) -> None:
     finally:
         node.stop()
 
+
+
+def test_hud_shows_topology_and_link_analytics() -> None:
+    """``mesh status --watch`` (rendered twice, so rates exist) against three real nodes."""
+    from rich.console import Console
+
+    from spiralfast.hud import run_hud
+
+    a = NodeProc("hud-a", hb=HB)
+    procs = [a]
+    try:
+        procs.append(NodeProc("hud-b", "--peer", a.url, hb=HB))
+        procs.append(NodeProc("hud-c", "--peer", a.url, hb=HB))
+        wait_nodes(a, {"hud-a", "hud-b", "hud-c"})
+
+        async def run() -> str:
+            console = Console(record=True, width=160, force_terminal=False)
+            c = await ObserverClient.connect(a.url)
+            try:
+                await run_hud(c, console, iterations=2)
+            finally:
+                c.close()
+            return console.export_text()
+
+        text = arun(run())
+        assert "topology: 3 nodes" in text
+        assert "hud-a (this node)" in text
+        for peer in ("hud-b", "hud-c"):
+            assert f"── {peer}" in text
+        assert "RTT" in text and "out/s" in text and "in/s" in text
+        assert "websocket" in text
+    finally:
+        for p in procs:
+            p.stop()
