@@ -580,7 +580,10 @@ def mesh_status(
         if as_json:
             _emit_json(st)
         else:
+            from .hud import links_table
+
             _console().print(_status_table(st))
+            _console().print(links_table(st))
         return
     if as_json:
 
@@ -597,7 +600,7 @@ def mesh_status(
         return
     from .hud import run_hud
 
-    _with_client(node, token, lambda c: run_hud(c, _console(), iterations), cafile, timeout)
+    _with_client(node, token, lambda c: run_hud(c, _console(), iterations, interval=interval), cafile, timeout)
 
 
 @mesh_app.command("nodes")

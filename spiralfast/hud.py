@@ -70,6 +70,42 @@ def _bytes(v: float | None) -> str:
     return f"{v:.1f} GiB"
 
 
+def links_table(st: dict[str, Any], link_rates: dict[str, dict[str, float]] | None = None) -> Any:
+    """Link analytics: RTT, throughput (per second when ``link_rates`` is given, else
+    totals), frames, drops and gaps, one row per link."""
+    from rich.table import Table
+
+    per_s = link_rates is not None
+    lt = Table(title="links")
+    cols = ["peer", "transport", "state", "RTT"]
+    cols += ["out/s", "in/s", "frames out/s"] if per_s else ["bytes out", "bytes in", "frames out"]
+    cols += ["dropped", "gaps"]
+    for col in cols:
+        lt.add_column(col, justify="left" if col in ("peer", "transport", "state") else "right")
+    for lk in st.get("links", []):
+        key = link_key(lk)
+        rtt = lk.get("rtt_ms")
+        gaps = lk.get("gaps", lk.get("lost"))
+        row = [key, str(lk.get("transport", "?")), str(lk.get("state")),
+               f"{float(rtt):.2f} ms" if isinstance(rtt, (int, float)) else "-"]
+        if link_rates is not None:
+            lr = link_rates.get(key, {})
+            row += [
+                _bytes(lr["bytes_out"]) + "/s" if "bytes_out" in lr else "-",
+                _bytes(lr["bytes_in"]) + "/s" if "bytes_in" in lr else "-",
+                _rate(lr["frames_out"]) if "frames_out" in lr else "-",
+            ]
+        else:
+            row += [
+                _bytes(lk["bytes_out"]) if "bytes_out" in lk else "-",
+                _bytes(lk["bytes_in"]) if "bytes_in" in lk else "-",
+                str(lk.get("frames_out", "-")),
+            ]
+        row += [str(lk.get("dropped_frames", 0)), "-" if gaps is None else str(gaps)]
+        lt.add_row(*row)
+    return lt
+
+
 def render(
     st: dict[str, Any],
     nodes: list[dict[str, Any]],
@@ -81,7 +117,6 @@ def render(
     from rich.table import Table
     from rich.tree import Tree
 
-    link_rates = link_rates or {}
     head = Table(title=f"spiralfast {st['node_id']}  ({st['status']}, up {st['uptime']:.0f}s)")
     for col in ("events in/s", "events out/s", "frames in/s", "frames out/s", "sync", "redis"):
         head.add_column(col)
@@ -96,23 +131,7 @@ def render(
         nt.add_column(col)
     for n in nodes:
         nt.add_row(n["node_id"], n["name"], n["status"], f"{n['seconds_since_heartbeat']:.1f}")
-    lt = Table(title="links")
-    for col in ("peer", "transport", "state", "RTT", "out/s", "in/s", "frames out/s", "dropped", "gaps"):
-        lt.add_column(col, justify="right" if col not in ("peer", "transport", "state") else "left")
-    for lk in st.get("links", []):
-        key = link_key(lk)
-        lr = link_rates.get(key, {})
-        rtt = lk.get("rtt_ms")
-        gaps = lk.get("gaps", lk.get("lost"))
-        lt.add_row(
-            key, str(lk.get("transport", "?")), str(lk.get("state")),
-            f"{float(rtt):.2f} ms" if isinstance(rtt, (int, float)) else "-",
-            _bytes(lr.get("bytes_out")) + "/s" if "bytes_out" in lr else "-",
-            _bytes(lr.get("bytes_in")) + "/s" if "bytes_in" in lr and "bytes_in" in lk else "-",
-            _rate(lr.get("frames_out")) if "frames_out" in lr else "-",
-            str(lk.get("dropped_frames", 0)),
-            "-" if gaps is None else str(gaps),
-        )
+    lt = links_table(st, link_rates)
     parts: list[Any] = [head, nt, lt]
     if show_topology:
         topo = topology_from_status(st)
@@ -136,7 +155,9 @@ def _get(st: dict[str, Any], where: tuple[str, str]) -> float:
     return float((st.get(where[0]) or {}).get(where[1]) or 0)
 
 
-async def run_hud(client: Any, console: Any, iterations: int = 0, show_topology: bool = True) -> None:
+async def run_hud(
+    client: Any, console: Any, iterations: int = 0, show_topology: bool = True, interval: float = 1.0
+) -> None:
     from rich.live import Live
 
     prev: dict[str, float] | None = None
@@ -166,4 +187,4 @@ async def run_hud(client: Any, console: Any, iterations: int = 0, show_topology:
             n += 1
             if iterations and n >= iterations:
                 return
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(interval)

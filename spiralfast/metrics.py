@@ -226,8 +226,8 @@ class MeshCollector(Collector):
         yield GaugeMetricFamily(f"{p}_state_version", "This node's state version (local changes).",
                                 value=_num(sync.get("state_version")))
         yield counter("state_repairs_total", "Anti-entropy repairs this node asked for.", sync.get("repairs"))
-        in_sync = GaugeMetricFamily(f"{p}_state_in_sync", "1 when the state is in sync with the peers.")
-        in_sync.add_metric([], 1.0 if sync.get("sync_status") == "in_sync" else 0.0)
+        in_sync = GaugeMetricFamily(f"{p}_state_in_sync", "1 when the state is in sync with the peers (status synced).")
+        in_sync.add_metric([], 1.0 if sync.get("sync_status") == "synced" else 0.0)
         yield in_sync
 
         hist = getattr(mesh, "latency", None)

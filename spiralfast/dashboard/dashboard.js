@@ -168,7 +168,8 @@
   function renderSync(s) {
     const y = s.sync || {};
     setText("sync-status", y.sync_status || "–");
-    $("sync-status").className = y.sync_status === "in_sync" ? "st-active" : "st-degraded";
+    $("sync-status").className = y.sync_status === "synced" ? "st-active"
+      : (y.sync_status === "error" || y.sync_status === "conflict" ? "st-offline" : "st-degraded");
     setText("sync-version", y.state_version === undefined ? "–" : y.state_version);
     setText("sync-total", y.total_items === undefined ? "–" : y.total_items);
     setText("sync-last", y.last_sync ? fmtTime(y.last_sync) : "never");
