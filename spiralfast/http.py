@@ -128,6 +128,15 @@ class HttpEndpoints:
     # -- routing --------------------------------------------------------------------
 
     def respond(self, request: Any) -> Any:
+        out = self._route(request)
+        if getattr(request, "method", b"GET") == b"HEAD":
+            resp = out.response
+            if resp.body:  # HEAD: the GET answer's headers, without its body
+                resp.headers["Content-Length"] = str(len(resp.body))
+                resp.body = None
+        return out
+
+    def _route(self, request: Any) -> Any:
         path, query = _split_target(request.path)
         core = self.core
         if path in STATIC:

@@ -120,6 +120,22 @@ def _raw(port: int, request: bytes) -> bytes:
         return out
 
 
+def test_head_answers_headers_only() -> None:
+    """What http.py does with a HEAD once the transport lets one through."""
+    from types import SimpleNamespace
+
+    from multidict import CIMultiDict
+
+    from spiralfast.http import HttpEndpoints
+
+    h = HttpEndpoints(MeshCore(cfg("h-head")))
+    head = h.respond(SimpleNamespace(method=b"HEAD", path=b"/health", headers=CIMultiDict())).response
+    get_ = h.respond(SimpleNamespace(method=b"GET", path=b"/health", headers=CIMultiDict())).response
+    assert head.status == 200 and head.body is None
+    assert head.headers["Content-Length"] == str(len(get_.body))
+    assert bytes(head.to_bytes()).endswith(b"\r\n\r\n")
+
+
 @pytest.mark.xfail(strict=True, reason="picows refuses HEAD before the listener factory runs: "
                                        "needs a pre-parser in links/ws.py (see the issue 15 report)")
 async def test_head_health_is_not_400(open_node: MeshCore) -> None:
