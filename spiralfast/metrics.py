@@ -35,6 +35,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 OTHER_PEER = "_other"
+#: Task types that get their own ``type`` label (sorted by name; the rest are left out).
+MAX_TYPE_LABELS = 64
 
 PREFIX = "spiralfast"
 
@@ -136,7 +138,6 @@ class MeshCollector(Collector):
         dropped = CounterMetricFamily(f"{p}_events_dropped_total", "Events dropped, by reason.", labels=["reason"])
         reasons = {
             "queue_full": c.get("dropped_events"),
-            "duplicate": router.get("duplicates"),
             "unroutable": router.get("unroutable"),
             "slow_peer": sum(_num(lk.get("dropped_frames")) for lk in links),
             "bus_dropped": bus.get("dropped"),
@@ -150,6 +151,12 @@ class MeshCollector(Collector):
         for reason, v in reasons.items():
             dropped.add_metric([reason], _num(v))
         yield dropped
+
+        yield counter("duplicates_total", "Messages that arrived again by another path (deduplicated, not delivered twice).",
+                      router.get("duplicates"))
+        if "rate_limited" in c:
+            yield counter("rate_limited_total", "Times a peer or observer went over its rate limit.",
+                          c.get("rate_limited"))
 
         lost = c.get("events_lost", c.get("lost", 0))
         delivery = st.get("delivery")
@@ -230,6 +237,9 @@ class MeshCollector(Collector):
         in_sync.add_metric([], 1.0 if sync.get("sync_status") == "synced" else 0.0)
         yield in_sync
 
+        yield from _task_metrics(st.get("tasks"))
+        yield from _persistence_metrics(st.get("persistence"))
+
         hist = getattr(mesh, "latency", None)
         h = HistogramMetricFamily(f"{p}_event_latency_seconds",
                                   f"Origin timestamp to delivery, sampled (1 event in {LATENCY_SAMPLE_EVERY}).")
@@ -243,6 +253,59 @@ class MeshCollector(Collector):
         info = GaugeMetricFamily(f"{p}_build_info", "Build of this node (value 1).", labels=["version", "compiled"])
         info.add_metric([__version__, "true" if self.compiled else "false"], 1.0)
         yield info
+
+
+def _bounded_types(d: Any) -> list[tuple[str, dict[str, Any]]]:
+    if not isinstance(d, dict):
+        return []
+    items = [(str(k), v) for k, v in d.items() if isinstance(v, dict)]
+    return sorted(items)[:MAX_TYPE_LABELS]
+
+
+def _task_metrics(tasks: Any) -> Iterator[Metric]:
+    """Tasks this node serves (``offered``) and submits (``submitted``), per task type."""
+    p = PREFIX
+    if not isinstance(tasks, dict):
+        tasks = {}
+    served = CounterMetricFamily(f"{p}_tasks_served_total", "Tasks this node ran, by type and outcome.",
+                                 labels=["type", "outcome"])
+    running = GaugeMetricFamily(f"{p}_tasks_running", "Tasks running on this node, by type.", labels=["type"])
+    queued = GaugeMetricFamily(f"{p}_tasks_queued", "Tasks queued on this node, by type.", labels=["type"])
+    for t, o in _bounded_types(tasks.get("offered")):
+        served.add_metric([t, "done"], _num(o.get("done")))
+        served.add_metric([t, "failed"], _num(o.get("failed")))
+        running.add_metric([t], _num(o.get("running")))
+        queued.add_metric([t], _num(o.get("queued")))
+    submitted = CounterMetricFamily(f"{p}_tasks_submitted_total", "Tasks this node submitted, by type.",
+                                    labels=["type"])
+    finished = CounterMetricFamily(f"{p}_tasks_finished_total", "Tasks this node submitted that finished, by outcome.",
+                                   labels=["type", "outcome"])
+    retried = CounterMetricFamily(f"{p}_tasks_retried_total", "Task retries, by type.", labels=["type"])
+    inflight = GaugeMetricFamily(f"{p}_tasks_in_flight", "Submitted tasks not finished yet, by type.", labels=["type"])
+    for t, sub in _bounded_types(tasks.get("submitted")):
+        submitted.add_metric([t], _num(sub.get("submitted")))
+        for outcome, key in (("done", "done"), ("failed", "failed"), ("timeout", "timeouts")):
+            finished.add_metric([t, outcome], _num(sub.get(key)))
+        retried.add_metric([t], _num(sub.get("retried")))
+        inflight.add_metric([t], _num(sub.get("in_flight")) + _num(sub.get("waiting")))
+    yield from (served, running, queued, submitted, finished, retried, inflight)
+
+
+def _persistence_metrics(pers: Any) -> Iterator[Metric]:
+    """The event log's figures, when persistence is on."""
+    if not isinstance(pers, dict):
+        return
+    p = PREFIX
+    yield CounterMetricFamily(f"{p}_persist_written_total", "Events written to the store.",
+                              value=_num(pers.get("written")))
+    yield CounterMetricFamily(f"{p}_persist_dropped_total", "Events the store could not take.",
+                              value=_num(pers.get("dropped")))
+    yield GaugeMetricFamily(f"{p}_persist_pending", "Events waiting to be written.", value=_num(pers.get("pending")))
+    yield CounterMetricFamily(f"{p}_persist_stall_seconds_total", "Seconds the writer held back the node.",
+                              value=_num(pers.get("stall_seconds")))
+    up = GaugeMetricFamily(f"{p}_persist_ok", "1 while the store works (0 after an error).")
+    up.add_metric([], 0.0 if pers.get("error") else 1.0)
+    yield up
 
 
 def registry_for(mesh: MeshCore) -> CollectorRegistry:

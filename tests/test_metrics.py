@@ -13,7 +13,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.metrics import MAX_PEER_LABELS, OTHER_PEER, LatencyHistogram, bounded_peers
+from spiralfast.metrics import (
+    MAX_PEER_LABELS,
+    OTHER_PEER,
+    LatencyHistogram,
+    _persistence_metrics,
+    _task_metrics,
+    bounded_peers,
+)
 
 from .conftest import wait_for
 
@@ -109,8 +116,9 @@ async def test_metrics_parse_and_move(pair: tuple[MeshCore, MeshCore]) -> None:
     info = [k for k in before_a if k[0] == "spiralfast_build_info"]
     assert len(info) == 1 and dict(info[0][1])["compiled"] in ("true", "false")
     assert val(before_a, "spiralfast_uptime_seconds") > 0
-    for reason in ("queue_full", "duplicate", "unroutable", "slow_peer"):
+    for reason in ("queue_full", "unroutable", "slow_peer"):
         assert val(before_a, "spiralfast_events_dropped_total", reason=reason) == 0
+    assert val(before_a, "spiralfast_duplicates_total") >= 0
 
     n = 500
     for i in range(n):
@@ -167,3 +175,23 @@ def test_latency_histogram() -> None:
         h.observe(s)
     assert h.cumulative() == [("0.001", 2.0), ("0.01", 4.0), ("0.1", 5.0), ("+Inf", 6.0)]
     assert h.count == 6 and abs(h.sum - 3.0545) < 1e-9
+
+
+def test_task_and_persistence_metrics() -> None:
+    tasks = {
+        "offered": {"resize": {"capacity": 4, "running": 2, "queued": 1, "done": 10, "failed": 1, "p50_ms": 1.0,
+                               "p99_ms": 3.0}},
+        "submitted": {"resize": {"submitted": 12, "in_flight": 1, "waiting": 1, "done": 9, "failed": 1, "retried": 2,
+                                 "timeouts": 0, "p50_ms": 1.0, "p99_ms": 4.0}},
+        "nodes": {}, "late_replies": 0,
+    }
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in _task_metrics(tasks) for s in f.samples}
+    assert got[("spiralfast_tasks_served_total", (("outcome", "done"), ("type", "resize")))] == 10
+    assert got[("spiralfast_tasks_running", (("type", "resize"),))] == 2
+    assert got[("spiralfast_tasks_submitted_total", (("type", "resize"),))] == 12
+    assert got[("spiralfast_tasks_in_flight", (("type", "resize"),))] == 2
+    assert got[("spiralfast_tasks_finished_total", (("outcome", "timeout"), ("type", "resize")))] == 0
+    assert list(_persistence_metrics(None)) == []
+    pers = {"written": 5, "dropped": 0, "pending": 2, "stall_seconds": 0.5, "error": None}
+    names = {s.name: s.value for f in _persistence_metrics(pers) for s in f.samples}
+    assert names["spiralfast_persist_written_total"] == 5 and names["spiralfast_persist_ok"] == 1

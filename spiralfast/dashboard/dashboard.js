@@ -177,19 +177,25 @@
   }
 
   function renderServices(s) {
-    const tasks = s.tasks && typeof s.tasks === "object" ? s.tasks : null;
+    const tasks = s.tasks && typeof s.tasks === "object" ? s.tasks : {};
     const pers = s.persistence && typeof s.persistence === "object" ? s.persistence : null;
-    const card = $("services-card");
-    card.hidden = !(tasks && Object.keys(tasks).length) && !pers;
-    if (card.hidden) return;
     const rows = [];
-    for (const [t, v] of Object.entries(tasks || {})) {
-      if (v && typeof v === "object") {
-        rows.push(row([t, { text: String(v.in_flight ?? v.running ?? "–"), cls: "r" },
-          { text: String(v.done ?? v.completed ?? "–"), cls: "r" }, { text: String(v.failed ?? "–"), cls: "r" }]));
-      }
+    const num = (v) => (v === null || v === undefined ? "–" : String(v));
+    for (const [t, o] of Object.entries(tasks.offered || {})) {
+      rows.push(row([t, "serves", { text: num(o.running), cls: "r" }, { text: num(o.done), cls: "r" },
+        { text: num(o.failed), cls: "r" }, { text: o.p99_ms === null || o.p99_ms === undefined ? "–" : o.p99_ms.toFixed(1), cls: "r" }],
+        { "data-task": t }));
     }
+    for (const [t, o] of Object.entries(tasks.submitted || {})) {
+      rows.push(row([t, "submits", { text: num((o.in_flight || 0) + (o.waiting || 0)), cls: "r" }, { text: num(o.done), cls: "r" },
+        { text: num(o.failed), cls: "r" }, { text: o.p99_ms === null || o.p99_ms === undefined ? "–" : o.p99_ms.toFixed(1), cls: "r" }],
+        { "data-task": t }));
+    }
+    const card = $("services-card");
+    card.hidden = !rows.length && !pers;
+    if (card.hidden) return;
     fill($("tasks"), rows);
+    $("tasks").closest("table").hidden = !rows.length;
     const dl = $("persistence");
     dl.replaceChildren();
     for (const [k, v] of Object.entries(pers || {})) {
