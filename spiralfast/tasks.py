@@ -68,6 +68,8 @@ OK, FAILED, REFUSED = 0, 1, 2
 #: Items per task or result event (bounded so one event stays far below the
 #: message size limit for small payloads; a batch that still does not fit is split).
 MAX_BATCH = 512
+#: Tasks ``map`` starts before it lets the loop run (so they leave while it goes on).
+MAP_BURST = 32
 #: Latency samples kept per task type for p50/p99.
 LATENCY_SAMPLES = 4096
 #: Capacity assumed for a node that lists a task type as a capability but whose
@@ -79,6 +81,8 @@ MIN_TICK = 0.01
 MAX_TICK = 0.05
 
 _perf = time.perf_counter
+#: Result types that are never awaitable (skips ``inspect.isawaitable``).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict})
 
 
 class _Offer:
@@ -121,22 +125,31 @@ class _Target:
 
 
 class _Pending:
-    """One submitted task until its result reaches the caller."""
+    """One submitted task until its result reaches the caller.
 
-    __slots__ = ("tid", "ttype", "payload", "fut", "target", "attempts", "timeout", "deadline", "t0", "pinned")
+    ``state`` is 0 while it runs, 1 once ``value`` holds its result, 2 once ``value``
+    holds its exception.  ``fut`` exists only while someone awaits it (``map`` keeps
+    finished tasks without a future until their turn).
+    """
 
-    def __init__(self, tid: int, ttype: str, payload: Any, fut: asyncio.Future[Any], retries: int,
-                 timeout: float, pinned: str | None) -> None:
+    __slots__ = ("tid", "ttype", "payload", "fut", "target", "attempts", "timeout", "deadline", "t0", "pinned",
+                 "stats", "state", "value")
+
+    def __init__(self, tid: int, ttype: str, payload: Any, stats: _Stats, retries: int, timeout: float,
+                 pinned: str | None) -> None:
         self.tid = tid
         self.ttype = ttype
         self.payload = payload
-        self.fut = fut
+        self.stats = stats
+        self.fut: asyncio.Future[Any] | None = None
         self.target: _Target | None = None
         self.attempts = retries  # retries left
         self.timeout = timeout
-        self.t0 = _perf()
-        self.deadline = self.t0 + timeout
+        self.t0 = t0 = _perf()
+        self.deadline = t0 + timeout
         self.pinned = pinned
+        self.state = 0
+        self.value: Any = None
 
 
 class _Stats:
@@ -177,9 +190,11 @@ class TaskManager:
         self._stats: dict[str, _Stats] = {}
         self._seq = 0
         self._late = 0
-        self._out: dict[str, list[list[Any]]] = {}  # node -> tasks to send
-        self._results: dict[str, list[list[Any]]] = {}  # node -> results to send
-        self._hello: set[str] = set()  # nodes that get our load advert directly
+        # node -> task type -> (ids, payloads) to send
+        self._out: dict[str, dict[str, tuple[list[int], list[Any]]]] = {}
+        # node -> (ids, values, failures) to send back
+        self._results: dict[str, tuple[list[int], list[Any], list[list[Any]]]] = {}
+        self._hello: dict[str, bool] = {}  # nodes that get our load advert directly -> ask back
         self._advert_now = False
         self._wake = asyncio.Event()
         self._drain_scheduled = False
@@ -189,6 +204,7 @@ class TaskManager:
         self._last_advert: dict[str, list[int]] | None = None
         self._last_advert_t = 0.0
         self._started = False
+        self._loop: Any = None  # the running loop, from start()
 
     # -- serving ---------------------------------------------------------------------
 
@@ -256,11 +272,15 @@ class TaskManager:
         :raises TaskTimeout: no result within ``timeout`` on the last attempt.
         """
         p = self._start(task_type, payload, timeout, retries, target_node)
-        try:
-            return await p.fut
-        except asyncio.CancelledError:
-            self._abandon(p)
-            raise
+        if p.state == 0:
+            try:
+                await self._wait(p)
+            except asyncio.CancelledError:
+                self._abandon(p)
+                raise
+        if p.state == 2:
+            raise p.value
+        return p.value
 
     def map(self, task_type: str, payloads: Iterable[Any], *, concurrency: int = 256, timeout: float = 30.0,
             retries: int = 2) -> AsyncIterator[Any]:
@@ -278,16 +298,44 @@ class TaskManager:
                    retries: int) -> AsyncIterator[Any]:
         window: deque[_Pending] = deque()
         start = self._start
+        burst = 0
+        p: _Pending | None = None
         try:
             for payload in payloads:
                 window.append(start(task_type, payload, timeout, retries, None))
+                burst += 1
+                if burst >= MAP_BURST:
+                    # let this burst leave while the next is prepared (pipelining:
+                    # a whole window sent at once makes both sides work in turns)
+                    burst = 0
+                    await asyncio.sleep(0)
                 if len(window) >= concurrency:
-                    yield await window.popleft().fut
+                    p = window.popleft()
+                    if p.state == 0:
+                        burst = 0
+                        await self._wait(p)
+                    if p.state == 2:
+                        raise p.value
+                    yield p.value
+                    p = None
             while window:
-                yield await window.popleft().fut
+                p = window.popleft()
+                if p.state == 0:
+                    await self._wait(p)
+                if p.state == 2:
+                    raise p.value
+                yield p.value
+                p = None
         finally:
+            if p is not None:
+                self._abandon(p)
             for p in window:
                 self._abandon(p)
+
+    async def _wait(self, p: _Pending) -> None:
+        """Until ``p`` has its result or exception (``p.state`` != 0)."""
+        p.fut = self._loop.create_future()
+        await p.fut
 
     def _start(self, ttype: str, payload: Any, timeout: float, retries: int, pinned: str | None) -> _Pending:
         if not self._started:
@@ -296,16 +344,15 @@ class TaskManager:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
-        if not self._has_candidates(ttype, pinned, ()):
+        if (pinned is not None or ttype not in self._cands) and not self._has_candidates(ttype, pinned, ()):
             where = f"node {pinned}" if pinned else "no node of the mesh"
             raise NoNodeForTask(f"{where} serves task type {ttype!r}")
-        self._seq += 1
-        p = _Pending(self._seq, ttype, payload, asyncio.get_running_loop().create_future(), retries, timeout, pinned)
-        self._pending[p.tid] = p
         st = self._stats.get(ttype)
         if st is None:
             st = self._stats[ttype] = _Stats()
         st.submitted += 1
+        self._seq = tid = self._seq + 1
+        p = self._pending[tid] = _Pending(tid, ttype, payload, st, retries, timeout, pinned)
         self._dispatch(p, ())
         return p
 
@@ -314,10 +361,12 @@ class TaskManager:
         if self._pending.get(p.tid) is p:
             del self._pending[p.tid]
             self._release(p)
-        if p.fut.done() and not p.fut.cancelled():
-            p.fut.exception()  # retrieved: no "never retrieved" warning
-        else:
-            p.fut.cancel()
+        fut = p.fut
+        if fut is not None:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: no "never retrieved" warning
+            else:
+                fut.cancel()
 
     # -- choosing a node -------------------------------------------------------------
 
@@ -371,7 +420,8 @@ class TaskManager:
         n = len(cands)
         if n == 1:
             t = cands[0]
-            return t if t.load() < t.capacity else None
+            o = t.offer
+            return t if (o.load if o is not None else t.mine + t.others) < t.capacity else None
         if n == 2:
             a, b = cands
         else:
@@ -413,9 +463,13 @@ class TaskManager:
             return
         out = self._out.get(node)
         if out is None:
-            out = self._out[node] = []
+            out = self._out[node] = {}
             self._wake.set()
-        out.append([p.tid, p.ttype, p.payload])
+        group = out.get(p.ttype)
+        if group is None:
+            group = out[p.ttype] = ([], [])
+        group[0].append(p.tid)
+        group[1].append(p.payload)
 
     def _release(self, p: _Pending) -> None:
         t = p.target
@@ -461,12 +515,15 @@ class TaskManager:
         if self._pending.get(p.tid) is p:
             del self._pending[p.tid]
         self._release(p)
-        st = self._stats[p.ttype]
+        st = p.stats
         if isinstance(exc, TaskTimeout):
             st.timeouts += 1
         st.failed += 1
-        if not p.fut.done():
-            p.fut.set_exception(exc)
+        if p.state == 0:
+            p.state, p.value = 2, exc
+            fut = p.fut
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def _accept(self, src: str, tid: int, status: int, value: Any) -> None:
         p = self._pending.get(tid)
@@ -487,27 +544,27 @@ class TaskManager:
             t.mine -= 1
             if self._waiting:
                 self._schedule_drain()
-        st = self._stats[p.ttype]
-        fut = p.fut
+        st = p.stats
         if status == OK:
             st.done += 1
             st.latency.append(_perf() - p.t0)
-            if not fut.done():
-                fut.set_result(value)
+            p.state, p.value = 1, value
         else:
             st.failed += 1
             try:
                 tn, msg = str(value[0]), str(value[1])
             except (TypeError, IndexError, KeyError):
                 tn, msg = "TaskError", repr(value)
-            if not fut.done():
-                fut.set_exception(TaskError(tn, msg, task_type=p.ttype, node_id=src))
+            p.state, p.value = 2, TaskError(tn, msg, task_type=p.ttype, node_id=src)
+        fut = p.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def _retry(self, p: _Pending, why: str) -> None:
         """Another attempt for ``p`` after a timeout or a lost worker."""
         old = p.target.node if p.target is not None else None
         self._release(p)
-        st = self._stats[p.ttype]
+        st = p.stats
         if p.attempts <= 0:
             if why == "timeout":
                 self._finish_exc(p, TaskTimeout(
@@ -548,7 +605,7 @@ class TaskManager:
             o.failed += 1
             self._reply(src, tid, FAILED, [type(exc).__name__, str(exc)])
             return
-        if r is not None and inspect.isawaitable(r):  # a plain function returning an awaitable
+        if r.__class__ not in _PLAIN and inspect.isawaitable(r):  # a plain function returning an awaitable
             o.by_src[src] = o.by_src.get(src, 0) + 1
             o.running += 1
             self._spawn_worker(o, ttype, src, tid, None, r)
@@ -594,11 +651,15 @@ class TaskManager:
         if src == self.mesh.node_id:
             self._accept(src, tid, status, value)
             return
-        lst = self._results.get(src)
-        if lst is None:
-            lst = self._results[src] = []
+        buf = self._results.get(src)
+        if buf is None:
+            buf = self._results[src] = ([], [], [])
             self._wake.set()
-        lst.append([tid, status, value])
+        if status == OK:
+            buf[0].append(tid)
+            buf[1].append(value)
+        else:
+            buf[2].append([tid, status, value])
 
     def _load_for(self, src: str) -> dict[str, list[int]]:
         return {k: [o.capacity, o.load, o.by_src.get(src, 0)] for k, o in self._offers.items()}
@@ -610,17 +671,46 @@ class TaskManager:
 
     def _on_task_env(self, env: dict[str, Any]) -> None:
         src = env.get("source_node")
-        items = env.get("data")
-        if not isinstance(src, str) or not isinstance(items, list):
+        data = env.get("data")
+        try:
+            ttype, ids, payloads = data  # type: ignore[misc]
+            if not isinstance(src, str) or len(ids) != len(payloads) or src == self.mesh.node_id:
+                raise ValueError(data)
+        except (TypeError, ValueError):
+            log.warning("malformed task batch from %s", src)
             return
-        run = self._run
-        for item in items:
+        o = self._offers.get(ttype)
+        if o is None or o.is_async:
+            for tid, payload in zip(ids, payloads, strict=True):
+                self._run(src, tid, ttype, payload)
+            return
+        out = None
+        for tid, payload in zip(ids, payloads, strict=True):
+            # a plain handler: run it now (the common, fast case inlined)
+            sample = not o.done & 15
+            if sample:
+                t0 = _perf()
             try:
-                tid, ttype, payload = item
-            except (TypeError, ValueError):
-                log.warning("malformed task item from %s", src)
+                r = o.handler(payload)
+            except Exception as exc:
+                o.failed += 1
+                self._reply(src, tid, FAILED, [type(exc).__name__, str(exc)])
                 continue
-            run(src, tid, ttype, payload)
+            if r.__class__ not in _PLAIN and inspect.isawaitable(r):
+                o.by_src[src] = o.by_src.get(src, 0) + 1
+                o.running += 1
+                self._spawn_worker(o, ttype, src, tid, None, r)
+                continue
+            if sample:
+                o.latency.append(_perf() - t0)
+            o.done += 1
+            if out is None:
+                out = self._results.get(src)
+                if out is None:
+                    out = self._results[src] = ([], [], [])
+                    self._wake.set()
+            out[0].append(tid)
+            out[1].append(r)
 
     def _on_result_env(self, env: dict[str, Any]) -> None:
         src = env.get("source_node")
@@ -635,14 +725,42 @@ class TaskManager:
                 except (TypeError, ValueError, IndexError):
                     continue
                 self._update_target(src, ttype, cap, max(0, load - yours))
-        accept = self._accept
-        for item in data.get("r") or ():
+        pending = self._pending
+        now = _perf()
+        freed = False
+        for item in data.get("x") or ():  # failures and refusals
             try:
                 tid, status, value = item
             except (TypeError, ValueError):
                 continue
-            accept(src, tid, status, value)
-        if self._waiting:
+            self._accept(src, tid, status, value)
+        ids = data.get("i") or ()
+        values = data.get("v") or ()
+        if len(ids) != len(values):
+            return
+        for tid, value in zip(ids, values, strict=True):
+            p = pending.get(tid)
+            if p is None:
+                self._late += 1
+                continue
+            t = p.target
+            if t is None or t.node != src:
+                self._accept(src, tid, OK, value)
+                continue
+            # the common case inlined: a result from the node the task is at
+            del pending[tid]
+            p.target = None
+            t.mine -= 1
+            freed = True
+            st = p.stats
+            st.done += 1
+            st.latency.append(now - p.t0)
+            p.state = 1
+            p.value = value
+            fut = p.fut
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if freed and self._waiting:
             self._schedule_drain()
 
     def _on_load_env(self, env: dict[str, Any]) -> None:
@@ -653,6 +771,9 @@ class TaskManager:
         offers = data.get("o")
         if not isinstance(offers, dict):
             return
+        if data.get("ask"):
+            self._hello.setdefault(src, False)
+            self._wake.set()
         for ttype, v in offers.items():
             try:
                 cap, load = int(v[0]), int(v[1])
@@ -696,7 +817,7 @@ class TaskManager:
     def _on_node_register(self, env: dict[str, Any]) -> None:
         nid = env.get("source_node")
         if isinstance(nid, str) and nid != self.mesh.node_id and self._offers:
-            self._hello.add(nid)
+            self._hello.setdefault(nid, False)
             self._wake.set()
 
     def _on_node_unregister(self, env: dict[str, Any]) -> None:
@@ -707,11 +828,10 @@ class TaskManager:
         if isinstance(nid, str) and nid != self.mesh.node_id:
             self._node_lost(nid, "left the mesh")
 
-    def _node_lost(self, nid: str, why: str, keep_targets: bool = False) -> None:
-        if not keep_targets:
-            for ttype in [k for k, tmap in self._targets.items() if nid in tmap]:
-                self._drop_target(nid, ttype)
-            self._refused = {r for r in self._refused if r[0] != nid}
+    def _node_lost(self, nid: str, why: str) -> None:
+        for ttype in [k for k, tmap in self._targets.items() if nid in tmap]:
+            self._drop_target(nid, ttype)
+        self._refused = {r for r in self._refused if r[0] != nid}
         lost = [p for p in self._pending.values() if p.target is not None and p.target.node == nid]
         if lost:
             log.info("node %s %s: %d task(s) go elsewhere", nid, why, len(lost))
@@ -732,57 +852,81 @@ class TaskManager:
             wake.clear()
             if self._results:
                 results, self._results = self._results, {}
-                for node, items in results.items():
+                for node, (ids, values, errs) in results.items():
                     if node in mesh.nodes:
-                        await self._send(node, RESULT_EVENT, items, self._load_for(node))
+                        await self._send_results(node, ids, values, errs)
             if self._out:
                 out, self._out = self._out, {}
-                for node, items in out.items():
-                    if node in mesh.nodes:
-                        await self._send(node, TASK_EVENT, items, None)
-                    else:
-                        self._unsent(node, items, "is not in the mesh")
+                for node, groups in out.items():
+                    for ttype, (ids, payloads) in groups.items():
+                        if node in mesh.nodes:
+                            await self._send_tasks(node, ttype, ids, payloads)
+                        else:
+                            self._unsent(node, ids, "is not in the mesh")
             if self._advert_now:
                 self._advert_now = False
                 await self._broadcast_advert()
             if self._hello:
-                hello, self._hello = self._hello, set()
-                for node in hello:
+                hello, self._hello = self._hello, {}
+                for node, ask in hello.items():
                     if node in mesh.nodes:
-                        await mesh.send_to_node(node, LOAD_EVENT, {"o": self._advert()})
+                        msg: dict[str, Any] = {"o": self._advert()}
+                        if ask:
+                            msg["ask"] = 1
+                        await mesh.send_to_node(node, LOAD_EVENT, msg)
 
-    def _unsent(self, node: str, items: list[list[Any]], why: str) -> None:
-        for item in items:
-            p = self._pending.get(item[0])
+    def _unsent(self, node: str, ids: list[int], why: str) -> None:
+        for tid in ids:
+            p = self._pending.get(tid)
             if p is not None and p.target is not None and p.target.node == node:
                 self._retry(p, why)
 
-    async def _send(self, node: str, etype: str, items: list[list[Any]], loads: dict[str, Any] | None) -> None:
-        for i in range(0, len(items), MAX_BATCH):
-            chunk = items[i : i + MAX_BATCH]
-            data: Any = chunk if loads is None else {"r": chunk, "l": loads}
+    async def _send_tasks(self, node: str, ttype: str, ids: list[int], payloads: list[Any]) -> None:
+        """``[task type, ids, payloads]`` events, at most MAX_BATCH tasks each."""
+        for i in range(0, len(ids), MAX_BATCH):
+            cids, cpay = ids[i : i + MAX_BATCH], payloads[i : i + MAX_BATCH]
             try:
-                ok = await self.mesh.send_to_node(node, etype, data)
+                ok = await self.mesh.send_to_node(node, TASK_EVENT, [ttype, cids, cpay])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # an unencodable payload or result, or a batch too large
-                if len(chunk) > 1:
-                    for item in chunk:
-                        await self._send(node, etype, [item], loads)
+            except Exception as exc:  # an unencodable payload, or a batch too large
+                if len(cids) > 1:
+                    for tid, pl in zip(cids, cpay, strict=True):
+                        await self._send_tasks(node, ttype, [tid], [pl])
                 else:
-                    self._unencodable(node, etype, chunk[0], exc)
+                    p = self._pending.get(cids[0])
+                    if p is not None:
+                        self._finish_exc(p, TaskError(type(exc).__name__, f"payload not sendable: {exc}",
+                                                      task_type=ttype))
                 continue
-            if not ok and etype == TASK_EVENT:
-                self._unsent(node, chunk, "is unreachable")
+            if not ok:
+                self._unsent(node, cids, "is unreachable")
 
-    def _unencodable(self, node: str, etype: str, item: list[Any], exc: Exception) -> None:
-        if etype == TASK_EVENT:
-            p = self._pending.get(item[0])
-            if p is not None:
-                self._finish_exc(p, TaskError(type(exc).__name__, f"payload not sendable: {exc}", task_type=p.ttype))
-        else:
-            err = [type(exc).__name__, f"result not sendable: {exc}"]
-            asyncio.get_running_loop().call_soon(self._reply, node, item[0], FAILED, err)
+    async def _send_results(self, node: str, ids: list[int], values: list[Any], errs: list[list[Any]]) -> None:
+        """``{"i": ids, "v": values, "x": failures, "l": load}`` events, at most
+        MAX_BATCH results each; a result that cannot be sent becomes a failure."""
+        loads = self._load_for(node)
+        for i in range(0, max(len(ids), 1), MAX_BATCH):
+            cids, cval = ids[i : i + MAX_BATCH], values[i : i + MAX_BATCH]
+            data: dict[str, Any] = {"i": cids, "v": cval, "l": loads}
+            if errs and i == 0:
+                data["x"] = errs
+            try:
+                await self.mesh.send_to_node(node, RESULT_EVENT, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an unencodable result, or a batch too large
+                if len(cids) + (len(errs) if i == 0 else 0) > 1:
+                    if i == 0:
+                        for e in errs:
+                            await self._send_results(node, [], [], [e])
+                    for tid, v in zip(cids, cval, strict=True):
+                        await self._send_results(node, [tid], [v], [])
+                elif cids:
+                    err = [type(exc).__name__, f"result not sendable: {exc}"]
+                    await self._send_results(node, [], [], [[cids[0], FAILED, err]])
+                else:
+                    log.error("task failure report for %s not sendable: %s", node, exc)
 
     async def _broadcast_advert(self) -> None:
         adv = self._advert()
@@ -836,12 +980,14 @@ class TaskManager:
         except Exception:
             return
         gone = self._linked - now
+        new = now - self._linked
         self._linked = now
-        for nid in gone:
-            if nid in self.mesh.nodes and any(
-                p.target is not None and p.target.node == nid for p in self._pending.values()
-            ):
-                self._node_lost(nid, "lost its link", keep_targets=True)
+        for nid in gone:  # not chosen until its link is back and it advertised again
+            if nid in self.mesh.nodes:
+                self._node_lost(nid, "lost its link")
+        for nid in new:  # (re)connected: ask for its offers (a reconnect sends no node_register)
+            self._hello[nid] = True
+            self._wake.set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -857,6 +1003,7 @@ class TaskManager:
             if h not in self.mesh.event_handlers.get(etype, ()):
                 self.mesh.register_event_handler(etype, h)
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._started = True
         self._loop_tasks = [asyncio.ensure_future(self._outbox()), asyncio.ensure_future(self._housekeeping())]
         me = self.mesh.node_id
