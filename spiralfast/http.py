@@ -68,6 +68,8 @@ LIVE_HISTORY = 60
 #: Live feed: most clients at once, seconds a client has to authenticate, largest
 #: message a client may send, and the send buffer beyond which a slow client skips a tick.
 LIVE_MAX_CLIENTS = 64
+#: ... of which at most this many may be waiting to authenticate (oldest dropped first).
+LIVE_MAX_PENDING = 8
 LIVE_AUTH_TIMEOUT = 10.0
 LIVE_MAX_MESSAGE = 4096
 LIVE_MAX_BUFFERED = 4 * 1024 * 1024
@@ -128,7 +130,11 @@ class HttpEndpoints:
     # -- routing --------------------------------------------------------------------
 
     def respond(self, request: Any) -> Any:
-        out = self._route(request)
+        try:
+            out = self._route(request)
+        except Exception:
+            self.live.errlog(("http-error",), logging.ERROR, "HTTP %r failed", request.path, exc_info=True)
+            return self._json({"error": "internal error"}, 500)
         if getattr(request, "method", b"GET") == b"HEAD":
             resp = out.response
             if resp.body:  # HEAD: the GET answer's headers, without its body
@@ -281,6 +287,9 @@ class LiveFeed:
             body = orjson.dumps({"error": "/live is a WebSocket endpoint"})
             resp = WSUpgradeResponse.create_error_response(400, body, {"Content-Type": "application/json"})
             return WSUpgradeResponseWithListener(resp, None)
+        if len(self.pending) >= LIVE_MAX_PENDING:
+            oldest = min(self.pending, key=lambda c: c.since)  # unauthenticated: the oldest goes first
+            oldest.close("too many unauthenticated dashboard connections")
         if len(self.clients) + len(self.pending) >= LIVE_MAX_CLIENTS:
             body = orjson.dumps({"error": "too many dashboard connections"})
             resp = WSUpgradeResponse.create_error_response(503, body, {"Content-Type": "application/json"})
@@ -449,6 +458,7 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
         self.feed = feed
         self.transport: Any = None
         self.admitted = False
+        self.since = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: Any) -> None:

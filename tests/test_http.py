@@ -208,3 +208,23 @@ async def test_live_clients_closed_when_node_stops() -> None:
     await a.stop()
     await wait_for(lambda: lst.closed, timeout=5)
 
+
+
+async def test_live_unauthenticated_connections_are_capped(locked_node: MeshCore) -> None:
+    from spiralfast.http import LIVE_MAX_PENDING
+
+    conns = []
+    try:
+        for _ in range(LIVE_MAX_PENDING + 3):
+            tr, lst = await _live(locked_node)
+            await wait_for(lambda lst=lst: bool(lst.msgs), timeout=5)
+            conns.append((tr, lst))
+        # the oldest unauthenticated ones were dropped; the newest wait for their token
+        await wait_for(lambda: sum(lst.closed for _, lst in conns) == 3, timeout=5)
+        assert [lst.closed for _, lst in conns[:3]] == [True] * 3
+        tr, lst = conns[-1]
+        tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": TOKEN}))
+        await wait_for(lambda: any("node_id" in m for m in lst.msgs), timeout=5)
+    finally:
+        for tr, _ in conns:
+            tr.disconnect()
