@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import logging
 import time
 from collections import deque
@@ -53,12 +54,13 @@ STATIC: dict[str, tuple[str, str]] = {
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+_HOST_OK = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 #: /api/events: default and largest ``count``.
 EVENTS_DEFAULT = 100
 EVENTS_MAX = 1000
@@ -120,12 +122,18 @@ class HttpEndpoints:
             return False
         return hmac.compare_digest(value.strip().encode(), token.encode())
 
-    def static(self, path: str) -> Any:
+    def static(self, path: str, host: str | None = None) -> Any:
         name, ctype = STATIC[path]
         body = self._static.get(name)
         if body is None:
             body = self._static[name] = _static(name)
-        return self._response(200, body, ctype)
+        extra = None
+        if host and _HOST_OK.fullmatch(host):
+            # the page's own WebSocket, spelled out for browsers that do not count ws: as 'self'
+            csp = SECURITY_HEADERS["Content-Security-Policy"].replace(
+                "connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}")
+            extra = {"Content-Security-Policy": csp}
+        return self._response(200, body, ctype, extra)
 
     # -- routing --------------------------------------------------------------------
 
@@ -146,7 +154,7 @@ class HttpEndpoints:
         path, query = _split_target(request.path)
         core = self.core
         if path in STATIC:
-            return self.static(path)
+            return self.static(path, request.headers.get("Host"))
         if path == "/health":
             if core.config.auth_token and not self.authorized(request):
                 return self._json({"status": "ok"})
