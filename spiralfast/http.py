@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
 import logging
+import re
 import time
 from collections import deque
 from datetime import datetime
