@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import MeshConfig
 from .core import MeshCore
+from .errors import ConfigError, LinkError
 
 
 def _free_port() -> int:
@@ -117,9 +118,26 @@ async def _sender(transport: str, port: int, n: int, rate: int, redis_url: str) 
     return {"sent": n, "send_elapsed": sent_elapsed}
 
 
+def _exit_with_parent() -> None:
+    """The parent holds our stdin open; when it goes away (even killed with -9), so do we."""
+    import threading
+
+    def watch() -> None:
+        # os.read on the descriptor: no buffered-reader lock held at interpreter exit.
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="bench-parent-watch").start()
+
+
 def _child_main() -> None:
     transport, port, n, redis_url = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     paced = sys.argv[6] == "1"
+    _exit_with_parent()
     try:
         import uvloop
 
@@ -129,36 +147,74 @@ def _child_main() -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def check_redis(redis_url: str, timeout: float = 3.0) -> None:
+    """Raise ``LinkError`` saying why when Redis at ``redis_url`` does not answer a PING."""
+    import redis as redis_sync
+
+    try:
+        client = redis_sync.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {redis_url!r}: {exc}") from None
+    try:
+        client.ping()
+    except Exception as exc:  # redis raises its own ConnectionError/AuthenticationError/...
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise LinkError(f"Redis at {redis_url} unreachable: {why}") from None
+    finally:
+        client.close()
+
+
 def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
               redis_url: str | None = None) -> dict[str, Any]:
-    """Run sender (this process) and receiver (a child) and return the figures."""
+    """Run sender (this process) and receiver (a child) and return the figures.
+
+    The child is always reaped: killed when anything goes wrong here, and it exits by
+    itself when this process dies (it watches its stdin).  Raises ``ConfigError`` for
+    bad arguments, ``LinkError`` when Redis is unreachable and ``RuntimeError`` when
+    the run fails.
+    """
     if transport not in ("ws", "redis"):
-        raise RuntimeError("transport must be ws or redis")
+        raise ConfigError(f"transport must be ws or redis, got {transport!r}")
+    if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+        raise ConfigError(f"events must be a positive integer, got {events!r}")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+        raise ConfigError(f"rate must be a non-negative integer (0: unpaced), got {rate!r}")
     redis_url = redis_url or os.environ.get("SPIRALFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if transport == "redis":
+        check_redis(redis_url)
     port = _free_port()
     child = subprocess.Popen(
         [sys.executable, "-m", "spiralfast.benchmark", "child", transport, str(port), str(events), redis_url,
          "1" if rate else "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if not line.startswith("READY"):
-        child.kill()
-        raise RuntimeError("receiver failed to start")
     try:
-        import uvloop
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"receiver failed to start (exit status {child.poll()})")
+        try:
+            import uvloop
 
-        tx = uvloop.run(_sender(transport, port, events, rate, redis_url))
-    except ImportError:
-        tx = asyncio.run(_sender(transport, port, events, rate, redis_url))
-    out, _ = child.communicate(timeout=300)
+            tx = uvloop.run(_sender(transport, port, events, rate, redis_url))
+        except ImportError:
+            tx = asyncio.run(_sender(transport, port, events, rate, redis_url))
+        # Not communicate(): closing the child's stdin tells it we are gone.
+        out = child.stdout.read()
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        for stream in (child.stdin, child.stdout):
+            if stream is not None:
+                stream.close()
     rx: dict[str, Any] = {}
     for ln in out.splitlines():
         if ln.startswith("RESULT "):
             rx = json.loads(ln[7:])
     if not rx:
-        raise RuntimeError("receiver reported nothing")
+        raise RuntimeError(f"receiver reported nothing (exit status {child.returncode})")
     res = {
         "transport": transport,
         "events": events,

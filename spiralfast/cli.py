@@ -29,6 +29,7 @@ import typer
 from . import settings
 from ._version import __version__
 from .cli_history import mesh_history
+from .cli_tasks import mesh_submit, mesh_tasks
 from .errors import AuthError, ConfigError, HandshakeError, LinkError, ProtocolError, SpiralError
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.")
@@ -260,17 +261,17 @@ def _check_tls(cfg: Any) -> None:
         try:
             ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
         except FileNotFoundError as exc:
-            raise CliError(f"TLS: cannot read {exc.filename or cfg.ssl_certfile}: no such file") from None
+            raise CliError(f"TLS: cannot read {exc.filename or cfg.ssl_certfile}: no such file", 2) from None
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"TLS: certificate {cfg.ssl_certfile} / key {cfg.ssl_keyfile} unusable: "
-                           f"{reason(exc)}") from None
+                           f"{reason(exc)}", 2) from None
     if cfg.ssl_cafile:
         try:
             ssl.create_default_context(cafile=cfg.ssl_cafile)
         except FileNotFoundError:
-            raise CliError(f"TLS: cannot read CA file {cfg.ssl_cafile}: no such file") from None
+            raise CliError(f"TLS: cannot read CA file {cfg.ssl_cafile}: no such file", 2) from None
         except (OSError, ssl.SSLError) as exc:
-            raise CliError(f"TLS: CA file {cfg.ssl_cafile} unusable: {reason(exc)}") from None
+            raise CliError(f"TLS: CA file {cfg.ssl_cafile} unusable: {reason(exc)}", 2) from None
 
 
 def _check_port(host: str, port: int) -> None:
@@ -357,6 +358,11 @@ def _start_node(kw: dict[str, Any]) -> None:
 
     async def main() -> int:
         want_ws = cfg.enable_websocket
+        # Signals first: a SIGINT that arrives while the banner is printed stops cleanly.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         core = MeshCore(cfg)
         if hasattr(formatter, "node_id"):
             formatter.node_id = core.node_id
@@ -373,10 +379,6 @@ def _start_node(kw: dict[str, Any]) -> None:
             return 1
         for line in _banner(core, res):
             print(line, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await core.stop()
         print("stopped", flush=True)
@@ -851,6 +853,8 @@ def _tidy_help(cmd: Any) -> None:
 
 
 mesh_app.command("history")(mesh_history)  # spiralfast/cli_history.py
+mesh_app.command("tasks")(mesh_tasks)  # spiralfast/cli_tasks.py
+mesh_app.command("submit")(mesh_submit)  # spiralfast/cli_tasks.py
 
 
 def _one_line(msg: str) -> str:
@@ -890,6 +894,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SpiralError as exc:
         sys.stderr.write(f"error: {reason(exc)}\n")
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("SPIRALFAST_DEBUG", "") not in ("", "0"):
+            raise
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {reason(exc)} "
+                         "(SPIRALFAST_DEBUG=1 shows the traceback)\n")
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -15,21 +15,31 @@ from .conftest import free_port
 
 
 class NodeProc:
-    def __init__(self, node_id: str, *extra: str, port: int | None = None, hb: float = 0.3) -> None:
+    """``spiralfast mesh start`` as a subprocess; returns once the banner's websocket
+    line is out.  ``env`` adds environment variables, ``cwd`` sets the working directory,
+    ``scheme="wss"`` for a node given --certfile/--keyfile.  ``banner`` holds the banner
+    lines read so far (:meth:`read_banner` reads the rest)."""
+
+    def __init__(self, node_id: str, *extra: str, port: int | None = None, hb: float = 0.3,
+                 env: dict[str, str] | None = None, cwd: str | None = None, scheme: str = "ws") -> None:
         self.node_id = node_id
         self.port = port or free_port()
-        self.url = f"ws://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.args = [
             sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(self.port), "--no-redis",
             "--node-id", node_id, "--heartbeat-interval", str(hb), "--log-level", "warning", *extra,
         ]
+        self.env = env or {}
+        self.cwd = cwd
+        self.banner: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.start()
 
     def start(self) -> None:
+        self.banner = []
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env), cwd=self.cwd,
         )
         deadline = time.monotonic() + 20
         assert self.proc.stdout is not None
@@ -37,9 +47,24 @@ class NodeProc:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"node {self.node_id} exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.banner.append(line.rstrip("\n"))
             if line.strip().startswith("websocket"):
                 return
         raise RuntimeError(f"node {self.node_id} did not start")
+
+    def read_banner(self) -> dict[str, str]:
+        """Read the rest of the banner; returns ``{first word: rest}`` of its lines."""
+        assert self.proc is not None and self.proc.stdout is not None
+        while not self.banner or not self.banner[-1].strip().startswith("config"):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line.rstrip("\n"))
+        out = {}
+        for ln in self.banner[1:]:
+            key, _, rest = ln.strip().partition(" ")
+            out[key] = rest.strip()
+        return out
 
     def sigint(self) -> int:
         assert self.proc is not None
