@@ -87,6 +87,10 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             from .eventlog import answer_history
 
             answer_history(core, args, lambda ok, data, qid=q.qid: _reply(core, link, qid, ok, data))
+        elif q.what == "tasks":
+            _reply(core, link, q.qid, True, _jsonable(core.tasks.status()))
+        elif q.what == "submit":
+            core.tasks.answer_submit(args, lambda ok, data, qid=q.qid: _reply(core, link, qid, ok, data))
         elif q.what == "follow":
             link.follow_types = set(args.get("types") or ())
             link.following = True

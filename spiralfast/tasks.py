@@ -69,7 +69,7 @@ OK, FAILED, REFUSED = 0, 1, 2
 #: message size limit for small payloads; a batch that still does not fit is split).
 MAX_BATCH = 512
 #: Tasks ``map`` starts before it lets the loop run (so they leave while it goes on).
-MAP_BURST = 32
+MAP_BURST = 64
 #: Latency samples kept per task type for p50/p99.
 LATENCY_SAMPLES = 4096
 #: Capacity assumed for a node that lists a task type as a capability but whose
@@ -1048,6 +1048,42 @@ class TaskManager:
         for o in self._offers.values():
             o.queue.clear()
             o.by_src.clear()
+
+    # -- observer queries (``mesh tasks``, ``mesh submit``) ---------------------------
+
+    def answer_submit(self, args: dict[str, Any], reply: Callable[[bool, Any], None]) -> None:
+        """Run one task for an observer (``spiralfast mesh submit``) and ``reply(ok, data)``:
+        ``{"result", "task_type", "elapsed_ms"}``, or a one-line reason.
+
+        :raises ValueError: for a missing type or a bad timeout (the caller refuses the query).
+        """
+        ttype = args.get("type")
+        if not isinstance(ttype, str) or not ttype:
+            raise ValueError("task type must be a non-empty string")
+        timeout = float(args.get("timeout_s") or args.get("timeout") or 30.0)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        payload = args.get("payload")
+
+        async def run() -> None:
+            t0 = _perf()
+            try:
+                result = await self.submit(ttype, payload, timeout=timeout)
+            except TaskError as exc:
+                reply(False, f"task failed on node {exc.node_id or '?'}: {exc}")
+            except (NoNodeForTask, TaskTimeout) as exc:
+                reply(False, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                reply(False, f"{type(exc).__name__}: {exc}")
+            else:
+                try:
+                    reply(True, {"result": result, "task_type": ttype, "elapsed_ms": round((_perf() - t0) * 1000, 3)})
+                except Exception as exc:  # a local handler's result that cannot be encoded
+                    reply(False, f"result not sendable: {exc}")
+
+        task = asyncio.ensure_future(run())
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
 
     # -- status ----------------------------------------------------------------------
 

@@ -314,3 +314,32 @@ async def test_unsendable_result_and_payload() -> None:
         with pytest.raises(TaskError):
             await a.submit_task("obj", object())
         assert await a.submit_task("obj", 0) == 0
+
+
+def test_cli_tasks_and_submit() -> None:
+    import json
+
+    (w,) = start_workers({"cli-w": ["echo:4", "boom:2"]})
+    try:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "spiralfast", "mesh", *args, "--node", w.url],
+                                  capture_output=True, text=True, timeout=60)
+
+        r = cli("submit", "echo", '{"a": [1, 2]}')
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"a": [1, 2]}
+        r = cli("submit", "boom", '"x"', "--timeout", "5")
+        assert r.returncode != 0 and "ValueError: boom: x" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        r = cli("submit", "nobody-serves-this", "1")
+        assert r.returncode != 0 and "NoNodeForTask" in r.stderr
+        r = cli("submit", "echo", "{bad")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        r = cli("tasks", "--json")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["offered"]["echo"]["done"] == 1 and st["offered"]["boom"]["failed"] == 1
+        assert st["nodes"]["cli-w"]["echo"]["capacity"] == 4
+        r = cli("tasks")
+        assert r.returncode == 0 and "echo" in r.stdout
+    finally:
+        w.stop()
