@@ -455,6 +455,9 @@ class TaskManager:
                 w = self._waiting[p.ttype] = deque()
             w.append(p)
             return
+        self._send_to(p, t)
+
+    def _send_to(self, p: _Pending, t: _Target) -> None:
         p.target = t
         t.mine += 1
         node = t.node
@@ -489,24 +492,27 @@ class TaskManager:
         self._drain_scheduled = False
         pending = self._pending
         for ttype, w in list(self._waiting.items()):
+            blocked: set[str | None] = set()  # None: every node is full; else a pinned node
+            keep: deque[_Pending] = deque()
             while w:
-                p = w[0]
+                p = w.popleft()
                 if pending.get(p.tid) is not p or p.target is not None:
-                    w.popleft()
+                    continue
+                if None in blocked or p.pinned in blocked:
+                    keep.append(p)  # order kept: the oldest goes first once there is room
                     continue
                 if not self._has_candidates(ttype, p.pinned, ()):
-                    w.popleft()
                     self._finish_exc(p, NoNodeForTask(f"no node serves task type {ttype!r} any more"))
                     continue
                 t = self._choose(ttype, p.pinned, ())
                 if t is None:
-                    if p.pinned is None:
-                        break
-                    w.rotate(-1)  # pinned elsewhere: may block only its own node  # pragma: no cover
-                    break
-                w.popleft()
-                self._dispatch(p, ())
-            if not w:
+                    blocked.add(p.pinned)
+                    keep.append(p)
+                    continue
+                self._send_to(p, t)
+            if keep:
+                self._waiting[ttype] = keep
+            else:
                 del self._waiting[ttype]
 
     # -- results ---------------------------------------------------------------------
@@ -839,7 +845,13 @@ class TaskManager:
             self._retry(p, why)
         for offer in self._offers.values():  # its queued tasks here have nobody to reply to
             if offer.queue:
+                before = len(offer.queue)
                 offer.queue = deque(q for q in offer.queue if q[0] != nid)
+                left = offer.by_src.get(nid, 0) - (before - len(offer.queue))  # still running for it
+                if left > 0:
+                    offer.by_src[nid] = left
+                else:
+                    offer.by_src.pop(nid, None)
 
     # -- sending ---------------------------------------------------------------------
 
