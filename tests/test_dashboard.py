@@ -175,6 +175,7 @@ def test_dashboard_three_nodes(browser: Browser) -> None:
         assert time.monotonic() - t0 <= FAILURE_DETECTION + 2.0
 
         watch.check()
+        assert any(urlsplit(u).path == "/favicon.svg" for u in watch.requests)  # and it loaded (no error)
         page.close()
     finally:
         for p in procs:
