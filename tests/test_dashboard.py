@@ -212,7 +212,7 @@ def test_hud_shows_topology_and_link_analytics() -> None:
     """``mesh status --watch`` (rendered twice, so rates exist) against three real nodes."""
     from rich.console import Console
 
-    from spiralfast.hud import run_hud
+    from spiralfast.hud import links_table, run_hud
 
     a = NodeProc("hud-a", hb=HB)
     procs = [a]
@@ -231,6 +231,11 @@ def test_hud_shows_topology_and_link_analytics() -> None:
             return console.export_text()
 
         text = arun(run())
+        status = arun(a.query("status"))
+        console = Console(record=True, width=160, force_terminal=False)
+        console.print(links_table(status))  # what `mesh status` prints: totals, not rates
+        totals = console.export_text()
+        assert "bytes out" in totals and "hud-b" in totals and "hud-c" in totals
         assert "topology: 3 nodes" in text
         assert "hud-a (this node)" in text
         for peer in ("hud-b", "hud-c"):
