@@ -160,16 +160,13 @@ def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
     flag_names: dict[str, str] = {}
     kw = inspect.Parameter.KEYWORD_ONLY
     for spec in settings.field_specs():
-        names = [spec.flag] + ["--" + a.replace("_", "-") for a in spec.aliases]
+        names = spec.flags
         help_text = _sentence(spec.help)
         ann: Any
         if spec.kind == "bool":
-            base = spec.name[len("enable_"):] if spec.name.startswith("enable_") else spec.name
-            base = base.replace("_", "-")
-            decl = f"--enable-{base}/--no-{base}" if spec.name.startswith("enable_") else f"--{base}/--no-{base}"
-            opt = typer.Option(None, decl, help=help_text, show_default=False)
+            opt = typer.Option(None, *names, help=help_text, show_default=False)
             ann = bool | None
-            flag_names[spec.name] = decl
+            flag_names[spec.name] = names[0]
         else:
             if spec.kind in ("list", "str_or_list"):
                 ann = list[str] | None

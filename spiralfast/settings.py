@@ -115,6 +115,18 @@ class FieldSpec:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def flags(self) -> list[str]:
+        """The command-line flags: ``["--websocket-port", "--port"]``; a boolean has one
+        ``--x/--no-x`` pair (``--enable-redis/--no-redis`` for ``enable_*`` fields)."""
+        if self.kind == "bool":
+            if self.name.startswith("enable_"):
+                base = self.name[len("enable_"):].replace("_", "-")
+                return [f"--enable-{base}/--no-{base}"]
+            base = self.name.replace("_", "-")
+            return [f"--{base}/--no-{base}"]
+        return [self.flag] + ["--" + a.replace("_", "-") for a in self.aliases]
+
+    @property
     def env(self) -> str:
         """The environment variable, e.g. ``SPIRALFAST_WEBSOCKET_PORT``."""
         return ENV_PREFIX + self.name.upper()
@@ -454,7 +466,7 @@ def env_documentation() -> list[tuple[str, str, str]]:
     rows = []
     for s in field_specs():
         envs = ", ".join([s.env] + [ENV_PREFIX + a.upper() for a in s.aliases])
-        flags = ", ".join([s.flag] + ["--" + a.replace("_", "-") for a in s.aliases])
+        flags = ", ".join(s.flags)
         rows.append((s.name, envs, flags))
     for k in CLI_SETTINGS:
         rows.append((k, ENV_PREFIX + k.upper(), "--" + k.replace("_", "-")))
