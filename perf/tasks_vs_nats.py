@@ -3,9 +3,10 @@ against nats-py request/reply to a queue-group worker, same window and payload.
 
 1. throughput: N tasks (about 100-byte payloads, echoed back) with 256 in flight;
 2. latency: paced 1,000 tasks/s for 3 s, p50/p99 of each round trip;
-3. failover (spiralfast only): two workers, 64 slow tasks on each; kill -9 one;
-   time from the kill until its tasks have all completed on the other worker,
-   next to the failure-detection time (3 heartbeat intervals).
+3. failover (spiralfast only): two workers, 32 tasks of 0.2 s running on each; kill -9
+   one (its sockets close: the link drop is noticed at once), or SIGSTOP it (frozen:
+   only failure detection notices); time from the signal until every task has
+   completed, next to the failure-detection time (3 heartbeat intervals of 0.5 s).
 
 Usage: python perf/tasks_vs_nats.py [TASKS]   (default 100,000; needs nats-server on
 127.0.0.1:4222, or NATS_URL; not run in CI)
@@ -159,7 +160,11 @@ async def paced(call: Any) -> dict[str, Any]:
     return {"n": len(samples), "p50_ms": p50, "p99_ms": p99}
 
 
-async def sf_failover() -> dict[str, Any]:
+async def sf_failover(how: str) -> dict[str, Any]:
+    """Two workers with 32 slow tasks each; ``how`` = "kill9" (the process dies: its
+    sockets close) or "sigstop" (it freezes: only failure detection notices)."""
+    import signal
+
     from spiralfast import MeshConfig, MeshCore
 
     hb = 0.5
@@ -172,20 +177,20 @@ async def sf_failover() -> dict[str, Any]:
         while len(mesh.tasks.status()["nodes"]) < 2:
             await asyncio.sleep(0.01)
         task_s = 0.2
-        futs = [asyncio.ensure_future(mesh.submit_task("slow", {"s": task_s}, timeout=30)) for _ in range(128)]
-        while sum(v.get("slow", {}).get("in_flight", 0) for v in mesh.tasks.status()["nodes"].values()) < 128:
+        n = 64
+        futs = [asyncio.ensure_future(mesh.submit_task("slow", {"s": task_s}, timeout=30)) for _ in range(n)]
+        while sum(v.get("slow", {}).get("in_flight", 0) for v in mesh.tasks.status()["nodes"].values()) < n:
             await asyncio.sleep(0.001)
-        await asyncio.sleep(0.02)
-        workers[0].kill()
+        await asyncio.sleep(0.05)  # the tasks are running on both workers
+        victim = workers[0]
+        victim.send_signal(signal.SIGKILL if how == "kill9" else signal.SIGSTOP)
         t_kill = time.perf_counter()
-        done_at: list[float] = []
-        for f in asyncio.as_completed(futs):
-            await f
-            done_at.append(time.perf_counter())
-        last = max(done_at) - t_kill
+        results = await asyncio.gather(*futs)
+        last = time.perf_counter() - t_kill
         st = mesh.tasks.status()["submitted"]["slow"]
-        return {"kill_to_all_done_s": round(last, 3), "handler_s": task_s,
-                "failure_detection_s": 3 * hb, "retried": st["retried"], "done": st["done"]}
+        return {"how": how, "kill_to_all_done_s": round(last, 3), "handler_s": task_s,
+                "failure_detection_s": 3 * hb, "moved": st["retried"], "done": st["done"],
+                "by_survivor": sum(1 for r in results if r == "fo-worker-1")}
     finally:
         await mesh.stop()
         for w in workers:
@@ -239,13 +244,14 @@ def main() -> None:
     print(f"# {datetime.now().isoformat(timespec='seconds')}  tasks={n} window={WINDOW} payload~100B")
     sf = uvloop.run(sf_run(n))
     nt = uvloop.run(nats_run(n))
-    fo = uvloop.run(sf_failover())
+    fo = [uvloop.run(sf_failover("kill9")), uvloop.run(sf_failover("sigstop"))]
     print(f"spiralfast map_tasks : {sf['tasks_per_s']:>9,} tasks/s  ok={sf['ok']}  cpu/task {sf['cpu_us_per_task']}")
     print(f"nats-py request/reply: {nt['tasks_per_s']:>9,} tasks/s  ok={nt['ok']}")
     print(f"ratio                : {sf['tasks_per_s'] / nt['tasks_per_s']:.2f}x nats-py")
     print(f"paced {RATE}/s spiralfast: p50 {sf['paced']['p50_ms']} ms  p99 {sf['paced']['p99_ms']} ms")
     print(f"paced {RATE}/s nats-py   : p50 {nt['paced']['p50_ms']} ms  p99 {nt['paced']['p99_ms']} ms")
-    print(f"failover             : {json.dumps(fo)}")
+    for f in fo:
+        print(f"failover {f['how']:<8}    : {json.dumps(f)}")
 
 
 if __name__ == "__main__":
