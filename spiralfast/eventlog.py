@@ -84,6 +84,18 @@ METRIC_COLUMNS = ("metric_id", "timestamp", "metric_name", "metric_value", "meta
 
 Row = tuple[Any, ...]
 
+#: Types whose rows get a description and severity of their own (see ``event_row``).
+_SPECIAL = frozenset({"node_register", "node_unregister", "system_alert", "system_error"})
+_INSERT_ROW = "INSERT INTO ritual_events VALUES (?, ?, ?, ?, ?, ?, ?)"
+#: One statement for a whole batch (a JSON array of envelopes): the row ``event_row``
+#: makes for an ordinary event.
+_INSERT_BULK = """INSERT INTO ritual_events
+SELECT coalesce(value->>'event_id', lower(hex(randomblob(16)))),
+       coalesce(value->>'timestamp', strftime('%Y-%m-%dT%H:%M:%f', 'now', 'localtime')),
+       value->>'type', value->>'type', value->>'source_node',
+       json_object('mesh', 1, 'data', value->'data', 'target_node', value->'target_node'), 'INFO'
+FROM json_each(?)"""
+
 _json_encode = msgspec.json.Encoder(enc_hook=str).encode
 _json_decode = msgspec.json.decode
 
@@ -138,7 +150,11 @@ def _encode_json(obj: Any) -> bytes:
     try:
         return _json_encode(obj)
     except (TypeError, ValueError, OverflowError):
+        pass
+    try:
         return json.dumps(obj, default=str).encode()
+    except (TypeError, ValueError, OverflowError):  # e.g. tuple keys: keep it readable at least
+        return json.dumps(repr(obj)).encode()
 
 
 def event_row(env: dict[str, Any]) -> Row:
@@ -206,8 +222,9 @@ class Store(ABC):
     def open(self) -> None: ...
 
     @abstractmethod
-    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
-        """Commit both lists in one transaction (raises on failure, nothing committed)."""
+    def write(self, envs: Sequence[dict[str, Any]], metrics: Sequence[Row]) -> None:
+        """Commit the envelopes (as ``ritual_events`` rows) and the metric rows in one
+        transaction (raises on failure, nothing committed)."""
 
     @abstractmethod
     def purge(self, cutoff: str) -> int:
@@ -238,16 +255,30 @@ class SQLiteStore(Store):
         if self._conn is None:
             self._conn = open_sqlite(self.path)
 
-    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
+    def write(self, envs: Sequence[dict[str, Any]], metrics: Sequence[Row]) -> None:
         c = self._conn
         if c is None:
             self.open()
             c = self._conn
             assert c is not None
+        # The few membership/alert/error events get their description and severity
+        # row by row; the bulk goes in as one JSON array that SQLite itself turns into
+        # rows: one statement, run with the GIL released, so the event loop runs on
+        # while it is written.  (Row-by-row executemany takes the GIL back after every
+        # row and starves the loop.)
+        special = [e for e in envs if e["type"] in _SPECIAL]
+        bulk: bytes | None = None
+        if len(special) < len(envs):
+            try:
+                bulk = _json_encode([e for e in envs if e["type"] not in _SPECIAL] if special else envs)
+            except (TypeError, ValueError, OverflowError):  # data msgspec cannot encode: row by row
+                special, bulk = list(envs), None
         c.execute("BEGIN")
         try:
-            if events:
-                c.executemany("INSERT INTO ritual_events VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+            if special:
+                c.executemany(_INSERT_ROW, [event_row(e) for e in special])
+            if bulk is not None:
+                c.execute(_INSERT_BULK, (bulk,))
             if metrics:
                 c.executemany("INSERT OR REPLACE INTO system_metrics VALUES (?, ?, ?, ?, ?)", metrics)
             c.execute("COMMIT")
@@ -410,10 +441,11 @@ class PostgresStore(Store):
 
         self._conn = self._run(go())
 
-    def write(self, events: Sequence[Row], metrics: Sequence[Row]) -> None:
+    def write(self, envs: Sequence[dict[str, Any]], metrics: Sequence[Row]) -> None:
         if self._conn is None:
             self.open()
         conn = self._conn
+        events = [event_row(e) for e in envs]
 
         async def go() -> None:
             async with conn.transaction():
@@ -751,8 +783,7 @@ class EventLog:
             self.dropped += n
             return
         try:
-            rows = [event_row(e) for e in envs]
-            self.store.write(rows, metrics)
+            self.store.write(envs, metrics)
         except Exception as exc:  # noqa: BLE001 - sqlite3/OS/asyncpg errors alike
             self._failed(exc, n)
             return

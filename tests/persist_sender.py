@@ -15,11 +15,16 @@ import time
 from spiralfast.config import MeshConfig
 from spiralfast.core import MeshCore
 
+#: Heartbeat interval (s) of the sender; the streaming tests give their receivers the same.
+HEARTBEAT = 1.0
+
 
 async def main(url: str, n: int, etype: str, rate: float) -> None:
-    core = MeshCore(MeshConfig(enable_redis=False, websocket_port=0, peers=[url]))
+    # As the tests' receivers (NodeProc(hb=HEARTBEAT)): a node declares a peer silent after
+    # 3 intervals, and a receiver writing as fast as its disk allows may pause its loop.
+    core = MeshCore(MeshConfig(enable_redis=False, websocket_port=0, peers=[url], heartbeat_interval=HEARTBEAT))
     await core.start()
-    while not core.router.links:
+    while len(core.nodes) < 2:  # the target is known: the handshake is done
         await asyncio.sleep(0.02)
     print("connected", flush=True)
     t0 = time.perf_counter()
@@ -33,7 +38,7 @@ async def main(url: str, n: int, etype: str, rate: float) -> None:
     else:
         for i in range(n):
             await core.broadcast_event(etype, {"seq": i})
-    core.router.flush()
+    await asyncio.sleep(0)  # the last frame goes out on the next loop iteration
     print(f"sent {n} {time.perf_counter() - t0:.6f}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
