@@ -153,7 +153,9 @@ class _Pending:
 
 
 class _Stats:
-    """What this node submitted, per task type."""
+    """What this node submitted, per task type: ``done`` (a result), ``failed`` (an
+    error other than a timeout), ``timeouts`` (ended with ``TaskTimeout``), ``retried``
+    (attempts sent again after a timeout, a lost worker or a dropped link)."""
 
     __slots__ = ("submitted", "done", "failed", "retried", "timeouts", "latency")
 
@@ -524,7 +526,8 @@ class TaskManager:
         st = p.stats
         if isinstance(exc, TaskTimeout):
             st.timeouts += 1
-        st.failed += 1
+        else:
+            st.failed += 1
         if p.state == 0:
             p.state, p.value = 2, exc
             fut = p.fut
@@ -581,8 +584,6 @@ class TaskManager:
             return
         p.attempts -= 1
         st.retried += 1
-        if why == "timeout":
-            st.timeouts += 1
         p.deadline = _perf() + p.timeout
         if why != "timeout" and old is not None and p.pinned == old:
             self._finish_exc(p, TaskError("WorkerLost", f"node {old} {why}", task_type=p.ttype, node_id=old))
@@ -1100,8 +1101,18 @@ class TaskManager:
     # -- status ----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What ``get_mesh_status()["tasks"]`` shows: the types this node serves, what
-        it submitted (per type), and every node's advertised offers as seen here."""
+        """What ``get_mesh_status()["tasks"]`` shows.
+
+        ``offered``: per task type this node serves: ``capacity``, ``running``,
+        ``queued``, ``done``, ``failed``, ``p50_ms``/``p99_ms`` (handler time, sampled).
+        ``submitted``: per task type this node submitted: ``submitted``, ``in_flight``
+        (at a node), ``waiting`` (for room), ``done``, ``failed`` (errors other than
+        timeouts), ``timeouts`` (ended with ``TaskTimeout``), ``retried`` (attempts sent
+        again), ``p50_ms``/``p99_ms`` (submit to result).  ``nodes``: node id -> task
+        type -> ``capacity``, ``load`` (as last advertised plus this node's own tasks),
+        ``in_flight`` (this node's tasks there), ``advertised``.  ``late_replies``:
+        results that came after their task had already finished (dropped).
+        """
         offered = {}
         for k, o in self._offers.items():
             p50, p99 = _percentiles(o.latency)
