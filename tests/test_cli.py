@@ -443,6 +443,8 @@ def test_tls_from_the_command_line(tmp_path: Any, pair: tuple[NodeProc, NodeProc
         ok_env = cli_env("mesh", "status", "--node", s.url, "--json", env={"SPIRALFAST_CAFILE": cert})
         assert ok_env.returncode == 0, ok_env.stderr
         assert "not trusted" in one_error_line(cli("mesh", "status", "--node", s.url))
+        plain = one_error_line(cli("mesh", "status", "--node", s.url.replace("wss://", "ws://"), "--timeout", "2"))
+        assert "wss://" in plain and "within 2s" in plain
         # a peer dialling wss:// verifies with SPIRALFAST_CAFILE
         b = NodeProc("TLS-B", "--peer", s.url, env={"SPIRALFAST_CAFILE": cert})
         deadline = time.monotonic() + 15
