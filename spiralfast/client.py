@@ -104,6 +104,9 @@ class ObserverClient:
             await asyncio.wait_for(self._handshake(token), timeout)
         except TimeoutError as exc:
             self.close()
+            if self.node_id is None:  # not even greeted: not a spiralfast node, or TLS mismatch
+                hint = "is it serving wss://?" if url.startswith("ws://") else "is it a spiralfast node?"
+                raise HandshakeError(f"node at {url} did not greet us within {timeout:g}s ({hint})") from exc
             why = "wrong --token?" if token else "it needs a token? give --token"
             raise HandshakeError(f"node at {url} did not accept us within {timeout:g}s ({why})") from exc
         except Exception:
