@@ -985,12 +985,8 @@ class TaskManager:
     def _check_links(self) -> None:
         """Tasks at a node whose direct link just dropped go elsewhere at once (the
         node itself goes when failure detection removes it)."""
-        info = getattr(self.mesh, "link_info", None)
-        if info is None:
-            return
-        try:
-            now = {x["peer"] for x in info() if x.get("state") != "closed"}
-        except Exception:
+        now = self._link_peers()
+        if now is None:
             return
         gone = self._linked - now
         new = now - self._linked
@@ -1001,6 +997,25 @@ class TaskManager:
         for nid in new:  # (re)connected: ask for its offers (a reconnect sends no node_register)
             self._hello[nid] = True
             self._wake.set()
+
+    def _link_peers(self) -> set[str] | None:
+        """Node ids this node has an open direct link to, or None when that cannot be
+        told.  (The core has no link up/down notification; see the module docstring.)"""
+        mesh = self.mesh
+        try:
+            info = getattr(mesh, "link_info", None)
+            if info is not None:
+                links = info()
+            else:
+                from . import observe
+
+                fn = getattr(observe, "link_info", None)
+                if fn is None:
+                    return None
+                links = fn(mesh)
+            return {x["peer"] for x in links if x.get("peer") and x.get("state") != "closed"}
+        except Exception:
+            return None
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -169,6 +169,34 @@ async def test_kill9_worker_mid_run_every_task_completes_exactly_once(
     assert victim.node_id not in mesh.nodes
 
 
+async def test_frozen_worker_failure_detection_moves_its_tasks(
+    four_workers: tuple[MeshCore, list[WorkerProc]],
+) -> None:
+    """SIGSTOP: the worker's sockets stay open, only failure detection notices."""
+    import signal
+
+    mesh, procs = four_workers
+    n = 2000
+    victim = procs[2]
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for r in mesh.map_tasks("work", ({"i": i, "s": 0.01} for i in range(n)), concurrency=256):
+            got.append(r)
+
+    task = asyncio.ensure_future(consume())
+    await wait_for(lambda: len(got) >= n // 10 or task.done(), 30)
+    victim.proc.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.wait_for(task, 60)
+    finally:
+        victim.kill9()
+    assert [r[0] for r in got] == list(range(n))
+    st = mesh.get_mesh_status()["tasks"]["submitted"]["work"]
+    assert st["done"] == n and st["failed"] == 0 and st["retried"] > 0
+    assert victim.node_id not in mesh.nodes
+
+
 async def test_handler_error_timeout_and_no_node(four_workers: tuple[MeshCore, list[WorkerProc]]) -> None:
     mesh, _ = four_workers
     with pytest.raises(TaskError) as ei:
