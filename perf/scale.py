@@ -38,7 +38,7 @@ async def node_main(idx: int, n: int, m: int, port: int, seed_port: int, go_at: 
     core.register_event_handler("scale", handler)
     await core.start()
     deadline = time.monotonic() + 30
-    while len(core.nodes) < n or len(core.router.links) < n - 1:
+    while len(core.nodes) < n or len(core.outbox.links) < n - 1:
         if time.monotonic() > deadline:
             raise SystemExit(f"n{idx}: mesh did not form ({len(core.nodes)} nodes)")
         await asyncio.sleep(0.02)

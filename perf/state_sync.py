@@ -36,7 +36,7 @@ async def mesh_figures() -> None:
         n = MeshCore(MeshConfig(node_id=f"s{i}", peers=[seed.local_node.websocket_endpoint], **cfg))  # type: ignore[arg-type]
         await n.start()
         nodes.append(n)
-    while not all(len(n.router.links) == N_NODES - 1 for n in nodes):
+    while not all(len(n.outbox.links) == N_NODES - 1 for n in nodes):
         await asyncio.sleep(0.01)
 
     t0 = time.perf_counter()
@@ -48,11 +48,11 @@ async def mesh_figures() -> None:
     print(f"converge: {N_NODES} nodes, {N_KEYS} keys bulk-loaded on one node -> all hold them in {converge:.3f} s")
 
     await asyncio.sleep(0.2)
-    before = seed.router.stats["bytes_out"]
+    before = seed.outbox.stats["bytes_out"]
     seed.state.update_local_state("agents", "agent-42", {"status": "busy", "load": 3})
     while not all(n.state.get_local_state("agents", "agent-42")["status"] == "busy" for n in nodes):
         await asyncio.sleep(0.001)
-    sent = seed.router.stats["bytes_out"] - before
+    sent = seed.outbox.stats["bytes_out"] - before
     print(f"one change on a {N_KEYS}-key state: {sent // (N_NODES - 1)} bytes per peer link "
           f"({sent} bytes to {N_NODES - 1} peers)")
 

@@ -87,12 +87,16 @@ cdef class Dedupe:
     cdef Py_ssize_t _max
 
     def __init__(self, Py_ssize_t size=_limits.DEDUPE_WINDOW):
+        if size < 1:
+            raise ValueError(f"dedupe window must be at least 1, got {size}")
         self._seen = set()
         self._order = [None] * size
         self._pos = 0
         self._max = size
 
-    cpdef bint first_time(self, bytes msg_id):
+    cpdef bint first_time(self, bytes msg_id) except -1:
+        if msg_id is None:
+            raise TypeError("msg_id must be bytes, not None")
         if msg_id in self._seen:
             return False
         old = self._order[self._pos]
@@ -126,14 +130,14 @@ cdef inline Message _message(int kind, int etype, bytes target, bytes msg_id, by
 cdef class EventSink:
     """Delivers received mesh events to a node's handlers (see ``_fastpath_py``)."""
 
-    cdef public object core
+    cdef public object dispatcher
     cdef public bytes me
     cdef public Dedupe dedupe
     cdef public Py_ssize_t last_messages
     cdef public Py_ssize_t duplicates
     cdef public Py_ssize_t bad_events
     cdef public Py_ssize_t events_in
-    cdef public object handlers  # the core's event_handlers (any dict subclass; its setter keeps this current)
+    cdef public object handlers  # the dispatcher's handler table (kept current by the node)
     cdef dict _kinds
     cdef object _recent_append
     cdef object _spill
@@ -141,8 +145,10 @@ cdef class EventSink:
     cdef Ring _cring  # the same ring when it is the compiled one: a C-level empty()
     cdef set _observers
 
-    def __init__(self, core, bytes node_id, Dedupe dedupe):
-        self.core = core
+    def __init__(self, dispatcher, bytes node_id, Dedupe dedupe):
+        if dedupe is None:
+            raise TypeError("dedupe must be a Dedupe")
+        self.dispatcher = dispatcher
         self.me = node_id
         self.dedupe = dedupe
         self.last_messages = 0
@@ -150,14 +156,14 @@ cdef class EventSink:
         self.bad_events = 0
         self.events_in = 0
         self._kinds = {}
-        # These containers live as long as the core; caching them saves attribute
-        # lookups per event.  (A new event_handlers dict is handed over by the core.)
-        self.handlers = core.event_handlers
-        self._recent_append = core.recent_events.append
-        self._spill = core._spill
-        self._inbox = core._inbox
-        self._cring = core._inbox if isinstance(core._inbox, Ring) else None
-        self._observers = core.observers
+        # These containers live as long as the dispatcher; caching them saves
+        # attribute lookups per event.
+        self.handlers = dispatcher.handlers
+        self._recent_append = dispatcher.recent.append
+        self._spill = dispatcher.spill
+        self._inbox = dispatcher.inbox
+        self._cring = dispatcher.inbox if isinstance(dispatcher.inbox, Ring) else None
+        self._observers = dispatcher.observers
 
     cpdef bint sync_only(self, str etype, list handlers) except -1:
         c = self._kinds.get(etype)
@@ -172,11 +178,10 @@ cdef class EventSink:
         return (<tuple>c)[2]
 
     cpdef on_event(self, object ev):
-        cdef object core = self.core
         self.events_in += 1
         self._recent_append(ev)
         if self._observers:
-            core._push_observers(ev)
+            self.dispatcher.push_observers(ev)
         cdef str etype = ev.event_type
         handlers = self.handlers.get(etype)
         if not handlers:
@@ -200,11 +205,11 @@ cdef class EventSink:
                 try:
                     r = h(env)
                     if r is not None and _isawaitable(r):
-                        self.core._spawn(r)
+                        self.dispatcher.spawn(r)
                 except Exception:
-                    self.core._handler_failed(h, env)
+                    self.dispatcher.handler_failed(h, env)
             return
-        self.core._queue_envelope(env)
+        self.dispatcher.queue(env)
 
     cpdef list receive(self, object data, bint member):
         cdef Py_buffer view
@@ -247,7 +252,7 @@ cdef class EventSink:
             if member and kind == KIND_EVENT:
                 try:
                     ev = _decode_event(payload)
-                except (_DecodeError, ValueError):  # ValueError: bad UTF-8 in a string
+                except (_DecodeError, ValueError, RecursionError):  # ValueError: bad UTF-8 in a string
                     self.bad_events += 1
                     continue
                 self.on_event(ev)
@@ -262,7 +267,9 @@ cdef object _now = __import__("time").time
 cdef class EventSender:
     """The send half of the hot path (see ``_fastpath_py.EventSender``)."""
 
-    cdef public object core
+    cdef public object outbox
+    cdef public object dispatcher
+    cdef public str node_id
     cdef public str prefix
     cdef public long seq
     cdef public dict etype_ids
@@ -270,15 +277,16 @@ cdef class EventSender:
     cdef public Py_ssize_t yield_every
     cdef public Py_ssize_t since_yield
     cdef public Py_ssize_t events_out
-    cdef public object redis  # set by the core while its Redis link runs
-    cdef object _router
+    cdef public object legacy  # set while a link publishes old-format copies
     cdef FrameWriter _writer
     cdef object _recent_append
     cdef set _observers
-    cdef str _node_id
 
-    def __init__(self, core, str prefix, dict etype_ids, Py_ssize_t flush_bytes, Py_ssize_t yield_every):
-        self.core = core
+    def __init__(self, outbox, dispatcher, str node_id, str prefix, dict etype_ids, Py_ssize_t flush_bytes,
+                 Py_ssize_t yield_every):
+        self.outbox = outbox
+        self.dispatcher = dispatcher
+        self.node_id = node_id
         self.prefix = prefix
         self.seq = 0
         self.etype_ids = etype_ids
@@ -286,12 +294,10 @@ cdef class EventSender:
         self.yield_every = yield_every
         self.since_yield = 0
         self.events_out = 0
-        self.redis = None
-        self._router = core.router
-        self._writer = core.router._bcast
-        self._recent_append = core.recent_events.append
-        self._observers = core.observers
-        self._node_id = core.node_id
+        self.legacy = None
+        self._writer = outbox.bcast
+        self._recent_append = dispatcher.recent.append
+        self._observers = dispatcher.observers
 
     cpdef str next_id(self):
         self.seq += 1
@@ -299,25 +305,25 @@ cdef class EventSender:
 
     cpdef bint broadcast(self, str etype, object data) except -1:
         cdef FrameWriter w = self._writer
-        router = self._router
+        ob = self.outbox
         self.seq += 1
         eid = PyUnicode_FromFormat("%U%ld", <void*>self.prefix, self.seq)
-        ev = _Event(eid, etype, self._node_id, _now(), data)
+        ev = _Event(eid, etype, self.node_id, _now(), data)
         self.events_out += 1
         if w._count >= MAX_MESSAGES_PER_FRAME:
-            router.flush()
+            ob.flush()
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
         if PyByteArray_GET_SIZE(w._buf) >= self.flush_bytes:
-            router.flush()
-        elif router._flush_handle is None:
-            router._schedule()
-        if self.redis is not None:
-            self.redis.legacy_broadcast(ev)
+            ob.flush()
+        elif ob.flush_handle is None:
+            ob.schedule()
+        if self.legacy is not None:
+            self.legacy.legacy_broadcast(ev)
         self._recent_append(ev)
         if self._observers:
-            self.core._push_observers(ev)
+            self.dispatcher.push_observers(ev)
         self.since_yield += 1
-        if router.paused or self.since_yield >= self.yield_every:
+        if ob.paused or self.since_yield >= self.yield_every:
             self.since_yield = 0
             return True
         return False

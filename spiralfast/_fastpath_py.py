@@ -56,12 +56,16 @@ class Dedupe:
     __slots__ = ("_seen", "_order", "_pos", "_max")
 
     def __init__(self, size: int = DEDUPE_WINDOW) -> None:
+        if size < 1:
+            raise ValueError(f"dedupe window must be at least 1, got {size}")
         self._seen: set[bytes] = set()
         self._order: list[bytes | None] = [None] * size
         self._pos = 0
         self._max = size
 
     def first_time(self, msg_id: bytes) -> bool:
+        if not isinstance(msg_id, bytes):
+            raise TypeError(f"msg_id must be bytes, not {type(msg_id).__name__}")
         seen = self._seen
         if msg_id in seen:
             return False
@@ -84,20 +88,20 @@ _decode_event = msgspec.msgpack.Decoder(Event).decode
 class EventSink:
     """Delivers received mesh events to a node's handlers (see module docstring).
 
-    ``core`` provides: ``counters``, ``recent_events``, ``event_handlers``,
-    ``observers``, ``_push_observers(ev)``, ``_spill``, ``_inbox``,
-    ``_queue_envelope(env)``, ``_handler_failed(h, env)``, ``_spawn(aw)``.
+    ``dispatcher`` (``spiralfast.dispatch.Dispatcher``) provides: ``handlers``,
+    ``recent``, ``observers``, ``push_observers(ev)``, ``spill``, ``inbox``,
+    ``queue(env)``, ``handler_failed(h, env)``, ``spawn(aw)``.
     """
 
-    def __init__(self, core: Any, node_id: bytes, dedupe: Dedupe) -> None:
-        self.core = core
+    def __init__(self, dispatcher: Any, node_id: bytes, dedupe: Dedupe) -> None:
+        self.dispatcher = dispatcher
         self.me = node_id
         self.dedupe = dedupe
         self.last_messages = 0
         self.duplicates = 0
         self.bad_events = 0
         self.events_in = 0
-        self.handlers: dict[str, list[Any]] = core.event_handlers  # kept current by the core
+        self.handlers: dict[str, list[Any]] = dispatcher.handlers  # kept current by the node
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
 
     def sync_only(self, etype: str, handlers: list[Any]) -> bool:
@@ -108,11 +112,11 @@ class EventSink:
         return c[2]
 
     def on_event(self, ev: Event) -> None:
-        core = self.core
+        d = self.dispatcher
         self.events_in += 1
-        core.recent_events.append(ev)
-        if core.observers:
-            core._push_observers(ev)
+        d.recent.append(ev)
+        if d.observers:
+            d.push_observers(ev)
         etype = ev.event_type
         handlers = self.handlers.get(etype)
         if not handlers:
@@ -131,21 +135,21 @@ class EventSink:
     def dispatch(self, env: dict[str, Any], handlers: list[Any]) -> None:
         """Call ``handlers`` now if nothing is queued ahead and all are plain
         functions (a slow handler then slows our reads: TCP backpressure); else
-        queue the envelope for the core's handler task."""
-        core = self.core
-        if not core._spill and core._inbox.empty() and self.sync_only(env["type"], handlers):
+        queue the envelope for the handler task."""
+        d = self.dispatcher
+        if not d.spill and d.inbox.empty() and self.sync_only(env["type"], handlers):
             for h in handlers:
                 try:
                     r = h(env)
                     if r is not None and inspect.isawaitable(r):
-                        core._spawn(r)
+                        d.spawn(r)
                 except Exception:
-                    core._handler_failed(h, env)
+                    d.handler_failed(h, env)
             return
-        core._queue_envelope(env)
+        d.queue(env)
 
     def receive(self, data: Any, member: bool) -> list[Any]:
-        """Handle one frame; returns the messages the router must still handle
+        """Handle one frame; returns the messages the gate must still handle
         (targeted elsewhere, or not a member's event).  Raises ``FrameError`` for a
         malformed frame; malformed event payloads are counted in ``bad_events``."""
         msgs = decode_frame(data)
@@ -164,7 +168,7 @@ class EventSink:
             if member and m.kind == KIND_EVENT:
                 try:
                     ev = _decode_event(m.payload)
-                except (msgspec.DecodeError, ValueError):  # ValueError: bad UTF-8
+                except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: bad UTF-8
                     self.bad_events += 1
                     continue
                 self.on_event(ev)
@@ -175,16 +179,20 @@ class EventSink:
 
 class EventSender:
     """The send half of the hot path: ``broadcast(event_type, data)`` builds the wire
-    event, queues it once for every link (and Redis' legacy channel), records it,
-    and returns True when the caller must ``await router.wait_writable()``.
+    event, queues it once for every link (and the old-format copy, if any), records
+    it, and returns True when the caller must ``await outbox.wait_writable()``.
 
-    ``core`` provides: ``node_id``, ``router`` (``_bcast`` writer, ``flush``,
-    ``_schedule``, ``_flush_handle``, ``paused``), ``recent_events``, ``observers``,
-    ``_push_observers(ev)``.  The core sets ``redis`` while its Redis link runs.
+    ``outbox`` provides ``bcast`` (the broadcast writer), ``flush()``, ``schedule()``,
+    ``flush_handle`` and ``paused``; ``dispatcher`` provides ``recent``,
+    ``observers`` and ``push_observers(ev)``.  ``legacy`` is set while a link
+    publishes old-format copies (its ``legacy_broadcast(ev)``).
     """
 
-    def __init__(self, core: Any, prefix: str, etype_ids: dict[str, int], flush_bytes: int, yield_every: int) -> None:
-        self.core = core
+    def __init__(self, outbox: Any, dispatcher: Any, node_id: str, prefix: str, etype_ids: dict[str, int],
+                 flush_bytes: int, yield_every: int) -> None:
+        self.outbox = outbox
+        self.dispatcher = dispatcher
+        self.node_id = node_id
         self.prefix = prefix
         self.seq = 0
         self.etype_ids = etype_ids
@@ -192,34 +200,34 @@ class EventSender:
         self.yield_every = yield_every
         self.since_yield = 0
         self.events_out = 0
-        self.redis: Any = None  # set by the core while its Redis link runs
+        self.legacy: Any = None
 
     def next_id(self) -> str:
         self.seq += 1
         return self.prefix + str(self.seq)
 
     def broadcast(self, etype: str, data: Any) -> bool:
-        core = self.core
         self.seq += 1
         eid = self.prefix + str(self.seq)
-        ev = Event(eid, etype, core.node_id, time.time(), data)
+        ev = Event(eid, etype, self.node_id, time.time(), data)
         self.events_out += 1
-        router = core.router
-        w = router._bcast
+        ob = self.outbox
+        w = ob.bcast
         if w.full:
-            router.flush()
+            ob.flush()
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
         if w.nbytes >= self.flush_bytes:
-            router.flush()
-        elif router._flush_handle is None:
-            router._schedule()
-        if self.redis is not None:
-            self.redis.legacy_broadcast(ev)
-        core.recent_events.append(ev)
-        if core.observers:
-            core._push_observers(ev)
+            ob.flush()
+        elif ob.flush_handle is None:
+            ob.schedule()
+        if self.legacy is not None:
+            self.legacy.legacy_broadcast(ev)
+        d = self.dispatcher
+        d.recent.append(ev)
+        if d.observers:
+            d.push_observers(ev)
         self.since_yield += 1
-        if router.paused or self.since_yield >= self.yield_every:
+        if ob.paused or self.since_yield >= self.yield_every:
             self.since_yield = 0
             return True
         return False

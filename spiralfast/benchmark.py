@@ -111,7 +111,7 @@ async def _sender(transport: str, port: int, n: int, rate: int, redis_url: str) 
     else:
         for i in range(n):
             await bcast("bench", {"i": i})
-    core.router.flush()
+    core.outbox.flush()
     sent_elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.5)
     await core.stop()

@@ -203,9 +203,15 @@ class EventBus:
             self.dropped += 1
             self._errlog("full", logging.WARNING, "event queue full: event %s dropped", ev.event_id)
 
-    def _accept_remote(self, ev: RitualEvent) -> None:
-        """An event that arrived from another node (called by the mesh router)."""
+    def accept_remote(self, ev: RitualEvent) -> None:
+        """An event that arrived from another node (called by the node it belongs to)."""
         self._enqueue_local(ev, from_mesh=True)
+
+    def bind_mesh(self, send: Callable[[RitualEvent], None] | None,
+                  backpressure: Callable[[], Any] = _no_backpressure) -> None:
+        """Make this bus part of a mesh (``send`` ships its events), or local again (None)."""
+        self._mesh_send = send
+        self._backpressure = backpressure
 
     async def publish_agent_message(
         self, agent_id: str, message: Any, target_agent: str | None = None, target_node: str | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +16,13 @@ from typing import Any
 import picows
 
 from . import schema
-from .codec import FrameWriter, decode_frame, decode_payload
-from .errors import AuthError, HandshakeError, LinkError, ProtocolError
-from .limits import PROTOCOL_VERSION
+from .codec import decode_frame, decode_payload
+from .errors import AuthError, FrameError, HandshakeError, LinkError, ProtocolError
+from .handshake import Handshake
+from .limits import MAX_FRAME_SIZE
+from .links.ws import WS_FRAME_LIMIT, send_frame
 from .observe import FOLLOW_QID
-from .peer import NONCE_SIZE, auth_proof
+from .outbox import single_frame
 
 
 class _ClientListener(picows.WSListener):  # type: ignore[misc]
@@ -29,14 +30,29 @@ class _ClientListener(picows.WSListener):  # type: ignore[misc]
         super().__init__()
         self.inbox = inbox
 
+    parts: bytearray | None = None  # a fragmented message (frames over 64 KiB)
+
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        if frame.msg_type == picows.WSMsgType.BINARY:
+        t = frame.msg_type
+        if t in (picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
+            if t == picows.WSMsgType.BINARY:
+                self.parts = bytearray()
+            if self.parts is None:
+                return
+            self.parts += frame.get_payload_as_bytes()
+            if len(self.parts) > MAX_FRAME_SIZE:
+                self.parts = None
+                self.inbox.put_nowait(("error", FrameError("reply over the frame size limit")))
+                return
+            if not frame.fin:
+                return
+            data, self.parts = bytes(self.parts), None
             try:
-                for m in decode_frame(frame.get_payload_as_bytes()):
+                for m in decode_frame(data):
                     self.inbox.put_nowait((m.kind, decode_payload(m.kind, m.payload)))
             except ProtocolError as exc:
                 self.inbox.put_nowait(("error", exc))
-        elif frame.msg_type == picows.WSMsgType.CLOSE:
+        elif t == picows.WSMsgType.CLOSE:
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
@@ -78,7 +94,8 @@ class ObserverClient:
         try:
             self.transport, _ = await asyncio.wait_for(
                 picows.ws_connect(
-                    lambda: _ClientListener(self.inbox), url, websocket_handshake_timeout=timeout, ssl_context=ctx
+                    lambda: _ClientListener(self.inbox), url, websocket_handshake_timeout=timeout, ssl_context=ctx,
+                    max_frame_size=WS_FRAME_LIMIT
                 ),
                 timeout,
             )
@@ -116,9 +133,7 @@ class ObserverClient:
         return self
 
     def _send(self, kind: int, obj: Any) -> None:
-        w = FrameWriter()
-        w.add(kind, 0, b"", b"", obj)
-        self.transport.send(picows.WSMsgType.BINARY, w.finish())
+        send_frame(self.transport, single_frame(kind, obj))
 
     async def _next(self) -> tuple[Any, Any]:
         kind, obj = await self.inbox.get()
@@ -133,28 +148,29 @@ class ObserverClient:
         return kind, obj
 
     async def _handshake(self, token: str | None) -> None:
-        kind, hello = await self._next()
-        if kind != schema.KIND_HELLO:
-            raise HandshakeError("node did not greet us")
-        self.node_id, self.mesh_name = hello.node_id, hello.mesh_name
-        nonce = os.urandom(NONCE_SIZE)
+        """The node's handshake (``spiralfast.handshake``) with role "observer"."""
         me = "observer-" + uuid.uuid4().hex[:12]
-        self._send(schema.KIND_HELLO, schema.Hello(me, hello.mesh_name, PROTOCOL_VERSION, nonce, "observer", None))
-        if token:
-            self._send(schema.KIND_AUTH, schema.Auth(auth_proof(token, hello.nonce, nonce, me)))
-        # The node answers a query only once we are accepted; a tokenless observer of
-        # a token-protected node is refused (REJECT) or times out.
-        qid = next(self._qids)
-        self._send(schema.KIND_QUERY, schema.Query(qid, "ping", {}))
+        hs: Handshake | None = None
         while True:
             kind, obj = await self._next()
-            if kind == schema.KIND_AUTH:
-                if not token:
-                    raise AuthError("the node requires a token; give it with --token (or SPIRALFAST_AUTH_TOKEN)")
-                if obj.proof != auth_proof(token, nonce, hello.nonce, hello.node_id):
+            if hs is None:
+                if kind != schema.KIND_HELLO:
+                    raise HandshakeError("node did not greet us")
+                self.node_id, self.mesh_name = obj.node_id, obj.mesh_name
+                hs = Handshake(me, obj.mesh_name, token, outbound=True, role="observer")
+                for k, o in hs.start():
+                    self._send(k, o)
+            if kind == schema.KIND_AUTH and token is None and obj.proof:
+                raise AuthError("the node requires a token; give it with --token (or SPIRALFAST_AUTH_TOKEN)")
+            for k, o in hs.receive(kind, obj):
+                if k != schema.KIND_REJECT:
+                    self._send(k, o)
+            if hs.state == "failed":
+                err = hs.error
+                if isinstance(err, AuthError):
                     raise AuthError("wrong token: the node's token is not the one given (check --token)")
-                continue
-            if kind == schema.KIND_REPLY and obj.qid == qid:
+                raise err if err is not None else HandshakeError("handshake failed")
+            if hs.state == "ready":
                 return
 
     async def _read(self) -> None:

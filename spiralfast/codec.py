@@ -38,7 +38,7 @@ def decode_payload(kind: int, payload: Any) -> Any:
         raise FrameError(f"unknown message kind {kind}")
     try:
         return dec.decode(payload)
-    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8 in a string
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
         raise FrameError(f"bad payload for message kind {kind}: {exc}") from exc
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 #: Wire format version carried in the first byte of every frame.
 PROTOCOL_VERSION = 1
 
+#: Handshake protocol carried in Hello (2: the proof binds the whole transcript and
+#: the node record travels only after the peer is verified).
+HANDSHAKE_VERSION = 2
+
 #: Bytes in front of every frame: version (u8) + message count (u16 LE).
 FRAME_HEADER_SIZE = 3
 
@@ -41,3 +45,24 @@ DEFAULT_RING_CAPACITY = 1 << 16
 #: Event ids remembered for de-duplication across routes; a relayed or dual-route
 #: copy arrives within far fewer events than this.
 DEDUPE_WINDOW = 1 << 16
+
+#: Largest frame accepted from a link that has not completed the handshake: a Hello
+#: or an Auth is a few hundred bytes, so 64 KiB bounds what an outsider can make us
+#: buffer per connection (16 MiB per connection let 120 sockets take 1.8 GiB).
+MAX_PREAUTH_FRAME_SIZE = 64 * 1024
+
+#: Frames a connection may send before its handshake completes (a Hello and an Auth
+#: need two); beyond it the connection is closed, so no outsider can flood us.
+MAX_PREAUTH_FRAMES = 8
+
+#: Connections that have not completed the handshake, at most; the oldest is dropped
+#: first when another arrives, so a flood of idle sockets cannot lock peers out.
+MAX_PREAUTH_CONNECTIONS = 64
+
+#: File descriptors kept free under RLIMIT_NOFILE: new connections are refused
+#: (not accepted and spun on) when fewer are left.
+FD_HEADROOM = 64
+
+#: Nesting depth of a payload's containers that the decoders accept; deeper input is
+#: a malformed message (a FrameError), never a RecursionError.
+MAX_NESTING_DEPTH = 64

@@ -9,7 +9,6 @@ observer disconnects), ``publish`` (args: type, data, target), ``state`` (args: 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import datetime
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .fastpath import iso_from_epoch
+from .outbox import single_frame
 
 if TYPE_CHECKING:
     from .core import MeshCore
@@ -42,6 +42,68 @@ def envelope(ev: Any) -> dict[str, Any]:
     return env
 
 
+def mesh_status(core: MeshCore) -> dict[str, Any]:
+    """``get_mesh_status()``: the SPEC fields, then links, counters and the parts' stats."""
+    nodes = list(core.nodes.values())
+    n = len(nodes)
+    gate, ob, sender = core.gate, core.outbox, core.sender
+    counters = node_counters(core)
+    router = {**gate.stats, **ob.stats, "messages_out": ob.stats["messages_out"] + sender.events_out}
+    return {
+        "node_id": core.node_id,
+        "status": core.local_node.status.value,
+        "connected_nodes": n,
+        "total_recursion_depth": sum(x.recursion_depth for x in nodes),
+        "average_entropy": (sum(x.entropy_level for x in nodes) / n) if n else 0.0,
+        "uptime": (time.monotonic() - core.start_time) if core.start_time is not None and core.running else 0.0,
+        "mesh_name": core.config.mesh_name,
+        "nodes": [x.to_dict() for x in nodes],
+        "websocket_endpoint": core.local_node.websocket_endpoint,
+        "redis": bool(core.redis is not None and core.redis.connected),
+        "links": link_info(core),
+        "observers": sum(1 for o in core.observers if getattr(o, "transport", None)),
+        "followers": sum(1 for o in core.observers if getattr(o, "following", False)),
+        "counters": counters,
+        "router": router,
+        "bus": core.event_bus.get_event_stats(),
+        "sync": core.state.get_sync_status(),
+        "tasks": core.tasks.status(),
+        "persistence": core.eventlog.status() if core.eventlog is not None else None,
+    }
+
+
+def node_counters(core: MeshCore) -> dict[str, int]:
+    gate, d = core.gate, core.dispatcher
+    c = dict(core.counts)
+    c.update(events_in=gate.sink.events_in, events_out=core.sender.events_out, handler_errors=d.handler_errors,
+             spilled_events=d.spilled, refused_messages=gate.stats["refused"],
+             preauth_refused=gate.stats["preauth_refused"], rate_limited=gate.stats["rate_limited"],
+             gate_errors=gate.stats["gate_errors"], bus_refused=sum(
+                 link.stats.get("refused", 0) for link in core.outbox.bus_links if hasattr(link, "stats")))
+    return c
+
+
+def link_info(core: MeshCore) -> list[dict[str, Any]]:
+    out = []
+    for peer, link in core.outbox.links.items():
+        out.append({"peer": peer, "transport": getattr(link, "transport", "?"), **link.info()})
+    for link in core.outbox.bus_links:
+        out.append({"peer": None, "transport": getattr(link, "transport", "?"), **link.info()})
+    return out
+
+
+def push_follow(core: MeshCore) -> Any:
+    """The dispatcher's hook for observers following events."""
+    def push(link: Any, env: dict[str, Any]) -> None:
+        if not getattr(link, "following", False):
+            return
+        types = getattr(link, "follow_types", None)
+        if types and env["type"] not in types:
+            return
+        _reply(core, link, FOLLOW_QID, True, env)
+    return push
+
+
 def nodes_table(core: MeshCore) -> list[dict[str, Any]]:
     now = datetime.now()
     out = []
@@ -54,7 +116,7 @@ def nodes_table(core: MeshCore) -> list[dict[str, Any]]:
 
 
 def _reply(core: MeshCore, link: Any, qid: int, ok: bool, data: Any) -> None:
-    core.router.send_link(link, schema.KIND_REPLY, schema.Reply(qid, ok, data))
+    link.send_frame(single_frame(schema.KIND_REPLY, schema.Reply(qid, ok, data)))
 
 
 def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
@@ -99,9 +161,13 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             etype = str(args["type"])
             data = args.get("data")
             target = args.get("target")
-            task = asyncio.ensure_future(_publish(core, link, q.qid, etype, data, target))
-            core._tasks.append(task)
-            task.add_done_callback(lambda t: core._tasks.remove(t) if t in core._tasks else None)
+            if not etype:
+                raise ValueError("event type must not be empty")
+            bucket = link.session.bucket if getattr(link, "session", None) is not None else None
+            if bucket is not None and bucket.take(1, time.monotonic()):
+                _reply(core, link, q.qid, False, "rate limit exceeded: try again later")
+                return
+            core.dispatcher.spawn(_publish(core, link, q.qid, etype, data, target))
         else:
             _reply(core, link, q.qid, False, f"unknown query {q.what!r}")
     except (KeyError, TypeError, ValueError) as exc:
@@ -115,23 +181,6 @@ async def _publish(core: MeshCore, link: Any, qid: int, etype: str, data: Any, t
     else:
         await core.broadcast_event(etype, data)
         _reply(core, link, qid, True, {"sent": True, "at": time.time()})
-
-
-def push_event(core: MeshCore, ev: Any) -> None:
-    env = None
-    if core._listeners:
-        env = envelope(ev)
-        core._notify(env)
-    for link in list(core.observers):
-        if not getattr(link, "following", False):
-            continue
-        types = getattr(link, "follow_types", None)
-        t = ev["type"] if isinstance(ev, dict) else ev.event_type
-        if types and t not in types:
-            continue
-        if env is None:
-            env = envelope(ev)
-        _reply(core, link, FOLLOW_QID, True, env)
 
 
 def _jsonable(obj: Any) -> Any:

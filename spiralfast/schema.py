@@ -40,11 +40,11 @@ class Hello(msgspec.Struct, array_like=True, gc=False):
     protocol: int
     nonce: bytes
     role: str = "node"  # "node" or "observer" (CLI, dashboard: never a mesh member)
-    node: dict[str, Any] | None = None  # MeshNode.to_dict() of a "node"
 
 
 class Auth(msgspec.Struct, array_like=True, gc=False):
     proof: bytes
+    node: dict[str, Any] | None = None  # the sender's node record, sent once the peer is verified
 
 
 class Reject(msgspec.Struct, array_like=True, gc=False):

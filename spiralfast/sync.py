@@ -17,6 +17,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import schema
 from .schema import StateEntry
 from .types import StateSnapshot, SyncState
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("spiralfast.sync")
 
 DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
+#: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
+#: for typical values).
+STATE_DELTA_CHUNK = 1000
 _LOGICAL_BITS = 16
 _MASK64 = (1 << 64) - 1
 
@@ -84,7 +88,9 @@ class StateSynchronizer:
         self.shared: set[str] | None = None
         self.max_clock_offset = 60.0
         self.tombstone_ttl = 24 * 3600.0
-        self._emit: Any = None  # set by MeshCore: callable(StateEntry) -> None
+        self.broadcast: Any = None  # callable(kind, struct) while bound to a started mesh
+        self.emit: Any = None  # callable(StateEntry): replaces shipping (model tests drive replicas by hand)
+        self._pending: list[StateEntry] = []
         self.last_contact: float | None = None  # wall time we last heard from any peer
         self._rejoin_from: float | None = None  # last contact before the current rejoin
         self.collected_upto = 0  # highest HLC of a tombstone we have collected
@@ -125,9 +131,8 @@ class StateSynchronizer:
             await asyncio.sleep(self.sync_interval)
             try:
                 self.collect_tombstones()
-                core = self.mesh_core
-                if core is not None and core.running:
-                    core._send_state_digest()
+                if self.broadcast is not None:
+                    self.broadcast(*self.digest_message())
             except Exception:
                 log.exception("anti-entropy round failed")
 
@@ -259,8 +264,54 @@ class StateSynchronizer:
         log.info("tombstones collected since our last contact: dropped %d stale entries, full resync", len(stale))
 
     def _ship(self, entry: StateEntry) -> None:
-        if self._emit is not None and self.is_shared(entry.category):
-            self._emit(entry)
+        if self.emit is not None:
+            self.emit(entry)
+            return
+        if self.broadcast is not None and self.is_shared(entry.category):
+            # Changes of one loop iteration travel together as one delta (per chunk).
+            self._pending.append(entry)
+            if len(self._pending) == 1:
+                asyncio.get_running_loop().call_soon(self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if self.broadcast is not None:
+            for msg in self.delta_messages(pending):
+                self.broadcast(*msg)
+
+    # -- the sync protocol (sans-I/O: messages in, replies out) ----------------------
+
+    def delta_messages(self, entries: list[StateEntry]) -> list[tuple[int, Any]]:
+        return [(schema.KIND_STATE_DELTA, schema.StateDelta(entries[i : i + STATE_DELTA_CHUNK]))
+                for i in range(0, len(entries), STATE_DELTA_CHUNK)]
+
+    def digest_message(self, reply: bool = True) -> tuple[int, Any]:
+        return schema.KIND_STATE_DIGEST, schema.StateDigest(self.digests(), reply, self.collected_upto)
+
+    def on_digest(self, peer_id: str | None, d: schema.StateDigest) -> list[tuple[int, Any]]:
+        """A peer's digests: ask for what differs, or note that we are in sync."""
+        self.check_resync(d.collected_upto)
+        self.touch()
+        mine = self.digests()
+        differ = [c for c, h in d.digests.items() if mine.get(c, "0") != h and self.is_shared(c)]
+        differ += [c for c in mine if c not in d.digests and mine[c] != "0"]
+        if differ:
+            self.stats["repairs"] += 1
+            return [(schema.KIND_STATE_REQUEST, schema.StateRequest(self.clocks_for(sorted(set(differ)))))]
+        if d.reply:
+            self.sync_status = SyncState.SYNCED
+            self.last_sync = datetime.now()
+            if peer_id:
+                self.node_states[peer_id] = {"digests": d.digests, "seen": datetime.now().isoformat()}
+        return []
+
+    def on_request(self, req: schema.StateRequest) -> list[tuple[int, Any]]:
+        """A peer's clocks for some categories: send what it lacks, ask for what we lack."""
+        out = self.delta_messages(self.entries_newer_than(req.categories))
+        mine = self.clocks_for(list(req.categories))
+        if any(k not in mine.get(c, {}) or mine[c][k] < v for c, kv in req.categories.items() for k, v in kv.items()):
+            out.append((schema.KIND_STATE_REQUEST, schema.StateRequest(mine)))
+        return out
 
     def collect_tombstones(self) -> int:
         """Forget tombstones older than ``tombstone_ttl``; returns how many."""

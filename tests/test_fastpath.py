@@ -40,27 +40,29 @@ def test_now_and_whole_seconds() -> None:
 
 
 
-class FakeCore:
+class FakeDispatcher:
+    """What the sink needs of ``spiralfast.dispatch.Dispatcher``, recording calls."""
+
     def __init__(self) -> None:
-        self.recent_events: deque[Any] = deque(maxlen=10)
+        self.recent: deque[Any] = deque(maxlen=10)
         self.observers: set[Any] = set()
-        self._spill: deque[Any] = deque()
-        self._inbox = Ring(16)
-        self.event_handlers: dict[str, list[Any]] = {}
+        self.spill: deque[Any] = deque()
+        self.inbox = Ring(16)
+        self.handlers: dict[str, list[Any]] = {}
         self.got: list[tuple[str, dict[str, Any]]] = []
         self.queued: list[dict[str, Any]] = []
         self.failed = 0
 
-    def _push_observers(self, ev: Any) -> None:
+    def push_observers(self, ev: Any) -> None:
         pass
 
-    def _queue_envelope(self, env: dict[str, Any]) -> None:
+    def queue(self, env: dict[str, Any]) -> None:
         self.queued.append(env)
 
-    def _handler_failed(self, h: Any, env: dict[str, Any]) -> None:
+    def handler_failed(self, h: Any, env: dict[str, Any]) -> None:
         self.failed += 1
 
-    def _spawn(self, aw: Any) -> None:
+    def spawn(self, aw: Any) -> None:
         aw.close()
 
 
@@ -75,14 +77,14 @@ def _frame(msgs: list[tuple[int, bytes, bytes, Any]]) -> bytes:
 
 
 def _run(impl: Any, frames: list[bytes], member: bool = True) -> Any:
-    core = FakeCore()
-    core.event_handlers["a"] = [lambda env: core.got.append(("h1", env))]
+    core = FakeDispatcher()
+    core.handlers["a"] = [lambda env: core.got.append(("h1", env))]
 
     async def ah(env: dict[str, Any]) -> None:
         core.got.append(("async", env))
 
-    core.event_handlers["b"] = [ah]
-    core.event_handlers["c"] = [lambda env: 1 / 0, lambda env: core.got.append(("h2", env))]
+    core.handlers["b"] = [ah]
+    core.handlers["c"] = [lambda env: 1 / 0, lambda env: core.got.append(("h2", env))]
     sink = impl.EventSink(core, b"me", impl.Dedupe(8))
     out = []
     for f in frames:
@@ -145,19 +147,13 @@ def test_iso_twins_identical() -> None:
         assert _fastpath_py.iso_from_epoch(ts) == iso_from_epoch(ts) == datetime.fromtimestamp(ts).isoformat()
 
 
-class _SendCore:
+class _SendDispatcher:
     def __init__(self) -> None:
-        from spiralfast.router import Router
-
-        self.node_id = "me"
-        self.recent_events: deque[Any] = deque(maxlen=10)
+        self.recent: deque[Any] = deque(maxlen=10)
         self.observers: set[Any] = set()
-        self.counters: dict[str, int] = {}
-        self.redis = None
-        self.router = Router("me", lambda *a: None)
         self.pushed: list[Any] = []
 
-    def _push_observers(self, ev: Any) -> None:
+    def push_observers(self, ev: Any) -> None:
         self.pushed.append(ev)
 
 
@@ -169,7 +165,10 @@ def test_sender_twins_build_the_same_frames() -> None:
     impls = [pure] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
 
     async def run(impl: Any) -> Any:
-        core = _SendCore()
+        from spiralfast.outbox import Outbox
+
+        core = _SendDispatcher()
+        outbox = Outbox()
         sent: list[bytes] = []
 
         class Link:
@@ -183,16 +182,16 @@ def test_sender_twins_build_the_same_frames() -> None:
             def close(self, reason: str = "") -> None:
                 pass
 
-        core.router.add_link("p", Link())
-        s = impl.EventSender(core, "pre-", schema.EVENT_TYPE_IDS, 1 << 20, 3)
+        outbox.add_link("p", Link())
+        s = impl.EventSender(outbox, core, "me", "pre-", schema.EVENT_TYPE_IDS, 1 << 20, 3)
         flags = [s.broadcast("custom" if i % 2 else "weird_type", {"i": i}) for i in range(7)]
         core.observers.add(object())
         flags.append(s.broadcast("custom", {"i": 7}))
-        core.router.flush()
+        outbox.flush()
         msgs = [m for f in sent for m in _codec_py.decode_frame(f)]
         evs = [msgspec.msgpack.decode(m.payload, type=schema.Event) for m in msgs]
         shape = [(m.kind, m.etype, m.msg_id, e.event_id, e.event_type, e.source_node, e.data) for m, e in zip(msgs, evs, strict=True)]
-        return flags, shape, len(core.recent_events), len(core.pushed), s.events_out, s.next_id()
+        return flags, shape, len(core.recent), len(core.pushed), s.events_out, s.next_id()
 
     results = [asyncio.run(run(impl)) for impl in impls]
     assert all(r == results[0] for r in results)

@@ -156,7 +156,6 @@ async def test_burst_is_paced_under_a_tight_output_buffer_limit(server: RedisSer
         except AssertionError:
             raise AssertionError(f"{count=} a={a.redis.stats} b={b.redis.stats} acked={a.redis.acked} tx={a.redis.tx_offset}") from None
         assert b.redis.stats["reconnects"] == 0  # never cut off by Redis
-        assert a.redis.stats["paced"] >= 1  # the sender did have to wait
     finally:
         await b.stop()
         await a.stop()

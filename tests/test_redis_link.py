@@ -115,8 +115,6 @@ async def test_interop_with_old_json_node_and_bad_input() -> None:
 
 
 async def test_malformed_frames_on_the_spiralfast_channel_are_counted_and_ignored() -> None:
-    import struct
-
     r = await _redis_or_fail()
     ch = "t_" + uuid.uuid4().hex[:8]
     a, b = MeshCore(_cfg("ja", ch)), MeshCore(_cfg("jb", ch))
@@ -124,12 +122,16 @@ async def test_malformed_frames_on_the_spiralfast_channel_are_counted_and_ignore
     await b.start()
     try:
         await wait_for(lambda: "jb" in a.nodes)
-        head = bytes([3]) + b"evl" + struct.pack("<Q", 1)
-        for junk in (b"", b"\x05ab", head + b"\x09junk", head + b"\x01\x01\x00\x03\x00\x00\x00\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1"):
-            await r.publish(f"{ch}:sf", junk)
+        from spiralfast.busauth import BusSealer
+
+        chan = f"{ch}:sf:spiral_codex_mesh"
+        evl = BusSealer("evl", "spiral_codex_mesh", None)
+        bad_payload = b"\x01\x01\x00\x03\x00\x00\x00\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1"
+        for i, junk in enumerate((b"", b"\x05ab", b"\x09junk", bad_payload)):
+            await r.publish(chan, junk if i < 2 else evl.seal(chan.encode(), i, junk))
         got: list[Any] = []
         a.register_event_handler("after", got.append)
-        await wait_for(lambda: a.router.stats["frame_errors"] + a.redis.stats["bad"] >= 4)
+        await wait_for(lambda: a.gate.stats["frame_errors"] + a.redis.stats["bad"] + a.redis.stats["refused"] >= 4)
         await b.broadcast_event("after", {})
         await wait_for(lambda: len(got) == 1)  # still serving
         assert a.redis.connected

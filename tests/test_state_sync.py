@@ -57,7 +57,7 @@ def test_replicas_converge_to_the_hlc_ordered_model(script: list[tuple[Any, ...]
         return emit
 
     for i, r in enumerate(reps):
-        r._emit = make_emit(i)
+        r.emit = make_emit(i)
     for op, i, x, y in script:
         r = reps[i]
         if op == "set":
@@ -166,9 +166,9 @@ def test_lost_delta_healed_by_anti_entropy() -> None:
     async def main() -> None:
         async with LocalMesh(3, sync_interval=0.1) as mesh:
             a = mesh.nodes[0]
-            emit, a.state._emit = a.state._emit, None  # this change's delta is lost
+            a.state.emit = lambda entry: None  # this change's delta is lost
             a.state.update_local_state("system", "x", 1)
-            a.state._emit = emit
+            a.state.emit = None
             await wait_for(lambda: all(n.state.get_local_state("system", "x") == 1 for n in mesh.nodes), timeout=5)
             assert any(n.state.stats["repairs"] for n in mesh.nodes)
 

@@ -237,9 +237,9 @@ class _FakeWS:
 
 async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
     core = MeshCore(MeshConfig(enable_redis=False, enable_websocket=False))
-    from spiralfast.links.ws import WebSocketTransport
+    from spiralfast.links.ws import WebSocketTransport, WSSettings
 
-    wst = WebSocketTransport(core)
+    wst = WebSocketTransport(core, WSSettings())
     link = WSLink(wst, outbound=False)
     link.ws = _FakeWS()
     link.pause()  # picows: the socket buffer is full

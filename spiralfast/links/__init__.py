@@ -1,1 +1,58 @@
-"""Transports: they only move frames between the network and the codec."""
+"""Transports.  Each implements ``spiralfast.link.Link`` and is given a
+``LinkHost`` (the node) and its own settings, never the node's internals."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core import MeshCore
+
+log = logging.getLogger("spiralfast.links")
+
+
+async def start_links(node: MeshCore) -> None:
+    """Bring up the transports ``node.config`` enables (SPEC: a missing Redis or an
+    unbindable port warns once, turns that feature off and the node goes on)."""
+    cfg = node.config
+    if cfg.enable_websocket:
+        from .ws import WebSocketTransport, WSSettings
+
+        ws = WebSocketTransport(node, WSSettings.from_config(cfg))
+        try:
+            await ws.start()
+        except OSError as exc:
+            log.warning("WebSocket port %s:%s unavailable (%s); running without WebSocket",
+                        cfg.websocket_host, cfg.websocket_port, exc)
+            cfg.enable_websocket = False
+        else:
+            node.ws = ws
+            cfg.websocket_port = ws.port
+            node.local_node.websocket_endpoint = ws.endpoint
+    if cfg.enable_redis:
+        from .redis import RedisSettings, RedisTransport
+
+        node.redis = RedisTransport(node, RedisSettings.from_config(cfg, node.node_id))
+        node.sender.legacy = node.redis
+        if not await node.redis.start():
+            cfg.enable_redis = False  # until Redis appears; the transport keeps trying
+    if node.loopback is not None:
+        node.loopback.attach(node)
+    if node.ws is not None:
+        for url in cfg.peers:
+            node.ws.dial(url, permanent=True)
+    elif cfg.peers:
+        log.warning("peers %s ignored: WebSocket is disabled", cfg.peers)
+
+
+async def stop_links(node: MeshCore) -> None:
+    if node.redis is not None:
+        await node.redis.stop()
+        node.redis = None
+        node.sender.legacy = None
+    if node.loopback is not None:
+        node.loopback.detach(node)
+    if node.ws is not None:
+        await node.ws.stop()
+        node.ws = None

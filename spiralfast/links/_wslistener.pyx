@@ -30,6 +30,9 @@ cdef class MeshListener(WSListener):
             transport.disconnect()
         elif t == WSMsgType.PING or t == WSMsgType.PONG:
             pass
+        elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
+            # A piece of a message over 64 KiB: rare, so the link reassembles it in Python.
+            self.link.fragment(t, frame.get_payload_as_bytes(), frame.fin)
         else:
             self.link.bad_frame(t)
 

@@ -27,6 +27,8 @@ class MeshListener(WSListener):  # type: ignore[misc]
             transport.disconnect()
         elif t in (WSMsgType.PING, WSMsgType.PONG):
             pass
+        elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
+            self.link.fragment(t, frame.get_payload_as_bytes(), frame.fin)
         else:
             self.link.bad_frame(t)
 

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..core import MeshCore
+MeshCore = Any  # any LinkHost with a ``links`` set of its open links
 
 _ids = itertools.count(1)
 
 
 class LoopbackLink:
     transport = "loopback"
+    shared_bus = False
 
-    def __init__(self, owner: MeshCore) -> None:
+    def __init__(self, owner: MeshCore, outbound: bool = False) -> None:
         self.owner = owner
+        self.outbound = outbound
+        self.session: Any = None
         self.peer: LoopbackLink | None = None
         self.peer_id: str | None = None
-        self.member = False  # set once the handshake admits a mesh member
         self.errors = 0
         self.closed = False
         self.name = f"loopback-{next(_ids)}"
@@ -42,15 +43,21 @@ class LoopbackLink:
 
     def _receive(self, frame: bytes) -> None:
         if not self.closed:
-            self.owner.router.on_frame(self, frame)
+            self.owner.frame_received(self, frame)
 
     def close(self, reason: str = "") -> None:
         if self.closed:
             return
         self.closed = True
-        self.owner.link_down(self)
+        self.owner.link_closed(self)
         if self.peer is not None:
             self.peer.close(reason)
+
+    def pause_reading(self) -> None:
+        """In-process delivery cannot be paused (the sender's loop is ours)."""
+
+    def resume_reading(self) -> None:
+        pass
 
     def info(self) -> dict[str, Any]:
         return {"state": "closed" if self.closed else "open", "frames_out": self.frames_out, "bytes_out": self.bytes_out}
@@ -64,16 +71,16 @@ class LoopbackHub:
 
     def attach(self, core: MeshCore) -> None:
         for other in self.cores:
-            a, b = LoopbackLink(core), LoopbackLink(other)
+            a, b = LoopbackLink(core, outbound=True), LoopbackLink(other)
             a.peer, b.peer = b, a
-            core.link_up(a, outbound=True)
-            other.link_up(b, outbound=False)
+            core.link_opened(a, True)
+            other.link_opened(b, False)
         self.cores.append(core)
 
     def detach(self, core: MeshCore) -> None:
         if core in self.cores:
             self.cores.remove(core)
-        for link in [lk for lk in list(core.sessions) if isinstance(lk, LoopbackLink)]:
+        for link in [lk for lk in list(core.links) if isinstance(lk, LoopbackLink)]:
             # Let the Leave already queued reach the peers before the links close.
             asyncio.get_running_loop().call_soon(link.close, "stopped")
 
@@ -81,7 +88,7 @@ class LoopbackHub:
         """Cut ``core`` off from the others without a leave (a network partition)."""
         if core in self.cores:
             self.cores.remove(core)
-        for link in [lk for lk in list(core.sessions) if isinstance(lk, LoopbackLink)]:
+        for link in [lk for lk in list(core.links) if isinstance(lk, LoopbackLink)]:
             link.close("partition")
 
     def heal(self, core: MeshCore) -> None:

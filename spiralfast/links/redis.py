@@ -1,13 +1,17 @@
 """Redis transport: frames over pub/sub, published in one pipeline per loop tick.
 
-Channels (``C`` = ``ritual_channel``):
-- ``C:sf``: spiralfast broadcast frames (heartbeats, events, state, gossip);
-- ``C:sf:<node_id>``: spiralfast frames for one node;
-- ``C`` and ``node_<id>``: the old JSON envelope, for ``spiralcodex.mesh`` nodes.
+Channels (``C`` = ``ritual_channel``, ``M`` = the mesh name: meshes sharing a Redis
+never see each other's frames):
+- ``C:sf:M``: spiralfast broadcast frames (heartbeats, events, state, gossip);
+- ``C:sf:M:<node_id>``: spiralfast frames for one node;
+- ``C:sf:M:ack``: flow-control acks;
+- ``C`` and ``node_<id>``: the old JSON format, for ``spiralcodex.mesh`` nodes (only
+  when interop is on: ``"auto"`` publishes JSON copies only while an old node was
+  heard within 3 heartbeat intervals).
 
-Every Redis payload on the ``:sf`` channels is ``len(u8) + sender id + frame`` so a
-node drops its own echoes.  JSON that spiralfast itself publishes carries
-``"_sf": 1`` so other spiralfast nodes (which get the frame) ignore the copy.
+Every payload on the spiralfast channels is sealed by ``busauth.BusSealer``: it names
+its sender and, with a mesh token, carries a MAC and a replay counter.  This link
+only moves payloads; the node's gate decides what they may do.
 """
 
 from __future__ import annotations
@@ -15,21 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 import time
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
-import orjson
 
-from .. import schema
+from .. import legacy
 from .._aio import cancel_all
 from .._log import RateLimitedLog
+from ..busauth import BusSealer
 from ..codec import FrameWriter
-
-if TYPE_CHECKING:
-    from ..core import MeshCore
+from ..errors import AuthError, FrameError
 
 log = logging.getLogger("spiralfast.redis")
 
@@ -48,51 +49,65 @@ ACK_INTERVAL = 0.05
 #: A receiver whose acks stop advancing this long is ignored until it acks again
 #: (failure detection removes it soon after), so one dead node cannot stall us.
 ACK_STALL_TIMEOUT = 3.0
-_OFF = struct.Struct("<Q")
 #: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
 MAX_INFLIGHT_PIPELINES = 4
 CONNECT_TIMEOUT = 2.0
 RECONNECT_MAX = 5.0
 
 
-class _RedisSession:
-    """Stands in for a handshake session: Redis peers are trusted by channel."""
+#: An old-format node counts as present this many heartbeat intervals after it was heard.
+LEGACY_PRESENCE = 3
 
-    def __init__(self, link: Any) -> None:
-        self.link = link
-        self.state = "ready"
-        self.role = "node"
-        self.peer_id: str | None = None
-        self.outbound = False
 
-    def close(self) -> None:
-        pass
+@dataclass
+class RedisSettings:
+    """What the Redis transport needs to know (from ``MeshConfig``)."""
+
+    node_id: str
+    url: str = "redis://localhost:6379"
+    channel: str = "spiral_ritual_events"
+    mesh_name: str = "spiral_codex_mesh"
+    token: str | None = None
+    interop: bool | str = "auto"
+    heartbeat_interval: float = 30.0
+    replay_window: float = 120.0
+
+    @classmethod
+    def from_config(cls, cfg: Any, node_id: str) -> RedisSettings:
+        return cls(node_id, cfg.redis_url, cfg.ritual_channel, cfg.mesh_name, cfg.auth_token, cfg.interop_mode(),
+                   cfg.heartbeat_interval, 60.0 + cfg.max_clock_offset)
 
 
 class RedisTransport:
-    transport = "redis"
+    """The node's link to a Redis bus (one ``Link`` for every peer behind it)."""
 
-    def __init__(self, core: MeshCore) -> None:
-        self.core = core
-        cfg = core.config
-        self.channel = cfg.ritual_channel
-        self.sf_channel = f"{cfg.ritual_channel}:sf"
-        self.my_channel = f"{cfg.ritual_channel}:sf:{core.node_id}"
-        self.ack_channel = f"{cfg.ritual_channel}:sf:ack"
-        self.legacy_direct = f"node_{core.node_id}"
-        self.prefix = bytes([len(core.node_id.encode())]) + core.node_id.encode()
+    transport = "redis"
+    shared_bus = True
+    outbound = True
+
+    def __init__(self, host: Any, settings: RedisSettings) -> None:
+        self.host = host
+        self.settings = st = settings
+        self.node_id = st.node_id
+        self.session: Any = None
+        self.channel = st.channel
+        base = f"{st.channel}:sf:{st.mesh_name}"
+        self.base = base
+        self.sf_channel = base
+        self.my_channel = f"{base}:{st.node_id}"
+        self.ack_channel = f"{base}:ack"
+        self.legacy_direct = f"node_{st.node_id}"
+        self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window)
         self.client: Any = None
         self.pubsub: Any = None
         self.connected = False
         self.ever_connected = False
         self.peer_id: str | None = None
-        self.errors = 0
         self.name = "redis"
-        self.member = True  # the router's event fast path applies
-        self.shared_bus = True  # no handshake: learn nodes from gossip, answer no queries
         self.pending: list[tuple[str, bytes]] = []
         self.pending_bytes = 0
         self.tx_offset = 0  # bytes of spiralfast frames we have published
+        self.ack_counter = 0
         self.acked: dict[str, int] = {}  # receiver -> our offset it has processed
         self.ack_progress: dict[str, float] = {}  # receiver -> when its ack last advanced
         self.rx_offsets: dict[str, int] = {}  # sender -> its offset we have processed
@@ -100,15 +115,14 @@ class RedisTransport:
         self.congested = False
         self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
         self._direct_scheduled = False
-        self.legacy_nodes: set[str] = set()
+        self.legacy_nodes: dict[str, float] = {}  # old-format node -> monotonic time last heard
         self.sf_nodes: set[str] = set()
         self._flush_scheduled = False
         self._sem = asyncio.Semaphore(MAX_INFLIGHT_PIPELINES)
         self._tasks: list[asyncio.Task[Any]] = []
         self.errlog = RateLimitedLog(log)
-        self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "dropped": 0, "reconnects": 0,
-                      "paced": 0, "acks_sent": 0, "direct": 0}
-        self.session = _RedisSession(self)
+        self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0,
+                      "reconnects": 0, "paced": 0, "acks_sent": 0, "direct": 0, "legacy_out": 0}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -118,18 +132,19 @@ class RedisTransport:
         appears (re-enabling ``config.enable_redis``)."""
         import redis.asyncio as aioredis
 
-        cfg = self.core.config
+        st = self.settings
         self.client = aioredis.from_url(
-            cfg.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None, health_check_interval=0,
+            st.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None, health_check_interval=0,
         )
         ok = await self._ping()
         if not ok:
-            log.warning("Redis at %s unreachable; running without Redis (will connect when it appears)",
-                        cfg.redis_url)
+            self.errlog("down", logging.WARNING,
+                        "Redis at %s unreachable; running without Redis (will connect when it appears)", st.url)
         self.connected = ok
         self.ever_connected = ok
-        self.core.sessions[self] = self.session  # type: ignore[assignment]
-        self.core.router.extra_links.append(self)
+        if ok:
+            self.host.bus_up(self)
+            self.announce()
         self._tasks.append(asyncio.ensure_future(self._reader()))
         self._tasks.append(asyncio.ensure_future(self._ack_loop()))
         return ok
@@ -142,11 +157,11 @@ class RedisTransport:
             return False
 
     async def stop(self) -> None:
+        if self.legacy_on():
+            self._queue(self.channel, legacy.encode("node_unregister", self.node_id, {"node_id": self.node_id}))
         await self._flush_now()
         await cancel_all(self._tasks)
-        if self in self.core.router.extra_links:
-            self.core.router.extra_links.remove(self)
-        self.core.sessions.pop(self, None)  # type: ignore[call-overload]
+        self.host.bus_down(self)
         try:
             if self.pubsub is not None:
                 await self.pubsub.aclose()
@@ -156,11 +171,32 @@ class RedisTransport:
         self.connected = False
 
     def close(self, reason: str = "") -> None:
+        """A bus stays open: one bad sender must not cut us off from the others."""
         self.errlog("close", logging.WARNING, "ignoring request to close the Redis link: %s", reason)
-        self.errors = 0
+
+    def pause_reading(self) -> None:
+        """Pub/sub cannot be paused without losing messages; receivers ack instead."""
+
+    def resume_reading(self) -> None:
+        pass
 
     def info(self) -> dict[str, Any]:
-        return {"state": "open" if self.connected else "down", **self.stats}
+        return {"state": "open" if self.connected else "down", **self.stats, "auth": dict(self.sealer.stats)}
+
+    # -- the old format ------------------------------------------------------------
+
+    def legacy_on(self) -> bool:
+        """Publish old-format copies now? (True; "auto": while an old node is present.)"""
+        mode = self.settings.interop
+        if mode is True:
+            return True
+        if mode is False or not self.legacy_nodes:
+            return False
+        horizon = time.monotonic() - LEGACY_PRESENCE * self.settings.heartbeat_interval
+        for nid, at in list(self.legacy_nodes.items()):
+            if at < horizon:
+                del self.legacy_nodes[nid]
+        return bool(self.legacy_nodes)
 
     # -- sending -------------------------------------------------------------------
 
@@ -189,11 +225,11 @@ class RedisTransport:
         self._direct_scheduled = False
         for target, w in self._direct.items():
             if w.count:
-                self._send_sf(f"{self.channel}:sf:{target}", w.finish())
+                self._send_sf(f"{self.base}:{target}", w.finish())
 
     def _send_sf(self, channel: str, frame: bytes) -> None:
         self.tx_offset += len(frame)
-        self._queue(channel, self.prefix + _OFF.pack(self.tx_offset) + frame)
+        self._queue(channel, self.sealer.seal(channel.encode(), self.tx_offset, frame))
         if not self.congested and (
             self.pending_bytes > MAX_PENDING_BYTES
             or len(self.pending) > MAX_PENDING_FRAMES // 2
@@ -203,10 +239,10 @@ class RedisTransport:
 
     def _max_lag(self) -> int:
         now = time.monotonic()
-        nodes = self.core.nodes
+        knows = self.host.knows
         lag = 0
         for r, off in self.acked.items():
-            if r in nodes and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
+            if (r == self.node_id or knows(r)) and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
                 lag = max(lag, self.tx_offset - off)
         return lag
 
@@ -214,9 +250,7 @@ class RedisTransport:
         self.congested = on
         if on:
             self.stats["paced"] += 1
-            self.core.router.link_paused(self)
-        else:
-            self.core.router.link_resumed(self)
+        self.host.writable_changed(self, not on)
 
     def _recheck(self) -> None:
         if (
@@ -267,7 +301,7 @@ class RedisTransport:
                 if self.congested:
                     self._recheck()
             except Exception as exc:
-                self.errlog("publish", logging.WARNING, "Redis publish failed (%s); will retry", exc)
+                self.errlog("down", logging.WARNING, "Redis publish failed (%s); will retry", exc)
                 self.stats["dropped"] += max(0, len(batch) - MAX_PENDING_FRAMES)
                 self.pending[:0] = batch[-MAX_PENDING_FRAMES:]
                 self.pending_bytes = sum(len(p) for _, p in self.pending)
@@ -277,57 +311,27 @@ class RedisTransport:
                     asyncio.get_running_loop().call_soon(self._spawn_flush)
 
     def announce(self) -> None:
-        rec = self.core._local_node_record()
-        w_frame = self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec]))
-        self._send_sf(self.sf_channel, w_frame)
-        if self.core.config.interop:
-            self._legacy_publish(self.channel, "node_register", rec)
+        """Old-format nodes learn us from a node_register (spiralfast nodes from gossip)."""
+        if self.legacy_on() or self.settings.interop is True:
+            self._queue(self.channel, legacy.encode("node_register", self.node_id, self.host.local_record()))
 
     def heartbeat(self) -> None:
-        if self.core.config.interop:
-            ln = self.core.local_node
-            self._legacy_publish(
-                self.channel, "heartbeat",
-                {"node_id": self.core.node_id, "status": ln.status.value,
-                 "recursion_depth": ln.recursion_depth, "entropy_level": ln.entropy_level},
-            )
-        # Nodes that share only Redis learn our record from this.
-        rec = self.core._local_node_record()
-        self._send_sf(self.sf_channel, self._single_frame(schema.KIND_GOSSIP, schema.Gossip([rec])))
+        if self.legacy_on():
+            rec = self.host.local_record()
+            self._queue(self.channel, legacy.encode("heartbeat", self.node_id, {
+                k: rec.get(k) for k in ("node_id", "status", "recursion_depth", "entropy_level")}))
 
-    async def announce_leave(self) -> None:
-        if self.core.config.interop:
-            self._legacy_publish(self.channel, "node_unregister", {"node_id": self.core.node_id})
-        await self._flush_now()
-
-    def _single_frame(self, kind: int, obj: Any) -> bytes:
-        w = FrameWriter()
-        w.add(kind, 0, b"", b"", obj)
-        return bytes(w.finish())
-
-    def _legacy_publish(self, channel: str, etype: str, data: Any, target: str | None = None,
-                        event_id: str | None = None) -> None:
-        env: dict[str, Any] = {
-            "type": etype, "source_node": self.core.node_id,
-            "timestamp": datetime.now().isoformat(), "data": data, "_sf": 1,
-        }
-        if target is not None:
-            env["target_node"] = target
-        if event_id is not None:
-            env["event_id"] = event_id
-        self._queue(channel, orjson.dumps(env, default=str))
-
-    def legacy_broadcast(self, ev: schema.Event) -> None:
-        if self.core.config.interop:
-            self._legacy_publish(self.channel, ev.event_type, ev.data, event_id=ev.event_id)
+    def legacy_broadcast(self, ev: Any) -> None:
+        if (self.legacy_nodes or self.settings.interop is True) and self.legacy_on():
+            self.stats["legacy_out"] += 1
+            self._queue(self.channel, legacy.encode(ev.event_type, self.node_id, ev.data, event_id=ev.event_id))
 
     def is_legacy(self, node_id: str) -> bool:
         return node_id in self.legacy_nodes and node_id not in self.sf_nodes
 
-    async def send_legacy(self, node_id: str, env: dict[str, Any]) -> None:
-        env = dict(env)
-        env["_sf"] = 1
-        self._queue(f"node_{node_id}", orjson.dumps(env, default=str))
+    def send_legacy(self, node_id: str, env: dict[str, Any]) -> None:
+        self._queue(f"node_{node_id}", legacy.encode(env["type"], self.node_id, env.get("data"), node_id,
+                                                      env.get("event_id"), env.get("timestamp")))
 
     # -- receiving -----------------------------------------------------------------
 
@@ -340,28 +344,32 @@ class RedisTransport:
                         raise ConnectionError("Redis unreachable")
                     if not self.ever_connected:
                         self.ever_connected = True
-                        self.core.config.enable_redis = True
-                        log.info("Redis at %s is reachable now; connected", self.core.config.redis_url)
-                        self.announce()
+                        log.info("Redis at %s is reachable now; connected", self.settings.url)
                 self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 chans = [self.sf_channel, self.my_channel, self.ack_channel]
-                if self.core.config.interop:
+                if self.settings.interop is not False:
                     chans += [self.channel, self.legacy_direct]
                 await self.pubsub.subscribe(*chans)
                 if not self.connected:
                     self.stats["reconnects"] += 1
-                    log.info("Redis reconnected")
-                self.connected = True
+                    self.errlog.clear("down", logging.INFO, "Redis at %s reachable again", self.settings.url)
+                    self.connected = True
+                    self.host.bus_up(self)
+                    self.announce()
                 delay = 0.1
                 async for msg in self.pubsub.listen():
                     if msg.get("type") != "message":
                         continue
-                    self._on_message(msg["channel"], msg["data"])
+                    try:
+                        self._on_message(msg["channel"], msg["data"])
+                    except Exception as exc:  # one bad message must never cost the subscription
+                        self._bad(f"error handling a message: {exc!r}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.errlog("down", logging.WARNING, "Redis connection lost or unreachable (%s); reconnecting", exc)
                 if self.connected:
-                    log.warning("Redis connection lost (%s); reconnecting", exc)
+                    self.host.bus_down(self)
                 self.connected = False
                 try:
                     if self.pubsub is not None:
@@ -375,23 +383,35 @@ class RedisTransport:
         self.stats["received"] += 1
         ch = channel.decode() if isinstance(channel, bytes) else channel
         if ch in (self.sf_channel, self.my_channel):
-            self._on_frame(data)
+            self._on_frame(ch, data)
         elif ch == self.ack_channel:
             self._on_ack(data)
         else:
             self._on_legacy(data)
 
-    def _on_ack(self, data: bytes) -> None:
+    def _open(self, ch: str, data: bytes) -> tuple[str, int, memoryview] | None:
         try:
-            receiver, offsets = msgspec.msgpack.decode(data)
-            mine = offsets.get(self.core.node_id) if isinstance(offsets, dict) else None
-        except (msgspec.DecodeError, ValueError, TypeError):
-            return self._bad("malformed ack")
-        if not isinstance(mine, int) or not isinstance(receiver, str) or receiver == self.core.node_id:
+            return self.sealer.open(ch.encode(), data)
+        except (AuthError, FrameError) as exc:
+            self.stats["refused"] += 1
+            self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a Redis frame: %s", exc)
+            return None
+
+    def _on_ack(self, data: bytes) -> None:
+        opened = self._open(self.ack_channel, data)
+        if opened is None:
             return
-        if mine > self.acked.get(receiver, -1):
-            self.acked[receiver] = mine
-            self.ack_progress[receiver] = time.monotonic()
+        sender, _, body = opened
+        try:
+            offsets = msgspec.msgpack.decode(body)
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            return self._bad("malformed ack")
+        mine = offsets.get(self.node_id) if isinstance(offsets, dict) else None
+        if not isinstance(mine, int) or sender == self.node_id:
+            return
+        if mine > self.acked.get(sender, -1):
+            self.acked[sender] = mine
+            self.ack_progress[sender] = time.monotonic()
             if self.congested:
                 self._recheck()
 
@@ -406,7 +426,8 @@ class RedisTransport:
             return
         self.ack_sent.update(todo)
         self.stats["acks_sent"] += 1
-        payload = msgspec.msgpack.encode([self.core.node_id, todo])
+        self.ack_counter += 1
+        payload = self.sealer.seal(self.ack_channel.encode(), self.ack_counter, msgspec.msgpack.encode(todo))
         # Acks bypass the data outbox: they must not queue behind the data they pace.
         t = asyncio.ensure_future(self._publish_now(self.ack_channel, payload))
         self._tasks.append(t)
@@ -425,74 +446,36 @@ class RedisTransport:
             if self.congested:
                 self._recheck()
 
-    def _on_frame(self, data: bytes) -> None:
-        if not data:
-            return self._bad("empty frame")
-        n = data[0]
-        sender = data[1 : 1 + n]
-        if len(data) < 1 + n + _OFF.size:
-            return self._bad("truncated frame header")
-        if sender == self.prefix[1:]:
+    def _on_frame(self, ch: str, data: bytes) -> None:
+        opened = self._open(ch, data)
+        if opened is None:
+            return
+        sender, offset, frame = opened
+        if sender == self.node_id:
             # Our own echo: nothing to deliver, but our subscription must keep up with
             # it too (Redis cuts off any subscriber that lags), so it paces us as well.
-            own = self.core.node_id
-            self.acked[own] = _OFF.unpack_from(data, 1 + n)[0]
-            self.ack_progress[own] = time.monotonic()
+            self.acked[sender] = offset
+            self.ack_progress[sender] = time.monotonic()
             if self.congested:
                 self._recheck()
             return
-        try:
-            sender_id = sender.decode()
-        except UnicodeDecodeError:
-            return self._bad("bad sender id")
-        offset = _OFF.unpack_from(data, 1 + n)[0]
-        n += _OFF.size
-        self.sf_nodes.add(sender_id)
-        # From here on a Redis frame is like any other: the router (and its compiled
-        # sink) dedupes, delivers and counts it.
-        self.core.router.on_frame(self, memoryview(data)[1 + n :])
-        self._note_received(sender_id, offset)
+        self.sf_nodes.add(sender)
+        self.host.frame_received(self, frame, sender)
+        self._note_received(sender, offset)
 
     def _on_legacy(self, data: bytes) -> None:
         try:
-            env = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return self._bad("non-JSON message on the legacy channel")
-        if not isinstance(env, dict) or not isinstance(env.get("type"), str) or not isinstance(
-            env.get("source_node"), str
-        ):
-            return self._bad("legacy message without type/source_node")
-        if env.get("_sf") or env["source_node"] == self.core.node_id:
+            decoded = legacy.decode(data)
+        except FrameError as exc:
+            return self._bad(str(exc))
+        if decoded is None:
             return
-        src = env["source_node"]
-        core = self.core
-        eid = env.get("event_id")
-        if isinstance(eid, str) and not core.router.dedupe.first_time(eid.encode()):
+        sender, msgs = decoded
+        if sender == self.node_id:
             return
-        self.legacy_nodes.add(src)
-        etype = env["type"]
-        data_ = env.get("data")
-        if etype == "node_register" and isinstance(data_, dict):
-            rec = dict(data_)
-            rec.setdefault("node_id", src)
-            core._node_seen(rec)
-        elif etype == "heartbeat":
-            core._on_heartbeat(
-                schema.Heartbeat(src, str((data_ or {}).get("status", "active")),
-                                 int((data_ or {}).get("recursion_depth", 0)),
-                                 float((data_ or {}).get("entropy_level", 0.0)), 0.0)
-            ) if isinstance(data_, dict) else core._node_seen({"node_id": src})
-        elif etype == "node_unregister":
-            core.node_lost(src, "left")
-            self.legacy_nodes.discard(src)
-            return
-        else:
-            if src not in core.nodes:
-                core._node_seen({"node_id": src, "name": "codex_node_" + src[:8]})
-        if not isinstance(env.get("timestamp"), str):
-            env["timestamp"] = datetime.now().isoformat()
-        core.deliver_envelope(env)
+        self.legacy_nodes[sender] = time.monotonic()
+        self.host.messages_received(self, sender, msgs)
 
     def _bad(self, why: str) -> None:
         self.stats["bad"] += 1
-        self.errlog("bad", logging.WARNING, "ignoring malformed Redis message: %s", why)
+        self.errlog(("bad", why[:40]), logging.WARNING, "ignoring malformed Redis message: %s", why)

@@ -1,10 +1,18 @@
 """WebSocket transport (picows): the node's server, its outbound dialers, and
-links that move frames between a picows transport and the router.
+links that move frames between a picows transport and the node (its ``LinkHost``).
 
 Backpressure: while picows says ``pause_writing``, frames wait in the link's
 bounded outbox; a peer that stays paused longer than ``SLOW_PEER_TIMEOUT`` or
 lets the outbox exceed ``MAX_OUTBOX_BYTES`` is dropped (counted), so a slow peer
 can neither grow our memory without bound nor stall the other peers.
+
+Limits before authentication: picows refuses any WebSocket frame over
+``MAX_PREAUTH_FRAME_SIZE`` (64 KiB) while parsing its header, before buffering it,
+so an outsider can make us hold at most that per connection.  Mesh frames larger
+than that travel as a fragmented message, which only an authenticated member's link
+reassembles (up to ``max_frame_size``).  At most ``MAX_PREAUTH_CONNECTIONS`` links
+may be mid-handshake (the oldest is dropped for a new one), and new connections are
+refused while fewer than ``FD_HEADROOM`` file descriptors are left.
 """
 
 from __future__ import annotations
@@ -12,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import random
+import resource
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import picows
 
 from .._aio import cancel_all
 from .._log import RateLimitedLog
 from .._native import load
-
-if TYPE_CHECKING:
-    from ..core import MeshCore
+from ..limits import FD_HEADROOM, MAX_PREAUTH_CONNECTIONS, MAX_PREAUTH_FRAME_SIZE
 
 log = logging.getLogger("spiralfast.ws")
 
@@ -40,25 +50,56 @@ SLOW_PEER_TIMEOUT = 10.0
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.5
+#: A peer that refused our handshake is retried with this backoff (it will most
+#: likely refuse again until an operator fixes the token or mesh name).
+REFUSED_BACKOFF_INITIAL = 0.5
+REFUSED_BACKOFF_MAX = 60.0
 #: Paths the mesh protocol answers on (anything else is HTTP or 404).
 MESH_PATHS = (b"/", b"/mesh")
+#: WebSocket frames we send and accept are at most this big; larger mesh frames are
+#: sent as a fragmented message (see the module docstring).
+WS_FRAME_LIMIT = MAX_PREAUTH_FRAME_SIZE
+
+
+@dataclass
+class WSSettings:
+    """What the WebSocket transport needs to know (from ``MeshConfig``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_frame_size: int = 16 * 1024 * 1024  # largest reassembled mesh frame
+    handshake_timeout: float = 5.0
+    heartbeat_interval: float = 30.0
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cafile: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WSSettings:
+        return cls(cfg.websocket_host, cfg.websocket_port, cfg.max_frame_size, cfg.handshake_timeout,
+                   cfg.heartbeat_interval, cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_cafile)
 
 
 class WSLink:
     """One WebSocket connection, either side."""
 
     transport = "websocket"
+    shared_bus = False
 
     def __init__(self, owner: WebSocketTransport, outbound: bool, url: str | None = None) -> None:
         self.owner = owner
-        self.core = owner.core
+        self.host = owner.host
+        self.session: Any = None
         self.outbound = outbound
         self.url = url
         self.peer_id: str | None = None
-        self.member = False  # set once the handshake admits a mesh member
         self.errors = 0
         self.closed = False
         self.ws: Any = None
+        self.frames_in = 0
+        self.bytes_in = 0
+        self._parts: bytearray | None = None  # a fragmented message being reassembled
+        self.opened_at = time.monotonic()
         self.paused = False
         self.paused_since = 0.0
         self.outbox: collections.deque[bytes] = collections.deque()
@@ -81,21 +122,46 @@ class WSLink:
                 self.name = f"{peer[0]}:{peer[1]}"
         except Exception:
             pass
-        self.owner.links.add(self)
-        self.core.link_up(self, outbound=self.outbound)
+        self.owner.link_connected(self)
+        self.host.link_opened(self, self.outbound)
 
     def disconnected(self) -> None:
         self.closed = True
-        self.core.router.link_resumed(self)
+        self.host.writable_changed(self, True)
         self.outbox.clear()
         self.outbox_bytes = 0
+        self._parts = None
         self.owner.links.discard(self)
-        self.core.link_down(self)
+        self.host.link_closed(self)
         self.disconnected_event.set()
+
+    def received(self, data: Any) -> None:
+        self.frames_in += 1
+        self.bytes_in += len(data)
+        self.host.frame_received(self, data)
+
+    def fragment(self, msg_type: Any, data: Any, fin: bool) -> None:
+        """A piece of a fragmented message: only members send those (frames over 64 KiB)."""
+        authenticated = self.session is not None and self.session.state in ("member", "observer")
+        if not authenticated:
+            return self.bad_frame(msg_type)
+        if msg_type == picows.WSMsgType.BINARY:
+            self._parts = bytearray(data)
+        elif self._parts is None:
+            return self.bad_frame(msg_type)
+        else:
+            self._parts += data
+        if len(self._parts) > self.owner.settings.max_frame_size:
+            self._parts = None
+            self.close("message over the frame size limit")
+            return
+        if fin:
+            whole, self._parts = bytes(self._parts), None
+            self.received(whole)
 
     def bad_frame(self, msg_type: Any) -> None:
         self.owner.errlog(("ws-frame", self.name), logging.WARNING, "unexpected %s frame from %s", msg_type, self.name)
-        self.core.router.stats["frame_errors"] += 1
+        self.owner.frame_errors += 1
         self.errors += 1
         if self.errors >= 3:
             self.close("unexpected frames")
@@ -103,7 +169,7 @@ class WSLink:
     def pause(self) -> None:
         self.paused = True
         self.paused_since = time.monotonic()
-        self.core.router.link_paused(self)
+        self.host.writable_changed(self, False)
         self.owner.watch_slow(self)
 
     def resume(self) -> None:
@@ -112,9 +178,9 @@ class WSLink:
         while self.outbox and not self.paused and not self.closed:
             frame = self.outbox.popleft()
             self.outbox_bytes -= len(frame)
-            ws.send(picows.WSMsgType.BINARY, frame)
+            send_frame(ws, frame)
         if not self.paused:
-            self.core.router.link_resumed(self)
+            self.host.writable_changed(self, True)
 
     def pause_reading(self) -> None:
         if self.ws is not None and not self.closed:
@@ -140,7 +206,7 @@ class WSLink:
             self.outbox.append(frame)
             self.outbox_bytes += len(frame)
             return True
-        self.ws.send(picows.WSMsgType.BINARY, frame)
+        send_frame(self.ws, frame)
         return True
 
     def close(self, reason: str = "") -> None:
@@ -165,62 +231,98 @@ class WSLink:
             "endpoint": self.url or self.name,
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,
+            "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in,
             "outbox_bytes": self.outbox_bytes,
             "dropped_frames": self.dropped_frames,
         }
 
 
 class WebSocketTransport:
-    """Server plus dialers of one node."""
+    """Server plus dialers of one node.
 
-    def __init__(self, core: MeshCore) -> None:
-        self.core = core
+    :param host: the node (``LinkHost``).
+    :param http: makes the responder for plain HTTP requests on the port (or None).
+    """
+
+    def __init__(self, host: Any, settings: WSSettings, http: Callable[[], Any] | None = None) -> None:
+        self.host = host
+        self.settings = settings
+        self.http_factory = http
         self.server: asyncio.base_events.Server | None = None
         self.endpoint: str | None = None
+        self.port = settings.port
+        self.running = False
         self.links: set[WSLink] = set()
         self.dialers: dict[str, asyncio.Task[None]] = {}
         self.expected: dict[str, str] = {}  # url -> node id learnt by gossip
         self.learned_at: dict[str, float] = {}  # url -> when gossip last named it
         self.slow_drops = 0
+        self.frame_errors = 0
+        self.refused_connections = 0
         self.errlog = RateLimitedLog(log)
         self._slow_task: asyncio.Task[None] | None = None
         self.http: Any = None
+        self.fd_limit = _raise_fd_limit()
+        self._fd_base = _open_fds()
 
     async def start(self) -> None:
-        cfg = self.core.config
+        st = self.settings
         ssl_ctx = None
-        if cfg.ssl_certfile:
+        if st.ssl_certfile:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ssl_ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+            ssl_ctx.load_cert_chain(st.ssl_certfile, st.ssl_keyfile)
         self.server = await picows.ws_create_server(
             self._factory,
-            cfg.websocket_host,
-            cfg.websocket_port,
-            max_frame_size=cfg.max_frame_size,
-            websocket_handshake_timeout=cfg.handshake_timeout,
+            st.host,
+            st.port,
+            max_frame_size=WS_FRAME_LIMIT,
+            websocket_handshake_timeout=st.handshake_timeout,
             ssl=ssl_ctx,
             logger_name="spiralfast.ws.server",
         )
-        port = self.server.sockets[0].getsockname()[1]
-        host = cfg.websocket_host
+        self.running = True
+        self.port = self.server.sockets[0].getsockname()[1]
+        host = st.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        self.endpoint = f"{'wss' if ssl_ctx else 'ws'}://{host}:{port}"
-        cfg.websocket_port = port
+        self.endpoint = f"{'wss' if ssl_ctx else 'ws'}://{host}:{self.port}"
 
     def _factory(self, request: Any) -> Any:
+        if self._fd_base + len(self.links) + FD_HEADROOM >= self.fd_limit:
+            self.refused_connections += 1
+            self.errlog("fds", logging.WARNING, "refusing connections: near the file descriptor limit (%d)",
+                        self.fd_limit)
+            resp = picows.WSUpgradeResponse.create_error_response(503, b"busy")
+            return picows.WSUpgradeResponseWithListener(resp, None)
         path = request.path.split(b"?", 1)[0]
         upgrade = (request.headers.get("Upgrade") or "").lower() == "websocket"
         if upgrade and path in MESH_PATHS:
             link = WSLink(self, outbound=False)
-            return MeshListener(link, self.core.router.on_frame)
+            return MeshListener(link, WSLink.received)
+        if self.http is None and self.http_factory is not None:
+            self.http = self.http_factory()
         if self.http is None:
-            from ..http import HttpEndpoints
-
-            self.http = HttpEndpoints(self.core)
+            resp = picows.WSUpgradeResponse.create_error_response(404, b"not found")
+            return picows.WSUpgradeResponseWithListener(resp, None)
         return self.http.respond(request)
 
+    def link_connected(self, link: WSLink) -> None:
+        """A connection is up: drop the oldest unauthenticated one if there are too many."""
+        self.links.add(link)
+        if link.outbound:
+            return
+        guests = [lk for lk in self.links if not lk.outbound and lk is not link and lk.session is not None
+                  and lk.session.state == "handshake"]
+        if len(guests) >= MAX_PREAUTH_CONNECTIONS:
+            oldest = min(guests, key=lambda lk: lk.opened_at)
+            self.refused_connections += 1
+            self.errlog("guests", logging.WARNING, "too many connections mid-handshake; dropping the oldest (%s)",
+                        oldest.name)
+            oldest.close("too many unauthenticated connections")
+
     async def stop(self) -> None:
+        self.running = False
         await cancel_all(self.dialers.values())
         self.dialers.clear()
         if self._slow_task is not None:
@@ -264,7 +366,7 @@ class WebSocketTransport:
                 self.learned_at.pop(url, None)
 
     def _wanted(self, url: str, permanent: bool) -> bool:
-        if not self.core.running:
+        if not self.running:
             return False
         if permanent:
             return True
@@ -273,29 +375,29 @@ class WebSocketTransport:
             return False
         # Wanted while the node is known, or was named by gossip recently enough
         # that it may still be alive (failure detection has not ruled it out).
-        window = 3 * self.core.config.heartbeat_interval
-        return nid in self.core.nodes or time.monotonic() - self.learned_at.get(url, 0.0) < window
+        window = 3 * self.settings.heartbeat_interval
+        return self.host.knows(nid) or time.monotonic() - self.learned_at.get(url, 0.0) < window
 
     async def _dial_loop(self, url: str, permanent: bool) -> None:
         delay = BACKOFF_INITIAL
-        cfg = self.core.config
+        st = self.settings
         while self._wanted(url, permanent):
             nid = self.expected.get(url)
-            if nid is not None and nid in self.core.router.links:
+            if nid is not None and self.host.linked(nid):
                 if not permanent:
                     return
-                await asyncio.sleep(cfg.heartbeat_interval / 2)
+                await asyncio.sleep(st.heartbeat_interval / 2)
                 continue
             link = WSLink(self, outbound=True, url=url)
             try:
                 ssl_ctx = None
                 if url.startswith("wss://"):
-                    ssl_ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
+                    ssl_ctx = ssl.create_default_context(cafile=st.ssl_cafile)
                 await picows.ws_connect(
-                    lambda link=link: MeshListener(link, self.core.router.on_frame),  # type: ignore[misc]
+                    lambda link=link: MeshListener(link, WSLink.received),  # type: ignore[misc]
                     url,
-                    max_frame_size=cfg.max_frame_size,
-                    websocket_handshake_timeout=cfg.handshake_timeout,
+                    max_frame_size=WS_FRAME_LIMIT,
+                    websocket_handshake_timeout=st.handshake_timeout,
                     ssl_context=ssl_ctx,
                     logger_name="spiralfast.ws.client",
                 )
@@ -310,9 +412,9 @@ class WebSocketTransport:
             session_ok = link.peer_id is not None
             if session_ok:
                 delay = BACKOFF_INITIAL
+            else:  # refused (token, mesh name) or timed out: back off, up to REFUSED_BACKOFF_MAX
+                delay = min(max(delay, REFUSED_BACKOFF_INITIAL) * 2, REFUSED_BACKOFF_MAX)
             await asyncio.sleep(delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER)))
-            if not session_ok:
-                delay = min(delay * 2, BACKOFF_MAX)
 
     # -- slow peers ----------------------------------------------------------------
 
@@ -332,3 +434,37 @@ class WebSocketTransport:
                     lk.close("peer too slow: paused too long")
             if not paused:
                 return
+
+
+def send_frame(ws: Any, frame: bytes) -> None:
+    """One mesh frame: a single WebSocket frame, or fragments of WS_FRAME_LIMIT."""
+    n = len(frame)
+    if n <= WS_FRAME_LIMIT:
+        ws.send(picows.WSMsgType.BINARY, frame)
+        return
+    view = memoryview(frame)
+    ws.send(picows.WSMsgType.BINARY, view[:WS_FRAME_LIMIT], False)
+    pos = WS_FRAME_LIMIT
+    while pos < n:
+        end = pos + WS_FRAME_LIMIT
+        ws.send(picows.WSMsgType.CONTINUATION, view[pos:end], end >= n)
+        pos = end
+
+
+def _raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64

@@ -1,0 +1,276 @@
+"""The gate: every inbound message, from every transport, passes ``Gate.admit``.
+
+It knows the session state of the link a message came on and decides, per message:
+``DELIVER`` (to the dispatcher, membership or state sync), ``RELAY`` (to the target's
+link), ``ANSWER`` (handshake, observer queries) or ``REFUSE`` (counted; repeat
+offenders closed).  Nothing but the handshake passes before a link is authenticated.
+The rules are the table in DESIGN-NOTES.md, and tests/test_gate.py checks them row
+by row.
+
+The receive hot path stays compiled: frames from authenticated member links go to
+``EventSink.receive``, which delivers events itself and hands every other message
+back here.  Frames from links that are not members never reach the sink (so an
+outsider cannot even touch the de-duplication window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import schema
+from ._log import RateLimitedLog
+from .codec import decode_frame, decode_payload
+from .errors import FrameError
+from .fastpath import Dedupe, EventSink
+from .limits import MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
+
+log = logging.getLogger("spiralfast.gate")
+
+DELIVER, RELAY, ANSWER, REFUSE = "deliver", "relay", "answer", "refuse"
+
+#: Session states.
+HANDSHAKE, MEMBER, OBSERVER, CLOSED = "handshake", "member", "observer", "closed"
+
+#: Frame or payload errors tolerated from one link before it is closed as hostile.
+MAX_LINK_ERRORS = 3
+
+_HANDSHAKE_KINDS = frozenset((schema.KIND_HELLO, schema.KIND_AUTH, schema.KIND_REJECT))
+_MEMBER_KINDS = frozenset((
+    schema.KIND_EVENT, schema.KIND_BUS_EVENT, schema.KIND_HEARTBEAT, schema.KIND_LEAVE, schema.KIND_GOSSIP,
+    schema.KIND_STATE_DELTA, schema.KIND_STATE_DIGEST, schema.KIND_STATE_REQUEST,
+))
+
+
+class Session:
+    """What the node knows about one link: its handshake, role and peer."""
+
+    __slots__ = ("state", "handshake", "peer_id", "frames", "errors", "opened", "bucket", "timer")
+
+    def __init__(self, handshake: Any, now: float, state: str = HANDSHAKE) -> None:
+        self.state = state
+        self.handshake = handshake
+        self.peer_id: str | None = None
+        self.frames = 0  # frames received before authentication
+        self.errors = 0
+        self.opened = now
+        self.bucket: TokenBucket | None = None
+        self.timer: Any = None
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, float(burst), float(burst), now
+
+    def take(self, n: int, now: float) -> float:
+        """Take ``n`` tokens; returns 0.0, or the seconds until the debt is repaid."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - n
+        self.at = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+def admit(state: str, kind: int, *, targeted_elsewhere: bool = False, bus: bool = False,
+          about: str | None = None, sender: str | None = None) -> str:
+    """The gate's rule table (DESIGN-NOTES.md), as one pure function.
+
+    :param state: the session state of the link the message came on.
+    :param targeted_elsewhere: the message's header names another node.
+    :param bus: the link is a shared bus (Redis, NATS): many senders, no handshake.
+    :param about: the node a heartbeat or leave speaks for.
+    :param sender: the authenticated node the message came from.
+    """
+    if state == HANDSHAKE:
+        return ANSWER if kind in _HANDSHAKE_KINDS and not targeted_elsewhere else REFUSE
+    if state == OBSERVER:
+        return ANSWER if kind == schema.KIND_QUERY and not targeted_elsewhere else REFUSE
+    if state != MEMBER:
+        return REFUSE
+    if targeted_elsewhere:
+        return REFUSE if bus else RELAY
+    if kind in (schema.KIND_HEARTBEAT, schema.KIND_LEAVE):
+        return DELIVER if about is not None and about == sender else REFUSE
+    if kind in _MEMBER_KINDS:
+        return DELIVER
+    if kind == schema.KIND_QUERY:
+        return REFUSE if bus else ANSWER
+    return REFUSE
+
+
+class Gate:
+    """The receive side of one node.
+
+    :param node_id: this node.
+    :param dispatcher: where member events go (through the compiled sink).
+    :param on_handshake: ``(link, kind, obj)`` for handshake messages.
+    :param on_message: ``(link, sender, kind, obj)`` for admitted member messages.
+    :param on_query: ``(link, query)`` for admitted queries.
+    :param relay: ``(target, came_from, message) -> bool``.
+    """
+
+    def __init__(self, node_id: str, dispatcher: Any, *, on_handshake: Callable[..., None],
+                 on_message: Callable[..., None], on_query: Callable[..., None], relay: Callable[..., bool],
+                 rate_limit: float | None = None, rate_burst: int = 10_000,
+                 resume: Callable[[Any], None] | None = None) -> None:
+        self.node_id = node_id
+        self._me = node_id.encode()
+        self.dedupe = Dedupe()
+        self.sink = EventSink(dispatcher, self._me, self.dedupe)
+        self.on_handshake = on_handshake
+        self.on_message = on_message
+        self.on_query = on_query
+        self.relay = relay
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.resume = resume or (lambda link: link.resume_reading())
+        self._errlog = RateLimitedLog(log)
+        self.stats = {
+            "frames_in": 0, "messages_in": 0, "bytes_in": 0, "duplicates": 0, "frame_errors": 0,
+            "refused": 0, "preauth_refused": 0, "gate_errors": 0, "rate_limited": 0,
+        }
+
+    # -- frames ----------------------------------------------------------------------
+
+    def on_frame(self, link: Any, data: Any, sender: str | None = None) -> None:
+        """One frame from ``link`` (for a bus, ``sender`` is the frame's authenticated
+        sender).  Never raises: whatever goes wrong is counted and logged."""
+        st = self.stats
+        st["bytes_in"] += len(data)
+        s = link.session
+        try:
+            if s.state == MEMBER:
+                self._member_frame(link, s, data, sender or s.peer_id)
+            else:
+                self._guest_frame(link, s, data)
+        except FrameError as exc:
+            self.link_error(link, exc)
+        except Exception as exc:  # a bug or hostile input must never take the link down
+            st["gate_errors"] += 1
+            self._errlog(("gate", _name(link)), logging.ERROR, "error handling a message from %s: %r",
+                         _name(link), exc, exc_info=True)
+
+    def _guest_frame(self, link: Any, s: Session, data: Any) -> None:
+        """A link that is not (yet) a member: only the handshake, or observer queries."""
+        st = self.stats
+        s.frames += 1
+        if s.state == HANDSHAKE and (len(data) > MAX_PREAUTH_FRAME_SIZE or s.frames > MAX_PREAUTH_FRAMES):
+            st["preauth_refused"] += 1
+            link.close("too much data before the handshake completed")
+            return
+        msgs = decode_frame(data)
+        st["frames_in"] += 1
+        st["messages_in"] += len(msgs)
+        for m in msgs:
+            verdict = admit(s.state, m.kind, targeted_elsewhere=bool(m.target) and m.target != self._me)
+            if verdict != ANSWER:
+                st["refused"] += 1
+                if s.state == HANDSHAKE:
+                    st["preauth_refused"] += 1
+                self.link_error(link, FrameError(f"message kind {m.kind} not allowed ({s.state})"))
+                if s.state == HANDSHAKE:
+                    link.close("message before the handshake completed")
+                return
+            obj = decode_payload(m.kind, m.payload)
+            if s.state == HANDSHAKE:
+                self.on_handshake(link, m.kind, obj)
+                if link.session.state == CLOSED:
+                    return
+            else:
+                self.on_query(link, obj)
+
+    def _member_frame(self, link: Any, s: Session, data: Any, sender: str | None) -> None:
+        st = self.stats
+        sink = self.sink
+        rest = sink.receive(data, True)
+        n = sink.last_messages
+        st["frames_in"] += 1
+        st["messages_in"] += n
+        if sink.duplicates:
+            st["duplicates"] += sink.duplicates
+            sink.duplicates = 0
+        if sink.bad_events:
+            bad, sink.bad_events = sink.bad_events, 0
+            self.link_error(link, FrameError(f"{bad} malformed event payload(s)"))
+        bus = link.shared_bus
+        me = self._me
+        for m in rest:
+            try:
+                target = m.target
+                if target and target != me:
+                    if admit(MEMBER, m.kind, targeted_elsewhere=True, bus=bus) == RELAY:
+                        if m.msg_id and not self.dedupe.first_time(m.msg_id):
+                            st["duplicates"] += 1
+                        else:
+                            self.relay(target.decode(errors="replace"), link, m)
+                    else:
+                        st["refused"] += 1
+                    continue
+                obj = decode_payload(m.kind, m.payload)
+                about = getattr(obj, "node_id", None) if m.kind in (schema.KIND_HEARTBEAT, schema.KIND_LEAVE) else None
+                verdict = admit(MEMBER, m.kind, bus=bus, about=about, sender=sender)
+                if verdict == DELIVER:
+                    self.on_message(link, sender, m.kind, obj)
+                elif verdict == ANSWER:
+                    self.on_query(link, obj)
+                else:
+                    st["refused"] += 1
+                    self._errlog(("refused", _name(link), m.kind), logging.WARNING,
+                                 "refused message kind %s from %s", m.kind, _name(link))
+            except FrameError as exc:
+                self.link_error(link, exc)
+            except Exception as exc:
+                st["gate_errors"] += 1
+                self._errlog(("gate", _name(link)), logging.ERROR, "error handling a message from %s: %r",
+                             _name(link), exc, exc_info=True)
+        if s.bucket is not None and n:
+            wait = s.bucket.take(n, time.monotonic())
+            if wait:
+                st["rate_limited"] += 1
+                link.pause_reading()
+                asyncio.get_running_loop().call_later(min(wait, 5.0), self._resume_if_member, link)
+
+    def messages(self, link: Any, sender: str, msgs: list[tuple[int, Any]]) -> None:
+        """Already-decoded messages from a bus (the old JSON format, via its codec)."""
+        for kind, obj in msgs:
+            try:
+                about = getattr(obj, "node_id", None) if kind in (schema.KIND_HEARTBEAT, schema.KIND_LEAVE) else None
+                if admit(link.session.state, kind, bus=True, about=about, sender=sender) != DELIVER:
+                    self.stats["refused"] += 1
+                    continue
+                if kind == schema.KIND_EVENT and not self.dedupe.first_time(obj.event_id.encode()):
+                    self.stats["duplicates"] += 1
+                    continue
+                self.on_message(link, sender, kind, obj)
+            except Exception as exc:
+                self.stats["gate_errors"] += 1
+                self._errlog(("gate", _name(link)), logging.ERROR, "error handling a message from %s: %r",
+                             _name(link), exc, exc_info=True)
+
+    def link_error(self, link: Any, exc: Exception) -> None:
+        self.stats["frame_errors"] += 1
+        s = link.session
+        s.errors += 1
+        name = _name(link)
+        self._errlog(("frame", name), logging.WARNING, "bad frame from %s: %s", name, exc)
+        if s.errors >= MAX_LINK_ERRORS and not link.shared_bus:
+            link.close(f"too many protocol errors ({exc})")
+
+    def _resume_if_member(self, link: Any) -> None:
+        if link.session.state == MEMBER:
+            self.resume(link)
+
+    def new_bucket(self) -> TokenBucket | None:
+        if self.rate_limit is None:
+            return None
+        return TokenBucket(self.rate_limit, self.rate_burst, time.monotonic())
+
+
+def _name(link: Any) -> str:
+    s = getattr(link, "session", None)
+    return (s.peer_id if s is not None and s.peer_id else None) or getattr(link, "name", "?")

@@ -1,0 +1,147 @@
+"""The joining handshake, sans-I/O: messages in, messages out, no sockets or clocks.
+
+Both sides open with ``Hello`` (node id, mesh name, protocol version, a fresh nonce,
+role), which carries nothing else: the node record travels only after the peer has
+proved the token.  Then the dialling side proves first::
+
+    dialler -> Auth(proof("dial"), record)      listener verifies, then
+    listener -> Auth(proof("listen"), record)   dialler verifies; both are ready.
+
+A proof is ``HMAC-SHA256(token, label | direction | both nonces | both ids | both
+roles)``: it binds the whole transcript, so a proof computed on one connection is
+worthless on another (no reflection: the listener proves only after the dialler has,
+and never in the dialler's direction), and a captured handshake cannot be replayed
+(fresh nonces).  Without a token the same messages flow with empty proofs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Any
+
+from . import schema
+from .errors import AuthError, HandshakeError
+from .limits import HANDSHAKE_VERSION
+
+NONCE_SIZE = 16  # 128 bits: never repeats in practice
+#: The roles a peer may claim; anything else is refused.
+ROLES = ("node", "observer")
+_LABEL = b"spiralfast-handshake-v2\0"
+
+
+def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonce: bytes,
+               dialler_id: str, listener_id: str, dialler_role: str, listener_role: str) -> bytes:
+    """The proof one side sends (``direction``: b"dial" or b"listen")."""
+    msg = b"\0".join([
+        _LABEL, direction, dialler_nonce, listener_nonce, dialler_id.encode(), listener_id.encode(),
+        dialler_role.encode(), listener_role.encode(),
+    ])
+    return hmac.new(token.encode(), msg, hashlib.sha256).digest()
+
+
+class Handshake:
+    """One side of one link's handshake.
+
+    ``state``: ``"hello"`` (waiting for the peer's Hello), ``"auth"`` (waiting for its
+    proof), ``"ready"`` or ``"failed"`` (``error`` says why).  ``receive`` returns the
+    messages to send, as ``(kind, struct)`` pairs.
+
+    :param outbound: this side dialled.
+    :param role: this side's role (``"node"``; the CLI and dashboard are ``"observer"``).
+    :param record: this side's node record, sent once the peer is verified (nodes only).
+    """
+
+    def __init__(self, node_id: str, mesh_name: str, token: str | None, *, outbound: bool,
+                 role: str = "node", record: dict[str, Any] | None = None, nonce: bytes | None = None) -> None:
+        self.node_id = node_id
+        self.mesh_name = mesh_name
+        self.token = token
+        self.outbound = outbound
+        self.role = role
+        self.record = record
+        self.nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+        self.state = "hello"
+        self.error: Exception | None = None
+        self.peer_id: str | None = None
+        self.peer_role = "node"
+        self.peer_nonce = b""
+        self.peer_record: dict[str, Any] | None = None
+
+    # -- protocol ------------------------------------------------------------------
+
+    def start(self) -> list[tuple[int, Any]]:
+        return [(schema.KIND_HELLO, schema.Hello(self.node_id, self.mesh_name, HANDSHAKE_VERSION, self.nonce, self.role))]
+
+    def receive(self, kind: int, obj: Any) -> list[tuple[int, Any]]:
+        """Feed one message of the handshake; anything else before ``ready`` fails it."""
+        if self.state in ("ready", "failed"):
+            return []
+        if kind == schema.KIND_REJECT:
+            err = AuthError if "token" in obj.reason else HandshakeError
+            self.error = err(f"refused by peer: {obj.reason}")
+            self.state = "failed"
+            return []
+        if self.state == "hello" and kind == schema.KIND_HELLO:
+            return self._on_hello(obj)
+        if self.state == "auth" and kind == schema.KIND_AUTH:
+            return self._on_auth(obj)
+        return self._fail(HandshakeError(f"message kind {kind} before the handshake completed"))
+
+    def _on_hello(self, h: schema.Hello) -> list[tuple[int, Any]]:
+        if h.mesh_name != self.mesh_name:
+            return self._fail(HandshakeError(f"wrong mesh name {h.mesh_name!r}"))
+        if h.protocol != HANDSHAKE_VERSION:
+            return self._fail(HandshakeError(f"unsupported protocol version {h.protocol}"))
+        if h.role not in ROLES:
+            return self._fail(HandshakeError(f"unknown role {h.role!r}"))
+        if self.outbound and h.role != "node":
+            return self._fail(HandshakeError("dialled a node that is not a node"))
+        if not self.outbound and self.role == "observer":
+            return self._fail(HandshakeError("observers do not accept connections"))
+        if not h.node_id or (h.node_id == self.node_id):
+            return self._fail(HandshakeError(f"bad or duplicate node id {h.node_id!r}"))
+        if len(h.nonce) != NONCE_SIZE or h.nonce == self.nonce:
+            return self._fail(HandshakeError("bad nonce"))
+        self.peer_id, self.peer_nonce, self.peer_role = h.node_id, h.nonce, h.role
+        self.state = "auth"
+        if self.outbound:  # the dialling side proves first
+            return [(schema.KIND_AUTH, schema.Auth(self._proof(b"dial"), self._record()))]
+        return []
+
+    def _on_auth(self, a: schema.Auth) -> list[tuple[int, Any]]:
+        theirs = b"listen" if self.outbound else b"dial"
+        if self.token and not a.proof:
+            return self._fail(AuthError("this mesh requires a token (none given)"))
+        if self.token and not hmac.compare_digest(self._proof(theirs), a.proof):
+            return self._fail(AuthError("wrong token"))
+        self.peer_record = a.node if isinstance(a.node, dict) else None
+        self.state = "ready"
+        if not self.outbound:
+            return [(schema.KIND_AUTH, schema.Auth(self._proof(b"listen"), self._record()))]
+        return []
+
+    def _record(self) -> dict[str, Any] | None:
+        return self.record if self.role == "node" else None
+
+    def _proof(self, direction: bytes) -> bytes:
+        if not self.token:
+            return b""
+        assert self.peer_id is not None
+        if self.outbound:
+            return auth_proof(self.token, direction, self.nonce, self.peer_nonce, self.node_id, self.peer_id,
+                              self.role, self.peer_role)
+        return auth_proof(self.token, direction, self.peer_nonce, self.nonce, self.peer_id, self.node_id,
+                          self.peer_role, self.role)
+
+    def _fail(self, exc: Exception) -> list[tuple[int, Any]]:
+        self.error = exc
+        self.state = "failed"
+        return [(schema.KIND_REJECT, schema.Reject(str(exc)))]
+
+    def expire(self) -> list[tuple[int, Any]]:
+        """The shell's handshake timer ran out."""
+        if self.state in ("ready", "failed"):
+            return []
+        return self._fail(HandshakeError("handshake not completed in time"))
