@@ -124,7 +124,7 @@ def _root(
 # -- node settings as flags --------------------------------------------------------------
 
 #: Flags of ``mesh start`` / ``ritual start`` / ``config show`` that are not settings.
-_NOT_SETTINGS = ("config", "no_db", "mesh", "as_json")
+_NOT_SETTINGS = ("config", "no_db", "mesh", "as_json", "as_toml")
 
 
 def _metavar(spec: settings.FieldSpec) -> str:
@@ -409,10 +409,13 @@ def ritual_start(**kw: Any) -> None:
 
 
 @config_app.command("show")
-@_with_setting_flags([inspect.Parameter(
-    "as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-    default=typer.Option(False, "--json", help=JSON_HELP),
-)])
+@_with_setting_flags([
+    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--json", help=JSON_HELP)),
+    inspect.Parameter("as_toml", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--toml", help="Print the settings as a TOML file to start from "
+                                                                 "(secrets commented out).")),
+])
 def config_show(**kw: Any) -> None:
     """Print the effective node configuration and where each value came from.
 
@@ -429,10 +432,16 @@ def config_show(**kw: Any) -> None:
                          for n, v in res.values.items()},
         })
         return
-    width = max(len(n) for n in res.values)
+    if kw.get("as_toml"):
+        sys.stdout.write(settings.to_toml(res))
+        return
+    rows = res.show()
+    w_name = max(len(n) for n, _, _ in rows)
+    w_value = min(48, max(len(v) for _, v, _ in rows))
     print(f"# configuration file: {res.file or 'none'}")
-    for name, value, source in res.show():
-        print(f"{name:<{width}}  {value}    [{source}]")
+    print(f"{'setting':<{w_name}}  {'value':<{w_value}}  source")
+    for name, value, source in rows:
+        print(f"{name:<{w_name}}  {value:<{w_value}}  {source}")
 
 
 # -- inspecting a node -----------------------------------------------------------------

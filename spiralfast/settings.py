@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -295,8 +296,6 @@ def split_list(text: str) -> list[str]:
     """``a,b , c`` -> ``["a", "b", "c"]``; a JSON-style ``["a", "b"]`` works too."""
     text = text.strip()
     if text.startswith("["):
-        import json
-
         try:
             val = json.loads(text)
         except ValueError as exc:
@@ -471,3 +470,44 @@ def env_documentation() -> list[tuple[str, str, str]]:
     for k in CLI_SETTINGS:
         rows.append((k, ENV_PREFIX + k.upper(), "--" + k.replace("_", "-")))
     return rows
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def to_toml(res: Resolved) -> str:
+    """The settings of ``res`` as a TOML configuration file (what :func:`read_file` reads).
+
+    Settings left at their default are written commented out, as are unset optional
+    ones; secrets are never written (their line stays commented, with a placeholder).
+    """
+    lines = ["# spiralfast node configuration (spiralfast config show --toml)",
+             "# Lines starting with '#' are defaults or unset; uncomment to change them.", ""]
+    for s in field_specs():
+        value = res.values[s.name]
+        lines.append(f"# {s.help}")
+        if s.name in SECRET_FIELDS:
+            lines.append(f'# {s.name} = "..."    # better: {s.env} in the environment')
+        elif value is None:
+            lines.append(f"# {s.name} =")
+        elif any(isinstance(v, str) and _URL_PASSWORD.search(v) for v in (value if isinstance(value, list) else [value])):
+            lines.append(f"# {s.name} = {_toml_value(jsonable_value(s.name, value))}"
+                         f"    # password masked: better {s.env} in the environment")
+        elif res.sources[s.name] == "default":
+            lines.append(f"# {s.name} = {_toml_value(value)}")
+        else:
+            lines.append(f"{s.name} = {_toml_value(value)}")
+        lines.append("")
+    lines.append("[log]")
+    for key in CLI_SETTINGS:
+        value = res.values[key]
+        prefix = "# " if res.sources[key] == "default" else ""
+        lines.append(f"{prefix}{key[len('log_'):]} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

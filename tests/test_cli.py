@@ -274,6 +274,12 @@ def test_config_show_layers_and_masks_token(tmp_path: Any) -> None:
     assert "flag-secret" not in j.stdout and data["settings"]["auth_token"]["value"] == "********"
     assert data["settings"]["capabilities"]["value"] == ["gpu"]
     assert data["settings"]["log_format"] == {"value": "json", "source": f"file {data['file']}"}
+    toml = cli_env("config", "show", "--toml", "--peer", "ws://a:1", cwd=str(tmp_path))
+    assert toml.returncode == 0 and "file-secret" not in toml.stdout
+    (tmp_path / "round.toml").write_text(toml.stdout)
+    again = json.loads(cli_env("config", "show", "--json", "--config", str(tmp_path / "round.toml")).stdout)
+    assert again["settings"]["websocket_port"]["value"] == 9123
+    assert again["settings"]["peers"]["value"] == ["ws://a:1"]
     bad = cli_env("config", "show", "--config", str(tmp_path / "nope.toml"))
     assert "not found" in one_error_line(bad)
 

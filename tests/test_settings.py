@@ -129,6 +129,21 @@ def test_none_sentinel_clears_a_setting(tmp_path: Path) -> None:
     assert r.config.persistence_path is None and r.sources["persistence_path"] == "flag --no-db"
 
 
+def test_toml_output_round_trips(tmp_path: Path) -> None:
+    r = settings.resolve({"websocket_port": 9100, "peers": ["ws://a:1", "ws://b:2"], "auth_token": "s3cret",
+                          "enable_redis": False, "heartbeat_interval": 2.5, "log_format": "json",
+                          "persist_events": ["x", "y"], "redis_url": "redis://u:pw@h:1"},
+                         env={}, cwd="/nonexistent")
+    text = settings.to_toml(r)
+    assert "s3cret" not in text and ":pw@" not in text
+    f = tmp_path / "out.toml"
+    f.write_text(text)
+    back = settings.resolve({}, str(f), env={})
+    for name in ("websocket_port", "peers", "enable_redis", "heartbeat_interval", "persist_events", "log_format"):
+        assert back.values[name] == r.values[name], name
+    assert back.config.auth_token is None and back.config.redis_url == MeshConfig().redis_url
+
+
 # -- logging ---------------------------------------------------------------------------
 
 
