@@ -4,16 +4,19 @@ Built on the mesh's public API only (``send_to_node``, ``broadcast_event``,
 ``register_event_handler``, ``nodes``, ``local_node``, ``registry``).  Three
 reserved event types carry the protocol:
 
-``_sf.task``    submitter -> worker: ``[[task_id, task_type, payload], ...]``
-``_sf.result``  worker -> submitter: ``{"r": [[task_id, status, value], ...],
-                "l": {task_type: [capacity, load, load_from_you]}}``
-``_sf.load``    worker -> everyone: ``{"o": {task_type: [capacity, load]}}``
+``_sf.task``    submitter -> worker: ``[task_type, [task_id, ...], [payload, ...]]``
+``_sf.result``  worker -> submitter: ``{"i": [task_id, ...], "v": [result, ...],
+                "x": [[task_id, status, value], ...], "l": {task_type: [capacity, load,
+                load_from_you]}}`` (``x``: the tasks that did not succeed)
+``_sf.load``    worker -> everyone: ``{"o": {task_type: [capacity, load]}}`` (+ ``"ask": 1``
+                when the receiver should answer with its own)
 
-Tasks and results are batched: everything for one node in one loop iteration
-travels as one event (at most :data:`MAX_BATCH` items).  ``status`` is 0 (the
-value is the result), 1 (the handler raised: the value is ``[type name,
-message]``) or 2 (the node does not serve the type: the submitter drops it and
-goes elsewhere).
+Tasks and results are batched: everything for one node (and task type) in one loop
+iteration travels as one event, at most :data:`MAX_BATCH` items; ``map`` lets the
+loop run every :data:`MAP_BURST` tasks so batches leave while it goes on.  A
+status in ``x`` is 1 (the handler raised: the value is ``[type name, message]``) or
+2 (the node does not serve the type: the submitter drops it and goes elsewhere,
+without using up a retry).
 
 Load travels three ways: every result event carries the worker's load per task
 type (and how much of it is the receiver's, so a submitter adds the other
@@ -38,7 +41,9 @@ sent to another node (the same one if it is the only one), at most ``retries``
 times.  Each task has an id; the first result wins and later replies (a retry
 racing a slow worker) are counted and dropped, so the caller gets each result
 exactly once.  Execution is at least once: a task may run twice when a retry
-races a worker that was slow rather than dead.
+races a worker that was slow rather than dead.  A dropped link is noticed by
+looking at the node's links every housekeeping tick (the core has no link
+up/down notification); a frozen node only by failure detection.
 """
 
 from __future__ import annotations
