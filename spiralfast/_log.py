@@ -60,7 +60,7 @@ class BackoffLog:
 
     def __init__(
         self,
-        logger: logging.Logger,
+        logger: logging.Logger | logging.LoggerAdapter,  # type: ignore[type-arg]
         initial: float = BACKOFF_INITIAL,
         maximum: float = BACKOFF_MAX,
         factor: float = 2.0,
@@ -141,6 +141,21 @@ def _span(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f}min"
     return f"{seconds / 3600:.1f}h"
+
+
+class NodeLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that stamps ``node_id`` on every record it writes, for processes that
+    run several nodes (``LocalMesh``, tests): ``NodeLogAdapter(log, core.node_id)``.
+    :class:`JsonFormatter` and :class:`TextFormatter` print it; :class:`BackoffLog`
+    accepts it in place of a logger."""
+
+    def __init__(self, logger: logging.Logger, node_id: str) -> None:
+        super().__init__(logger, {"node_id": node_id})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = kwargs.get("extra")
+        kwargs["extra"] = {**(self.extra or {}), **extra} if extra else self.extra
+        return msg, kwargs
 
 
 class JsonFormatter(logging.Formatter):

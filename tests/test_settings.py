@@ -218,6 +218,12 @@ def test_json_log_lines_carry_node_id() -> None:
         recs = [json.loads(x) for x in buf.getvalue().splitlines()]
         assert recs[0]["node_id"] == "node-7" and recs[0]["msg"] == "hello world" and recs[0]["level"] == "WARNING"
         assert recs[1]["node_id"] == "n2"
+        from spiralfast._log import NodeLogAdapter
+
+        lg = NodeLogAdapter(logging.getLogger("spiralfast.test"), "n3")
+        BackoffLog(lg)("k", logging.WARNING, "via %s", "adapter")
+        last = json.loads(buf.getvalue().splitlines()[-1])
+        assert last["node_id"] == "n3" and last["msg"] == "via adapter"
         with pytest.raises(ValueError, match="text or json"):
             setup_logging("info", "xml")
     finally:
