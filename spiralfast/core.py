@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -20,18 +19,17 @@ from typing import Any
 
 from . import schema
 from ._aio import cancel_all
-from ._log import BackoffLog
 from ._version import __version__
 from .bus import EventBus
 from .config import MeshConfig
 from .dispatch import Dispatcher, EnvelopeHandler
-from .fastpath import EventSender, iso_from_epoch
-from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Gate, Session
-from .handshake import Handshake
+from .fastpath import EventSender
+from .gate import Gate
+from .host import NodeHost
 from .limits import FLUSH_THRESHOLD_BYTES
 from .membership import Membership
-from .observe import answer_query, envelope, mesh_status, node_counters, push_follow
-from .outbox import YIELD_EVERY, Outbox, single_frame
+from .observe import envelope, mesh_status, node_counters, push_follow
+from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
 from .sync import StateSynchronizer
 from .types import EventType, MeshNode, NodeStatus, RitualEvent
@@ -74,8 +72,9 @@ class MeshCore:
         self.recent_events = self.dispatcher.recent
         self.observers = self.dispatcher.observers
         self.outbox = Outbox()
-        self.gate = Gate(self.node_id, self.dispatcher, on_handshake=self._on_handshake, on_message=self._on_message,
-                         on_query=self._on_query, relay=self._relay, rate_limit=cfg.rate_limit,
+        self.host = host = NodeHost(self)
+        self.gate = Gate(self.node_id, self.dispatcher, on_handshake=host.on_handshake, on_message=host.on_message,
+                         on_query=host.on_query, relay=host.relay, rate_limit=cfg.rate_limit,
                          rate_burst=cfg.rate_burst, resume=self._resume_link)
         self.dispatcher.deliver_to = self.gate.sink.dispatch
         self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, uuid.uuid4().hex[:12] + "-",
@@ -85,7 +84,6 @@ class MeshCore:
         self.redis: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
-        self._refusals = BackoffLog(log, initial=60.0, maximum=3600.0)
         from .tasks import TaskManager
 
         self.tasks = TaskManager(self)
@@ -127,14 +125,14 @@ class MeshCore:
             self.running = True
             self.start_time = time.monotonic()
             self.event_bus.bind_mesh(self._send_bus_event, self.outbox.backpressure)
-            self.state.broadcast = self._broadcast
+            self.state.broadcast = self.host.broadcast
             await self.event_bus.start()
             await self.state.start()
             self._tasks.append(asyncio.ensure_future(self.dispatcher.run()))
             self.membership.join_local()
             await start_links(self)
-            self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
-            self._tasks.append(asyncio.ensure_future(self._sweep_loop()))
+            self._tasks.append(asyncio.ensure_future(self.host.heartbeat_loop()))
+            self._tasks.append(asyncio.ensure_future(self.host.sweep_loop()))
             if cfg.persistence_path or cfg.persistence_url:
                 from .eventlog import EventLog
 
@@ -152,7 +150,7 @@ class MeshCore:
             from .links import stop_links
 
             await self.tasks.stop()
-            self._broadcast(schema.KIND_LEAVE, schema.Leave(self.node_id, "stop"))
+            self.host.broadcast(schema.KIND_LEAVE, schema.Leave(self.node_id, "stop"))
             self.outbox.flush()
             self.running = False
             await stop_links(self)
@@ -255,203 +253,6 @@ class MeshCore:
         """Re-deliver stored events to the local handlers; returns how many."""
         return await self.eventlog.replay(since, types) if self.eventlog is not None else 0
 
-    # -- LinkHost: what transports call ----------------------------------------------
-
-    def link_opened(self, link: Any, outbound: bool) -> None:
-        """A transport opened ``link``: start its handshake."""
-        hs = Handshake(self.node_id, self.config.mesh_name, self.config.auth_token, outbound=outbound,
-                       record=self.membership.local_record())
-        link.session = Session(hs, time.monotonic())
-        self.links.add(link)
-        for kind, obj in hs.start():
-            link.send_frame(single_frame(kind, obj))
-        loop = asyncio.get_running_loop()
-        link.session.timer = loop.call_later(self.config.handshake_timeout, self._handshake_expired, link)
-
-    def link_closed(self, link: Any) -> None:
-        """A transport lost ``link``.  Its node stays until silent or gone."""
-        self.links.discard(link)
-        self.observers.discard(link)
-        s = getattr(link, "session", None)
-        if s is None:
-            return
-        was, s.state = s.state, CLOSED
-        if s.timer is not None:
-            s.timer.cancel()
-        if was == MEMBER and s.peer_id is not None and self.outbox.links.get(s.peer_id) is link:
-            self.outbox.remove_link(s.peer_id, link)
-            self.membership.link_lost(s.peer_id)
-
-    def frame_received(self, link: Any, data: Any, sender: str | None = None) -> None:
-        self.gate.on_frame(link, data, sender)
-
-    def messages_received(self, link: Any, sender: str, msgs: list[tuple[int, Any]]) -> None:
-        self.gate.messages(link, sender, msgs)
-
-    def writable_changed(self, link: Any, writable: bool) -> None:
-        (self.outbox.link_resumed if writable else self.outbox.link_paused)(link)
-
-    def bus_up(self, link: Any) -> None:
-        """A bus link (Redis, NATS) is (again) connected: its frames are authenticated
-        per frame, and nodes on it learn us from our gossip."""
-        if link.session is None:
-            link.session = Session(None, time.monotonic(), MEMBER)
-        if link not in self.outbox.bus_links:
-            self.outbox.bus_links.append(link)
-        if link.transport == "redis":
-            self.config.enable_redis = True
-        self._send_gossip()
-
-    def bus_down(self, link: Any) -> None:
-        if link in self.outbox.bus_links:
-            self.outbox.bus_links.remove(link)
-        self.outbox.link_resumed(link)
-
-    def local_record(self) -> dict[str, Any]:
-        return self.membership.local_record()
-
-    def knows(self, node_id: str) -> bool:
-        return node_id in self.nodes
-
-    def linked(self, node_id: str) -> bool:
-        return node_id in self.outbox.links
-
-    # -- the gate's callbacks --------------------------------------------------------
-
-    def _on_handshake(self, link: Any, kind: int, obj: Any) -> None:
-        s = link.session
-        hs = s.handshake
-        for k, o in hs.receive(kind, obj):
-            link.send_frame(single_frame(k, o))
-        if hs.state == "failed":
-            self._refuse(link, hs.error)
-        elif hs.state == "ready":
-            self._session_ready(link, s, hs)
-
-    def _refuse(self, link: Any, exc: Any) -> None:
-        s = link.session
-        if "refused by peer" in str(exc):
-            self.counts["rejected_by_peer"] += 1
-        elif "token" in str(exc):
-            self.counts["auth_failures"] += 1
-        self.counts["handshake_failures"] += 1
-        self._refusals(("refused", getattr(link, "name", "?"), str(exc)[:60]), logging.WARNING,
-                       "handshake with %s failed: %s", getattr(link, "name", "?"), exc)
-        s.state = CLOSED
-        link.close(str(exc))
-
-    def _handshake_expired(self, link: Any) -> None:
-        s = link.session
-        if s.state == HANDSHAKE:
-            for k, o in s.handshake.expire():
-                link.send_frame(single_frame(k, o))
-            self._refuse(link, s.handshake.error)
-
-    def _session_ready(self, link: Any, s: Session, hs: Handshake) -> None:
-        if s.timer is not None:
-            s.timer.cancel()
-            s.timer = None
-        pid = hs.peer_id
-        assert pid is not None
-        s.peer_id = link.peer_id = pid
-        s.bucket = self.gate.new_bucket()
-        if hs.peer_role == "observer":
-            s.state = OBSERVER
-            self.observers.add(link)
-            return
-        existing = self.outbox.links.get(pid)
-        if existing is not None and existing is not link:
-            # Two nodes dialled each other at once: both keep the link dialled by the
-            # smaller node id, so they agree on one.
-            this_dialer = self.node_id if hs.outbound else pid
-            if this_dialer != min(self.node_id, pid):
-                s.state = CLOSED
-                link.close("duplicate link")
-                return
-        s.state = MEMBER
-        self.state.before_rejoin()
-        old = self.outbox.add_link(pid, link)
-        if old is not None:
-            old.close("replaced by a newer link")
-        if self.dispatcher.reading_paused:
-            link.pause_reading()
-        self._apply(self.membership.link_ready(pid, hs.peer_record, time.monotonic()))
-        self._send_gossip()
-        # A newcomer gets our digests at once, so it catches up without waiting a tick.
-        link.send_frame(single_frame(*self.state.digest_message()))
-
-    def _on_message(self, link: Any, sender: str | None, kind: int, m: Any) -> None:
-        now = time.monotonic()
-        if kind == schema.KIND_EVENT:
-            self.gate.sink.on_event(m)
-        elif kind == schema.KIND_BUS_EVENT:
-            self._accept_bus_event(m)
-        elif kind == schema.KIND_HEARTBEAT:
-            self.state.touch()
-            self._apply(self.membership.on_heartbeat(m, now))
-            if "heartbeat" in self.event_handlers:
-                self.dispatcher.deliver(
-                    {"type": "heartbeat", "source_node": m.node_id, "timestamp": iso_from_epoch(m.sent_at),
-                     "data": {"node_id": m.node_id, "status": m.status, "recursion_depth": m.recursion_depth,
-                              "entropy_level": m.entropy_level}})
-        elif kind == schema.KIND_LEAVE:
-            self._apply(self.membership.on_leave(m.node_id))
-        elif kind == schema.KIND_GOSSIP:
-            bus = link.shared_bus
-            self._apply(self.membership.on_gossip(m, sender, now, learn=bus, dial=self.ws is not None))
-        elif kind == schema.KIND_STATE_DELTA:
-            self.state.apply_entries(m.entries)
-        elif kind == schema.KIND_STATE_DIGEST:
-            self._reply(link, sender, self.state.on_digest(sender, m))
-        elif kind == schema.KIND_STATE_REQUEST:
-            self._reply(link, sender, self.state.on_request(m))
-
-    def _reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
-        for kind, obj in msgs:
-            if link.shared_bus and to is not None:
-                link.send_direct(to, kind, 0, b"", obj)
-            else:
-                link.send_frame(single_frame(kind, obj))
-
-    def _on_query(self, link: Any, q: Any) -> None:
-        answer_query(self, link, q)
-
-    def _relay(self, target: str, came_from: Any, m: Any) -> bool:
-        return self.outbox.forward(target, came_from, m.kind, m.etype, m.target, m.msg_id, m.payload)
-
-    def _apply(self, effects: list[tuple[Any, ...]]) -> None:
-        """Carry out membership effects."""
-        for e in effects:
-            if e[0] == "joined":
-                node = e[1]
-                log.info("node %s (%s) joined", node.node_id, node.name)
-                self.dispatcher.announce({"type": EventType.NODE_REGISTER.value, "source_node": node.node_id,
-                                          "timestamp": datetime.now().isoformat(), "data": node.to_dict()})
-            elif e[0] == "lost":
-                nid, reason = e[1], e[2]
-                log.info("node %s removed (%s)", nid, reason)
-                link = self.outbox.links.get(nid)
-                if link is not None:
-                    self.outbox.remove_link(nid, link)
-                    link.close(f"peer {reason}")
-                if self.ws is not None:
-                    self.ws.forget(nid)
-                self.dispatcher.announce({"type": EventType.NODE_UNREGISTER.value, "source_node": nid,
-                                          "timestamp": datetime.now().isoformat(),
-                                          "data": {"node_id": nid, "reason": reason}})
-            elif e[0] == "dial" and self.ws is not None:
-                self.ws.dial(e[1], expected_id=e[2])
-
-    # -- internals -----------------------------------------------------------------
-
-    def _broadcast(self, kind: int, obj: Any) -> None:
-        self.outbox.broadcast(kind, 0, b"", obj)
-
-    def _send_gossip(self) -> None:
-        self.local_node.metadata["links"] = sorted(self.outbox.links)
-        records = [n.to_dict() for n in self.nodes.values() if n.websocket_endpoint or n is self.local_node]
-        self._broadcast(schema.KIND_GOSSIP, schema.Gossip(records))
-
     def _set_reading(self, on: bool) -> None:
         """Flow control: stop (or restart) reading from every member link."""
         for link in list(self.outbox.links.values()):
@@ -460,14 +261,6 @@ class MeshCore:
     def _resume_link(self, link: Any) -> None:
         if not self.dispatcher.reading_paused:
             link.resume_reading()
-
-    def _accept_bus_event(self, ev: schema.Event) -> None:
-        et = _EVENT_TYPES.get(ev.event_type)
-        if et is None:
-            self.counts["bad_messages"] += 1
-            return
-        self.event_bus.accept_remote(RitualEvent(ev.event_id, et, ev.source_node, ev.target_node, ev.timestamp,
-                                                 ev.data, ev.metadata or {}, ev.priority, ev.ttl))
 
     def _send_bus_event(self, ev: RitualEvent) -> None:
         s = schema.Event(ev.event_id, ev.event_type.value, ev.source_node, ev.epoch, ev.data, ev.target_node,
@@ -479,18 +272,3 @@ class MeshCore:
             self.event_bus.dropped += 1
             log.warning("bus event %s: no route to node %s", ev.event_id, ev.target_node)
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.config.heartbeat_interval
-        while True:
-            self._broadcast(schema.KIND_HEARTBEAT, self.membership.heartbeat(time.time()))
-            if self.outbox.links or self.outbox.bus_links:
-                self._send_gossip()
-            if self.redis is not None:
-                self.redis.heartbeat()
-            await asyncio.sleep(interval * random.uniform(0.9, 1.0))
-
-    async def _sweep_loop(self) -> None:
-        interval = self.config.heartbeat_interval
-        while True:
-            await asyncio.sleep(min(interval / 4, 2.0))
-            self._apply(self.membership.sweep(time.monotonic()))

@@ -239,7 +239,7 @@ async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
     core = MeshCore(MeshConfig(enable_redis=False, enable_websocket=False))
     from spiralfast.links.ws import WebSocketTransport, WSSettings
 
-    wst = WebSocketTransport(core, WSSettings())
+    wst = WebSocketTransport(core.host, WSSettings())
     link = WSLink(wst, outbound=False)
     link.ws = _FakeWS()
     link.pause()  # picows: the socket buffer is full

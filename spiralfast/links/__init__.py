@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..core import MeshCore
@@ -19,7 +19,7 @@ async def start_links(node: MeshCore) -> None:
     if cfg.enable_websocket:
         from .ws import WebSocketTransport, WSSettings
 
-        ws = WebSocketTransport(node, WSSettings.from_config(cfg))
+        ws = WebSocketTransport(node.host, WSSettings.from_config(cfg), http=_http(node))
         try:
             await ws.start()
         except OSError as exc:
@@ -33,7 +33,7 @@ async def start_links(node: MeshCore) -> None:
     if cfg.enable_redis:
         from .redis import RedisSettings, RedisTransport
 
-        node.redis = RedisTransport(node, RedisSettings.from_config(cfg, node.node_id))
+        node.redis = RedisTransport(node.host, RedisSettings.from_config(cfg, node.node_id))
         node.sender.legacy = node.redis
         if not await node.redis.start():
             cfg.enable_redis = False  # until Redis appears; the transport keeps trying
@@ -56,3 +56,11 @@ async def stop_links(node: MeshCore) -> None:
     if node.ws is not None:
         await node.ws.stop()
         node.ws = None
+
+
+def _http(node: MeshCore) -> Any:
+    def make() -> Any:
+        from ..http import HttpEndpoints
+
+        return HttpEndpoints(node)
+    return make

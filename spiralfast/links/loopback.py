@@ -11,7 +11,7 @@ import asyncio
 import itertools
 from typing import Any
 
-MeshCore = Any  # any LinkHost with a ``links`` set of its open links
+MeshCore = Any  # a node: ``host`` (its LinkHost) and ``links`` (its open links)
 
 _ids = itertools.count(1)
 
@@ -71,10 +71,10 @@ class LoopbackHub:
 
     def attach(self, core: MeshCore) -> None:
         for other in self.cores:
-            a, b = LoopbackLink(core, outbound=True), LoopbackLink(other)
+            a, b = LoopbackLink(core.host, outbound=True), LoopbackLink(other.host)
             a.peer, b.peer = b, a
-            core.link_opened(a, True)
-            other.link_opened(b, False)
+            core.host.link_opened(a, True)
+            other.host.link_opened(b, False)
         self.cores.append(core)
 
     def detach(self, core: MeshCore) -> None:

@@ -1,0 +1,257 @@
+"""The node's side of the seam: the ``LinkHost`` its transports call, and the
+callbacks of its gate.  It carries out what the sans-I/O parts decide (handshake,
+membership and state-sync effects) and runs the heartbeat and failure-detection loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import schema
+from ._log import BackoffLog
+from .fastpath import iso_from_epoch
+from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Session
+from .handshake import Handshake
+from .observe import answer_query
+from .outbox import single_frame
+from .types import EventType, RitualEvent
+
+if TYPE_CHECKING:
+    from .core import MeshCore
+
+log = logging.getLogger("spiralfast.core")
+
+_EVENT_TYPES = {e.value: e for e in EventType}
+
+
+class NodeHost:
+    """``LinkHost`` of one node (see ``spiralfast.link``)."""
+
+    def __init__(self, node: MeshCore) -> None:
+        self.node = node
+        #: Refused handshakes: logged once per peer and reason, then rarely.
+        self.refusals = BackoffLog(log, initial=60.0, maximum=3600.0)
+
+    def broadcast(self, kind: int, obj: Any) -> None:
+        self.node.outbox.broadcast(kind, 0, b"", obj)
+
+    def link_opened(self, link: Any, outbound: bool) -> None:
+        """A transport opened ``link``: start its handshake."""
+        hs = Handshake(self.node.node_id, self.node.config.mesh_name, self.node.config.auth_token, outbound=outbound,
+                       record=self.node.membership.local_record())
+        link.session = Session(hs, time.monotonic())
+        self.node.links.add(link)
+        for kind, obj in hs.start():
+            link.send_frame(single_frame(kind, obj))
+        loop = asyncio.get_running_loop()
+        link.session.timer = loop.call_later(self.node.config.handshake_timeout, self.handshake_expired, link)
+
+    def link_closed(self, link: Any) -> None:
+        """A transport lost ``link``.  Its node stays until silent or gone."""
+        self.node.links.discard(link)
+        self.node.observers.discard(link)
+        s = getattr(link, "session", None)
+        if s is None:
+            return
+        was, s.state = s.state, CLOSED
+        if s.timer is not None:
+            s.timer.cancel()
+        if was == MEMBER and s.peer_id is not None and self.node.outbox.links.get(s.peer_id) is link:
+            self.node.outbox.remove_link(s.peer_id, link)
+            self.node.membership.link_lost(s.peer_id)
+
+    def frame_received(self, link: Any, data: Any, sender: str | None = None) -> None:
+        self.node.gate.on_frame(link, data, sender)
+
+    def messages_received(self, link: Any, sender: str, msgs: list[tuple[int, Any]]) -> None:
+        self.node.gate.messages(link, sender, msgs)
+
+    def writable_changed(self, link: Any, writable: bool) -> None:
+        (self.node.outbox.link_resumed if writable else self.node.outbox.link_paused)(link)
+
+    def bus_up(self, link: Any) -> None:
+        """A bus link (Redis, NATS) is (again) connected: its frames are authenticated
+        per frame, and nodes on it learn us from our gossip."""
+        if link.session is None:
+            link.session = Session(None, time.monotonic(), MEMBER)
+        if link not in self.node.outbox.bus_links:
+            self.node.outbox.bus_links.append(link)
+        if link.transport == "redis":
+            self.node.config.enable_redis = True
+        self.send_gossip()
+
+    def bus_down(self, link: Any) -> None:
+        if link in self.node.outbox.bus_links:
+            self.node.outbox.bus_links.remove(link)
+        self.node.outbox.link_resumed(link)
+
+    def local_record(self) -> dict[str, Any]:
+        return self.node.membership.local_record()
+
+    def knows(self, node_id: str) -> bool:
+        return node_id in self.node.nodes
+
+    def linked(self, node_id: str) -> bool:
+        return node_id in self.node.outbox.links
+
+    # -- the gate's callbacks --------------------------------------------------------
+
+    def on_handshake(self, link: Any, kind: int, obj: Any) -> None:
+        s = link.session
+        hs = s.handshake
+        for k, o in hs.receive(kind, obj):
+            link.send_frame(single_frame(k, o))
+        if hs.state == "failed":
+            self.refuse(link, hs.error)
+        elif hs.state == "ready":
+            self.session_ready(link, s, hs)
+
+    def refuse(self, link: Any, exc: Any) -> None:
+        s = link.session
+        if "refused by peer" in str(exc):
+            self.node.counts["rejected_by_peer"] += 1
+        elif "token" in str(exc):
+            self.node.counts["auth_failures"] += 1
+        self.node.counts["handshake_failures"] += 1
+        self.refusals(("refused", getattr(link, "name", "?"), str(exc)[:60]), logging.WARNING,
+                       "handshake with %s failed: %s", getattr(link, "name", "?"), exc)
+        s.state = CLOSED
+        link.close(str(exc))
+
+    def handshake_expired(self, link: Any) -> None:
+        s = link.session
+        if s.state == HANDSHAKE:
+            for k, o in s.handshake.expire():
+                link.send_frame(single_frame(k, o))
+            self.refuse(link, s.handshake.error)
+
+    def session_ready(self, link: Any, s: Session, hs: Handshake) -> None:
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        pid = hs.peer_id
+        assert pid is not None
+        s.peer_id = link.peer_id = pid
+        s.bucket = self.node.gate.new_bucket()
+        if hs.peer_role == "observer":
+            s.state = OBSERVER
+            self.node.observers.add(link)
+            return
+        existing = self.node.outbox.links.get(pid)
+        if existing is not None and existing is not link:
+            # Two nodes dialled each other at once: both keep the link dialled by the
+            # smaller node id, so they agree on one.
+            this_dialer = self.node.node_id if hs.outbound else pid
+            if this_dialer != min(self.node.node_id, pid):
+                s.state = CLOSED
+                link.close("duplicate link")
+                return
+        s.state = MEMBER
+        self.node.state.before_rejoin()
+        old = self.node.outbox.add_link(pid, link)
+        if old is not None:
+            old.close("replaced by a newer link")
+        if self.node.dispatcher.reading_paused:
+            link.pause_reading()
+        self.apply(self.node.membership.link_ready(pid, hs.peer_record, time.monotonic()))
+        self.send_gossip()
+        # A newcomer gets our digests at once, so it catches up without waiting a tick.
+        link.send_frame(single_frame(*self.node.state.digest_message()))
+
+    def on_message(self, link: Any, sender: str | None, kind: int, m: Any) -> None:
+        now = time.monotonic()
+        if kind == schema.KIND_EVENT:
+            self.node.gate.sink.on_event(m)
+        elif kind == schema.KIND_BUS_EVENT:
+            self.accept_bus_event(m)
+        elif kind == schema.KIND_HEARTBEAT:
+            self.node.state.touch()
+            self.apply(self.node.membership.on_heartbeat(m, now))
+            if "heartbeat" in self.node.event_handlers:
+                self.node.dispatcher.deliver(
+                    {"type": "heartbeat", "source_node": m.node_id, "timestamp": iso_from_epoch(m.sent_at),
+                     "data": {"node_id": m.node_id, "status": m.status, "recursion_depth": m.recursion_depth,
+                              "entropy_level": m.entropy_level}})
+        elif kind == schema.KIND_LEAVE:
+            self.apply(self.node.membership.on_leave(m.node_id))
+        elif kind == schema.KIND_GOSSIP:
+            bus = link.shared_bus
+            self.apply(self.node.membership.on_gossip(m, sender, now, learn=bus, dial=self.node.ws is not None))
+        elif kind == schema.KIND_STATE_DELTA:
+            self.node.state.apply_entries(m.entries)
+        elif kind == schema.KIND_STATE_DIGEST:
+            self.reply(link, sender, self.node.state.on_digest(sender, m))
+        elif kind == schema.KIND_STATE_REQUEST:
+            self.reply(link, sender, self.node.state.on_request(m))
+
+    def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
+        for kind, obj in msgs:
+            if link.shared_bus and to is not None:
+                link.send_direct(to, kind, 0, b"", obj)
+            else:
+                link.send_frame(single_frame(kind, obj))
+
+    def on_query(self, link: Any, q: Any) -> None:
+        answer_query(self.node, link, q)
+
+    def relay(self, target: str, came_from: Any, m: Any) -> bool:
+        return self.node.outbox.forward(target, came_from, m.kind, m.etype, m.target, m.msg_id, m.payload)
+
+    def apply(self, effects: list[tuple[Any, ...]]) -> None:
+        """Carry out membership effects."""
+        for e in effects:
+            if e[0] == "joined":
+                node = e[1]
+                log.info("node %s (%s) joined", node.node_id, node.name)
+                self.node.dispatcher.announce({"type": EventType.NODE_REGISTER.value, "source_node": node.node_id,
+                                          "timestamp": datetime.now().isoformat(), "data": node.to_dict()})
+            elif e[0] == "lost":
+                nid, reason = e[1], e[2]
+                log.info("node %s removed (%s)", nid, reason)
+                link = self.node.outbox.links.get(nid)
+                if link is not None:
+                    self.node.outbox.remove_link(nid, link)
+                    link.close(f"peer {reason}")
+                if self.node.ws is not None:
+                    self.node.ws.forget(nid)
+                self.node.dispatcher.announce({"type": EventType.NODE_UNREGISTER.value, "source_node": nid,
+                                          "timestamp": datetime.now().isoformat(),
+                                          "data": {"node_id": nid, "reason": reason}})
+            elif e[0] == "dial" and self.node.ws is not None:
+                self.node.ws.dial(e[1], expected_id=e[2])
+
+    # -- internals -----------------------------------------------------------------
+
+    def send_gossip(self) -> None:
+        self.node.local_node.metadata["links"] = sorted(self.node.outbox.links)
+        records = [n.to_dict() for n in self.node.nodes.values() if n.websocket_endpoint or n is self.node.local_node]
+        self.broadcast(schema.KIND_GOSSIP, schema.Gossip(records))
+
+    def accept_bus_event(self, ev: schema.Event) -> None:
+        et = _EVENT_TYPES.get(ev.event_type)
+        if et is None:
+            self.node.counts["bad_messages"] += 1
+            return
+        self.node.event_bus.accept_remote(RitualEvent(ev.event_id, et, ev.source_node, ev.target_node, ev.timestamp,
+                                                 ev.data, ev.metadata or {}, ev.priority, ev.ttl))
+
+    async def heartbeat_loop(self) -> None:
+        interval = self.node.config.heartbeat_interval
+        while True:
+            self.broadcast(schema.KIND_HEARTBEAT, self.node.membership.heartbeat(time.time()))
+            if self.node.outbox.links or self.node.outbox.bus_links:
+                self.send_gossip()
+            if self.node.redis is not None:
+                self.node.redis.heartbeat()
+            await asyncio.sleep(interval * random.uniform(0.9, 1.0))
+
+    async def sweep_loop(self) -> None:
+        interval = self.node.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(interval / 4, 2.0))
+            self.apply(self.node.membership.sweep(time.monotonic()))
