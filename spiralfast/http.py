@@ -98,6 +98,12 @@ class HttpEndpoints:
         self._static: dict[str, bytes] = {}
         self._registry: Any = None
         self.live = LiveFeed(core)
+        self.refused = 0  # HTTP requests refused for a missing or wrong token
+
+    @property
+    def auth_failures(self) -> int:
+        """HTTP requests and dashboard connections refused for a missing or wrong token."""
+        return self.refused + self.live.auth_failures
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -162,7 +168,7 @@ class HttpEndpoints:
         if path == "/live":
             return self.live.accept(request)
         if not self.authorized(request):
-            core.counters["auth_failures"] = core.counters.get("auth_failures", 0) + 1
+            self.refused += 1
             self.live.errlog(("http-auth",), logging.INFO, "HTTP %s refused: missing or wrong token", path)
             return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="spiralfast"'})
         if path == "/metrics":
@@ -183,7 +189,7 @@ class HttpEndpoints:
         from . import metrics
 
         if self._registry is None:
-            self._registry = metrics.registry_for(self.core)
+            self._registry = metrics.registry_for(self.core, self)
         body, ctype = metrics.render(self._registry)
         return self._response(200, body, ctype)
 
@@ -281,6 +287,7 @@ class LiveFeed:
         self.task: asyncio.Task[None] | None = None
         self.history: deque[list[float]] = deque(maxlen=LIVE_HISTORY)
         self.errlog = RateLimitedLog(log)
+        self.auth_failures = 0  # dashboard connections refused for a wrong token
         self._prev: dict[str, Any] | None = None
         self._prev_t = 0.0
         self._prev_wall = 0.0
@@ -508,7 +515,7 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
                 self._timer.cancel()
             self.feed.admit(self)
             return
-        self.feed.core.counters["auth_failures"] = self.feed.core.counters.get("auth_failures", 0) + 1
+        self.feed.auth_failures += 1
         self.feed.errlog(("live-auth",), logging.INFO, "dashboard connection refused: wrong token")
         self.send(orjson.dumps({"error": "unauthorized"}))
         self.close("unauthorized", picows.WSCloseCode.POLICY_VIOLATION)

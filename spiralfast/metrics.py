@@ -111,8 +111,9 @@ def _num(v: Any) -> float:
 class MeshCollector(Collector):
     """Reads one node's figures at scrape time."""
 
-    def __init__(self, mesh: MeshCore) -> None:
+    def __init__(self, mesh: MeshCore, http: Any = None) -> None:
         self.mesh = mesh
+        self.http = http
         self.compiled = _compiled()
 
     def describe(self) -> list[Metric]:
@@ -166,8 +167,9 @@ class MeshCollector(Collector):
         yield counter("events_lost_total", "Events found missing (gaps) that could not be repaired.", lost)
         yield counter("handler_errors_total", "Event handlers that raised (mesh and bus).",
                       _num(c.get("handler_errors")) + _num(bus.get("handler_errors")))
-        yield counter("auth_failures_total", "Peers or observers refused for a missing or wrong token.",
-                      c.get("auth_failures"))
+        http_refused = getattr(self.http, "auth_failures", 0)
+        yield counter("auth_failures_total", "Peers, observers and HTTP clients refused for a missing or wrong token.",
+                      _num(c.get("auth_failures")) + _num(http_refused))
         yield counter("handshake_failures_total", "Handshakes that failed for any reason.", c.get("handshake_failures"))
         yield counter("bad_messages_total", "Malformed or unexpected messages.",
                       _num(c.get("bad_messages")) + _num(router.get("frame_errors")))
@@ -308,10 +310,11 @@ def _persistence_metrics(pers: Any) -> Iterator[Metric]:
     yield up
 
 
-def registry_for(mesh: MeshCore) -> CollectorRegistry:
-    """A registry of its own per node (several nodes may share one process)."""
+def registry_for(mesh: MeshCore, http: Any = None) -> CollectorRegistry:
+    """A registry of its own per node (several nodes may share one process).  ``http``:
+    the node's HTTP endpoints, whose token refusals count as auth failures."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(MeshCollector(mesh))
+    reg.register(MeshCollector(mesh, http))
     return reg
 
 
