@@ -112,6 +112,8 @@ class Handshake:
 
     def _on_auth(self, a: schema.Auth) -> list[tuple[int, Any]]:
         theirs = b"listen" if self.outbound else b"dial"
+        if not self.token and a.proof:
+            return self._fail(AuthError("the peer uses a token and this node has none (not the same mesh)"))
         if self.token and not a.proof:
             return self._fail(AuthError("this mesh requires a token (none given)"))
         if self.token and not hmac.compare_digest(self._proof(theirs), a.proof):
