@@ -48,6 +48,10 @@ async def pair(db: Path, **cfg: Any) -> tuple[MeshCore, MeshCore]:
     return a, b
 
 
+def events_in(node: MeshCore) -> int:
+    return int(node.get_mesh_status()["counters"]["events_in"])
+
+
 def rows(db: Path, sql: str, *params: Any) -> list[Any]:
     conn = sqlite3.connect(db)
     try:
@@ -122,7 +126,7 @@ async def test_history_filters_and_replay(tmp_path: Path) -> None:
         for i in range(300):
             await b.broadcast_event("hello" if i % 3 else "other", {"i": i})
         await a.broadcast_event("mine", {"x": 1})
-        await wait_for(lambda: a._counters()["events_in"] >= 300)
+        await wait_for(lambda: events_in(a) >= 300)
         hello = a.history(types=["hello"], limit=10_000)
         assert [e["data"]["i"] for e in hello] == [i for i in range(300) if i % 3]
         assert all(e["source_node"] == "B" and e["event_id"] for e in hello)
@@ -159,7 +163,7 @@ async def test_mesh_mode_persists_membership_and_listed_types(tmp_path: Path) ->
         await b.broadcast_event("chosen", {"k": 1})
         await b.broadcast_event("ignored", {"k": 2})
         await b.broadcast_event("system_alert", {"level": "high"})
-        await wait_for(lambda: a._counters()["events_in"] >= 3)
+        await wait_for(lambda: events_in(a) >= 3)
     finally:
         await b.stop()
         await wait_for(lambda: "B" not in a.nodes)
@@ -243,7 +247,7 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
                 assert i < 200_000, "the 1 MB disk never filled"
             for _ in range(2000):  # the node goes on receiving after the error
                 await b.broadcast_event("after", {"pad": blob})
-            await wait_for(lambda: a._counters()["events_in"] >= i + 2000)
+            await wait_for(lambda: events_in(a) >= i + 2000)
             await wait_for(lambda: a.eventlog.status()["dropped"] > 0)
             assert a.running and a.get_mesh_status()["status"] == "active"
         finally:
@@ -361,6 +365,10 @@ async def test_history_command_against_a_node(tmp_path: Path) -> None:
     b = None
     try:
         b = NodeProc("node-b", "--peer", a.url)
+        deadline = time.monotonic() + 20
+        while "node-a" not in await b.node_ids():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
         for i in range(3):
             await b.query("publish", type="ping", data={"i": i})
         await b.query("publish", type="pong", data={})
