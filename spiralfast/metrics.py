@@ -26,7 +26,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .core import MeshCore
 
-#: Links that get their own ``peer`` label; the rest are summed as ``_other``.
+#: Links that get their own ``peer`` label; the rest are summed as ``_other`` (OTHER_PEER).
 MAX_PEER_LABELS = 64
 #: The receive path samples one event in this many for the latency histogram.
 LATENCY_SAMPLE_EVERY = 64
@@ -35,6 +35,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 OTHER_PEER = "_other"
+#: State categories that get their own ``category`` label (the largest; the rest are
+#: summed under ``category="_other"``).
+MAX_CATEGORY_LABELS = 64
 #: Task types that get their own ``type`` label (sorted by name; the rest are left out).
 MAX_TYPE_LABELS = 64
 
@@ -229,8 +232,12 @@ class MeshCollector(Collector):
 
         keys = GaugeMetricFamily(f"{p}_state_keys", "Live keys in the synchronised state, by category.",
                                  labels=["category"])
-        for cat, entries in sorted(mesh.state.sync_categories.items()):
-            keys.add_metric([str(cat)], len(entries))
+        cats = sorted(((str(cat), len(entries)) for cat, entries in mesh.state.sync_categories.items()),
+                      key=lambda kv: -kv[1])
+        for cat, n in cats[:MAX_CATEGORY_LABELS]:
+            keys.add_metric([cat], n)
+        if len(cats) > MAX_CATEGORY_LABELS:
+            keys.add_metric([OTHER_PEER], sum(n for _, n in cats[MAX_CATEGORY_LABELS:]))
         yield keys
         yield GaugeMetricFamily(f"{p}_state_version", "This node's state version (local changes).",
                                 value=_num(sync.get("state_version")))

@@ -197,3 +197,19 @@ def test_task_and_persistence_metrics() -> None:
     pers = {"written": 5, "dropped": 0, "pending": 2, "stall_seconds": 0.5, "error": None}
     names = {s.name: s.value for f in _persistence_metrics(pers) for s in f.samples}
     assert names["spiralfast_persist_written_total"] == 5 and names["spiralfast_persist_ok"] == 1
+
+
+async def test_category_labels_are_bounded() -> None:
+    from spiralfast.metrics import MAX_CATEGORY_LABELS
+
+    a = MeshCore(cfg("m-cat"))
+    await a.start()
+    try:
+        for i in range(MAX_CATEGORY_LABELS + 10):
+            a.state.update_local_state(f"cat{i:03d}", "k", i)
+        samples, _ = await scrape(a)
+        cats = {dict(k[1])["category"]: v for k, v in samples.items() if k[0] == "spiralfast_state_keys"}
+        assert len(cats) == MAX_CATEGORY_LABELS + 1 and OTHER_PEER in cats
+        assert sum(cats.values()) == sum(len(v) for v in a.state.sync_categories.values())
+    finally:
+        await a.stop()
