@@ -2,7 +2,8 @@
 against nats-py request/reply to a queue-group worker, same window and payload.
 
 1. throughput: N tasks (about 100-byte payloads, echoed back) with 256 in flight;
-2. latency: paced 1,000 tasks/s for 3 s, p50/p99 of each round trip;
+2. latency: paced 1,000 tasks/s for 3 s, p50/p99 of each round trip; and the same
+   for a bare event there and back (``send_to_node`` both ways), the mesh's floor;
 3. failover (spiralfast only): two workers, 32 tasks of 0.2 s running on each; kill -9
    one (its sockets close: the link drop is noticed at once), or SIGSTOP it (frozen:
    only failure detection notices); time from the signal until every task has
@@ -64,6 +65,11 @@ def sf_worker(port: int, node_id: str, hb: float) -> None:
 
         mesh.register_task_handler("echo", echo, capacity=1024)
         mesh.register_task_handler("cpu", lambda _: time.process_time(), capacity=1)
+
+        def ping(env: dict[str, Any]) -> None:  # the floor: one event there, one back
+            asyncio.ensure_future(mesh.send_to_node(env["source_node"], "perf.pong", env["data"]))
+
+        mesh.register_event_handler("perf.ping", ping)
         mesh.register_task_handler("slow", slow, capacity=64)
         await mesh.start()
         print("READY", flush=True)
@@ -130,7 +136,16 @@ async def sf_run(n: int) -> dict[str, Any]:
         cpu = time.process_time() - cpu0
         wcpu = await mesh.submit_task("cpu", None) - wcpu0
         lat = await paced(lambda i: mesh.submit_task("echo", payload(i)))
-        return {"tasks_per_s": round(n / elapsed), "ok": ok, "paced": lat,
+        waiters: dict[int, asyncio.Future[Any]] = {}
+        mesh.register_event_handler("perf.pong", lambda env: waiters.pop(env["data"]["i"]).set_result(None))
+
+        async def ping(i: int) -> None:
+            f = waiters[i] = asyncio.get_running_loop().create_future()
+            await mesh.send_to_node("perf-worker", "perf.ping", payload(i))
+            await f
+
+        floor = await paced(ping)
+        return {"tasks_per_s": round(n / elapsed), "ok": ok, "paced": lat, "paced_events": floor,
                 "cpu_us_per_task": {"submitter": round(cpu / n * 1e6, 2), "worker": round(wcpu / n * 1e6, 2)}}
     finally:
         await mesh.stop()
@@ -250,6 +265,8 @@ def main() -> None:
     print(f"ratio                : {sf['tasks_per_s'] / nt['tasks_per_s']:.2f}x nats-py")
     print(f"paced {RATE}/s spiralfast: p50 {sf['paced']['p50_ms']} ms  p99 {sf['paced']['p99_ms']} ms")
     print(f"paced {RATE}/s nats-py   : p50 {nt['paced']['p50_ms']} ms  p99 {nt['paced']['p99_ms']} ms")
+    fl = sf["paced_events"]
+    print(f"paced {RATE}/s floor     : p50 {fl['p50_ms']} ms  p99 {fl['p99_ms']} ms  (send_to_node there and back, no tasks)")
     for f in fo:
         print(f"failover {f['how']:<8}    : {json.dumps(f)}")
 
