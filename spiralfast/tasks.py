@@ -1084,7 +1084,7 @@ class TaskManager:
 
     # -- observer queries (``mesh tasks``, ``mesh submit``) ---------------------------
 
-    def answer_submit(self, args: dict[str, Any], reply: Callable[[bool, Any], None]) -> None:
+    def answer_submit(self, args: dict[str, Any], reply: Callable[..., None]) -> None:
         """Run one task for an observer (``spiralfast mesh submit``) and ``reply(ok, data)``:
         ``{"result", "task_type", "elapsed_ms"}``, or a one-line reason.
 
