@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import resource
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -272,10 +273,10 @@ class WebSocketTransport:
         if st.ssl_certfile:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.load_cert_chain(st.ssl_certfile, st.ssl_keyfile)
+        loop = asyncio.get_running_loop()
         self.server = await picows.ws_create_server(
             self._factory,
-            st.host,
-            st.port,
+            sock=_listening_socket(st.host, st.port, loop),
             max_frame_size=WS_FRAME_LIMIT,
             websocket_handshake_timeout=st.handshake_timeout,
             ssl=ssl_ctx,
@@ -449,6 +450,55 @@ def send_frame(ws: Any, frame: bytes) -> None:
         end = pos + WS_FRAME_LIMIT
         ws.send(picows.WSMsgType.CONTINUATION, view[pos:end], end >= n)
         pos = end
+
+
+class _ListeningSocket(socket.socket):
+    """The server's socket.  When accept() runs out of file descriptors, the server
+    (aiofastnet) stops reading the socket for a second by calling
+    ``sock.remove_reader``, which plain sockets lack: without this it would spin on the
+    error and flood the log."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def remove_reader(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+
+
+def _listening_socket(host: str, port: int, loop: asyncio.AbstractEventLoop) -> socket.socket:
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = _ListeningSocket(family, socket.SOCK_STREAM)
+    sock.loop = loop
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    _quiet_accept_errors(loop)
+    return sock
+
+
+_ACCEPT_LOG = RateLimitedLog(log)
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of file descriptors, the server reports every retry (each second) to the
+    loop's exception handler with a traceback; report it with back-off instead.  Only
+    when the application has not set a handler of its own."""
+    if loop.get_exception_handler() is not None:
+        return
+
+    def handler(lp: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
+        if "out of system resource" in str(ctx.get("message", "")):
+            _ACCEPT_LOG("emfile", logging.ERROR, "out of file descriptors: not accepting connections for now (%s)",
+                        ctx.get("exception"))
+            return
+        lp.default_exception_handler(ctx)
+
+    loop.set_exception_handler(handler)
 
 
 def _raise_fd_limit() -> int:
