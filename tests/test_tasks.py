@@ -377,3 +377,39 @@ def test_cli_tasks_and_submit() -> None:
         console.print(t)
     text = console.export_text()
     assert "cli-w" in text and "echo" in text and "submitted by this node" in text
+
+
+async def test_local_async_handler_capacity_and_pinned_wait() -> None:
+    async with LocalMesh(2, heartbeat_interval=HB) as m:
+        a, b = m.nodes
+        running = 0
+        peak = 0
+
+        async def slow(x: int) -> int:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.005)
+            running -= 1
+            return x * 2
+
+        a.register_task_handler("s", slow, capacity=2)  # this node only
+        assert [r async for r in a.map_tasks("s", range(20))] == [x * 2 for x in range(20)]
+        assert peak <= 2
+        # a task pinned to a full node waits without holding back tasks that can go elsewhere
+        gate = asyncio.Event()
+
+        async def held(x: int) -> str:
+            await gate.wait()
+            return "b"
+
+        b.register_task_handler("h", held, capacity=1)
+        a.register_task_handler("h", lambda x: "a")
+        await m.wait_for(lambda: "h" in a.get_mesh_status()["tasks"]["nodes"].get(b.node_id, {}))
+        first = asyncio.ensure_future(a.submit_task("h", 0, target_node=b.node_id))
+        await m.wait_for(lambda: b.get_mesh_status()["tasks"]["offered"]["h"]["running"] == 1)
+        pinned = asyncio.ensure_future(a.submit_task("h", 1, target_node=b.node_id))
+        await m.wait_for(lambda: a.get_mesh_status()["tasks"]["submitted"]["h"]["waiting"] == 1)
+        assert await a.submit_task("h", 2) == "a"
+        gate.set()
+        assert await first == "b" and await pinned == "b"
