@@ -545,3 +545,132 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
             tr.send_close(code if code is not None else picows.WSCloseCode.GOING_AWAY, reason.encode()[:120])
         finally:
             tr.disconnect()
+
+
+# -- HEAD: picows parses only GET, so a thin first reader answers HEAD itself ---------
+
+#: Largest HEAD request head accepted (bytes).
+HEAD_MAX = 8192
+
+
+class HeadShim(asyncio.BufferedProtocol):
+    """The first reader of each connection.
+
+    picows refuses any method but GET with a 400 before the listener factory runs, so
+    ``HEAD /health`` (load balancers, uptime checks) cannot reach :meth:`HttpEndpoints.respond`.
+    This reads the first bytes of a connection: a ``HEAD`` request it answers with the
+    headers the factory gives the same GET; anything else it hands to picows' protocol
+    (``transport.set_protocol``) together with the bytes read so far, and steps aside,
+    so a mesh link pays for it once, at connect.
+    """
+
+    def __init__(self, inner: Any, factory: Any) -> None:
+        self.inner = inner
+        self.factory = factory
+        self.tr: Any = None
+        self.buf = bytearray()
+        self.mem = bytearray(HEAD_MAX)
+        self.head = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.tr = transport
+        self.inner.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.mem)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buf += self.mem[:nbytes]
+        if not self.head:
+            if len(self.buf) < 5 and b"HEAD ".startswith(bytes(self.buf)):
+                return  # not enough to tell yet
+            if not self.buf.startswith(b"HEAD "):
+                self._hand_over()
+                return
+            self.head = True
+        end = self.buf.find(b"\r\n\r\n")
+        if end >= 0:
+            self._answer(bytes(self.buf[:end]))
+        elif len(self.buf) >= HEAD_MAX:
+            self.tr.close()
+
+    def _hand_over(self) -> None:
+        data, self.buf = bytes(self.buf), bytearray()
+        self.tr.set_protocol(self.inner)
+        inner = self.inner
+        while data:
+            mv = inner.get_buffer(len(data))
+            k = min(len(mv), len(data))
+            mv[:k] = data[:k]
+            data = data[k:]
+            inner.buffer_updated(k)
+
+    def _answer(self, raw: bytes) -> None:
+        from picows.picows import _parse_http_request  # type: ignore[attr-defined]
+
+        try:
+            req = _parse_http_request(b"GET" + raw[4:])
+            req.method = b"HEAD"
+            out = self.factory(req)
+        except Exception:
+            out = None
+        if isinstance(out, WSUpgradeResponseWithListener) and out.listener is None:
+            resp = out.response
+        else:
+            resp = WSUpgradeResponse.create_error_response(405, None, {"Allow": "GET"})
+        if resp.body or "Content-Length" not in resp.headers:
+            resp.headers["Content-Length"] = str(len(resp.body or b""))
+        resp.body = None
+        resp.headers["Connection"] = "close"
+        self.tr.write(bytes(resp.to_bytes()))
+        self.tr.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+async def ws_create_server(
+    factory: Any,
+    host: Any = None,
+    port: Any = None,
+    *,
+    max_frame_size: int = 10 * 1024 * 1024,
+    websocket_handshake_timeout: float | None = 5,
+    logger_name: Any = None,
+    read_buffer_init_size: int = 16 * 1024,
+    **kwargs: Any,
+) -> Any:
+    """``picows.ws_create_server`` (same arguments and listener factory) whose connections
+    also answer ``HEAD`` (see :class:`HeadShim`).  Built from picows' own protocol class,
+    so it is tested against the installed picows (tests/test_http.py)."""
+    from picows import api as picows_api
+    from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    logger = picows_api._resolve_logger(logger_name, "server")
+
+    def protocol() -> HeadShim:
+        inner = WSProtocol(
+            None, None, False, factory, logger,
+            True,  # disconnect_on_exception
+            websocket_handshake_timeout,
+            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto ping
+            True,  # auto pong
+            max_frame_size, None, read_buffer_init_size,
+        )
+        return HeadShim(inner, factory)
+
+    if picows_api._HAS_AIOFASTNET:
+        import aiofastnet
+
+        return await aiofastnet.create_server(loop, protocol, host=host, port=port, **kwargs)
+    return await loop.create_server(protocol, host=host, port=port, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -122,9 +123,12 @@ async def test_api_events_honours_its_query(open_node: MeshCore) -> None:
         await b.stop()
 
 
-def _raw(port: int, request: bytes) -> bytes:
+def _raw(port: int, request: bytes | list[bytes]) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
+        for i, part in enumerate([request] if isinstance(request, bytes) else request):
+            if i:
+                time.sleep(0.05)
+            s.sendall(part)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -147,8 +151,11 @@ def test_head_answers_headers_only() -> None:
     assert bytes(head.to_bytes()).endswith(b"\r\n\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason="picows refuses HEAD before the listener factory runs: "
-                                       "needs a pre-parser in links/ws.py (see the issue 15 report)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="picows refuses HEAD before the listener factory runs; links/ws.py must create its server "
+    "with spiralfast.http.ws_create_server (see test_mesh_node_on_server_with_head)",
+)
 async def test_head_health_is_not_400(open_node: MeshCore) -> None:
     out = await asyncio.to_thread(_raw, open_node.config.websocket_port,
                                   b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -239,3 +246,75 @@ async def test_live_unauthenticated_connections_are_capped(locked_node: MeshCore
     finally:
         for tr, _ in conns:
             tr.disconnect()
+
+
+class _Echo(picows.WSListener):  # type: ignore[misc]
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        if frame.msg_type == picows.WSMsgType.TEXT:
+            transport.send(picows.WSMsgType.TEXT, b"echo:" + frame.get_payload_as_bytes())
+
+
+async def test_server_with_head(open_node: MeshCore) -> None:
+    """spiralfast.http.ws_create_server: HEAD answered, GET and WebSocket as picows does."""
+    from spiralfast.http import HttpEndpoints, ws_create_server
+
+    http = HttpEndpoints(open_node)
+
+    def factory(request: Any) -> Any:
+        if (request.headers.get("Upgrade") or "").lower() == "websocket" and request.path == b"/echo":
+            return _Echo()
+        return http.respond(request)
+
+    server = await ws_create_server(factory, "127.0.0.1", 0, max_frame_size=65536, websocket_handshake_timeout=2)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        head = await asyncio.to_thread(_raw, port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        get_ = await asyncio.to_thread(_raw, port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n"), head
+        body = get_.split(b"\r\n\r\n", 1)[1]
+        assert json.loads(body)["node_id"] == "h-open"
+        assert f"Content-Length: {len(body)}".encode() in head
+        # HEAD of the dashboard, split over three reads
+        head2 = await asyncio.to_thread(_raw, port, [b"HE", b"AD / HTTP/1.1\r\n", b"Host: x\r\n\r\n"])
+        assert head2.startswith(b"HTTP/1.1 200") and b"text/html" in head2 and head2.endswith(b"\r\n\r\n")
+        # other methods: still refused by picows, no hang
+        assert (await asyncio.to_thread(_raw, port, b"POST /health HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 400")
+
+        got: list[bytes] = []
+
+        class _Client(picows.WSListener):  # type: ignore[misc]
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                got.append(frame.get_payload_as_bytes())
+
+        tr, _ = await picows.ws_connect(_Client, f"ws://127.0.0.1:{port}/echo")
+        tr.send(picows.WSMsgType.TEXT, b"hi")
+        await wait_for(lambda: got == [b"echo:hi"], timeout=5)
+        tr.disconnect()
+    finally:
+        server.close()
+
+
+async def test_mesh_node_on_server_with_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same server under a real node (as links/ws.py would call it): HEAD /health is
+    answered, and mesh links and events work as before."""
+    from spiralfast import http
+
+    monkeypatch.setattr(picows, "ws_create_server", http.ws_create_server)
+    a = MeshCore(cfg("hs-a"))
+    await a.start()
+    b = MeshCore(cfg("hs-b", peers=[f"ws://127.0.0.1:{a.config.websocket_port}"]))
+    await b.start()
+    try:
+        got: list[Any] = []
+        a.register_event_handler("hs", lambda env: got.append(env["data"]))
+        await wait_for(lambda: "hs-b" in peers(a) and "hs-a" in peers(b))
+        for i in range(100):
+            await b.broadcast_event("hs", i)
+        await wait_for(lambda: len(got) == 100)
+        assert got == list(range(100))
+        out = await asyncio.to_thread(_raw, a.config.websocket_port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")
+    finally:
+        await b.stop()
+        await a.stop()
