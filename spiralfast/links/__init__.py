@@ -33,6 +33,11 @@ async def start_links(node: MeshCore) -> None:
     if cfg.enable_redis:
         from .redis import RedisSettings, RedisTransport
 
+        if cfg.auth_token and cfg.interop is True:
+            log.warning("interop=True with a token: the old JSON format cannot be authenticated, so anyone who can "
+                        "publish on Redis channel %r or node_%s can inject events and membership changes as an "
+                        "old-format node", cfg.ritual_channel, node.node_id)
+
         node.redis = RedisTransport(node.host, RedisSettings.from_config(cfg, node.node_id))
         node.sender.legacy = node.redis
         if not await node.redis.start():
