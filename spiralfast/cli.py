@@ -32,17 +32,20 @@ from .cli_history import mesh_history
 from .cli_tasks import mesh_submit, mesh_tasks
 from .errors import AuthError, ConfigError, HandshakeError, LinkError, ProtocolError, SpiralError
 
-app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.")
-mesh_app = typer.Typer(no_args_is_help=True, help="Run or inspect a mesh node.")
-ritual_app = typer.Typer(no_args_is_help=True, help="The old spiralcodex entry point.")
-config_app = typer.Typer(no_args_is_help=True, help="Show the node configuration.")
+# Plain (click-style) help: compact at 80 columns, greppable, no boxes.
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.",
+                  rich_markup_mode=None)
+mesh_app = typer.Typer(no_args_is_help=True, help="Run or inspect a mesh node.", rich_markup_mode=None)
+ritual_app = typer.Typer(no_args_is_help=True, help="The old spiralcodex entry point.", rich_markup_mode=None)
+config_app = typer.Typer(no_args_is_help=True, help="Show the node configuration.", rich_markup_mode=None)
 app.add_typer(mesh_app, name="mesh")
 app.add_typer(ritual_app, name="ritual")
 app.add_typer(config_app, name="config")
 
 NODE_HELP = "WebSocket URL of the node to inspect (default: from the config file, else ws://127.0.0.1:8765)."
 TOKEN_HELP = "Shared mesh secret of the node (default: auth_token from the config file or environment)."
-CAFILE_HELP = "CA bundle to check a wss:// node's certificate against (env SPIRALFAST_CAFILE)."
+CAFILE_HELP = ("CA bundle to check a wss:// node's certificate against (default: ssl_cafile from the config "
+               "file, or SPIRALFAST_CAFILE).")
 JSON_HELP = "Machine-readable output (JSON) on stdout."
 TIMEOUT_HELP = "Seconds to wait for the node to answer."
 CONFIG_HELP = "TOML configuration file (default: ./spiralfast.toml when it exists; env SPIRALFAST_CONFIG)."
@@ -149,8 +152,12 @@ def _metavar(spec: settings.FieldSpec) -> str:
 
 
 def _sentence(text: str) -> str:
+    """Capitalise a help text's first word, unless it is a literal (``ws://``, ``node_id``)."""
     text = text.strip()
-    return (text[:1].upper() + text[1:]) if text else text
+    first = text.split(" ", 1)[0]
+    if not text or not first.isalpha() or not first.islower():
+        return text
+    return text[:1].upper() + text[1:]
 
 
 def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
@@ -559,8 +566,7 @@ def _token_opt() -> Any:
 
 
 def _cafile_opt() -> Any:
-    return typer.Option(None, "--cafile", metavar="PATH", help=CAFILE_HELP, show_default=False,
-                        envvar="SPIRALFAST_CAFILE")
+    return typer.Option(None, "--cafile", metavar="PATH", help=CAFILE_HELP, show_default=False)
 
 
 def _json_opt(help_text: str = JSON_HELP) -> Any:
@@ -799,9 +805,10 @@ def bench(
                                      help="Redis URL for --transport redis (default redis://127.0.0.1:6379/0)."),
     as_json: bool = _json_opt(),
 ) -> None:
-    """Two-process benchmark through the public API: events/s, then p50/p99 latency at a paced rate.
+    """Two-process benchmark: events/s, then p50/p99 latency.
 
-    The sender (this process) awaits broadcast_event in a loop; the receiver (a child
+    Through the public API: events/s as fast as the sender can go, then p50/p99 latency
+    at a paced rate (like 'nats bench').  The sender (this process) awaits broadcast_event in a loop; the receiver (a child
     process, never left behind) counts in its handler.
     """
     from .benchmark import run_bench
@@ -830,7 +837,10 @@ def bench(
 def completion(
     shell: str = typer.Argument(..., metavar="SHELL", help="bash, zsh, fish or powershell."),
 ) -> None:
-    """Print the shell completion script, e.g. 'eval "$(spiralfast completion bash)"'."""
+    """Print the shell completion script for SHELL.
+
+    For example: eval "$(spiralfast completion bash)"
+    """
     from typer._completion_shared import get_completion_script
 
     shells = ("bash", "zsh", "fish", "powershell", "pwsh")
