@@ -67,6 +67,9 @@ EVENTS_MAX = 1000
 #: Live feed: seconds between snapshots (never faster than 1/s), samples of history kept.
 LIVE_INTERVAL = 1.0
 LIVE_HISTORY = 60
+#: Seconds the feed keeps sampling rates after the last page left, so that a page
+#: opened again (or reloaded) shows the last minute at once.
+LIVE_LINGER = 600.0
 #: Live feed: most clients at once, seconds a client has to authenticate, largest
 #: message a client may send, and the send buffer beyond which a slow client skips a tick.
 LIVE_MAX_CLIENTS = 64
@@ -98,12 +101,11 @@ class HttpEndpoints:
         self._static: dict[str, bytes] = {}
         self._registry: Any = None
         self.live = LiveFeed(core)
-        self.refused = 0  # HTTP requests refused for a missing or wrong token
 
     @property
     def auth_failures(self) -> int:
         """HTTP requests and dashboard connections refused for a missing or wrong token."""
-        return self.refused + self.live.auth_failures
+        return self.live.http_refused + self.live.auth_failures
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -168,7 +170,7 @@ class HttpEndpoints:
         if path == "/live":
             return self.live.accept(request)
         if not self.authorized(request):
-            self.refused += 1
+            self.live.http_refused += 1
             self.live.errlog(("http-auth",), logging.INFO, "HTTP %s refused: missing or wrong token", path)
             return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="spiralfast"'})
         if path == "/metrics":
@@ -288,6 +290,8 @@ class LiveFeed:
         self.history: deque[list[float]] = deque(maxlen=LIVE_HISTORY)
         self.errlog = RateLimitedLog(log)
         self.auth_failures = 0  # dashboard connections refused for a wrong token
+        self.http_refused = 0  # HTTP requests refused for a missing or wrong token
+        self.last_client = 0.0  # when the last page left (monotonic)
         self._prev: dict[str, Any] | None = None
         self._prev_t = 0.0
         self._prev_wall = 0.0
@@ -320,16 +324,24 @@ class LiveFeed:
 
     def drop(self, client: LiveClient) -> None:
         self.pending.discard(client)
-        self.clients.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            self.last_client = time.monotonic()
+
+    def _wanted(self) -> bool:
+        if not self.core.running:
+            return False
+        return bool(self.clients) or time.monotonic() - self.last_client < LIVE_LINGER
 
     async def _loop(self) -> None:
         try:
-            while self.clients and self.core.running:
+            while self._wanted():
                 await asyncio.sleep(LIVE_INTERVAL)
-                if not self.clients:
+                if not self._wanted():
                     break
-                if not self.core.running:
-                    break
+                if not self.clients:  # nobody watching: keep the chart's history only
+                    self._sample(self.core.get_mesh_status())
+                    continue
                 payload = self.snapshot_bytes()
                 for c in list(self.clients):
                     c.send(payload)
@@ -403,6 +415,21 @@ class LiveFeed:
             scale = total_rate / seen_rate  # the window overflowed: shares, scaled to the total
         return {t: round(k / dt * scale, 1) for t, k in sorted(counts.items(), key=lambda kv: -kv[1])[:20]}
 
+    def _health(self, st: dict[str, Any]) -> dict[str, int]:
+        c = st.get("counters") or {}
+        r = st.get("router") or {}
+        bus = st.get("bus") or {}
+        dropped = sum(int(c.get(k) or 0) for k in ("dropped_events", "refused_messages", "preauth_refused"))
+        dropped += int(r.get("unroutable") or 0) + int(bus.get("dropped") or 0)
+        dropped += sum(int(lk.get("dropped_frames") or 0) for lk in st.get("links") or [])
+        return {
+            "dropped": dropped,
+            "lost": int(c.get("events_lost") or c.get("lost") or 0),
+            "handler_errors": int(c.get("handler_errors") or 0) + int(bus.get("handler_errors") or 0),
+            "auth_failures": int(c.get("auth_failures") or 0) + self.auth_failures + self.http_refused,
+            "bad_messages": int(c.get("bad_messages") or 0) + int(r.get("frame_errors") or 0),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         core = self.core
         st = core.get_mesh_status()
@@ -449,6 +476,7 @@ class LiveFeed:
             "history": list(self.history),
             "by_type": self._by_type,
             "counters": st.get("counters"),
+            "health": self._health(st),
             "router": st.get("router"),
             "sync": {
                 "sync_status": sync.get("sync_status"),

@@ -200,7 +200,11 @@ class MeshCollector(Collector):
         for t, n in sorted(by_t.items()):
             g.add_metric([t], n)
         yield g
-        yield GaugeMetricFamily(f"{p}_observers", "Observers connected (CLI, dashboards).", value=_num(st.get("observers")))
+        yield GaugeMetricFamily(f"{p}_observers", "Observers connected (CLI).", value=_num(st.get("observers")))
+        live = getattr(self.http, "live", None)
+        if live is not None:
+            yield GaugeMetricFamily(f"{p}_dashboards", "Dashboard pages connected to /live.",
+                                    value=float(len(live.clients)))
 
         named, rest = bounded_peers(links)
         sent = CounterMetricFamily(f"{p}_link_bytes_sent_total", "Bytes sent on the link to a peer.", labels=["peer"])

@@ -199,6 +199,22 @@ async def test_live_feed_open(open_node: MeshCore) -> None:
         tr.disconnect()
 
 
+async def test_live_feed_keeps_history_for_the_next_page(open_node: MeshCore) -> None:
+    tr, lst = await _live(open_node)
+    await wait_for(lambda: len(lst.msgs) >= 3, timeout=6)
+    tr.disconnect()
+    await wait_for(lambda: lst.closed, timeout=5)
+    seen = len(lst.msgs[-1]["history"])
+    await asyncio.sleep(1.5)  # nobody watching: rates are still sampled
+    tr, lst = await _live(open_node)
+    try:
+        await wait_for(lambda: bool(lst.msgs), timeout=5)
+        assert len(lst.msgs[0]["history"]) > seen  # the new page starts with the chart filled
+        assert set(lst.msgs[0]["health"]) >= {"dropped", "lost", "handler_errors", "auth_failures"}
+    finally:
+        tr.disconnect()
+
+
 async def test_live_feed_needs_the_token(locked_node: MeshCore) -> None:
     tr, lst = await _live(locked_node)
     await wait_for(lambda: bool(lst.msgs), timeout=5)

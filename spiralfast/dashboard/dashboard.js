@@ -80,17 +80,22 @@
     const c = s.counters || {};
     setText("total-in", (c.events_in || 0).toLocaleString());
     setText("total-out", (c.events_out || 0).toLocaleString());
+    const h = s.health || {};
+    for (const [id, k] of [["h-dropped", "dropped"], ["h-lost", "lost"], ["h-handler", "handler_errors"], ["h-auth", "auth_failures"]]) {
+      setText(id, (h[k] || 0).toLocaleString());
+      $(id).classList.toggle("warn", (h[k] || 0) > 0);
+    }
     $("rate-in").dataset.value = r.in || 0;
     $("rate-out").dataset.value = r.out || 0;
     // chart: last 60 s, x by time so gaps show as gaps in time
-    const h = s.history || [];
+    const hist = s.history || [];
     const W = 600, H = 160, now = s.t || Date.now() / 1000;
     let max = 10;
-    for (const p of h) max = Math.max(max, p[1], p[2]);
+    for (const p of hist) max = Math.max(max, p[1], p[2]);
     max *= 1.15;
     const x = (t) => Math.max(0, W - (now - t) / 60 * W);
     const y = (v) => H - (v / max) * (H - 14);
-    const path = (i) => h.map((p, k) => (k ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[i]).toFixed(1)).join("");
+    const path = (i) => hist.map((p, k) => (k ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[i]).toFixed(1)).join("");
     $("chart-in").setAttribute("d", path(1));
     $("chart-out").setAttribute("d", path(2));
     const grid = $("chart-grid");
