@@ -352,6 +352,8 @@ def _start_node(kw: dict[str, Any]) -> None:
         res = _resolve(kw)
         cfg = res.config
         formatter = setup_logging(res.log_level, res.log_format)
+        for w in res.warnings:
+            logging.getLogger("spiralfast.cli").warning("%s", w)
         _check_tls(cfg)
         if cfg.enable_websocket:
             _check_port(cfg.websocket_host, cfg.websocket_port)
@@ -442,6 +444,8 @@ def config_show(**kw: Any) -> None:
     if kw.get("as_toml"):
         sys.stdout.write(settings.to_toml(res))
         return
+    for w in res.warnings:
+        sys.stderr.write(f"warning: {w}\n")
     rows = res.show()
     w_name = max(len(n) for n, _, _ in rows)
     w_value = min(48, max(len(v) for _, v, _ in rows))

@@ -419,6 +419,7 @@ def resolve(
     for k, (v, name) in read_env(env).items():
         values[k] = v
         sources[k] = f"env {name}"
+    warnings = unknown_env_warnings(env)
     for k, v in (flags or {}).items():
         if v is None:
             continue
@@ -444,7 +445,27 @@ def resolve(
         raise ConfigError(_blame(str(exc), sources)) from None
     except TypeError as exc:  # a value of the wrong shape from a TOML file
         raise ConfigError(f"invalid configuration: {exc}") from None
-    return Resolved(cfg, values, sources, path)
+    return Resolved(cfg, values, sources, path, warnings)
+
+
+def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
+    """Warnings for ``SPIRALFAST_*`` variables that look like a misspelt setting
+    (``SPIRALFAST_WEBSOCKET_PROT``).  Variables that resemble no setting are left alone:
+    other ``SPIRALFAST_*`` variables exist (``SPIRALFAST_PUREPYTHON``, test switches)."""
+    known = {n.upper() for n in CLI_SETTINGS} | {"CONFIG", "DEBUG", "PUREPYTHON", "ANNOTATE"}
+    for spec in field_specs():
+        known.add(spec.name.upper())
+        known.update(a.upper() for a in spec.aliases)
+    out = []
+    for name in sorted(env):
+        rest = name[len(ENV_PREFIX):]
+        if not name.startswith(ENV_PREFIX) or rest in known:
+            continue
+        close = difflib.get_close_matches(rest, sorted(known), n=1, cutoff=0.85)
+        if close:
+            out.append(f"environment variable {name} is not a setting "
+                       f"(did you mean {ENV_PREFIX}{close[0]}?); ignored")
+    return out
 
 
 def _where(sources: Mapping[str, str], name: str) -> str:

@@ -106,6 +106,12 @@ def test_errors_name_the_source(tmp_path: Path) -> None:
         settings.resolve({}, env={"SPIRALFAST_LOG_LEVEL": "loud"}, cwd="/nonexistent")
 
 
+def test_misspelt_environment_variable_is_warned_about() -> None:
+    env = {"SPIRALFAST_WEBSOCKET_PROT": "1", "SPIRALFAST_PUREPYTHON": "1", "SPIRALFAST_TEST_REDIS_URL": "x"}
+    r = settings.resolve({}, env=env, cwd="/nonexistent")
+    assert len(r.warnings) == 1 and "SPIRALFAST_WEBSOCKET_PORT" in r.warnings[0]
+
+
 def test_relative_paths_in_file_are_relative_to_it(tmp_path: Path) -> None:
     f = tmp_path / "conf" / "n.toml"
     f.parent.mkdir()
