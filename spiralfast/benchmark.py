@@ -39,7 +39,7 @@ async def _receiver(transport: str, port: int, n: int, redis_url: str, paced: bo
     cfg = MeshConfig(
         node_id="bench-rx", websocket_port=port, enable_websocket=transport == "ws",
         enable_redis=transport == "redis", redis_url=redis_url, heartbeat_interval=1.0,
-        ritual_channel="spiralfast_bench", interop=False,
+        ritual_channel="spiralfast_bench", interop=False, auth_token=os.environ.get("SPIRALFAST_BENCH_TOKEN") or None,
     )
     core = MeshCore(cfg)
     done = asyncio.get_running_loop().create_future()
@@ -89,6 +89,7 @@ async def _sender(transport: str, port: int, n: int, rate: int, redis_url: str) 
         node_id="bench-tx", websocket_port=0, enable_websocket=transport == "ws",
         peers=[f"ws://127.0.0.1:{port}"] if transport == "ws" else [], enable_redis=transport == "redis",
         redis_url=redis_url, heartbeat_interval=1.0, ritual_channel="spiralfast_bench", interop=False,
+        auth_token=os.environ.get("SPIRALFAST_BENCH_TOKEN") or None,  # perf: the cost of authentication
     )
     core = MeshCore(cfg)
     await core.start()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import schema
@@ -50,11 +51,13 @@ class Handshake:
 
     :param outbound: this side dialled.
     :param role: this side's role (``"node"``; the CLI and dashboard are ``"observer"``).
-    :param record: this side's node record, sent once the peer is verified (nodes only).
+    :param record: this side's node record (or a function making it), sent once the peer
+        is verified (nodes only).
     """
 
     def __init__(self, node_id: str, mesh_name: str, token: str | None, *, outbound: bool,
-                 role: str = "node", record: dict[str, Any] | None = None, nonce: bytes | None = None) -> None:
+                 role: str = "node", record: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                 nonce: bytes | None = None) -> None:
         self.node_id = node_id
         self.mesh_name = mesh_name
         self.token = token
@@ -125,7 +128,9 @@ class Handshake:
         return []
 
     def _record(self) -> dict[str, Any] | None:
-        return self.record if self.role == "node" else None
+        if self.role != "node":
+            return None
+        return self.record() if callable(self.record) else self.record
 
     def _proof(self, direction: bytes) -> bytes:
         if not self.token:

@@ -43,7 +43,7 @@ class NodeHost:
     def link_opened(self, link: Any, outbound: bool) -> None:
         """A transport opened ``link``: start its handshake."""
         hs = Handshake(self.node.node_id, self.node.config.mesh_name, self.node.config.auth_token, outbound=outbound,
-                       record=self.node.membership.local_record())
+                       record=self.node.membership.local_record)
         link.session = Session(hs, time.monotonic())
         self.node.links.add(link)
         for kind, obj in hs.start():

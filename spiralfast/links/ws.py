@@ -137,6 +137,8 @@ class WSLink:
         self.disconnected_event.set()
 
     def received(self, data: Any) -> None:
+        if self.closed:
+            return  # what picows had buffered after we closed: nobody is listening
         self.frames_in += 1
         self.bytes_in += len(data)
         self.host.frame_received(self, data)
@@ -214,6 +216,11 @@ class WSLink:
         if self.closed:
             return
         self.closed = True
+        if self.ws is not None:
+            try:  # stop reading at once: a hostile peer's buffered frames are not parsed
+                self.ws.underlying_transport.pause_reading()
+            except Exception:
+                pass
         if reason:
             log.info("closing link %s (%s): %s", self.peer_id or self.name, self.name, reason)
         if self.ws is not None:
@@ -269,6 +276,12 @@ class WebSocketTransport:
 
     async def start(self) -> None:
         st = self.settings
+        # picows logs every malformed frame from a client at ERROR: outsiders could flood
+        # our log with them.  The gate counts protocol errors; keep picows' own lines for
+        # those who ask for them (a level set on this logger is left alone).
+        server_log = logging.getLogger("picows.spiralfast.ws.server")
+        if server_log.level == logging.NOTSET:
+            server_log.setLevel(logging.CRITICAL)
         ssl_ctx = None
         if st.ssl_certfile:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
