@@ -329,8 +329,12 @@ def _banner(core: Any, res: settings.Resolved) -> list[str]:
             rows.append(("nats", f"NOT connected: {settings.display_value('nats_url', cfg.nats_url)}"))
         else:
             rows.append(("nats", "off" if not cfg.enable_nats else "not started"))
-    links = getattr(getattr(core, "router", None), "links", {}) or {}
-    rows.append(("links", f"{len(links)} open"))
+    try:
+        links = core.get_mesh_status().get("links") or []
+    except Exception:  # the banner never stops a node that started
+        links = []
+    kinds = sorted({str(lk.get("transport") or "?") for lk in links if isinstance(lk, dict)})
+    rows.append(("links", f"{len(links)} open" + (f" ({', '.join(kinds)})" if kinds else "")))
     eventlog = getattr(core, "eventlog", None)
     if eventlog is not None:
         where = cfg.persistence_url and settings.display_value("persistence_url", cfg.persistence_url)
