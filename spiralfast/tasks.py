@@ -345,6 +345,34 @@ class TaskManager:
         await p.fut
 
     def _start(self, ttype: str, payload: Any, timeout: float, retries: int, pinned: str | None) -> _Pending:
+        st = self._stats.get(ttype)
+        if st is None or pinned is not None or not self._started or not timeout > 0 or retries < 0 \
+                or ttype not in self._cands:
+            return self._start_checked(ttype, payload, timeout, retries, pinned)
+        # the common case: checked before, a node serves it
+        st.submitted += 1
+        self._seq = tid = self._seq + 1
+        p = self._pending[tid] = _Pending(tid, ttype, payload, st, retries, timeout, None)
+        t = self._choose(ttype, None, ())
+        if t is None or t.offer is not None:
+            self._dispatch(p, ())
+            return p
+        p.target = t  # _send_to, inlined
+        t.mine += 1
+        node = t.node
+        out = self._out.get(node)
+        if out is None:
+            out = self._out[node] = {}
+            self._wake.set()
+        group = out.get(ttype)
+        if group is None:
+            group = out[ttype] = ([], [])
+        group[0].append(tid)
+        group[1].append(payload)
+        return p
+
+    def _start_checked(self, ttype: str, payload: Any, timeout: float, retries: int,
+                       pinned: str | None) -> _Pending:
         if not self._started:
             raise NoNodeForTask(f"cannot submit {ttype!r}: the mesh node is not running")
         if not timeout > 0:
