@@ -94,6 +94,8 @@ class EventSink:
     """
 
     def __init__(self, dispatcher: Any, node_id: bytes, dedupe: Dedupe) -> None:
+        if not isinstance(dedupe, Dedupe):
+            raise TypeError("dedupe must be a Dedupe")
         self.dispatcher = dispatcher
         self.me = node_id
         self.dedupe = dedupe

@@ -7,7 +7,7 @@ encoded until ``decode_payload`` is called for the kind.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -18,12 +18,15 @@ from .errors import FrameError
 _impl = load("_codec", "_codec_py")
 
 COMPILED: bool = _impl.COMPILED
-Message = _impl.Message
-FrameWriter = _impl.FrameWriter
-Decoder = _impl.Decoder
-decode_frame = _impl.decode_frame
-decode_payloads = _impl.decode_payloads
-encode_batch = _impl.encode_batch
+if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
+    from ._codec import Decoder, FrameWriter, Message, decode_frame, decode_payloads, encode_batch
+else:
+    Message = _impl.Message
+    FrameWriter = _impl.FrameWriter
+    Decoder = _impl.Decoder
+    decode_frame = _impl.decode_frame
+    decode_payloads = _impl.decode_payloads
+    encode_batch = _impl.encode_batch
 
 #: One reused msgpack decoder per message kind (kind byte -> Struct type).
 _DECODERS: dict[int, msgspec.msgpack.Decoder[Any]] = {

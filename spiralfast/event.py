@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._native import load
 
 _impl = load("_event", "_event_py")
 
 COMPILED: bool = _impl.COMPILED
-RitualEvent = _impl.RitualEvent
-publish_nowait = _impl.publish_nowait
-dispatch_loop = _impl.dispatch_loop
+if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
+    from ._event import RitualEvent, dispatch_loop, publish_nowait
+else:
+    RitualEvent = _impl.RitualEvent
+    publish_nowait = _impl.publish_nowait
+    dispatch_loop = _impl.dispatch_loop
 
 __all__ = ["COMPILED", "RitualEvent", "publish_nowait", "dispatch_loop"]

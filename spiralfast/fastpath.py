@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._native import load
 
 _impl = load("_fastpath", "_fastpath_py")
 
 COMPILED: bool = _impl.COMPILED
-Dedupe = _impl.Dedupe
-EventSink = _impl.EventSink
-EventSender = _impl.EventSender
-iso_from_epoch = _impl.iso_from_epoch
+if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
+    from ._fastpath import Dedupe, EventSender, EventSink, iso_from_epoch
+else:
+    Dedupe = _impl.Dedupe
+    EventSink = _impl.EventSink
+    EventSender = _impl.EventSender
+    iso_from_epoch = _impl.iso_from_epoch
 
 __all__ = ["COMPILED", "Dedupe", "EventSender", "EventSink", "iso_from_epoch"]

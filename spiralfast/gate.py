@@ -273,4 +273,6 @@ class Gate:
 
 def _name(link: Any) -> str:
     s = getattr(link, "session", None)
-    return (s.peer_id if s is not None and s.peer_id else None) or getattr(link, "name", "?")
+    if s is not None and s.peer_id:
+        return str(s.peer_id)
+    return str(getattr(link, "name", "?"))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._native import load
 
 _impl = load("_ring", "_ring_py")
 
 COMPILED: bool = _impl.COMPILED
-Ring = _impl.Ring
+if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
+    from ._ring import Ring
+else:
+    Ring = _impl.Ring
 POLICIES: tuple[str, ...] = _impl.POLICIES
 
 __all__ = ["COMPILED", "Ring", "POLICIES"]
