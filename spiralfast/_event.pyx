@@ -15,6 +15,8 @@ from spiralfast.errors import RingFull
 
 COMPILED = True
 
+_log = __import__("logging").getLogger("spiralfast.bus")
+
 cdef object _EventType = EventType
 cdef object _time = time.time
 cdef object _fromtimestamp = datetime.fromtimestamp
@@ -177,6 +179,22 @@ def _neg_priority(RitualEvent ev):
     return -ev.priority
 
 
+cdef bint _only_events(list batch):
+    for e in batch:
+        if not isinstance(e, RitualEvent):
+            return False
+    return True
+
+
+def _drop_foreign(bus, list batch):
+    """Something other than a RitualEvent was pushed on ``event_queue``: drop and count
+    it (the dispatcher must not die while ``running`` stays True)."""
+    keep = [e for e in batch if isinstance(e, RitualEvent)]
+    bus.dropped += len(batch) - len(keep)
+    _log.warning("event_queue: dropped %d item(s) that are not RitualEvents", len(batch) - len(keep))
+    return keep
+
+
 async def dispatch_loop(bus):
     """The bus processor: drain the ring in batches; priority order within a backlog
     (FIFO within a priority); TTL checked here; handlers isolated; history bounded."""
@@ -192,6 +210,8 @@ async def dispatch_loop(bus):
         if ring.empty():
             await ring.wait_nonempty()
         batch = ring.pop_many()
+        if not _only_events(batch):
+            batch = _drop_foreign(bus, batch)
         if len(batch) > 1:
             p0 = (<RitualEvent>batch[0]).priority
             for e in batch:

@@ -14,6 +14,8 @@ from ._time import parse_dt as _parse_dt
 from .enums import EventType
 from .errors import RingFull
 
+_log = logging.getLogger("spiralfast.bus")
+
 COMPILED = False
 log = logging.getLogger("spiralfast.bus")
 
@@ -168,6 +170,13 @@ async def dispatch_loop(bus: Any) -> None:
         if ring.empty():
             await ring.wait_nonempty()
         batch = ring.pop_many()
+        if not all(isinstance(e, RitualEvent) for e in batch):
+            # Something else was pushed on event_queue: drop and count it (the
+            # dispatcher must not die while ``running`` stays True).
+            keep = [e for e in batch if isinstance(e, RitualEvent)]
+            bus.dropped += len(batch) - len(keep)
+            _log.warning("event_queue: dropped %d item(s) that are not RitualEvents", len(batch) - len(keep))
+            batch = keep
         if len(batch) > 1:
             p0 = batch[0].priority
             for ev in batch:

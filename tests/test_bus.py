@@ -252,3 +252,22 @@ def test_ritual_event_twins_behave_identically() -> None:
         d = b.to_dict()
         seen.append((repr(b), d, E.from_dict(d) == b, hashable, b.priority, b.ttl))
     assert all(s == seen[0] for s in seen) and seen[0][2] is True and seen[0][3] is False
+
+
+def test_foreign_item_on_the_queue_is_dropped_and_the_bus_keeps_running() -> None:
+    async def main() -> None:
+        bus = EventBus("n")
+        got: list[Any] = []
+        bus.subscribe(EventType.CUSTOM, got.append)
+        await bus.start()
+        bus.event_queue.push("not an event")
+        await bus.publish(EventType.CUSTOM, {"x": 1})
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert len(got) == 1 and bus.running and bus.dropped == 1
+        assert bus.processor_task is not None and not bus.processor_task.done()
+        await bus.stop()
+
+    asyncio.run(main())
