@@ -778,20 +778,20 @@ class TaskManager:
         values = data.get("v") or ()
         if len(ids) != len(values):
             return
+        pop = pending.pop
+        late = 0
         for tid, value in zip(ids, values, strict=True):
-            p = pending.get(tid)
+            p = pop(tid, None)
             if p is None:
-                self._late += 1
+                late += 1  # its task already finished: a retry won, or it timed out
                 continue
+            # (_accept's success path, inlined; also right for a result from an earlier
+            # attempt's node: the first result wins and the current attempt is released)
             t = p.target
-            if t is None or t.node != src:
-                self._accept(src, tid, OK, value)
-                continue
-            # the common case inlined: a result from the node the task is at
-            del pending[tid]
-            p.target = None
-            t.mine -= 1
-            freed = True
+            if t is not None:
+                p.target = None
+                t.mine -= 1
+                freed = True
             st = p.stats
             st.done += 1
             st.latency.append(now - p.t0)
@@ -800,6 +800,8 @@ class TaskManager:
             fut = p.fut
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        if late:
+            self._late += late
         if freed and self._waiting:
             self._schedule_drain()
 
