@@ -151,11 +151,6 @@ def test_head_answers_headers_only() -> None:
     assert bytes(head.to_bytes()).endswith(b"\r\n\r\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="picows refuses HEAD before the listener factory runs; links/ws.py must create its server "
-    "with spiralfast.http.ws_create_server (see test_mesh_node_on_server_with_head)",
-)
 async def test_head_health_is_not_400(open_node: MeshCore) -> None:
     out = await asyncio.to_thread(_raw, open_node.config.websocket_port,
                                   b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

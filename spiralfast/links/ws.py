@@ -287,7 +287,9 @@ class WebSocketTransport:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.load_cert_chain(st.ssl_certfile, st.ssl_keyfile)
         loop = asyncio.get_running_loop()
-        self.server = await picows.ws_create_server(
+        from ..http import ws_create_server  # picows' server that also answers HEAD
+
+        self.server = await ws_create_server(
             self._factory,
             sock=_listening_socket(st.host, st.port, loop),
             max_frame_size=WS_FRAME_LIMIT,
