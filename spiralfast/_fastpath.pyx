@@ -179,6 +179,8 @@ cdef class EventSink:
 
     cpdef on_event(self, object ev):
         self.events_in += 1
+        if (self.events_in & 63) == 0 and self.dispatcher.sample_latency is not None:
+            self.dispatcher.sample_latency(_now() - ev.timestamp)  # one event in 64: origin to here
         self._recent_append(ev)
         if self._observers:
             self.dispatcher.push_observers(ev)

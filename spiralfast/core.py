@@ -28,6 +28,7 @@ from .gate import Gate
 from .host import NodeHost
 from .limits import FLUSH_THRESHOLD_BYTES
 from .membership import Membership
+from .metrics import LatencyHistogram
 from .observe import envelope, mesh_status, node_counters, push_follow
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
@@ -70,6 +71,8 @@ class MeshCore:
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent
+        self.latency = LatencyHistogram()  # event latency, origin to handler, sampled 1 in 64
+        self.dispatcher.sample_latency = self.latency.observe
         self.observers = self.dispatcher.observers
         self.outbox = Outbox()
         self.host = host = NodeHost(self)

@@ -52,6 +52,8 @@ class Dispatcher:
         self.observers: set[Any] = set()  # observer links; LISTENERS while listeners exist
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.push_follow: Callable[[Any, dict[str, Any]], None] | None = None  # set by the node
+        #: ``sample_latency(seconds)``: the receive path reports one event in 64 (metrics).
+        self.sample_latency: Callable[[float], None] | None = None
         self.set_reading = set_reading
         self.reading_paused = False
         self.handler_errors = 0

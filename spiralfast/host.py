@@ -244,6 +244,10 @@ class NodeHost:
         interval = self.node.config.heartbeat_interval
         while True:
             self.broadcast(schema.KIND_HEARTBEAT, self.node.membership.heartbeat(time.time()))
+            for link in list(self.node.outbox.links.values()):
+                ping = getattr(link, "ping", None)  # links that can measure their round trip
+                if ping is not None:
+                    ping()
             if self.node.outbox.links or self.node.outbox.bus_links:
                 self.send_gossip()
             if self.node.redis is not None:

@@ -52,6 +52,7 @@ class FakeDispatcher:
         self.got: list[tuple[str, dict[str, Any]]] = []
         self.queued: list[dict[str, Any]] = []
         self.failed = 0
+        self.sample_latency = None
 
     def push_observers(self, ev: Any) -> None:
         pass

@@ -66,6 +66,7 @@ class _D:
         self.spill: list[Any] = []
         self.inbox = ring
         self.observers: set[Any] = set()
+        self.sample_latency = None
 
 
 CASES: dict[str, list[tuple[str, Callable[[ModuleType], Any]]]] = {

@@ -296,3 +296,21 @@ async def test_wss_with_a_verified_certificate(tmp_path: Any) -> None:
     finally:
         for n in (c, b, a):
             await n.stop()
+
+
+async def test_links_measure_their_round_trip() -> None:
+    base = dict(enable_redis=False, websocket_port=0, heartbeat_interval=0.2)
+    a = MeshCore(MeshConfig(node_id="rtt-a", **base))  # type: ignore[arg-type]
+    await a.start()
+    b = MeshCore(MeshConfig(node_id="rtt-b", peers=[a.local_node.websocket_endpoint or ""], **base))  # type: ignore[arg-type]
+    await b.start()
+    try:
+        def rtt() -> Any:
+            links = [lk for lk in b.get_mesh_status()["links"] if lk["peer"] == "rtt-a"]
+            return links[0].get("rtt_ms") if links else None
+
+        await wait_for(lambda: rtt() is not None, timeout=5)
+        assert 0 < rtt() < 1000
+    finally:
+        await b.stop()
+        await a.stop()

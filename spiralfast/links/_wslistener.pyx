@@ -28,7 +28,9 @@ cdef class MeshListener(WSListener):
         elif t == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
-        elif t == WSMsgType.PING or t == WSMsgType.PONG:
+        elif t == WSMsgType.PONG:
+            self.link.pong(frame.get_payload_as_bytes())
+        elif t == WSMsgType.PING:
             pass
         elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
             # A piece of a message over 64 KiB: rare, so the link reassembles it in Python.

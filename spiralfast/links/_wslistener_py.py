@@ -25,7 +25,9 @@ class MeshListener(WSListener):  # type: ignore[misc]
         elif t == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
-        elif t in (WSMsgType.PING, WSMsgType.PONG):
+        elif t == WSMsgType.PONG:
+            self.link.pong(frame.get_payload_as_bytes())
+        elif t == WSMsgType.PING:
             pass
         elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
             self.link.fragment(t, frame.get_payload_as_bytes(), frame.fin)

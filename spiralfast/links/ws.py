@@ -25,6 +25,7 @@ import random
 import resource
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ MESH_PATHS = (b"/", b"/mesh")
 #: WebSocket frames we send and accept are at most this big; larger mesh frames are
 #: sent as a fragmented message (see the module docstring).
 WS_FRAME_LIMIT = MAX_PREAUTH_FRAME_SIZE
+_PING = struct.Struct("<d")
 
 
 @dataclass
@@ -101,6 +103,7 @@ class WSLink:
         self.bytes_in = 0
         self._parts: bytearray | None = None  # a fragmented message being reassembled
         self.opened_at = time.monotonic()
+        self.rtt: float | None = None  # seconds, from the last ping
         self.paused = False
         self.paused_since = 0.0
         self.outbox: collections.deque[bytes] = collections.deque()
@@ -161,6 +164,15 @@ class WSLink:
         if fin:
             whole, self._parts = bytes(self._parts), None
             self.received(whole)
+
+    def ping(self) -> None:
+        """Measure the round trip: a WebSocket ping carrying our monotonic clock."""
+        if self.ws is not None and not self.closed:
+            self.ws.send_ping(_PING.pack(time.monotonic()))
+
+    def pong(self, payload: bytes) -> None:
+        if len(payload) == _PING.size:
+            self.rtt = time.monotonic() - _PING.unpack(payload)[0]
 
     def bad_frame(self, msg_type: Any) -> None:
         self.owner.errlog(("ws-frame", self.name), logging.WARNING, "unexpected %s frame from %s", msg_type, self.name)
@@ -239,6 +251,7 @@ class WSLink:
             "endpoint": self.url or self.name,
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,
+            "rtt_ms": round(self.rtt * 1000, 3) if self.rtt is not None else None,
             "frames_in": self.frames_in,
             "bytes_in": self.bytes_in,
             "outbox_bytes": self.outbox_bytes,
