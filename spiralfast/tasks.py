@@ -18,15 +18,18 @@ status in ``x`` is 1 (the handler raised: the value is ``[type name, message]``)
 2 (the node does not serve the type: the submitter drops it and goes elsewhere,
 without using up a retry).
 
-Load travels three ways: every result event carries the worker's load per task
+Load travels four ways: every result event carries the worker's load per task
 type (and how much of it is the receiver's, so a submitter adds the other
 submitters' share to its own exact count); a ``_sf.load`` broadcast goes out
 when the load changed, at most every ``heartbeat_interval / 4``, and at least
-every ``heartbeat_interval`` while the node offers anything; and a node that
-joins gets one at once.  Offered task types are also appended to the local
-node's ``capabilities`` (so they travel in handshakes and gossip) and applied to
-peers' ``mesh.nodes`` records when their ``_sf.load`` arrives (the core only
-copies capabilities of a node it has not seen before).
+every ``heartbeat_interval`` while the node offers anything; a node that joins
+gets one at once; and the local node's ``metadata["tasks"]`` (``{task_type:
+[capacity, load]}``) travels in handshakes and in the gossip sent with every
+heartbeat (used for nodes that sent no events for two heartbeat intervals, and
+for the capacity of a node whose advert has not arrived yet).  Offered task
+types are also appended to the local node's ``capabilities`` and applied to
+peers' ``mesh.nodes`` records when their ``_sf.load`` arrives (a core that only
+takes capabilities from the first record it sees still learns them).
 
 Choosing a node: power of two choices over the nodes serving the type, by
 load / capacity (this node's own in-flight count plus the others' advertised
@@ -114,7 +117,7 @@ class _Offer:
 class _Target:
     """A (node, task type) pair this node may send tasks to."""
 
-    __slots__ = ("node", "capacity", "others", "mine", "offer", "advertised")
+    __slots__ = ("node", "capacity", "others", "mine", "offer", "advertised", "seen")
 
     def __init__(self, node: str, capacity: int, offer: _Offer | None = None, advertised: bool = True) -> None:
         self.node = node
@@ -123,6 +126,7 @@ class _Target:
         self.mine = 0  # this node's tasks in flight there
         self.offer = offer  # set for the local node: its load is known exactly
         self.advertised = advertised  # False: only known from capabilities
+        self.seen = 0.0  # monotonic time of the last load from the node's own events
 
     def load(self) -> int:
         o = self.offer
@@ -173,6 +177,15 @@ class _Stats:
         self.latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
 
+def _meta_offer(md: dict[str, Any], ttype: str) -> tuple[int | None, int | None]:
+    """(capacity, load) of ``ttype`` in a node's metadata, or Nones."""
+    try:
+        v = md["tasks"][ttype]
+        return int(v[0]), int(v[1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None, None
+
+
 def _percentiles(samples: Iterable[float]) -> tuple[float | None, float | None]:
     s = sorted(samples)
     if not s:
@@ -208,6 +221,8 @@ class TaskManager:
         self._loop_tasks: list[asyncio.Task[Any]] = []
         self._workers: set[asyncio.Task[Any]] = set()
         self._linked: set[str] = set()
+        self._down: set[str] = set()  # nodes whose link dropped (not chosen until it is back)
+        self._meta_t = 0.0
         self._last_advert: dict[str, list[int]] | None = None
         self._last_advert_t = 0.0
         self._started = False
@@ -251,6 +266,7 @@ class TaskManager:
             ln.capabilities.append(task_type)
         if me in self.mesh.registry.nodes:
             self.mesh.registry.register_node(ln)  # re-index its capabilities
+        self._publish_meta()
         if self._started:
             self._advert_now = True
             self._wake.set()
@@ -419,13 +435,15 @@ class TaskManager:
         me = self.mesh.node_id
         added = False
         for nid, node in list(self.mesh.nodes.items()):
-            if nid == me or ttype not in node.capabilities or (nid, ttype) in self._refused:
+            if nid == me or nid in self._down or ttype not in node.capabilities or (nid, ttype) in self._refused:
                 continue
-            if (node.metadata or {}).get("implementation") != "spiralfast":
+            md = node.metadata or {}
+            if md.get("implementation") != "spiralfast":
                 continue
             tmap = self._targets.setdefault(ttype, {})
             if nid not in tmap:
-                tmap[nid] = _Target(nid, DEFAULT_CAPACITY, advertised=False)
+                cap, _ = _meta_offer(md, ttype)
+                tmap[nid] = _Target(nid, cap or DEFAULT_CAPACITY, advertised=cap is not None)
                 added = True
         if added:
             self._refresh(ttype)
@@ -845,6 +863,7 @@ class TaskManager:
             self._refresh(ttype)
         t.capacity = max(1, cap)
         t.advertised = True
+        t.seen = time.monotonic()
         if others is not None:
             t.others = others
         return t
@@ -976,6 +995,41 @@ class TaskManager:
                 else:
                     log.error("task failure report for %s not sendable: %s", node, exc)
 
+    def _publish_meta(self) -> None:
+        """Offers and load in the local node's metadata, which travels in handshakes
+        and in the gossip sent with every heartbeat."""
+        adv = self._advert()
+        md = self.mesh.local_node.metadata
+        if md.get("tasks") != adv:
+            md["tasks"] = adv  # a new dict each time: records already sent keep theirs
+
+    def _read_meta(self, now: float, hb: float) -> None:
+        """Offers and load from peers' metadata (as gossip refreshed it): new targets,
+        and the load of targets that sent no events for two heartbeat intervals."""
+        me = self.mesh.node_id
+        changed = False
+        for nid, node in list(self.mesh.nodes.items()):
+            md = node.metadata
+            offers = md.get("tasks") if isinstance(md, dict) else None
+            if nid == me or nid in self._down or not isinstance(offers, dict):
+                continue
+            for ttype in offers:
+                cap, load = _meta_offer(md, ttype)
+                if cap is None or load is None or (nid, ttype) in self._refused:
+                    continue
+                t = self._targets.get(ttype, {}).get(nid)
+                if t is None:
+                    t = self._update_target(nid, ttype, cap, None)
+                    t.seen = 0.0
+                elif now - t.seen < 2 * hb:
+                    continue  # its own events (a load advert at least every hb) are fresher
+                t.capacity = max(1, cap)
+                t.others = max(0, load - t.mine)
+                t.advertised = True
+                changed = True
+        if changed and self._waiting:
+            self._schedule_drain()
+
     async def _broadcast_advert(self) -> None:
         adv = self._advert()
         self._last_advert = adv
@@ -992,10 +1046,15 @@ class TaskManager:
             try:
                 self._check_timeouts()
                 self._check_links()
+                now = time.monotonic()
                 if self._offers:
-                    since = time.monotonic() - self._last_advert_t
+                    self._publish_meta()
+                    since = now - self._last_advert_t
                     if since >= hb or (since >= hb / 4 and self._advert() != self._last_advert):
                         await self._broadcast_advert()
+                if now - self._meta_t >= hb:
+                    self._meta_t = now
+                    self._read_meta(now, hb)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -1028,10 +1087,14 @@ class TaskManager:
         self._linked = now
         for nid in gone:  # not chosen until its link is back and it advertised again
             if nid in self.mesh.nodes:
+                self._down.add(nid)
                 self._node_lost(nid, "lost its link")
         for nid in new:  # (re)connected: ask for its offers (a reconnect sends no node_register)
+            self._down.discard(nid)
             self._hello[nid] = True
             self._wake.set()
+        if self._down:
+            self._down &= set(self.mesh.nodes)
 
     def _link_peers(self) -> set[str] | None:
         """Node ids this node has an open direct link to, or None when that cannot be
@@ -1108,6 +1171,7 @@ class TaskManager:
             self._refresh(k)
         self._refused.clear()
         self._linked.clear()
+        self._down.clear()
         for o in self._offers.values():
             o.queue.clear()
             o.by_src.clear()

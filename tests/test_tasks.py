@@ -413,3 +413,28 @@ async def test_local_async_handler_capacity_and_pinned_wait() -> None:
         assert await a.submit_task("h", 2) == "a"
         gate.set()
         assert await first == "b" and await pinned == "b"
+
+
+async def test_offers_travel_in_node_metadata() -> None:
+    from spiralfast.testing import LoopbackHub
+
+    hub = LoopbackHub()
+
+    def node(nid: str) -> MeshCore:
+        return MeshCore(MeshConfig(node_id=nid, enable_redis=False, enable_websocket=False, heartbeat_interval=HB),
+                        loopback=hub)
+
+    a, b = node("meta-a"), node("meta-b")
+    a.register_task_handler("x", lambda p: p, capacity=7)  # before start: in the handshake record
+    assert a.local_node.metadata["tasks"] == {"x": [7, 0]} and "x" in a.local_node.capabilities
+    await a.start()
+    await b.start()
+    try:
+        await wait_for(lambda: "meta-a" in b.nodes)
+        assert b.nodes["meta-a"].metadata["tasks"]["x"][0] == 7
+        assert "x" in b.nodes["meta-a"].capabilities
+        assert await b.submit_task("x", [1]) == [1]
+        assert b.get_mesh_status()["tasks"]["nodes"]["meta-a"]["x"]["capacity"] == 7
+    finally:
+        await b.stop()
+        await a.stop()
