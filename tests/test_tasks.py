@@ -296,11 +296,15 @@ async def test_node_loss_fails_over() -> None:
         b.register_task_handler("t", stuck, capacity=4)
         await m.wait_for(lambda: "t" in a.get_mesh_status()["tasks"]["nodes"].get(b.node_id, {}))
         fut = asyncio.ensure_future(a.submit_task("t", 1, retries=1))
-        await m.wait_for(lambda: b.get_mesh_status()["tasks"]["offered"]["t"]["running"] == 1)
+        no_retry = asyncio.ensure_future(a.submit_task("t", 2, retries=0))
+        await m.wait_for(lambda: b.get_mesh_status()["tasks"]["offered"]["t"]["running"] == 2)
         c.register_task_handler("t", fine, capacity=4)
         await m.wait_for(lambda: "t" in a.get_mesh_status()["tasks"]["nodes"].get(c.node_id, {}))
         await b.stop()  # leaves: its task goes to c
         assert await fut == "c"
+        with pytest.raises(TaskError) as ei:
+            await no_retry
+        assert ei.value.type_name == "WorkerLost" and ei.value.node_id == b.node_id
 
 
 async def test_unserved_capability_is_no_node() -> None:
