@@ -35,3 +35,14 @@ def test_purepython_switch_forces_the_twin() -> None:
         env=env, capture_output=True, text=True, check=True,
     )
     assert out.stdout.split() == ["False", "False", "False", "False"]
+
+
+def test_install_without_a_compiler_has_no_extensions() -> None:
+    """In CI's no-compiler job (.ci/run sets SPIRALFAST_NO_COMPILER=1 and CC=/bin/false),
+    the install must have gone on without building anything."""
+    if not os.environ.get("SPIRALFAST_NO_COMPILER"):
+        return
+    import importlib.util
+
+    for name in ("_codec", "_ring", "_fastpath", "_event", "links._wslistener"):
+        assert importlib.util.find_spec(f"spiralfast.{name}") is None, f"{name} was built"
