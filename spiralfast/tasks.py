@@ -683,7 +683,9 @@ class TaskManager:
             while True:
                 t0 = _perf()
                 try:
-                    r = await (aw if aw is not None else o.handler(payload))
+                    r = aw if aw is not None else o.handler(payload)
+                    if inspect.isawaitable(r):  # (a handler re-registered as plain runs too)
+                        r = await r
                     status = OK
                     o.done += 1
                     o.latency.append(_perf() - t0)
