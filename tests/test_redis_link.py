@@ -139,3 +139,50 @@ async def test_malformed_frames_on_the_spiralfast_channel_are_counted_and_ignore
         await r.aclose()
         await b.stop()
         await a.stop()
+
+
+async def test_interop_auto_publishes_json_copies_only_while_an_old_node_is_heard() -> None:
+    r = await _redis_or_fail()
+    ch = "t_" + uuid.uuid4().hex[:8]
+    a = MeshCore(_cfg("auto", ch))  # interop defaults to "auto"
+    await a.start()
+    ps = r.pubsub()
+    await ps.subscribe(ch)
+    copies: list[dict[str, Any]] = []
+
+    async def drain(seconds: float) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg:
+                env = json.loads(msg["data"])
+                if env.get("_sf") and env["type"] == "probe":
+                    copies.append(env)
+
+    try:
+        assert a.config.interop == "auto"
+        await a.broadcast_event("probe", {"n": 0})
+        await drain(0.3)
+        assert copies == []  # nobody old around: no JSON copies
+        old = json.dumps({"type": "heartbeat", "source_node": "old", "timestamp": datetime.now().isoformat(),
+                          "data": {"status": "active"}})
+        await r.publish(ch, old)
+        await wait_for(lambda: "old" in a.nodes)
+        await a.broadcast_event("probe", {"n": 1})
+        await drain(0.3)
+        assert [c["data"]["n"] for c in copies] == [1]  # an old node is heard: copies on
+        await asyncio.sleep(3 * 0.3 + 0.2)  # silent for 3 heartbeat intervals
+        await a.broadcast_event("probe", {"n": 2})
+        await drain(0.3)
+        assert [c["data"]["n"] for c in copies] == [1]  # gone: copies off again
+    finally:
+        await ps.aclose()
+        await r.aclose()
+        await a.stop()
+
+
+def test_with_a_token_the_old_format_is_off_unless_asked_for() -> None:
+    assert MeshConfig(auth_token="t").interop_mode() is False  # "auto" means off with a token
+    assert MeshConfig(auth_token="t", interop=False).interop_mode() is False
+    assert MeshConfig(auth_token="t", interop=True).interop_mode() is True
+    assert MeshConfig().interop_mode() == "auto"
