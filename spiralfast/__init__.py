@@ -10,6 +10,7 @@ from .errors import (
     NoNodeForTask,
     ProtocolError,
     SpiralError,
+    StateTooLarge,
     TaskError,
     TaskTimeout,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "ProtocolError",
     "RitualEvent",
     "SpiralError",
+    "StateTooLarge",
     "StateSnapshot",
     "StateSynchronizer",
     "SyncState",

@@ -37,6 +37,10 @@ class LinkError(SpiralError):
     """A transport link could not be opened or was lost."""
 
 
+class StateTooLarge(SpiralError, ValueError):
+    """A state value too large to ever be synchronised (``limits.MAX_STATE_ENTRY_SIZE``)."""
+
+
 class RingFull(SpiralError, OverflowError):
     """A ring buffer with the ``reject`` policy is full."""
 

@@ -66,3 +66,12 @@ FD_HEADROOM = 64
 #: Nesting depth of a payload's containers that the decoders accept; deeper input is
 #: a malformed message (a FrameError), never a RecursionError.
 MAX_NESTING_DEPTH = 64
+
+#: Largest state entry (key, value, metadata) that may be written: it must fit in one
+#: message with room to spare, so a value that could never be sent is refused at
+#: ``update_local_state`` instead of breaking the links that try to ship it.
+MAX_STATE_ENTRY_SIZE = 4 * 1024 * 1024
+
+#: State deltas, snapshots and repairs are cut into messages of about this many bytes
+#: (a chunk of 1,000 entries of 10 KB each once made a 10 MB message no peer accepts).
+STATE_CHUNK_BYTES = 256 * 1024

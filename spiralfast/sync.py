@@ -17,7 +17,11 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from . import schema
+from .errors import StateTooLarge
+from .limits import MAX_STATE_ENTRY_SIZE, STATE_CHUNK_BYTES
 from .schema import StateEntry
 from .types import StateSnapshot, SyncState
 
@@ -30,6 +34,7 @@ DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
 #: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
 #: for typical values).
 STATE_DELTA_CHUNK = 1000
+_encode = msgspec.msgpack.Encoder().encode
 _LOGICAL_BITS = 16
 _MASK64 = (1 << 64) - 1
 
@@ -145,9 +150,16 @@ class StateSynchronizer:
         self, category: str, key: str, value: Any, metadata: dict[str, Any] | None = None
     ) -> None:
         """Store ``value``; bumps ``state_version`` and marks the state OUT_OF_SYNC."""
-        hlc = self.clock.now()
+        entry = StateEntry(category, key, value, 0, self.node_id, self.state_version + 1, False, metadata or {})
+        try:
+            size = len(_encode(entry))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"state value for {category}/{key} cannot be encoded: {exc}") from exc
+        if size > MAX_STATE_ENTRY_SIZE:
+            raise StateTooLarge(f"state value for {category}/{key} is {size:,} bytes encoded; the limit is "
+                                f"{MAX_STATE_ENTRY_SIZE:,} bytes (limits.MAX_STATE_ENTRY_SIZE)")
+        entry.hlc = self.clock.now()
         self.state_version += 1
-        entry = StateEntry(category, key, value, hlc, self.node_id, self.state_version, False, metadata or {})
         self._store(entry)
         self.sync_status = SyncState.OUT_OF_SYNC
         self._ship(entry)
@@ -282,8 +294,20 @@ class StateSynchronizer:
     # -- the sync protocol (sans-I/O: messages in, replies out) ----------------------
 
     def delta_messages(self, entries: list[StateEntry]) -> list[tuple[int, Any]]:
-        return [(schema.KIND_STATE_DELTA, schema.StateDelta(entries[i : i + STATE_DELTA_CHUNK]))
-                for i in range(0, len(entries), STATE_DELTA_CHUNK)]
+        """Deltas of at most STATE_DELTA_CHUNK entries and about STATE_CHUNK_BYTES each."""
+        out: list[tuple[int, Any]] = []
+        chunk: list[StateEntry] = []
+        size = 0
+        for e in entries:
+            n = len(_encode(e))
+            if chunk and (size + n > STATE_CHUNK_BYTES or len(chunk) >= STATE_DELTA_CHUNK):
+                out.append((schema.KIND_STATE_DELTA, schema.StateDelta(chunk)))
+                chunk, size = [], 0
+            chunk.append(e)
+            size += n
+        if chunk:
+            out.append((schema.KIND_STATE_DELTA, schema.StateDelta(chunk)))
+        return out
 
     def digest_message(self, reply: bool = True) -> tuple[int, Any]:
         return schema.KIND_STATE_DIGEST, schema.StateDigest(self.digests(), reply, self.collected_upto)

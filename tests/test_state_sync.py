@@ -258,3 +258,37 @@ async def test_converges_over_redis_alone() -> None:
         await a.stop()
 
 
+
+
+def test_large_state_travels_in_chunks_and_a_too_large_value_is_refused() -> None:
+    import pytest
+
+    from spiralfast import MeshConfig, MeshCore, StateTooLarge
+
+    async def main() -> None:
+        base = dict(enable_redis=False, websocket_port=0, heartbeat_interval=0.5, sync_interval=0.3)
+        a = MeshCore(MeshConfig(node_id="big-a", **base))  # type: ignore[arg-type]
+        await a.start()
+        try:
+            for i in range(1000):
+                a.state.update_local_state("agents", f"k{i}", "x" * 10_000)
+            for i in range(20):
+                a.state.update_local_state("system", f"m{i}", "y" * 1_000_000)
+            with pytest.raises(StateTooLarge, match="MAX_STATE_ENTRY_SIZE"):
+                a.state.update_local_state("system", "huge", "z" * 9_000_000)
+            assert a.state.get_local_state("system", "huge") is None  # refused before storing
+            b = MeshCore(MeshConfig(node_id="big-b", peers=[a.local_node.websocket_endpoint or ""], **base))  # type: ignore[arg-type]
+            await b.start()
+            try:
+                await wait_for(lambda: len(b.state.get_local_state("agents") or {}) == 1000
+                               and len(b.state.get_local_state("system") or {}) == 20, timeout=30)
+                await wait_for(lambda: b.state.sync_status.value == "synced", timeout=10)
+                a.state.update_local_state("agents", "after", 1)  # small keys still flow afterwards
+                await wait_for(lambda: b.state.get_local_state("agents", "after") == 1)
+                assert "big-a" in b.nodes and b.outbox.links  # the link was never torn down
+            finally:
+                await b.stop()
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
