@@ -87,14 +87,6 @@ Row = tuple[Any, ...]
 #: Types whose rows get a description and severity of their own (see ``event_row``).
 _SPECIAL = frozenset({"node_register", "node_unregister", "system_alert", "system_error"})
 _INSERT_ROW = "INSERT INTO ritual_events VALUES (?, ?, ?, ?, ?, ?, ?)"
-#: One statement for a whole batch (a JSON array of envelopes): the row ``event_row``
-#: makes for an ordinary event.
-_INSERT_BULK = """INSERT INTO ritual_events
-SELECT coalesce(value->>'event_id', lower(hex(randomblob(16)))),
-       coalesce(value->>'timestamp', strftime('%Y-%m-%dT%H:%M:%f', 'now', 'localtime')),
-       value->>'type', value->>'type', value->>'source_node',
-       json_object('mesh', 1, 'data', value->'data', 'target_node', value->'target_node'), 'INFO'
-FROM json_each(?)"""
 
 _json_encode = msgspec.json.Encoder(enc_hook=str).encode
 _json_decode = msgspec.json.decode
@@ -240,8 +232,49 @@ class Store(ABC):
     def close(self) -> None: ...
 
 
+_SQLITE_BATCH_SCHEMA = (
+    # The event log proper: one row per batch, its events a JSON array of envelopes in
+    # arrival order.  Writing a batch is one encode and one row, so a node persists
+    # hundreds of thousands of events per second; queries skip batches by time range,
+    # types and sources.
+    """CREATE TABLE IF NOT EXISTS mesh_event_batches (
+        batch_id INTEGER PRIMARY KEY,
+        first_ts TEXT NOT NULL,
+        last_ts TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        types TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        events TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_mesh_event_batches_last_ts ON mesh_event_batches(last_ts)",
+    # Every stored event as a row, for SQL tools.
+    """CREATE VIEW IF NOT EXISTS mesh_events AS
+        SELECT e.value->>'event_id' AS event_id, e.value->>'timestamp' AS timestamp,
+               e.value->>'type' AS event_type, e.value->>'source_node' AS source_node,
+               e.value->>'target_node' AS target_node, e.value->'data' AS data, b.batch_id AS batch_id
+        FROM mesh_event_batches AS b, json_each(b.events) AS e""",
+)
+#: Batches read per query step (history and replay).
+_BATCHES_PER_READ = 8
+
+
+def _env_json(env: dict[str, Any]) -> bytes:
+    """One envelope as JSON, whatever its data holds."""
+    try:
+        return _json_encode(env)
+    except (TypeError, ValueError, OverflowError):
+        rest = {k: v for k, v in env.items() if k != "data"}
+        return _json_encode(rest)[:-1] + b',"data":' + _encode_json(env.get("data")) + b"}"
+
+
 class SQLiteStore(Store):
-    """One SQLite file in WAL mode (readers never block the writer)."""
+    """One SQLite file in WAL mode (readers never block the writer).
+
+    Events are kept in ``mesh_event_batches`` (see :data:`_SQLITE_BATCH_SCHEMA`; the
+    ``mesh_events`` view shows them as rows); membership changes, status changes,
+    alerts and errors are also written to the old ``ritual_events`` table, row by row,
+    for tools that read it.
+    """
 
     kind = "sqlite"
 
@@ -253,32 +286,47 @@ class SQLiteStore(Store):
 
     def open(self) -> None:
         if self._conn is None:
-            self._conn = open_sqlite(self.path)
+            conn = open_sqlite(self.path)
+            try:
+                conn.execute("BEGIN")
+                for stmt in _SQLITE_BATCH_SCHEMA:
+                    conn.execute(stmt)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
 
     def write(self, envs: Sequence[dict[str, Any]], metrics: Sequence[Row]) -> None:
-        c = self._conn
-        if c is None:
+        if self._conn is None:
             self.open()
-            c = self._conn
-            assert c is not None
-        # The few membership/alert/error events get their description and severity
-        # row by row; the bulk goes in as one JSON array that SQLite itself turns into
-        # rows: one statement, run with the GIL released, so the event loop runs on
-        # while it is written.  (Row-by-row executemany takes the GIL back after every
-        # row and starves the loop.)
-        special = [e for e in envs if e["type"] in _SPECIAL]
-        bulk: bytes | None = None
-        if len(special) < len(envs):
+        c = self._conn
+        assert c is not None
+        special: list[dict[str, Any]] = []
+        batch: Any = envs
+        if envs:
+            special = [e for e in envs if e["type"] in _SPECIAL]
+            if special:  # they get ids of their own (membership envelopes have none)
+                ids = {id(e): uuid.uuid4().hex for e in special if not e.get("event_id")}
+                if ids:
+                    batch = [{**e, "event_id": ids[id(e)]} if id(e) in ids else e for e in envs]
+                    special = [e for e in batch if e["type"] in _SPECIAL]
             try:
-                bulk = _json_encode([e for e in envs if e["type"] not in _SPECIAL] if special else envs)
-            except (TypeError, ValueError, OverflowError):  # data msgspec cannot encode: row by row
-                special, bulk = list(envs), None
+                blob = _json_encode(batch)
+            except (TypeError, ValueError, OverflowError):
+                blob = b"[" + b",".join(_env_json(e) for e in batch) + b"]"
+            now = datetime.now().isoformat()
+            stamps = [e.get("timestamp") or now for e in batch]
+            types = json.dumps(sorted({e["type"] for e in batch}))
+            sources = json.dumps(sorted({str(e.get("source_node")) for e in batch}))
         c.execute("BEGIN")
         try:
+            if envs:
+                c.execute("INSERT INTO mesh_event_batches (first_ts, last_ts, count, types, sources, events) "
+                          "VALUES (?, ?, ?, ?, ?, ?)",
+                          (min(stamps), max(stamps), len(batch), types, sources, blob.decode()))
             if special:
                 c.executemany(_INSERT_ROW, [event_row(e) for e in special])
-            if bulk is not None:
-                c.execute(_INSERT_BULK, (bulk,))
             if metrics:
                 c.executemany("INSERT OR REPLACE INTO system_metrics VALUES (?, ?, ?, ?, ?)", metrics)
             c.execute("COMMIT")
@@ -292,6 +340,8 @@ class SQLiteStore(Store):
         if c is None:
             return 0
         n = 0
+        cur = c.execute("DELETE FROM mesh_event_batches WHERE last_ts < ?", (cutoff,))
+        n += max(cur.rowcount, 0)
         for table in ("ritual_events", "system_metrics"):
             while True:
                 cur = c.execute(
@@ -310,42 +360,85 @@ class SQLiteStore(Store):
             self._local.conn = conn
         return conn
 
-    def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
-              limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
+    def _batches(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
+                 ascending: bool, after: int | None, count: int) -> list[tuple[int, str, str]]:
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
-            where.append("timestamp >= ?")
+            where.append("last_ts >= ?")
             params.append(since)
         if until is not None:
-            where.append("timestamp <= ?")
+            where.append("first_ts <= ?")
             params.append(until)
         if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
+            where.append("(" + " OR ".join("instr(types, ?) > 0" for _ in types) + ")")
+            params.extend(json.dumps(t) for t in types)
         if source is not None:
-            where.append("agent_id = ?")
-            params.append(source)
+            where.append("instr(sources, ?) > 0")
+            params.append(json.dumps(source))
         if after is not None:
-            where.append("(timestamp, rowid) > (?, ?)")
-            params.extend(after)
-        sql = f"SELECT {', '.join(EVENT_COLUMNS)}, rowid FROM ritual_events"
+            where.append("batch_id > ?" if ascending else "batch_id < ?")
+            params.append(after)
+        sql = "SELECT batch_id, last_ts, events FROM mesh_event_batches"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY timestamp ASC, rowid ASC" if ascending else " ORDER BY timestamp DESC, rowid DESC"
-        sql += " LIMIT ?"
-        params.append(int(limit))
+        sql += f" ORDER BY batch_id {'ASC' if ascending else 'DESC'} LIMIT ?"
+        params.append(count)
         try:
-            rows = self._reader().execute(sql, params).fetchall()
+            return list(self._reader().execute(sql, params).fetchall())
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc) or "unable to open" in str(exc):
                 self._local.conn = None
-                return [], None
+                return []
             raise
-        if not ascending:
-            rows.reverse()
-        key = (rows[-1][1], rows[-1][7]) if rows else None
-        return [row_envelope(*r[:7]) for r in rows], key
+
+    @staticmethod
+    def _filter(envs: list[dict[str, Any]], since: str | None, until: str | None, types: list[str] | None,
+                source: str | None) -> list[dict[str, Any]]:
+        tset = set(types) if types else None
+        return [e for e in envs
+                if (tset is None or e.get("type") in tset)
+                and (source is None or e.get("source_node") == source)
+                and (since is None or str(e.get("timestamp")) >= since)
+                and (until is None or str(e.get("timestamp")) <= until)]
+
+    def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
+              limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
+        if ascending:  # replay: the next batches after the cursor, in storage order
+            out: list[dict[str, Any]] = []
+            last = after
+            while len(out) < limit:
+                got = self._batches(since, until, types, source, True, last, _BATCHES_PER_READ)
+                if not got:
+                    break
+                for bid, _, events in got:
+                    out.extend(self._filter(_json_decode(events), since, until, types, source))
+                    last = bid
+            return out, (last if last != after else None)  # None: nothing more to read
+        # history: the newest ``limit`` events.  Batches come newest first; time ranges of
+        # batches may overlap a little (clocks of different sources), so read on until
+        # the next batch ends before the oldest event kept.
+        chunks: list[list[dict[str, Any]]] = []
+        total = 0
+        cursor: int | None = None
+        done = False
+        while not done:
+            got = self._batches(since, until, types, source, False, cursor, _BATCHES_PER_READ)
+            if not got:
+                break
+            for bid, last_ts, events in got:
+                if total >= limit:
+                    newest = sorted((str(e["timestamp"]) for ch in chunks for e in ch), reverse=True)
+                    if last_ts < newest[limit - 1]:
+                        done = True
+                        break
+                sel = self._filter(_json_decode(events), since, until, types, source)
+                chunks.append(sel)
+                total += len(sel)
+                cursor = bid
+        envs = [e for ch in reversed(chunks) for e in ch]  # storage order, oldest first
+        envs.sort(key=lambda e: str(e["timestamp"]))  # stable: ties keep storage order
+        return envs[-limit:] if limit > 0 else [], None
 
     def close(self) -> None:
         for conn in (self._conn, getattr(self._local, "conn", None)):
@@ -918,7 +1011,7 @@ class EventLog:
                         raise
                     except Exception:
                         log.exception("replay: handler %r failed on %s", h, env.get("event_id"))
-            if len(envs) < REPLAY_PAGE:
+            if after is None:
                 return count
 
     def status(self) -> dict[str, Any]:

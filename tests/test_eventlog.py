@@ -61,8 +61,7 @@ def rows(db: Path, sql: str, *params: Any) -> list[Any]:
 
 
 def load_seqs(db: Path, etype: str = "load") -> list[int]:
-    return sorted(json.loads(m)["data"]["seq"] for (m,) in rows(
-        db, "SELECT metadata FROM ritual_events WHERE event_type = ?", etype))
+    return sorted(json.loads(d)["seq"] for (d,) in rows(db, "SELECT data FROM mesh_events WHERE event_type = ?", etype))
 
 
 class Sender:
@@ -171,10 +170,12 @@ async def test_mesh_mode_persists_membership_and_listed_types(tmp_path: Path) ->
     envs = read_history(str(tmp_path / "a.db"))
     assert [e["type"] for e in envs] == ["node_register", "chosen", "system_alert", "node_unregister"]
     assert envs[-1]["data"] == {"node_id": "B", "reason": "left"}
+    # Membership, alerts and errors are also rows of the old table, for old tools.
     got = rows(tmp_path / "a.db", "SELECT event_type, description, agent_id, severity FROM ritual_events ORDER BY timestamp")
-    assert got == [("node_register", "Node joined mesh", "B", "INFO"), ("chosen", "chosen", "B", "INFO"),
-                   ("system_alert", "system_alert", "B", "WARNING"),
+    assert got == [("node_register", "Node joined mesh", "B", "INFO"), ("system_alert", "system_alert", "B", "WARNING"),
                    ("node_unregister", "Node left mesh (left)", "B", "INFO")]
+    assert [r[0] for r in rows(tmp_path / "a.db", "SELECT event_type FROM mesh_events ORDER BY timestamp")] == [
+        "node_register", "chosen", "system_alert", "node_unregister"]
 
 
 async def test_metrics_every_sync_interval_and_retention(tmp_path: Path) -> None:
@@ -316,7 +317,7 @@ async def test_100k_events_all_queryable(tmp_path: Path) -> None:
     try:
         s = Sender(a.url, n)
         s.wait_sent()
-        await wait_for(lambda: rows(db, "SELECT count(*) FROM ritual_events WHERE event_type='load'")[0][0] >= n,
+        await wait_for(lambda: rows(db, "SELECT count(*) FROM mesh_events WHERE event_type='load'")[0][0] >= n,
                        timeout=60, interval=0.2)
         newest = await a.query("history", types=["load"], limit=3)
         assert [e["data"]["seq"] for e in newest] == [n - 3, n - 2, n - 1]
@@ -355,7 +356,7 @@ async def test_kill9_mid_stream_loses_at_most_one_batch(tmp_path: Path) -> None:
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
     seqs = load_seqs(db)
     assert seqs == list(range(len(seqs)))  # a prefix of the stream: nothing in the middle is missing
-    stored = rows(db, "SELECT count(*) FROM ritual_events")[0][0]
+    stored = rows(db, "SELECT count(*) FROM mesh_events")[0][0]
     # Lost: at most the batch being written plus the one being filled.
     assert stored >= recorded - 2 * BATCH_MAX_EVENTS, (stored, recorded)
 
