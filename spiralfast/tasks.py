@@ -369,9 +369,10 @@ class TaskManager:
         st.submitted += 1
         self._seq = tid = self._seq + 1
         p = self._pending[tid] = _Pending(tid, ttype, payload, st, retries, timeout, None)
-        t = self._choose(ttype, None, ())
-        if t is None or t.offer is not None:
-            self._dispatch(p, ())
+        cands = self._cands[ttype]
+        t: _Target | None = cands[0] if len(cands) == 1 else self._choose(ttype, None, ())
+        if t is None or t.offer is not None or t.mine + t.others >= t.capacity:
+            self._dispatch(p, ())  # full, or this node: the general path
             return p
         p.target = t  # _send_to, inlined
         t.mine += 1
