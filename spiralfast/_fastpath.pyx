@@ -5,7 +5,9 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_FromFormat, PyUnicode_DecodeASCII
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memcmp, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.math cimport modf, nearbyint
 from libc.stdint cimport uint8_t, uint32_t
 
@@ -28,6 +30,8 @@ cdef Py_ssize_t FRAME_HEADER_SIZE = _limits.FRAME_HEADER_SIZE
 cdef Py_ssize_t MESSAGE_HEADER_SIZE = _limits.MESSAGE_HEADER_SIZE
 cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
 cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
+cdef long long SEQ_WINDOW = _limits.SEQ_WINDOW
+cdef Py_ssize_t MAX_ORIGINS = _limits.MAX_ORIGINS
 
 cdef object _decode_event = msgspec.msgpack.Decoder(Event).decode
 cdef object _Event = Event
@@ -78,13 +82,56 @@ cpdef str iso_from_epoch(double ts):
     return PyUnicode_DecodeASCII(_cache_buf, _cache_len + 7, NULL)
 
 
+cdef class _Window:
+    """The sequence numbers seen from one origin: the highest, and a bitmap of the
+    ``SEQ_WINDOW`` below it."""
+
+    cdef public long long high
+    cdef bytearray bits
+
+    def __init__(self):
+        self.high = -1
+        self.bits = bytearray(SEQ_WINDOW >> 3)
+
+    cdef bint first(self, long long seq):
+        cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
+        cdef long long i, pos
+        if seq > self.high:
+            if seq - self.high >= SEQ_WINDOW:
+                memset(b, 0, SEQ_WINDOW >> 3)
+            else:
+                i = self.high + 1
+                while i < seq:
+                    pos = i & (SEQ_WINDOW - 1)
+                    b[pos >> 3] &= ~(1 << (pos & 7))
+                    i += 1
+            pos = seq & (SEQ_WINDOW - 1)
+            b[pos >> 3] |= (1 << (pos & 7))
+            self.high = seq
+            return True
+        if seq <= self.high - SEQ_WINDOW:
+            return False  # older than the window: taken as already seen
+        pos = seq & (SEQ_WINDOW - 1)
+        if b[pos >> 3] & (1 << (pos & 7)):
+            return False
+        b[pos >> 3] |= (1 << (pos & 7))
+        return True
+
+
 cdef class Dedupe:
-    """Bounded window of recently seen message ids (set + ring: O(1) eviction)."""
+    """Seen message ids.  Ids of the form ``<origin>-<sequence>`` (every id spiralfast
+    makes) are kept per origin as a sliding window of sequences, so a copy arriving over
+    another path (Redis after WebSocket, a relay) is caught however many events of
+    other origins came in between; any other id goes to a bounded window of recent
+    ids (set + ring: O(1) eviction)."""
 
     cdef set _seen
     cdef list _order
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _max
+    cdef dict _origins
+    cdef bytes _last_origin
+    cdef _Window _last_window
 
     def __init__(self, Py_ssize_t size=_limits.DEDUPE_WINDOW):
         if size < 1:
@@ -93,10 +140,37 @@ cdef class Dedupe:
         self._order = [None] * size
         self._pos = 0
         self._max = size
+        self._origins = {}
+        self._last_origin = None
+        self._last_window = None
 
     cpdef bint first_time(self, bytes msg_id) except -1:
         if msg_id is None:
             raise TypeError("msg_id must be bytes, not None")
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(msg_id)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(msg_id), i = n - 1, ndig
+        cdef long long seq = 0, mult = 1
+        cdef _Window w
+        while i >= 0 and 48 <= p[i] <= 57 and n - 1 - i < 17:
+            seq += (p[i] - 48) * mult
+            mult *= 10
+            i -= 1
+        ndig = n - 1 - i
+        if ndig > 0 and i > 0 and p[i] == 45 and not (ndig > 1 and p[i + 1] == 48):  # "<origin>-<digits>"
+            lo = self._last_origin
+            if lo is not None and PyBytes_GET_SIZE(lo) == i and memcmp(PyBytes_AS_STRING(lo), p, i) == 0:
+                w = self._last_window
+            else:
+                origin = PyBytes_FromStringAndSize(<const char*>p, i)
+                w = self._origins.get(origin)
+                if w is None:
+                    if len(self._origins) >= MAX_ORIGINS:
+                        del self._origins[next(iter(self._origins))]
+                    w = _Window()
+                    self._origins[origin] = w
+                self._last_origin = origin
+                self._last_window = w
+            return w.first(seq)
         if msg_id in self._seen:
             return False
         old = self._order[self._pos]
@@ -110,7 +184,7 @@ cdef class Dedupe:
         return True
 
     def __len__(self):
-        return len(self._seen)
+        return len(self._seen) + len(self._origins)
 
 
 cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:

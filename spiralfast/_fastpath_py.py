@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import msgspec
 
 from ._codec_py import decode_frame
-from .limits import DEDUPE_WINDOW
+from .limits import DEDUPE_WINDOW, MAX_ORIGINS, SEQ_WINDOW
 from .schema import KIND_EVENT, Event
 
 COMPILED = False
@@ -46,14 +47,48 @@ def iso_from_epoch(ts: float) -> str:
     return _cache_prefix
 
 
+class _Window:
+    """The sequences seen from one origin: the highest, and a bitmap below it."""
+
+    __slots__ = ("high", "bits")
+
+    def __init__(self) -> None:
+        self.high = -1
+        self.bits = bytearray(SEQ_WINDOW >> 3)
+
+    def first(self, seq: int) -> bool:
+        b = self.bits
+        mask = SEQ_WINDOW - 1
+        if seq > self.high:
+            if seq - self.high >= SEQ_WINDOW:
+                b[:] = bytes(len(b))
+            else:
+                for i in range(self.high + 1, seq):
+                    pos = i & mask
+                    b[pos >> 3] &= ~(1 << (pos & 7)) & 0xFF
+            pos = seq & mask
+            b[pos >> 3] |= 1 << (pos & 7)
+            self.high = seq
+            return True
+        if seq <= self.high - SEQ_WINDOW:
+            return False  # older than the window: taken as already seen
+        pos = seq & mask
+        if b[pos >> 3] & (1 << (pos & 7)):
+            return False
+        b[pos >> 3] |= 1 << (pos & 7)
+        return True
+
+
 class Dedupe:
-    """Bounded window of recently seen message ids (set + ring: O(1) eviction).
+    """Seen message ids (see the compiled twin): ``<origin>-<sequence>`` ids per origin
+    in a sliding window of sequences; others in a bounded window of recent ids (set +
+    ring: O(1) eviction).
 
     (Evicting the oldest key of a dict with ``next(iter(d))`` looks O(1) but scans
     the deleted prefix of the dict's entry table; it dominated an early profile.)
     """
 
-    __slots__ = ("_seen", "_order", "_pos", "_max")
+    __slots__ = ("_seen", "_order", "_pos", "_max", "_origins")
 
     def __init__(self, size: int = DEDUPE_WINDOW) -> None:
         if size < 1:
@@ -62,10 +97,20 @@ class Dedupe:
         self._order: list[bytes | None] = [None] * size
         self._pos = 0
         self._max = size
+        self._origins: dict[bytes, _Window] = {}
 
     def first_time(self, msg_id: bytes) -> bool:
         if not isinstance(msg_id, bytes):
             raise TypeError(f"msg_id must be bytes, not {type(msg_id).__name__}")
+        m = _SEQ_ID.match(msg_id)
+        if m is not None:
+            origin = m.group(1)
+            w = self._origins.get(origin)
+            if w is None:
+                if len(self._origins) >= MAX_ORIGINS:
+                    del self._origins[next(iter(self._origins))]
+                w = self._origins[origin] = _Window()
+            return w.first(int(m.group(2)))
         seen = self._seen
         if msg_id in seen:
             return False
@@ -79,7 +124,11 @@ class Dedupe:
         return True
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._seen) + len(self._origins)
+
+
+#: ``<origin>-<sequence>``: a non-empty origin, a dash, 1-17 digits without a leading 0.
+_SEQ_ID = re.compile(rb"(.+)-((?:0|[1-9][0-9]{0,16}))\Z", re.DOTALL)
 
 
 _decode_event = msgspec.msgpack.Decoder(Event).decode

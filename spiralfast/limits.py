@@ -75,3 +75,11 @@ MAX_STATE_ENTRY_SIZE = 4 * 1024 * 1024
 #: State deltas, snapshots and repairs are cut into messages of about this many bytes
 #: (a chunk of 1,000 entries of 10 KB each once made a 10 MB message no peer accepts).
 STATE_CHUNK_BYTES = 256 * 1024
+
+#: Sequences remembered per origin for de-duplication (a power of two): a copy over a
+#: slower path (Redis behind WebSocket) is caught while it is fewer than this many of
+#: that origin's events late.  8 KiB per origin.
+SEQ_WINDOW = 1 << 16
+
+#: Origins whose sequence windows are kept; beyond it the oldest is forgotten.
+MAX_ORIGINS = 4096

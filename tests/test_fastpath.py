@@ -201,3 +201,19 @@ def test_sender_twins_build_the_same_frames() -> None:
     assert [x[2] for x in shape] == [f"pre-{i}".encode() for i in range(1, 9)]
     assert shape[1][1] == schema.EVENT_TYPE_IDS["custom"] and shape[0][1] == 0
     assert (recent, pushed, out, nxt) == (8, 1, 8, "pre-9")
+
+
+def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic() -> None:
+    """A copy arriving over a slow path after more than the old global window of other
+    origins' events is still a duplicate (it once delivered 28,672 duplicates)."""
+    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+    for impl in impls:
+        d = impl.Dedupe(1024)
+        assert all(d.first_time(b"late-%d" % i) for i in range(100))
+        for o in range(8):  # 8 busy origins, 20,000 events each, in between
+            assert all(d.first_time(b"busy%d-%d" % (o, i)) for i in range(20_000))
+        assert not any(d.first_time(b"late-%d" % i) for i in range(100))  # the late copies
+        assert d.first_time(b"late-100")
+        assert not d.first_time(b"busy3-5")
+        d.first_time(b"w-200000")
+        assert not d.first_time(b"w-1")  # older than the window: taken as seen

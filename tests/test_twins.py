@@ -105,6 +105,10 @@ CASES: dict[str, list[tuple[str, Callable[[ModuleType], Any]]]] = {
         ("first_time str", lambda m: m.Dedupe(4).first_time("x")),
         ("first_time bytearray", lambda m: m.Dedupe(4).first_time(bytearray(b"x"))),
         ("first_time window", lambda m: (lambda d: [d.first_time(b"%d" % (i % 3)) for i in range(8)])(m.Dedupe(2))),
+        ("first_time ids", lambda m: (lambda d: [d.first_time(x) for x in (
+            b"a-1", b"a-1", b"a-3", b"a-2", b"a-2", b"a-01", b"a-01", b"-5", b"-5", b"a-b-7", b"a-b-7",
+            b"o-" + b"9" * 18, b"o-" + b"9" * 18, b"o-99999999999999999", b"o-99999999999999999",
+            b"a-70000", b"a-3", b"a-4465", b"a-4464", b"x-0", b"x-0")])(m.Dedupe(4))),
         ("iso NaN", lambda m: m.iso_from_epoch(float("nan"))),
         ("iso str", lambda m: m.iso_from_epoch("x")),
         ("iso out of range", lambda m: m.iso_from_epoch(1e20)),
