@@ -56,7 +56,8 @@ class MeshCore:
             node_id=self.node_id, name="codex_node_" + self.node_id[:8], status=NodeStatus.INITIALIZING,
             capabilities=list(cfg.capabilities), recursion_depth=0, entropy_level=0.0,
             last_heartbeat=datetime.now(),
-            metadata={"mesh_version": __version__, "mesh_name": cfg.mesh_name, "implementation": "spiralfast"},
+            metadata={"mesh_version": __version__, "mesh_name": cfg.mesh_name, "implementation": "spiralfast",
+                      "incarnation": uuid.uuid4().hex[:16]},  # this process: tells a restart from a twin
             websocket_endpoint=None,
         )
         self.event_bus = EventBus(self.node_id)
@@ -67,7 +68,7 @@ class MeshCore:
         self.loopback = loopback
         self.start_time: float | None = None
         self.counts: dict[str, int] = {"handshake_failures": 0, "auth_failures": 0, "rejected_by_peer": 0,
-                                         "bad_messages": 0, "dropped_events": 0}
+                                         "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0}
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent

@@ -142,6 +142,10 @@ class Handshake:
         return auth_proof(self.token, direction, self.peer_nonce, self.nonce, self.peer_id, self.node_id,
                           self.peer_role, self.role)
 
+    def fail(self, exc: Exception) -> list[tuple[int, Any]]:
+        """Refuse the peer (the shell's own reasons, e.g. a duplicate node id)."""
+        return self._fail(exc)
+
     def _fail(self, exc: Exception) -> list[tuple[int, Any]]:
         self.error = exc
         self.state = "failed"

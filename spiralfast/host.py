@@ -16,6 +16,7 @@ from . import schema
 from ._log import BackoffLog
 from .fastpath import iso_from_epoch
 from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Session
+from .errors import HandshakeError
 from .handshake import Handshake
 from .observe import answer_query
 from .outbox import single_frame
@@ -104,12 +105,32 @@ class NodeHost:
     def on_handshake(self, link: Any, kind: int, obj: Any) -> None:
         s = link.session
         hs = s.handshake
-        for k, o in hs.receive(kind, obj):
+        out = hs.receive(kind, obj)
+        if hs.state == "ready" and (dup := self.duplicate(hs)) is not None:
+            out = hs.fail(dup)  # before our proof goes out: the newcomer never believes it joined
+        for k, o in out:
             link.send_frame(single_frame(k, o))
         if hs.state == "failed":
             self.refuse(link, hs.error)
         elif hs.state == "ready":
             self.session_ready(link, s, hs)
+
+    def duplicate(self, hs: Handshake) -> Exception | None:
+        """Another process already in the mesh with this node id (its link is up and its
+        incarnation differs) refuses the newcomer, so the two never take turns."""
+        if hs.peer_role != "node" or hs.peer_id is None:
+            return None
+        link = self.node.outbox.links.get(hs.peer_id)
+        known = self.node.nodes.get(hs.peer_id)
+        if link is None or known is None:
+            return None
+        theirs = (hs.peer_record or {}).get("metadata", {}).get("incarnation") if isinstance(
+            (hs.peer_record or {}).get("metadata"), dict) else None
+        mine = known.metadata.get("incarnation")
+        if theirs is None or mine is None or theirs == mine:
+            return None
+        self.node.counts["duplicate_ids"] += 1
+        return HandshakeError(f"node id {hs.peer_id!r} is already in the mesh (another process uses it)")
 
     def refuse(self, link: Any, exc: Any) -> None:
         s = link.session

@@ -314,3 +314,50 @@ async def test_links_measure_their_round_trip() -> None:
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_a_second_process_with_an_existing_node_id_is_refused_clearly() -> None:
+    base = dict(enable_redis=False, websocket_port=0, heartbeat_interval=0.3)
+    a = MeshCore(MeshConfig(node_id="dup-a", **base))  # type: ignore[arg-type]
+    await a.start()
+    ep = a.local_node.websocket_endpoint or ""
+    b = MeshCore(MeshConfig(node_id="dup-b", peers=[ep], **base))  # type: ignore[arg-type]
+    await b.start()
+    twin = MeshCore(MeshConfig(node_id="dup-b", peers=[ep], **base))  # type: ignore[arg-type]
+    try:
+        await wait_for(lambda: "dup-b" in a.nodes)
+        await twin.start()
+        await wait_for(lambda: a.counters["duplicate_ids"] >= 1)
+        await asyncio.sleep(1.0)
+        assert "dup-a" not in twin.nodes  # the newcomer never believes it joined
+        assert a.counters["duplicate_ids"] <= 3  # it backs off: no flapping
+        assert a.outbox.links["dup-b"].session.peer_id == "dup-b" and b.outbox.links  # the original stays
+        assert twin.counters["rejected_by_peer"] >= 1
+    finally:
+        await twin.stop()
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_killed_peer_is_marked_disconnected_at_once_and_removed_after_the_timeout() -> None:
+    a = NodeProc("FA", hb=2.0)
+    b = NodeProc("FB", "--peer", a.url, hb=2.0)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await a.node_ids() != {"FA", "FB"}:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        b.kill9()
+        t0 = asyncio.get_running_loop().time()
+        while True:
+            status = {n["node_id"]: n["status"] for n in await a.query("nodes")}
+            if status.get("FB") == "disconnected":
+                break
+            assert asyncio.get_running_loop().time() - t0 < 3.0, status  # long before 3 x 2 s
+            await asyncio.sleep(0.05)
+        while "FB" in await a.node_ids():  # then removed by failure detection
+            assert asyncio.get_running_loop().time() - t0 < 12.0
+            await asyncio.sleep(0.2)
+    finally:
+        b.stop()
+        a.stop()
