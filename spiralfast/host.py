@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from ._log import BackoffLog
+from .errors import HandshakeError
 from .fastpath import iso_from_epoch
 from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Session
-from .errors import HandshakeError
 from .handshake import Handshake
 from .observe import answer_query
 from .outbox import single_frame
