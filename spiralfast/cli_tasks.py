@@ -44,11 +44,14 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
 
     out: list[Any] = []
     offers = Table(title="task types per node (as this node sees them)")
-    for col in ("node", "task type", "capacity", "load", "in flight from here"):
+    for col in ("node", "task type", "capacity", "load", "in flight from here", "done", "failed", "p50 ms",
+                "p99 ms"):
         offers.add_column(col)
     for nid, types in sorted((st.get("nodes") or {}).items()):
         for ttype, o in sorted(types.items()):
-            offers.add_row(nid, ttype, str(o.get("capacity")), str(o.get("load")), str(o.get("in_flight")))
+            offers.add_row(nid, ttype, str(o.get("capacity")), str(o.get("load")), str(o.get("in_flight")),
+                           str(o.get("done", "-")), str(o.get("failed", "-")), ms(o.get("p50_ms")),
+                           ms(o.get("p99_ms")))
     out.append(offers)
     if st.get("offered"):
         served = Table(title="served by this node")

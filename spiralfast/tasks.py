@@ -8,8 +8,9 @@ reserved event types carry the protocol:
 ``_sf.result``  worker -> submitter: ``{"i": [task_id, ...], "v": [result, ...],
                 "x": [[task_id, status, value], ...], "l": {task_type: [capacity, load,
                 load_from_you]}}`` (``x``: the tasks that did not succeed)
-``_sf.load``    worker -> everyone: ``{"o": {task_type: [capacity, load]}}`` (+ ``"ask": 1``
-                when the receiver should answer with its own)
+``_sf.load``    worker -> everyone: ``{"o": {task_type: [capacity, load]}, "s": {task_type:
+                [done, failed, p50_ms, p99_ms]}}`` (+ ``"ask": 1`` when the receiver should
+                answer with its own)
 
 Tasks and results are batched: everything for one node (and task type) in one loop
 iteration travels as one event, at most :data:`MAX_BATCH` items; ``map`` lets the
@@ -223,8 +224,9 @@ class TaskManager:
         self._linked: set[str] = set()
         self._down: set[str] = set()  # nodes whose link dropped (not chosen until it is back)
         self._meta_t = 0.0
-        self._last_advert: dict[str, list[int]] | None = None
+        self._last_advert: Any = None  # what the last _sf.load broadcast said (change detection)
         self._last_advert_t = 0.0
+        self._peer_stats: dict[str, dict[str, list[Any]]] = {}  # node -> type -> [done, failed, p50, p99]
         self._started = False
         self._loop: Any = None  # the running loop, from start()
 
@@ -728,6 +730,17 @@ class TaskManager:
     def _advert(self) -> dict[str, list[int]]:
         return {k: [o.capacity, o.load] for k, o in self._offers.items()}
 
+    def _served(self) -> dict[str, list[Any]]:
+        """Per offered type: ``[done, failed, p50_ms, p99_ms]`` (what peers show for us)."""
+        out: dict[str, list[Any]] = {}
+        for k, o in self._offers.items():
+            p50, p99 = _percentiles(o.latency)
+            out[k] = [o.done, o.failed, p50, p99]
+        return out
+
+    def _advert_key(self) -> Any:
+        return [(k, o.capacity, o.load, o.done, o.failed) for k, o in self._offers.items()]
+
     # -- receiving -------------------------------------------------------------------
 
     def _on_task_env(self, env: dict[str, Any]) -> None:
@@ -846,6 +859,9 @@ class TaskManager:
             t.others = max(0, load - t.mine)
         for ttype in [k for k, tmap in self._targets.items() if src in tmap and k not in offers]:
             self._drop_target(src, ttype)
+        served = data.get("s")
+        if isinstance(served, dict):
+            self._peer_stats[src] = {str(k): v for k, v in served.items() if isinstance(v, list) and len(v) >= 4}
         node = self.mesh.nodes.get(src)
         if node is not None:  # capabilities of a node the core knew before it offered
             new = [k for k in offers if k not in node.capabilities]
@@ -893,6 +909,7 @@ class TaskManager:
             self._node_lost(nid, "left the mesh")
 
     def _node_lost(self, nid: str, why: str) -> None:
+        self._peer_stats.pop(nid, None)
         for ttype in [k for k, tmap in self._targets.items() if nid in tmap]:
             self._drop_target(nid, ttype)
         self._refused = {r for r in self._refused if r[0] != nid}
@@ -940,7 +957,7 @@ class TaskManager:
                 hello, self._hello = self._hello, {}
                 for node, ask in hello.items():
                     if node in mesh.nodes:
-                        msg: dict[str, Any] = {"o": self._advert()}
+                        msg: dict[str, Any] = {"o": self._advert(), "s": self._served()}
                         if ask:
                             msg["ask"] = 1
                         await mesh.send_to_node(node, LOAD_EVENT, msg)
@@ -1035,9 +1052,9 @@ class TaskManager:
 
     async def _broadcast_advert(self) -> None:
         adv = self._advert()
-        self._last_advert = adv
+        self._last_advert = self._advert_key()
         self._last_advert_t = time.monotonic()
-        await self.mesh.broadcast_event(LOAD_EVENT, {"o": adv})
+        await self.mesh.broadcast_event(LOAD_EVENT, {"o": adv, "s": self._served()})
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -1053,7 +1070,7 @@ class TaskManager:
                 if self._offers:
                     self._publish_meta()
                     since = now - self._last_advert_t
-                    if since >= hb or (since >= hb / 4 and self._advert() != self._last_advert):
+                    if since >= hb or (since >= hb / 4 and self._advert_key() != self._last_advert):
                         await self._broadcast_advert()
                 if now - self._meta_t >= hb:
                     self._meta_t = now
@@ -1227,7 +1244,9 @@ class TaskManager:
         timeouts), ``timeouts`` (ended with ``TaskTimeout``), ``retried`` (attempts sent
         again), ``p50_ms``/``p99_ms`` (submit to result).  ``nodes``: node id -> task
         type -> ``capacity``, ``load`` (as last advertised plus this node's own tasks),
-        ``in_flight`` (this node's tasks there), ``advertised``.  ``late_replies``:
+        ``in_flight`` (this node's tasks there), ``advertised``, and what that node ran:
+        ``done``, ``failed``, ``p50_ms``/``p99_ms`` (as it last advertised, at most
+        ``heartbeat_interval / 4`` old while it changes).  ``late_replies``:
         results that came after their task had already finished (dropped).
         """
         offered = {}
@@ -1249,8 +1268,12 @@ class TaskManager:
                             "done": st.done, "failed": st.failed, "retried": st.retried, "timeouts": st.timeouts,
                             "p50_ms": p50, "p99_ms": p99}
         nodes: dict[str, dict[str, Any]] = {}
+        served = self._served()
         for k, tmap in self._targets.items():
             for nid, t in tmap.items():
-                nodes.setdefault(nid, {})[k] = {"capacity": t.capacity, "load": t.load(), "in_flight": t.mine,
-                                                "advertised": t.advertised}
+                row = nodes.setdefault(nid, {})[k] = {"capacity": t.capacity, "load": t.load(), "in_flight": t.mine,
+                                                      "advertised": t.advertised}
+                v = served.get(k) if t.offer is not None else self._peer_stats.get(nid, {}).get(k)
+                if v is not None:  # what that node ran, as it last advertised
+                    row.update(done=v[0], failed=v[1], p50_ms=v[2], p99_ms=v[3])
         return {"offered": offered, "submitted": submitted, "nodes": nodes, "late_replies": self._late}

@@ -135,6 +135,9 @@ async def test_ten_thousand_tasks_exactly_once_spread_by_capacity(
         assert c["tasks"]["offered"]["work"]["done"] == shares[p.node_id]
     st = mesh.get_mesh_status()["tasks"]["submitted"]["work"]
     assert st["done"] == n and st["failed"] == 0 and st["in_flight"] == 0 and st["retried"] == 0
+    # what each worker ran reaches the submitter's view of the nodes (load adverts)
+    await wait_for(lambda: all(mesh.get_mesh_status()["tasks"]["nodes"][nid]["work"].get("done") == shares[nid]
+                               for nid in CAPS), 10)
 
 
 async def query(p: WorkerProc, what: str) -> Any:
