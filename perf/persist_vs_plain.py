@@ -11,8 +11,12 @@ For each run:
 - write rate: events / (first event seen -> every event committed), persisting runs;
 - the writer alone: EventLog.record() of EVENTS envelopes on an idle node until committed.
 
+``+struct`` runs hand the receive path's wire event to ``EventLog.record_event`` instead
+of an envelope to an event listener (what the core would do; simulated here).
+
 Usage: python perf/persist_vs_plain.py [EVENTS] [ROUNDS]   (default 300,000, 2; not run in CI)
-Environment: SPIRALFAST_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test).
+Environment: SPIRALFAST_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test);
+MODES=plain,sqlite,... to choose the runs.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def _cfg(mode: str, where: str, **kw: Any) -> MeshConfig:
 
 
 async def receiver(mode: str, port: int, n: int, where: str) -> None:
+    struct = mode.endswith("+struct")
+    mode = mode.removesuffix("+struct")
     core = MeshCore(_cfg(mode, where, node_id="rx", websocket_port=port))
     seen = 0
     first = last = 0.0
@@ -81,6 +87,11 @@ async def receiver(mode: str, port: int, n: int, where: str) -> None:
 
     core.register_event_handler("bench", handler)
     await core.start()
+    if struct:
+        # What the core gains by handing the hot paths' wire event to the event log
+        # (EventLog.record_event) instead of building an envelope for a listener:
+        # simulated by pointing the dispatcher's observer hook at record_event.
+        core.dispatcher.push_observers = core.eventlog.record_event  # type: ignore[attr-defined]
     print("READY", flush=True)
     await done.wait()
     res: dict[str, Any] = {"received": seen, "rx_elapsed": last - first}
@@ -179,7 +190,9 @@ def _drop_schema(schema: str) -> None:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    modes = ["plain", "sqlite"] + (["postgresql"] if _pg_ok() else [])
+    modes = ["plain", "sqlite", "sqlite+struct"] + (["postgresql", "postgresql+struct"] if _pg_ok() else [])
+    if os.environ.get("MODES"):
+        modes = os.environ["MODES"].split(",")
     print(f"# {datetime.now().isoformat(timespec='seconds')}  events={n} rounds={rounds} modes={modes}")
     tmp = tempfile.mkdtemp(prefix="persist-perf-")
     schemas: list[str] = []
@@ -187,16 +200,16 @@ def main() -> None:
         for r in range(rounds):
             plain = 0.0
             for mode in modes:
-                if mode == "sqlite":
-                    where = os.path.join(tmp, f"r{r}.db")
-                elif mode == "postgresql":
+                if mode.startswith("sqlite"):
+                    where = os.path.join(tmp, f"r{r}-{mode}.db")
+                elif mode.startswith("postgresql"):
                     schemas.append("sf_perf_" + uuid.uuid4().hex[:8])
                     where = f"{PG}?schema={schemas[-1]}"
                 else:
                     where = ""
                 res = one_run(mode, n, where)
                 rx = res["received"] / res["rx_elapsed"]
-                line = f"round {r + 1} {mode:<10}: receive {rx:>9,.0f} events/s"
+                line = f"round {r + 1} {mode:<17}: receive {rx:>9,.0f} events/s"
                 if mode == "plain":
                     plain = rx
                 else:
@@ -205,7 +218,7 @@ def main() -> None:
                     line += (f" ({rx / plain:.0%} of plain)  written {wr:>9,.0f} events/s"
                              f"  stalls={st['stalls']} ({st['stall_seconds']} s) dropped={st['dropped']}")
                 print(line, flush=True)
-        for mode in modes[1:]:
+        for mode in [m for m in modes if m in ("sqlite", "postgresql")]:
             where = os.path.join(tmp, "alone.db") if mode == "sqlite" else f"{PG}?schema=sf_perf_alone_{uuid.uuid4().hex[:6]}"
             if mode == "postgresql":
                 schemas.append(where.rsplit("=", 1)[1])

@@ -54,6 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from .fastpath import iso_from_epoch
 from .persistence import open_sqlite
 
 if TYPE_CHECKING:
@@ -248,21 +249,54 @@ _SQLITE_BATCH_SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS idx_mesh_event_batches_last_ts ON mesh_event_batches(last_ts)",
     # Every stored event as a row, for SQL tools.
+    # Events are envelope objects, or wire-form arrays [event_id, event_type,
+    # source_node, epoch seconds, data, target_node, ...] (what record_event() keeps).
     """CREATE VIEW IF NOT EXISTS mesh_events AS
-        SELECT e.value->>'event_id' AS event_id, e.value->>'timestamp' AS timestamp,
-               e.value->>'type' AS event_type, e.value->>'source_node' AS source_node,
-               e.value->>'target_node' AS target_node, e.value->'data' AS data, b.batch_id AS batch_id
+        SELECT iif(e.type = 'array', e.value->>0, e.value->>'event_id') AS event_id,
+               iif(e.type = 'array', strftime('%Y-%m-%dT%H:%M:%f', e.value->>3, 'unixepoch', 'localtime'),
+                   e.value->>'timestamp') AS timestamp,
+               iif(e.type = 'array', e.value->>1, e.value->>'type') AS event_type,
+               iif(e.type = 'array', e.value->>2, e.value->>'source_node') AS source_node,
+               iif(e.type = 'array', e.value->>5, e.value->>'target_node') AS target_node,
+               iif(e.type = 'array', e.value->4, e.value->'data') AS data,
+               b.batch_id AS batch_id
         FROM mesh_event_batches AS b, json_each(b.events) AS e""",
 )
 #: Batches read per query step (history and replay).
 _BATCHES_PER_READ = 8
 
 
-def _env_json(env: dict[str, Any]) -> bytes:
-    """One envelope as JSON, whatever its data holds."""
+def struct_envelope(ev: Any) -> dict[str, Any]:
+    """The envelope of a wire ``Event`` (``schema.Event``) as handlers see it."""
+    env = {"type": ev.event_type, "source_node": ev.source_node, "timestamp": iso_from_epoch(ev.timestamp),
+           "data": ev.data, "event_id": ev.event_id}
+    if ev.target_node is not None:
+        env["target_node"] = ev.target_node
+    return env
+
+
+def _stored_envelope(item: Any) -> dict[str, Any]:
+    """A stored batch element (envelope object, or wire-form array) as an envelope."""
+    if isinstance(item, dict):
+        return item
+    env = {"type": item[1], "source_node": item[2], "timestamp": iso_from_epoch(item[3]),
+           "data": item[4] if len(item) > 4 else None, "event_id": item[0]}
+    if len(item) > 5 and item[5] is not None:
+        env["target_node"] = item[5]
+    return env
+
+
+def _decode_batch(events: str) -> list[dict[str, Any]]:
+    return [_stored_envelope(x) for x in _json_decode(events)]
+
+
+def _env_json(env: Any) -> bytes:
+    """One envelope (or wire event) as JSON, whatever its data holds."""
     try:
         return _json_encode(env)
     except (TypeError, ValueError, OverflowError):
+        if not isinstance(env, dict):
+            env = struct_envelope(env)
         rest = {k: v for k, v in env.items() if k != "data"}
         return _json_encode(rest)[:-1] + b',"data":' + _encode_json(env.get("data")) + b"}"
 
@@ -297,7 +331,7 @@ class SQLiteStore(Store):
                 raise
             self._conn = conn
 
-    def write(self, envs: Sequence[dict[str, Any]], metrics: Sequence[Row]) -> None:
+    def write(self, envs: Sequence[Any], metrics: Sequence[Row]) -> None:
         if self._conn is None:
             self.open()
         c = self._conn
@@ -305,20 +339,26 @@ class SQLiteStore(Store):
         special: list[dict[str, Any]] = []
         batch: Any = envs
         if envs:
-            special = [e for e in envs if e["type"] in _SPECIAL]
-            if special:  # they get ids of their own (membership envelopes have none)
-                ids = {id(e): uuid.uuid4().hex for e in special if not e.get("event_id")}
+            dicts = [e for e in envs if type(e) is dict]
+            structs = [e for e in envs if type(e) is not dict] if len(dicts) < len(envs) else []
+            special = [e for e in dicts if e["type"] in _SPECIAL]
+            special += [struct_envelope(e) for e in structs if e.event_type in _SPECIAL]
+            if dicts:  # membership envelopes have no id: give them one
+                ids = {id(e): uuid.uuid4().hex for e in dicts if not e.get("event_id")}
                 if ids:
                     batch = [{**e, "event_id": ids[id(e)]} if id(e) in ids else e for e in envs]
-                    special = [e for e in batch if e["type"] in _SPECIAL]
+                    special = [{**e, "event_id": ids[id(e)]} if id(e) in ids else e for e in special]
             try:
                 blob = _json_encode(batch)
             except (TypeError, ValueError, OverflowError):
                 blob = b"[" + b",".join(_env_json(e) for e in batch) + b"]"
             now = datetime.now().isoformat()
-            stamps = [e.get("timestamp") or now for e in batch]
-            types = json.dumps(sorted({e["type"] for e in batch}))
-            sources = json.dumps(sorted({str(e.get("source_node")) for e in batch}))
+            stamps = [e.get("timestamp") or now for e in dicts]
+            if structs:
+                epochs = [e.timestamp for e in structs]
+                stamps += [iso_from_epoch(min(epochs)), iso_from_epoch(max(epochs))]
+            types = json.dumps(sorted({e["type"] for e in dicts} | {e.event_type for e in structs}))
+            sources = json.dumps(sorted({str(e.get("source_node")) for e in dicts} | {e.source_node for e in structs}))
         c.execute("BEGIN")
         try:
             if envs:
@@ -412,7 +452,7 @@ class SQLiteStore(Store):
                 if not got:
                     break
                 for bid, _, events in got:
-                    out.extend(self._filter(_json_decode(events), since, until, types, source))
+                    out.extend(self._filter(_decode_batch(events), since, until, types, source))
                     last = bid
             return out, (last if last != after else None)  # None: nothing more to read
         # history: the newest ``limit`` events.  Batches come newest first; time ranges of
@@ -432,7 +472,7 @@ class SQLiteStore(Store):
                     if last_ts < newest[limit - 1]:
                         done = True
                         break
-                sel = self._filter(_json_decode(events), since, until, types, source)
+                sel = self._filter(_decode_batch(events), since, until, types, source)
                 chunks.append(sel)
                 total += len(sel)
                 cursor = bid
@@ -538,7 +578,7 @@ class PostgresStore(Store):
         if self._conn is None:
             self.open()
         conn = self._conn
-        events = [event_row(e) for e in envs]
+        events = [event_row(e if type(e) is dict else struct_envelope(e)) for e in envs]
 
         async def go() -> None:
             async with conn.transaction():
@@ -663,7 +703,7 @@ class EventLog:
             self._types.update(str(getattr(t, "value", t)) for t in pe)
         self.retention_days = float(cfg.persist_retention_days)
         self.metrics_interval = float(getattr(cfg, "sync_interval", 5.0) or 5.0)
-        self._buf: list[dict[str, Any]] = []
+        self._buf: list[Any] = []  # envelopes (dicts) or wire events (schema.Event)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a batch of events is in the writer's hands: at most one is.
         self._writer_free = threading.Semaphore(1)
@@ -747,7 +787,17 @@ class EventLog:
             if len(buf) >= BATCH_MAX_EVENTS:
                 self._full()
 
-    def _hand(self, buf: list[dict[str, Any]]) -> None:
+    def record_event(self, ev: Any) -> None:
+        """Like :meth:`record`, for a wire event (``schema.Event``) instead of its
+        envelope: the receive and send hot paths have the struct at hand, and keeping
+        it costs one append (the writer thread encodes it, as is)."""
+        if self._all or ev.event_type in self._types:
+            buf = self._buf
+            buf.append(ev)
+            if len(buf) >= BATCH_MAX_EVENTS:
+                self._full()
+
+    def _hand(self, buf: list[Any]) -> None:
         # The caller holds _writer_free; the writer releases it after the commit.
         self.handed += len(buf)
         self.in_flight = len(buf)
@@ -869,7 +919,7 @@ class EventLog:
             return False
         return True
 
-    def _write(self, envs: list[dict[str, Any]], metrics: list[Row]) -> None:
+    def _write(self, envs: list[Any], metrics: list[Row]) -> None:
         n = len(envs)
         now = time.monotonic()
         if self.error is not None and now < self._next_retry:

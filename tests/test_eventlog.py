@@ -440,3 +440,31 @@ async def test_full_disk_in_a_node_process(tmp_path: Path) -> None:
         err = _stderr(a)
         assert err.count("event log: cannot write") == 1, err
         assert "Traceback" not in err
+
+
+async def test_record_event_keeps_wire_events(tmp_path: Path) -> None:
+    """record_event() (the struct the hot paths have) and record() (an envelope) mix."""
+    from spiralfast import schema
+
+    mesh = MeshCore(MeshConfig(node_id="A", enable_redis=False, enable_websocket=False,
+                               persistence_path=str(tmp_path / "a.db"), persist_events="all"))
+    elog = EventLog(mesh)
+    await elog.start()
+    t0 = time.time()
+    elog.record_event(schema.Event("S-1", "wire", "S", t0, {"k": [1, 2]}))
+    elog.record({"type": "node_register", "source_node": "S", "timestamp": datetime.now().isoformat(),
+                 "data": {"node_id": "S"}})
+    elog.record_event(schema.Event("S-2", "wire", "S", t0 + 0.5, "text", "A"))
+    elog.record_event(schema.Event("S-3", "system_error", "S", t0 + 1.0, {"e": 1}))
+    hist = elog.history(limit=10)
+    await elog.stop()
+    assert [e["type"] for e in hist] == ["wire", "node_register", "wire", "system_error"]
+    assert hist[0] == {"type": "wire", "source_node": "S", "timestamp": datetime.fromtimestamp(t0).isoformat(),
+                       "data": {"k": [1, 2]}, "event_id": "S-1"}
+    assert hist[2]["target_node"] == "A" and hist[2]["data"] == "text"
+    assert hist[1]["event_id"]  # given one when stored
+    view = rows(tmp_path / "a.db", "SELECT event_id, event_type, source_node, target_node, data FROM mesh_events")
+    assert [v[0] for v in view][:1] == ["S-1"] and {v[1] for v in view} == {"wire", "node_register", "system_error"}
+    assert ("S-2", "wire", "S", "A", '"text"') in view
+    old = rows(tmp_path / "a.db", "SELECT event_id, event_type, severity FROM ritual_events ORDER BY timestamp")
+    assert [(o[1], o[2]) for o in old] == [("node_register", "INFO"), ("system_error", "ERROR")]
