@@ -766,11 +766,13 @@ class EventLog:
             self._qpool = None
 
     def _final_flush(self) -> None:
-        self._writer_free.acquire()
+        got = self._writer_free.acquire(timeout=SYNC_TIMEOUT_S * 3)
+        if not got:
+            log.error("event log: the writer did not finish its batch in time; handing over the last one anyway")
         buf, self._buf = self._buf, []
         if buf:
             self._hand(buf)
-        else:
+        elif got:
             self._writer_free.release()
         self._queue.put(_Stop())
         if self._thread is not None:
@@ -866,6 +868,16 @@ class EventLog:
     # -- the writer thread ----------------------------------------------------------------
 
     def _writer(self) -> None:
+        try:
+            self._writer_loop()
+        except BaseException:  # never leave the loop waiting on a dead writer
+            log.exception("event log: writer thread failed")
+            self.error = self.error or "writer thread failed"
+            if not self._opened.done():
+                self._opened.set_result(None)
+            raise
+
+    def _writer_loop(self) -> None:
         store = self.store
         self._try_open()
         self._opened.set_result(None)

@@ -84,6 +84,12 @@ def default_data_dir() -> Path:
     return Path(base) / "spiralfast"
 
 
+def default_db_path(node_id: str) -> Path:
+    """The event log file ``mesh start`` uses by default: ``<data dir>/<node_id>.db``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node_id) or "node"
+    return default_data_dir() / f"{safe}.db"
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
@@ -594,5 +600,6 @@ __all__ = [
     "PersistenceManager",
     "get_persistence",
     "default_data_dir",
+    "default_db_path",
     "open_sqlite",
 ]
