@@ -179,6 +179,17 @@ def event_row(env: dict[str, Any]) -> Row:
     return (eid, ts, et, description, env.get("source_node"), (meta + b"}").decode(), severity)
 
 
+def _struct_row(ev: Any) -> Row:
+    """``event_row`` of a wire event, without building its envelope first."""
+    et = ev.event_type
+    if et in _SPECIAL:
+        return event_row(struct_envelope(ev))
+    meta = b'{"mesh":1,"data":' + _encode_json(ev.data)
+    if ev.target_node is not None:
+        meta += b',"target_node":' + _encode_json(ev.target_node)
+    return (ev.event_id, iso_from_epoch(ev.timestamp), et, et, ev.source_node, (meta + b"}").decode(), "INFO")
+
+
 def row_envelope(event_id: str, timestamp: str, event_type: str, description: str, agent_id: str | None,
                  metadata: str | None, severity: str | None) -> dict[str, Any]:
     """The envelope of one stored row.  Rows written by ``PersistenceManager`` (not
@@ -578,7 +589,7 @@ class PostgresStore(Store):
         if self._conn is None:
             self.open()
         conn = self._conn
-        events = [event_row(e if type(e) is dict else struct_envelope(e)) for e in envs]
+        events = [event_row(e) if type(e) is dict else _struct_row(e) for e in envs]
 
         async def go() -> None:
             async with conn.transaction():
@@ -776,7 +787,7 @@ class EventLog:
             self._writer_free.release()
         self._queue.put(_Stop())
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(SYNC_TIMEOUT_S * 6)
             self._thread = None
 
     # -- the loop side --------------------------------------------------------------------

@@ -133,3 +133,29 @@ async def test_pg_two_node_processes_share_one_log(pg_url: str) -> None:
         for p in (b, a):
             if p is not None:
                 assert p.sigint() == 0
+
+
+async def test_pg_record_event_wire_events(pg_url: str) -> None:
+    import time
+    from datetime import datetime
+
+    from spiralfast import schema
+    from spiralfast.eventlog import EventLog
+
+    mesh = MeshCore(MeshConfig(node_id="A", enable_redis=False, enable_websocket=False, persistence_url=pg_url,
+                               persist_events="all"))
+    elog = EventLog(mesh)
+    await elog.start()
+    t0 = time.time()
+    elog.record_event(schema.Event("S-1", "wire", "S", t0, {"k": 1}, "A"))
+    elog.record_event(schema.Event("S-2", "system_alert", "S", t0 + 0.1, {"level": "high"}))
+    hist = elog.history()
+    await elog.stop()
+    assert hist == [
+        {"type": "wire", "source_node": "S", "timestamp": datetime.fromtimestamp(t0).isoformat(), "data": {"k": 1},
+         "event_id": "S-1", "target_node": "A"},
+        {"type": "system_alert", "source_node": "S", "timestamp": datetime.fromtimestamp(t0 + 0.1).isoformat(),
+         "data": {"level": "high"}, "event_id": "S-2"},
+    ]
+    sev = await _fetch(pg_url, "SELECT severity FROM ritual_events WHERE event_id = 'S-2'")
+    assert sev[0][0] == "WARNING"
