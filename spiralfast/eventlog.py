@@ -792,9 +792,11 @@ class EventLog:
 
     # -- the loop side --------------------------------------------------------------------
 
-    def record(self, env: dict[str, Any]) -> None:
-        """Called on the loop for every event envelope the node sends or receives."""
-        if self._all or env["type"] in self._types:
+    def record(self, env: Any) -> None:
+        """Called on the loop for every event the node sends or receives: its envelope
+        (a dict), or the wire event itself (``schema.Event``, cheaper: see
+        :meth:`record_event`)."""
+        if self._all or (env["type"] if type(env) is dict else env.event_type) in self._types:
             buf = self._buf
             buf.append(env)
             if len(buf) >= BATCH_MAX_EVENTS:
