@@ -350,10 +350,18 @@ class SQLiteStore(Store):
         special: list[dict[str, Any]] = []
         batch: Any = envs
         if envs:
+            # (Each pass over a batch holds the GIL: as few as possible.)
             dicts = [e for e in envs if type(e) is dict]
-            structs = [e for e in envs if type(e) is not dict] if len(dicts) < len(envs) else []
+            if not dicts:
+                structs: Sequence[Any] = envs
+            elif len(dicts) < len(envs):
+                structs = [e for e in envs if type(e) is not dict]
+            else:
+                structs = []
+            struct_types = {e.event_type for e in structs}
             special = [e for e in dicts if e["type"] in _SPECIAL]
-            special += [struct_envelope(e) for e in structs if e.event_type in _SPECIAL]
+            if not struct_types.isdisjoint(_SPECIAL):
+                special += [struct_envelope(e) for e in structs if e.event_type in _SPECIAL]
             if dicts:  # membership envelopes have no id: give them one
                 ids = {id(e): uuid.uuid4().hex for e in dicts if not e.get("event_id")}
                 if ids:
@@ -368,7 +376,7 @@ class SQLiteStore(Store):
             if structs:
                 epochs = [e.timestamp for e in structs]
                 stamps += [iso_from_epoch(min(epochs)), iso_from_epoch(max(epochs))]
-            types = json.dumps(sorted({e["type"] for e in dicts} | {e.event_type for e in structs}))
+            types = json.dumps(sorted({e["type"] for e in dicts} | struct_types))
             sources = json.dumps(sorted({str(e.get("source_node")) for e in dicts} | {e.source_node for e in structs}))
         c.execute("BEGIN")
         try:
