@@ -187,9 +187,14 @@ async def test_metrics_every_sync_interval_and_retention(tmp_path: Path) -> None
     pm.save_ritual_event("KEEP", "recent")
     pm.close()
     os.replace(tmp_path / "spiralcodex.db", db)
+    store = SQLiteStore(db)  # and a batch of old mesh events
+    store.open()
+    store.write([{"type": "x", "source_node": "S", "timestamp": old.isoformat(), "data": 1, "event_id": "o"}], [])
+    store.close()
     a, b = await pair(db, sync_interval=0.2, persist_retention_days=1)
     try:
-        await wait_for(lambda: a.eventlog.status()["purged"] == 2)
+        await wait_for(lambda: a.eventlog.status()["purged"] == 3)
+        assert a.history(types=["x"]) == []
         await wait_for(lambda: a.eventlog.status()["metrics_written"] >= 20)
     finally:
         await b.stop()
@@ -222,6 +227,10 @@ async def test_slow_disk_backpressure_bounded_no_drops(tmp_path: Path) -> None:
     st = log_.status()
     assert most <= BATCH_MAX_EVENTS  # memory stays bounded: record() waited instead
     assert st["stalls"] >= 4 and st["stall_seconds"] > 0
+    seen: list[int] = []
+    mesh.register_event_handler("t", lambda env: seen.append(env["data"]["seq"]))
+    assert await log_.replay("1h") == n  # across many batches, in order
+    assert seen == list(range(n))
     await log_.stop()
     assert log_.status()["dropped"] == 0
     assert load_seqs(tmp_path / "a.db", "t") == list(range(n))
