@@ -4,7 +4,7 @@
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.unicode cimport PyUnicode_FromFormat, PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_FromFormat, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 from libc.string cimport memcpy, memcmp, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -80,6 +80,11 @@ cpdef str iso_from_epoch(double ts):
         _cache_buf[_cache_len + i] = <char>(48 + us % 10)
         us //= 10
     return PyUnicode_DecodeASCII(_cache_buf, _cache_len + 7, NULL)
+
+
+cdef inline bint _internal(str etype):
+    """``_sf.*`` event types carry the mesh's own protocols (tasks)."""
+    return PyUnicode_GET_LENGTH(etype) > 4 and PyUnicode_READ_CHAR(etype, 0) == 95 and etype.startswith("_sf.")
 
 
 cdef class _Window:
@@ -252,13 +257,14 @@ cdef class EventSink:
         return (<tuple>c)[2]
 
     cpdef on_event(self, object ev):
+        cdef str etype = ev.event_type
         self.events_in += 1
         if (self.events_in & 63) == 0 and self.dispatcher.sample_latency is not None:
             self.dispatcher.sample_latency(_now() - ev.timestamp)  # one event in 64: origin to here
-        self._recent_append(ev)
-        if self._observers:
-            self.dispatcher.push_observers(ev)
-        cdef str etype = ev.event_type
+        if not _internal(etype):  # the mesh's own protocol events (tasks) are not logged
+            self._recent_append(ev)
+            if self._observers:
+                self.dispatcher.push_observers(ev)
         handlers = self.handlers.get(etype)
         if not handlers:
             return
@@ -393,11 +399,12 @@ cdef class EventSender:
             ob.flush()
         elif ob.flush_handle is None:
             ob.schedule()
-        if self.legacy is not None:
-            self.legacy.legacy_broadcast(ev)
-        self._recent_append(ev)
-        if self._observers:
-            self.dispatcher.push_observers(ev)
+        if not _internal(etype):  # the mesh's own protocol events (tasks) stay internal
+            if self.legacy is not None:
+                self.legacy.legacy_broadcast(ev)
+            self._recent_append(ev)
+            if self._observers:
+                self.dispatcher.push_observers(ev)
         self.since_yield += 1
         if ob.paused or self.since_yield >= self.yield_every:
             self.since_yield = 0

@@ -164,13 +164,14 @@ class EventSink:
 
     def on_event(self, ev: Event) -> None:
         d = self.dispatcher
+        etype = ev.event_type
         self.events_in += 1
         if (self.events_in & 63) == 0 and d.sample_latency is not None:
             d.sample_latency(time.time() - ev.timestamp)  # one event in 64: origin to here
-        d.recent.append(ev)
-        if d.observers:
-            d.push_observers(ev)
-        etype = ev.event_type
+        if not etype.startswith("_sf."):  # the mesh's own protocol events (tasks) are not logged
+            d.recent.append(ev)
+            if d.observers:
+                d.push_observers(ev)
         handlers = self.handlers.get(etype)
         if not handlers:
             return
@@ -273,12 +274,13 @@ class EventSender:
             ob.flush()
         elif ob.flush_handle is None:
             ob.schedule()
-        if self.legacy is not None:
-            self.legacy.legacy_broadcast(ev)
-        d = self.dispatcher
-        d.recent.append(ev)
-        if d.observers:
-            d.push_observers(ev)
+        if not etype.startswith("_sf."):  # the mesh's own protocol events (tasks) stay internal
+            if self.legacy is not None:
+                self.legacy.legacy_broadcast(ev)
+            d = self.dispatcher
+            d.recent.append(ev)
+            if d.observers:
+                d.push_observers(ev)
         self.since_yield += 1
         if ob.paused or self.since_yield >= self.yield_every:
             self.since_yield = 0

@@ -84,6 +84,7 @@ class MeshCore:
         self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, uuid.uuid4().hex[:12] + "-",
                                   schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
         self.links: set[Any] = set()  # every open link, any state
+        self.link_listeners: list[Callable[[str, bool], None]] = []
         self.ws: Any = None
         self.redis: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -208,13 +209,14 @@ class MeshCore:
         eid = self.sender.next_id()
         ev = schema.Event(eid, et, self.node_id, time.time(), data, target_node_id)
         self.sender.events_out += 1
-        self.recent_events.append(ev)
-        if self.observers:
-            self.dispatcher.push_observers(ev)
+        if not et.startswith("_sf."):  # the mesh's own protocol events (tasks) stay internal
+            self.recent_events.append(ev)
+            if self.observers:
+                self.dispatcher.push_observers(ev)
         if target_node_id == self.node_id:
             self.dispatcher.deliver(envelope(ev))
             return True
-        if self.redis is not None and self.redis.is_legacy(target_node_id):
+        if self.redis is not None and self.redis.is_legacy(target_node_id) and not et.startswith("_sf."):
             self.redis.send_legacy(target_node_id, envelope(ev))
             return True
         ok = self.outbox.send(target_node_id, schema.KIND_EVENT, schema.event_type_id(et), eid, ev)
@@ -234,6 +236,10 @@ class MeshCore:
 
     def remove_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
         self.dispatcher.remove_listener(fn)
+
+    def add_link_listener(self, fn: Callable[[str, bool], None]) -> None:
+        """``fn(peer_id, up)`` when a direct link to a member comes up or goes down."""
+        self.link_listeners.append(fn)
 
     def register_task_handler(self, task_type: str, handler: Callable[[Any], Any], *, capacity: int = 64) -> None:
         """Serve ``task_type`` on this node with at most ``capacity`` running at once."""

@@ -65,6 +65,7 @@ class NodeHost:
         if was == MEMBER and s.peer_id is not None and self.node.outbox.links.get(s.peer_id) is link:
             self.node.outbox.remove_link(s.peer_id, link)
             self.node.membership.link_lost(s.peer_id)
+            self.link_changed(s.peer_id, False)
 
     def frame_received(self, link: Any, data: Any, sender: str | None = None) -> None:
         self.node.gate.on_frame(link, data, sender)
@@ -132,6 +133,13 @@ class NodeHost:
         self.node.counts["duplicate_ids"] += 1
         return HandshakeError(f"node id {hs.peer_id!r} is already in the mesh (another process uses it)")
 
+    def link_changed(self, peer_id: str, up: bool) -> None:
+        for fn in list(self.node.link_listeners):
+            try:
+                fn(peer_id, up)
+            except Exception:
+                log.exception("link listener %r failed", fn)
+
     def refuse(self, link: Any, exc: Any) -> None:
         s = link.session
         if "refused by peer" in str(exc):
@@ -180,6 +188,7 @@ class NodeHost:
         if self.node.dispatcher.reading_paused:
             link.pause_reading()
         self.apply(self.node.membership.link_ready(pid, hs.peer_record, time.monotonic()))
+        self.link_changed(pid, True)
         self.send_gossip()
         # A newcomer gets our digests at once, so it catches up without waiting a tick.
         link.send_frame(single_frame(*self.node.state.digest_message()))

@@ -431,3 +431,25 @@ def test_replacing_the_event_handlers_dict_is_honoured() -> None:
             assert b.event_handlers["e"] == [got.append]
 
     asyncio.run(main())
+
+
+def test_internal_protocol_events_stay_out_of_logs_and_link_listeners_hear_links() -> None:
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            seen: list[Any] = []
+            b.add_event_listener(seen.append)
+            got: list[Any] = []
+            b.register_event_handler("_sf.probe", got.append)
+            await a.broadcast_event("_sf.probe", {"x": 1})
+            await a.broadcast_event("visible", {"x": 2})
+            await wait_for(lambda: len(got) == 1 and any(e["type"] == "visible" for e in seen))
+            types = {getattr(e, "event_type", None) or e["type"] for e in list(a.recent_events) + list(b.recent_events)}
+            assert "_sf.probe" not in types and "visible" in types  # delivered, never logged
+            assert all(e["type"] != "_sf.probe" for e in seen)
+            changes: list[tuple[str, bool]] = []
+            a.add_link_listener(lambda peer, up: changes.append((peer, up)))
+            mesh.hub.partition(b)
+            await wait_for(lambda: (b.node_id, False) in changes)
+
+    asyncio.run(main())
