@@ -8,15 +8,15 @@ How writes flow:
 
 - ``record()`` runs on the event loop and only appends the envelope to the batch being
   filled (when its type is persisted).
-- A batch is handed to the writer thread when it holds :data:`BATCH_MAX_EVENTS`
-  events, or every :data:`BATCH_MAX_AGE_S` while the writer is idle.  The writer
-  commits each batch in one transaction (SQLite in WAL mode, or one ``COPY`` into
-  PostgreSQL), so a kill -9 loses at most the batch being written and the one being
-  filled.
-- Only one batch is ever in the writer's hands.  When the next one is full before the
-  writer is done, ``record()`` waits for it (the loop stalls, reading stops, TCP pushes
-  back on the senders): a disk slower than the event rate slows the node and memory
-  stays bounded.  Stalls are counted in :meth:`EventLog.status`.
+- A batch is handed to the writer thread every :data:`BATCH_MAX_AGE_S` while the writer
+  is idle, or as soon as it is free once the batch is full.  The writer commits each
+  batch in one transaction (SQLite in WAL mode, or one ``COPY`` into PostgreSQL).
+- Only one batch is ever in the writer's hands, and the events not yet committed (in
+  the writer's hands plus the batch being filled) never exceed :data:`BATCH_MAX_EVENTS`:
+  when they would, ``record()`` waits for the writer (the loop stalls, reading stops,
+  TCP pushes back on the senders).  So a kill -9 loses at most that many events, a disk
+  slower than the event rate slows the node, and memory stays bounded.  Stalls are
+  counted in :meth:`EventLog.status`.
 - A write that fails (read-only or full disk, lost database) is logged once as an error;
   the node keeps running and the events are counted as ``dropped`` until a retry
   (every :data:`ERROR_RETRY_S`) succeeds, which is logged too.
@@ -62,8 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spiralfast.eventlog")
 
-#: A batch is handed to the writer at this many events: bounds what a kill -9 can
-#: lose and the memory a batch holds (about 5 MB of envelopes).
+#: Most events recorded but not yet committed (the batch being written plus the one
+#: being filled): bounds what a kill -9 can lose and the memory they hold.
 BATCH_MAX_EVENTS = 10_000
 #: ...or at this age (seconds), whichever comes first.
 BATCH_MAX_AGE_S = 0.1
@@ -745,6 +745,7 @@ class EventLog:
         self.stall_seconds = 0.0
         self.in_flight = 0
         self.error: str | None = None
+        self.failures = 0  # times the store went from writable to failing
         self._error_since = 0.0
         self._next_retry = 0.0
 
@@ -807,7 +808,7 @@ class EventLog:
         if self._all or (env["type"] if type(env) is dict else env.event_type) in self._types:
             buf = self._buf
             buf.append(env)
-            if len(buf) >= BATCH_MAX_EVENTS:
+            if len(buf) + self.in_flight >= BATCH_MAX_EVENTS:
                 self._full()
 
     def record_event(self, ev: Any) -> None:
@@ -817,7 +818,7 @@ class EventLog:
         if self._all or ev.event_type in self._types:
             buf = self._buf
             buf.append(ev)
-            if len(buf) >= BATCH_MAX_EVENTS:
+            if len(buf) + self.in_flight >= BATCH_MAX_EVENTS:
                 self._full()
 
     def _hand(self, buf: list[Any]) -> None:
@@ -979,11 +980,16 @@ class EventLog:
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
             self._error_since = time.time()
-            log.error(
-                "event log: cannot write to %s %s (%s); the node keeps running, events are counted as "
-                "dropped until it is writable again (retry every %.0f s)",
-                self.store.kind, self.store.where, self.error, ERROR_RETRY_S,
-            )
+            self.failures += 1
+            if self.failures == 1:
+                log.error(
+                    "event log: cannot write to %s %s (%s); the node keeps running, events are counted as "
+                    "dropped until it is writable again (retry every %.0f s)",
+                    self.store.kind, self.store.where, self.error, ERROR_RETRY_S,
+                )
+            else:  # a disk that keeps filling up again: said once already, keep it quieter
+                log.warning("event log: writing to %s failed again (%s); %d events dropped so far",
+                            self.store.where, self.error, self.dropped)
 
     def _purge(self, retention_s: float) -> None:
         if self.error is not None:
@@ -1116,6 +1122,7 @@ class EventLog:
             "congested": self.congested,
             "retention_days": self.retention_days,
             "error": self.error,
+            "failures": self.failures,
         }
 
 

@@ -223,9 +223,9 @@ async def test_slow_disk_backpressure_bounded_no_drops(tmp_path: Path) -> None:
     ts = datetime.now().isoformat()
     for i in range(n):
         log_.record({"type": "t", "source_node": "S", "timestamp": ts, "data": {"seq": i}, "event_id": f"S-{i}"})
-        most = max(most, len(log_._buf))
+        most = max(most, len(log_._buf) + log_.in_flight)
     st = log_.status()
-    assert most <= BATCH_MAX_EVENTS  # memory stays bounded: record() waited instead
+    assert most <= BATCH_MAX_EVENTS  # uncommitted events stay bounded: record() waited instead
     assert st["stalls"] >= 4 and st["stall_seconds"] > 0
     seen: list[int] = []
     mesh.register_event_handler("t", lambda env: seen.append(env["data"]["seq"]))
@@ -265,7 +265,8 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
             await a.stop()
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
-        assert "cannot write" in errors[0].getMessage() and "full" in errors[0].getMessage()
+        msg = errors[0].getMessage()
+        assert "cannot write" in msg and ("full" in msg or "disk I/O error" in msg), msg
 
 
 def test_parse_time() -> None:
@@ -366,8 +367,8 @@ async def test_kill9_mid_stream_loses_at_most_one_batch(tmp_path: Path) -> None:
     seqs = load_seqs(db)
     assert seqs == list(range(len(seqs)))  # a prefix of the stream: nothing in the middle is missing
     stored = rows(db, "SELECT count(*) FROM mesh_events")[0][0]
-    # Lost: at most the batch being written plus the one being filled.
-    assert stored >= recorded - 2 * BATCH_MAX_EVENTS, (stored, recorded)
+    # Lost: at most BATCH_MAX_EVENTS (the batch being written plus the one being filled).
+    assert stored >= recorded - BATCH_MAX_EVENTS, (stored, recorded)
 
 
 async def test_history_command_against_a_node(tmp_path: Path) -> None:
@@ -441,13 +442,14 @@ async def test_full_disk_in_a_node_process(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             st = await a.query("status")
-            assert st["status"] == "active" and "full" in st["persistence"]["error"]
+            assert st["status"] == "active" and st["persistence"]["failures"] >= 1
         finally:
             if s is not None:
                 s.close()
             assert a.sigint() == 0
         err = _stderr(a)
         assert err.count("event log: cannot write") == 1, err
+        assert "full" in err or "disk I/O error" in err, err
         assert "Traceback" not in err
 
 
