@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import schema
+from ._log import BackoffLog
 from .errors import StateTooLarge
 from .limits import MAX_STATE_ENTRY_SIZE, STATE_CHUNK_BYTES
 from .schema import StateEntry
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .core import MeshCore
 
 log = logging.getLogger("spiralfast.sync")
+#: Writes from a node with a skewed clock: one line per node per minute at most.
+_SKEW_LOG = BackoffLog(log, initial=60.0, maximum=600.0)
 
 DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
 #: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
@@ -228,7 +231,10 @@ class StateSynchronizer:
                 continue
             if e.hlc > horizon:
                 self.stats["rejected_clock"] += 1
-                log.warning("state entry %s/%s from %s is too far in the future; ignored", e.category, e.key, e.node)
+                _SKEW_LOG(("skew", e.node), logging.ERROR,
+                          "state from node %s is %.0f s ahead of our clock (max_clock_offset %.0f s): its writes "
+                          "are ignored until its clock is right (e.g. %s/%s)", e.node,
+                          hlc_wall(e.hlc) - time.time(), self.max_clock_offset, e.category, e.key)
                 continue
             self.clock.observe(e.hlc)
             if self._wins(e, self._clock.get((e.category, e.key))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -87,17 +88,19 @@ def test_cleanup_stale_nodes_never_removes_local() -> None:
 @pytest.mark.parametrize(
     ("nodes", "expected"),
     [
-        ([], 0.0),
+        # (built when the test runs: heartbeats made at collection time age out in a long run)
+        (lambda: [], 0.0),
         # 2/2 active -> 70, capabilities {a,b,c} -> 15, no ritual -> 0
-        ([node("1", ["a", "b"]), node("2", ["c"])], 85.0),
+        (lambda: [node("1", ["a", "b"]), node("2", ["c"])], 85.0),
         # 1/2 active -> 35, 5 caps -> 20 (capped), 1 ritual -> 2
-        ([node("1", ["a", "b", "c", "d", "e"], status=NodeStatus.RITUAL_MODE), node("2", [], age=1000)], 57.0),
+        (lambda: [node("1", ["a", "b", "c", "d", "e"], status=NodeStatus.RITUAL_MODE), node("2", [], age=1000)], 57.0),
         # 6 ritual nodes -> 10 (capped), 1 cap -> 5, all active -> 70
-        ([node(str(i), ["a"], status=NodeStatus.RITUAL_MODE) for i in range(6)], 85.0),
+        (lambda: [node(str(i), ["a"], status=NodeStatus.RITUAL_MODE) for i in range(6)], 85.0),
     ],
 )
-def test_network_health_formula(nodes: list[MeshNode], expected: float) -> None:
+def test_network_health_formula(nodes: Callable[[], list[MeshNode]], expected: float) -> None:
     r = MeshRegistry("l")
+    nodes = nodes()  # type: ignore[assignment]
     for n in nodes:
         r.register_node(n)
     assert r._calculate_network_health() == pytest.approx(expected)

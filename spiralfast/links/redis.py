@@ -306,7 +306,9 @@ class RedisTransport:
                 self.pending[:0] = batch[-MAX_PENDING_FRAMES:]
                 self.pending_bytes = sum(len(p) for _, p in self.pending)
                 await asyncio.sleep(0.2)
-                if self.pending and not self._flush_scheduled:
+                # While Redis is away the reader's reconnect loop (with its backoff) owns
+                # the retries: it flushes what is pending once connected again.
+                if self.pending and self.connected and not self._flush_scheduled:
                     self._flush_scheduled = True
                     asyncio.get_running_loop().call_soon(self._spawn_flush)
 
@@ -356,6 +358,9 @@ class RedisTransport:
                     self.connected = True
                     self.host.bus_up(self)
                     self.announce()
+                    if self.pending and not self._flush_scheduled:
+                        self._flush_scheduled = True
+                        asyncio.get_running_loop().call_soon(self._spawn_flush)
                 delay = 0.1
                 async for msg in self.pubsub.listen():
                     if msg.get("type") != "message":
@@ -369,6 +374,7 @@ class RedisTransport:
             except Exception as exc:
                 self.errlog("down", logging.WARNING, "Redis connection lost or unreachable (%s); reconnecting", exc)
                 if self.connected:
+                    self.connected = False
                     self.host.bus_down(self)
                 self.connected = False
                 try:
