@@ -50,6 +50,8 @@ JSON_HELP = "Machine-readable output (JSON) on stdout."
 TIMEOUT_HELP = "Seconds to wait for the node to answer."
 CONFIG_HELP = "TOML configuration file (default: ./spiralfast.toml when it exists; env SPIRALFAST_CONFIG)."
 DEFAULT_NODE = "ws://127.0.0.1:8765"
+#: Seconds ``mesh start`` waits for a clean stop after SIGINT/SIGTERM before it gives up.
+STOP_TIMEOUT = 15.0
 
 
 class CliError(Exception):
@@ -369,10 +371,27 @@ def _start_node(kw: dict[str, Any]) -> None:
     async def main() -> int:
         want_ws = cfg.enable_websocket
         # Signals first: a SIGINT that arrives while the banner is printed stops cleanly.
+        # A plain handler that wakes the loop itself, not loop.add_signal_handler: under
+        # load uvloop sometimes lost that dispatch while Redis was reconnecting (SIGINT
+        # caught, the node ran on).  The tick bounds how long a caught signal can wait
+        # for the interpreter to run its handler.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if stop.is_set():  # a second signal while stopping: leave now
+                os.write(2, b"error: second signal while stopping; exiting without a clean stop\n")
+                os._exit(130)
+            loop.call_soon_threadsafe(stop.set)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            signal.signal(sig, on_signal)
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+
+        ticker = asyncio.ensure_future(tick())
         core = MeshCore(cfg)
         if hasattr(formatter, "node_id"):
             formatter.node_id = core.node_id
@@ -390,7 +409,12 @@ def _start_node(kw: dict[str, Any]) -> None:
         for line in _banner(core, res):
             print(line, flush=True)
         await stop.wait()
-        await core.stop()
+        ticker.cancel()
+        try:
+            await asyncio.wait_for(core.stop(), STOP_TIMEOUT)
+        except TimeoutError:
+            sys.stderr.write(f"error: node did not stop within {STOP_TIMEOUT:g}s; exiting without a clean stop\n")
+            return 1
         print("stopped", flush=True)
         return 0
 
