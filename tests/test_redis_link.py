@@ -47,10 +47,12 @@ async def test_redis_only_mesh_membership_broadcast_direct_and_failure() -> None
         got: list[dict[str, Any]] = []
         b.register_event_handler("rx", got.append)
         a.register_event_handler("rx", got.append)
+        ends: list[Any] = []
+        b.register_event_handler("rx_end", ends.append)
         for i in range(100):
             await a.broadcast_event("rx", {"i": i})
-        await wait_for(lambda: len(got) == 100)
-        await asyncio.sleep(0.2)
+        await a.broadcast_event("rx_end", {})  # a barrier: sent after, so delivered after
+        await wait_for(lambda: bool(ends))
         assert [e["data"]["i"] for e in got] == list(range(100))  # once each, not the sender
         assert await a.send_to_node("rb", "rx", {"direct": True})
         await wait_for(lambda: len(got) == 101)

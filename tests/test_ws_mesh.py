@@ -68,9 +68,11 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
     before = {p.node_id: await _count(p) for p in chain}
     for i in range(200):
         await a.query("publish", type="bx", data={"i": i})
-    await wait_for(lambda: len(got["B"]) >= 200 and len(got["C"]) >= 200, timeout=10)
-    await asyncio.sleep(0.3)
-    after = {p.node_id: await _count(p) for p in chain}
+    await a.query("publish", type="bx", data={"barrier": 1})  # sent after: seen after the rest
+    await wait_for(lambda: all(any(e["data"].get("barrier") for e in got[n]) for n in ("B", "C")), timeout=10)
+    for n in ("B", "C"):
+        got[n] = [e for e in got[n] if not e["data"].get("barrier")]
+    after = {p.node_id: await _count(p) - (1 if p.node_id != "A" else 0) for p in chain}
     assert after["A"] == before["A"]  # the sender's handlers never see its own broadcast
     assert after["B"] - before["B"] == 200 and after["C"] - before["C"] == 200
     for nid in ("B", "C"):
@@ -82,8 +84,9 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
     got["C"].clear()
     await a.query("publish", type="bx", data={"direct": 1}, target="C")
     await wait_for(lambda: len(got["C"]) == 1)
-    await asyncio.sleep(0.3)
-    assert got["B"] == [] and got["C"][0]["target_node"] == "C"
+    await a.query("publish", type="bx", data={"barrier": 2})  # B would have had the direct one first
+    await wait_for(lambda: any(e["data"].get("barrier") == 2 for e in got["B"]), timeout=10)
+    assert [e for e in got["B"] if not e["data"].get("barrier")] == [] and got["C"][0]["target_node"] == "C"
     for t in tasks:
         t.cancel()
     for cl in followers.values():
