@@ -18,7 +18,6 @@ from typing import Any
 import picows
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
 from spiralfast import schema
 from spiralfast.busauth import BusSealer
@@ -26,11 +25,11 @@ from spiralfast.codec import FrameWriter, decode_frame, decode_payload
 from spiralfast.handshake import NONCE_SIZE, auth_proof
 from spiralfast.limits import HANDSHAKE_VERSION
 
-from .conftest import require, wait_for
+from .conftest import wait_for
 from .procs import NodeProc
+from .test_redis_link import REDIS_URL, _redis_or_fail
 
 TOKEN = "s3cret-token"
-REDIS_URL = os.environ.get("SPIRALFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def frame(*msgs: tuple[int, bytes, Any]) -> bytes:
@@ -73,7 +72,7 @@ class RawWS(picows.WSListener):  # type: ignore[misc]
         return next(o for k, o in self.msgs if k == schema.KIND_HELLO)
 
 
-async def node_ids(node: NodeProc, token: str = TOKEN) -> set[str]:
+async def node_ids(node: NodeProc, token: str | None = TOKEN) -> set[str]:
     return {n["node_id"] for n in await node.query("nodes", token=token)}
 
 
@@ -133,9 +132,9 @@ async def test_preauth_messages_are_never_relayed_delivered_or_answered(pair: An
     await legit_roundtrip(a, b)
 
 
-async def wait_for_nodes(node: NodeProc, ids: set[str]) -> None:
+async def wait_for_nodes(node: NodeProc, ids: set[str], token: str | None = TOKEN) -> None:
     deadline = time.monotonic() + 15
-    while await node.query("nodes", token=TOKEN) and {n["node_id"] for n in await node.query("nodes", token=TOKEN)} != ids:
+    while await node_ids(node, token) != ids:
         if time.monotonic() > deadline:
             raise AssertionError(f"{node.node_id} never saw {ids}")
         await asyncio.sleep(0.1)
@@ -225,24 +224,13 @@ async def test_node_without_token_is_refused_backs_off_and_never_lists_the_mesh(
 # -- Redis -------------------------------------------------------------------------------
 
 
-async def _redis() -> aioredis.Redis:
-    r = aioredis.from_url(REDIS_URL)
-    try:
-        await asyncio.wait_for(r.ping(), 2)
-        ok = True
-    except Exception:
-        ok = False
-    require(ok, f"a Redis at {REDIS_URL}")
-    return r
-
-
 def redis_node(node_id: str, channel: str, *extra: str) -> NodeProc:
     """A node on Redis (its WebSocket port serves the observer queries of the test)."""
     return NodeProc(node_id, "--enable-redis", "--redis", REDIS_URL, "--ritual-channel", channel, *extra)
 
 
 async def test_redis_injection_is_refused_and_counted() -> None:
-    r = await _redis()
+    r = await _redis_or_fail()
     ch = "adv_" + uuid.uuid4().hex[:8]
     a = redis_node("RA", ch, "--token", TOKEN)
     b = redis_node("RB", ch, "--token", TOKEN)
@@ -308,7 +296,7 @@ async def test_redis_injection_is_refused_and_counted() -> None:
 
 
 async def test_meshes_sharing_a_redis_are_isolated() -> None:
-    r = await _redis()
+    r = await _redis_or_fail()
     await r.aclose()
     ch = "iso_" + uuid.uuid4().hex[:8]
     one = redis_node("M1", ch, "--name", "one", "--token", "t1")
@@ -334,12 +322,12 @@ async def test_meshes_sharing_a_redis_are_isolated() -> None:
 
 
 async def test_malformed_old_format_and_nested_frames_never_cost_the_subscription() -> None:
-    r = await _redis()
+    r = await _redis_or_fail()
     ch = "mal_" + uuid.uuid4().hex[:8]
     a = redis_node("LA", ch, "--interop", "true")
     b = redis_node("LB", ch, "--interop", "true")
     try:
-        await wait_for_nodes_plain(a, {"LA", "LB"})
+        await wait_for_nodes(a, {"LA", "LB"}, token=None)
         base = f"{ch}:sf:spiral_codex_mesh"
         truncated = frame((schema.KIND_GOSSIP, b"", schema.Gossip([])))[:3]
         w = FrameWriter()
@@ -366,14 +354,6 @@ async def test_malformed_old_format_and_nested_frames_never_cost_the_subscriptio
         await r.aclose()
         b.stop()
         a.stop()
-
-
-async def wait_for_nodes_plain(node: NodeProc, ids: set[str]) -> None:
-    deadline = time.monotonic() + 15
-    while {n["node_id"] for n in await node.query("nodes")} != ids:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{node.node_id} never saw {ids}")
-        await asyncio.sleep(0.1)
 
 
 def test_fd_exhaustion_refuses_without_spinning_or_flooding_the_log() -> None:
