@@ -393,3 +393,16 @@ asyncio.run(main())
     out, err = p.communicate(timeout=20)
     assert "alive True" in out
     assert err.count("\n") < 50, err[-2000:]  # no spinning accept loop flooding the log
+
+
+async def test_idle_handshakes_are_capped_oldest_dropped_first(pair: Any) -> None:
+    a, b = pair
+    await wait_for_nodes(a, {"A", "B"})
+    conns = [await RawWS.open(a.url) for _ in range(100)]  # upgraded, never send a Hello
+    await wait_for(lambda: sum(c.closed.is_set() for c in conns) >= 100 - 64, timeout=5)
+    closed = [i for i, c in enumerate(conns) if c.closed.is_set()]
+    assert closed == list(range(len(closed)))  # the oldest went first
+    await legit_roundtrip(a, b)  # a legitimate observer still gets in
+    for c in conns:
+        if c.transport is not None:
+            c.transport.disconnect()
