@@ -882,7 +882,8 @@ def completion(
     if prog not in ("spiralfast", "spiralcodex"):
         prog = "spiralfast"
     var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
-    sys.stdout.write(get_completion_script(prog_name=prog, complete_var=var, shell=shell))
+    script = get_completion_script(prog_name=prog, complete_var=var, shell=shell)
+    sys.stdout.write(script if script.endswith("\n") else script + "\n")
 
 
 # -- entry point -----------------------------------------------------------------------
