@@ -186,16 +186,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger: message``, with ``[node_id]`` when it is known."""
+    """``time level logger [node_id]: message`` (``[node_id]`` once it is known)."""
 
     def __init__(self, node_id: str | None = None) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(node_tag)s: %(message)s")
         self.node_id = node_id
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
         nid = getattr(record, "node_id", None) or self.node_id
-        return line if nid is None else f"[{nid}] {line}"
+        record.node_tag = f" [{nid}]" if nid else ""
+        return super().format(record)
 
 
 def setup_logging(level: str = "info", fmt: str = "text", node_id: str | None = None,

@@ -343,6 +343,35 @@ def test_banner_says_redis_is_not_connected_and_json_logs_carry_node_id() -> Non
             p.wait()
 
 
+def test_repeated_conditions_do_not_flood_the_log() -> None:
+    """An unreachable peer and an unreachable Redis for several seconds: each is logged
+    when it first happens, then with back-off and a count, not once per retry."""
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(port), "--node-id", "FLOOD",
+         "--peer", "ws://127.0.0.1:1", "--redis", "redis://127.0.0.1:1", "--heartbeat-interval", "0.3",
+         "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert p.stdout is not None
+        while not p.stdout.readline().strip().startswith("config"):
+            pass
+        time.sleep(6)  # retries happen many times a second without back-off
+        p.send_signal(2)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    peer_lines = [x for x in err.splitlines() if "ws://127.0.0.1:1" in x]
+    redis_lines = [x for x in err.splitlines() if "redis" in x.lower() and "ws://127.0.0.1:1" not in x]
+    assert 1 <= len(peer_lines) <= 6, err
+    assert 1 <= len(redis_lines) <= 6, err
+    assert all("[FLOOD]" in x for x in err.splitlines() if x.strip()), err
+    assert any("more since the last report" in x for x in peer_lines + redis_lines), err
+
+
 def test_port_in_use_exits_at_once_with_one_line(pair: tuple[NodeProc, NodeProc]) -> None:
     a, _ = pair
     r = cli("mesh", "start", "--port", str(a.port), "--no-redis", "--log-level", "info")
