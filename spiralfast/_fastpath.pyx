@@ -2,6 +2,12 @@
 """Compiled receive hot path.  Behaviour identical to ``_fastpath_py`` (see there)."""
 
 cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
+
+cdef extern from "Python.h":
+    bint PyCoro_CheckExact(object o)
+    int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_FromFormat, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
@@ -282,7 +288,49 @@ cdef class EventSink:
 
     cpdef dispatch(self, dict env, list handlers):
         cdef bint idle = self._cring.empty() if self._cring is not None else self._inbox.empty()
-        if not self._spill and idle and self.sync_only(env["type"], handlers):
+        cdef Py_ssize_t i
+        cdef PyObject* res
+        cdef int st
+        if not self._spill and idle and not self.sync_only(env["type"], handlers):
+            # Coroutine handlers run eagerly (see spiralfast.dispatch): PyIter_Send steps
+            # the coroutine without raising StopIteration when it finishes at once.
+            d = self.dispatcher
+            needs = d.needs_task
+            for i in range(len(handlers)):
+                h = handlers[i]
+                if needs and h in needs:
+                    d.queue_rest(env, handlers, i)
+                    return
+                try:
+                    r = h(env)
+                except Exception:
+                    d.handler_failed(h, env)
+                    continue
+                if r is None:
+                    continue
+                if not PyCoro_CheckExact(r):
+                    if _isawaitable(r):
+                        d.spawn(r)
+                    continue
+                res = NULL
+                try:
+                    st = PyIter_Send(r, None, &res)
+                except RuntimeError as exc:
+                    if d.first_step_failed(h, env, handlers, i, exc):
+                        return
+                    continue
+                except Exception:
+                    d.handler_failed(h, env)
+                    continue
+                if st == 0:  # PYGEN_RETURN: done without suspending
+                    Py_XDECREF(res)
+                    continue
+                fut = <object>res
+                Py_XDECREF(res)
+                d.suspended(r, fut, h, env, handlers, i)
+                return
+            return
+        if not self._spill and idle:
             for h in handlers:
                 try:
                     r = h(env)

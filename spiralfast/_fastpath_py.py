@@ -187,11 +187,14 @@ class EventSink:
         self.dispatch(env, handlers)
 
     def dispatch(self, env: dict[str, Any], handlers: list[Any]) -> None:
-        """Call ``handlers`` now if nothing is queued ahead and all are plain
-        functions (a slow handler then slows our reads: TCP backpressure); else
-        queue the envelope for the handler task."""
+        """Nothing queued ahead: call plain handlers now (a slow handler then slows our
+        reads: TCP backpressure), coroutine handlers eagerly (``Dispatcher.run_eager``);
+        else queue the envelope for the handler task."""
         d = self.dispatcher
-        if not d.spill and d.inbox.empty() and self.sync_only(env["type"], handlers):
+        if not d.spill and d.inbox.empty():
+            if not self.sync_only(env["type"], handlers):
+                d.run_eager(env, handlers)  # coroutine handlers, started in place
+                return
             for h in handlers:
                 try:
                     r = h(env)

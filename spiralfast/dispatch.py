@@ -5,14 +5,23 @@ with a spill list for what arrives after reading was paused), the recent-events 
 the observers following events, event listeners, and error accounting.  The compiled
 receive and send paths (``_fastpath``) are given this object, never the node.
 
-Ordering rule: envelopes are handled in arrival order.  Plain handlers run inline
-when nothing is queued ahead of them; otherwise (a coroutine handler, or a backlog)
-the envelope queues for the handler task, which awaits each handler in turn.
+Ordering rule: envelopes are handled in arrival order, one at a time.  When nothing
+is queued ahead, plain handlers run inline, and a coroutine handler runs *eagerly*: its
+coroutine is started in place and, if it finishes without suspending, costs no task
+and no queue hop.  If it suspends, a task finishes it, and every later envelope queues
+behind it (the handler task waits for it first), so arrival order holds exactly as if
+each handler were awaited in turn.  A backlog is worked off by the handler task.
+
+The eager step runs in the receive path's context, as plain handlers do (a task
+finishing a suspended one gets a copy of it).  It runs outside any task, so ``asyncio.current_task()`` is None there: a handler that needs a
+task in its first step (``asyncio.timeout``, ``TaskGroup``) raises RuntimeError; it is
+then run again in the handler task, and always there from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections import deque
@@ -59,6 +68,8 @@ class Dispatcher:
         self.handler_errors = 0
         self.spilled = 0
         self.pending: set[asyncio.Task[Any]] = set()
+        self.current: asyncio.Task[Any] | None = None  # an eager handler that suspended
+        self.needs_task: set[Any] = set()  # handlers whose first step needs a running task
         self._errlog = RateLimitedLog(log)
         #: ``(env, handlers)``: inline or queued (the node sets the receive path's).
         self.deliver_to: Callable[[dict[str, Any], list[Any]], None] = lambda env, handlers: self.queue(env)
@@ -88,6 +99,67 @@ class Dispatcher:
             self.reading_paused = True
             self.set_reading(False)
 
+    def run_eager(self, env: dict[str, Any], handlers: list[Any]) -> None:
+        """Nothing is queued: run ``handlers`` now, coroutines eagerly (module docstring).
+        (The compiled receive path has this loop in C; this is the pure twin's.)"""
+        for i, h in enumerate(handlers):
+            if self.needs_task and h in self.needs_task:
+                return self.queue_rest(env, handlers, i)
+            try:
+                r = h(env)
+            except Exception:
+                self.handler_failed(h, env)
+                continue
+            if r is None:
+                continue
+            if not inspect.iscoroutine(r):
+                if inspect.isawaitable(r):
+                    self.spawn(r)
+                continue
+            try:
+                fut = r.send(None)
+            except StopIteration:
+                continue
+            except RuntimeError as exc:
+                if self.first_step_failed(h, env, handlers, i, exc):
+                    return None
+                continue
+            except Exception:
+                self.handler_failed(h, env)
+                continue
+            return self.suspended(r, fut, h, env, handlers, i)
+        return None
+
+    def queue_rest(self, env: dict[str, Any], handlers: list[Any], i: int) -> None:
+        """Queue ``env`` for the handler task, to run ``handlers[i:]``."""
+        self.queue({**env, _REST: handlers[i:]})
+
+    def first_step_failed(self, h: Any, env: dict[str, Any], handlers: list[Any], i: int,
+                          exc: RuntimeError) -> bool:
+        """The eager step raised RuntimeError.  If it wanted a running task, run the
+        handler again in the handler task (and always there from now on): True."""
+        if "task" not in str(exc).lower():
+            self.handler_failed(h, env)
+            return False
+        self.needs_task.add(h)
+        self.queue_rest(env, handlers, i)
+        return True
+
+    def suspended(self, coro: Any, fut: Any, h: Any, env: dict[str, Any], handlers: list[Any], i: int) -> None:
+        """An eager handler suspended: a task finishes it; later envelopes wait behind it."""
+        task = asyncio.get_running_loop().create_task(_resume(coro, fut), context=contextvars.copy_context())
+        self.current = task
+        task.add_done_callback(lambda t: self._current_done(t, h, env))
+        self.inbox.push(_WAKE)  # the handler task waits for it before anything queued after
+        if i + 1 < len(handlers):
+            self.queue_rest(env, handlers, i + 1)
+
+    def _current_done(self, t: asyncio.Task[Any], h: Any, env: dict[str, Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            self.handler_errors += 1
+            self._errlog(("handler", getattr(h, "__qualname__", repr(h))), logging.ERROR,
+                         "event handler %r failed on %s", h, env.get("event_id"), exc_info=t.exception())
+
     async def run(self) -> None:
         """The handler task: runs queued envelopes in order."""
         ring = self.inbox
@@ -101,7 +173,15 @@ class Dispatcher:
                 self.reading_paused = False
                 self.set_reading(True)
             for env in ring.pop_many(INBOX_LOW_WATER):
-                for h in self.handlers.get(env["type"], ()):
+                cur = self.current
+                if cur is not None:  # an eager handler that suspended goes first
+                    if not cur.done():
+                        await asyncio.wait((cur,))
+                    self.current = None
+                if env is _WAKE:
+                    continue
+                rest = env.pop(_REST, None) if _REST in env else None
+                for h in rest if rest is not None else self.handlers.get(env["type"], ()):
                     try:
                         r = h(env)
                         if r is not None and inspect.isawaitable(r):
@@ -132,6 +212,9 @@ class Dispatcher:
     def cancel(self) -> None:
         for t in list(self.pending):
             t.cancel()
+        if self.current is not None:
+            self.current.cancel()
+            self.current = None
 
     # -- observers and listeners ------------------------------------------------------
 
@@ -182,6 +265,42 @@ class Dispatcher:
         if self.observers:
             self.push_observers(env)
         self.deliver(env)
+
+
+#: Queued when an eager handler suspended: the handler task waits for it there.
+_WAKE: dict[str, Any] = {"type": ""}
+#: Envelope key: the handlers still to run for it (the rest after one that suspended).
+_REST = "_sf_rest"
+
+
+async def _resume(coro: Any, fut: Any) -> Any:
+    """Finish a coroutine whose first step ran eagerly and yielded ``fut``."""
+    while True:
+        try:
+            if fut is None:  # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+                fut = coro.send(None)
+            else:
+                try:
+                    await _Yield(fut)
+                except BaseException as exc:  # noqa: BLE001 - cancellation goes into the coroutine
+                    fut = coro.throw(exc)
+                    continue
+                fut = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+class _Yield:
+    """Yields to the running task the future a coroutine gave up control on."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Any) -> None:
+        self.fut = fut
+
+    def __await__(self) -> Any:
+        return (yield self.fut)
 
 
 #: Stands in ``observers`` while event listeners exist (so the hot paths call
