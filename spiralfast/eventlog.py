@@ -65,8 +65,11 @@ log = logging.getLogger("spiralfast.eventlog")
 #: Most events recorded but not yet committed (the batch being written plus the one
 #: being filled): bounds what a kill -9 can lose and the memory they hold.
 BATCH_MAX_EVENTS = 10_000
-#: ...or at this age (seconds), whichever comes first.
+#: A batch is handed over at this age (seconds) if the writer is idle...
 BATCH_MAX_AGE_S = 0.1
+#: ...or at this many events as soon as the writer is idle (keeps it busy under load,
+#: so the batch being filled rarely has to wait for it).
+HANDOFF_MIN_EVENTS = 1_000
 #: Seconds between write attempts while the store fails (events in between are
 #: counted as dropped, so a broken disk never stalls the node).
 ERROR_RETRY_S = 2.0
@@ -808,7 +811,8 @@ class EventLog:
         if self._all or (env["type"] if type(env) is dict else env.event_type) in self._types:
             buf = self._buf
             buf.append(env)
-            if len(buf) + self.in_flight >= BATCH_MAX_EVENTS:
+            n = len(buf)
+            if n + self.in_flight >= BATCH_MAX_EVENTS or (n >= HANDOFF_MIN_EVENTS and not self.in_flight):
                 self._full()
 
     def record_event(self, ev: Any) -> None:
@@ -818,7 +822,8 @@ class EventLog:
         if self._all or ev.event_type in self._types:
             buf = self._buf
             buf.append(ev)
-            if len(buf) + self.in_flight >= BATCH_MAX_EVENTS:
+            n = len(buf)
+            if n + self.in_flight >= BATCH_MAX_EVENTS or (n >= HANDOFF_MIN_EVENTS and not self.in_flight):
                 self._full()
 
     def _hand(self, buf: list[Any]) -> None:
