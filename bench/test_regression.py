@@ -17,6 +17,7 @@ import pytest
 import uvloop
 from test_bench_bus import _baseline_round, _spiralfast_round
 from test_bench_codec import _events, _run_frame
+from test_bench_receive import Receiver
 
 from spiralfast import _codec_py, codec
 from spiralfast.ring import Ring
@@ -98,3 +99,16 @@ def test_bus_ratio_to_baseline() -> None:
     ref = best(lambda: uvloop.run(_baseline_round()))
     floor = 5.0 if event.COMPILED else 2.0
     assert ref / ours >= floor, f"bus {ref / ours:.1f}x baseline (floor {floor}x)"
+
+
+def test_async_handler_costs_about_a_plain_one() -> None:
+    """Goal: an ``async def`` handler that does not await costs at most 1.25x a plain one
+    on the receive path (rate ratio >= 0.8); floor: half of that (0.4)."""
+    plain, coro = Receiver("plain"), Receiver("async")
+    try:
+        tp = min(plain.run(plain.batch()) for _ in range(ROUNDS))
+        tc = min(coro.run(coro.batch()) for _ in range(ROUNDS))
+    finally:
+        plain.close()
+        coro.close()
+    assert tp / tc >= 0.4, f"async handler at {tp / tc:.2f}x the plain one's rate (floor 0.4)"
