@@ -454,3 +454,14 @@ def test_internal_protocol_events_stay_out_of_logs_and_link_listeners_hear_links
             await wait_for(lambda: (b.node_id, False) in changes)
 
     asyncio.run(main())
+
+
+def test_stop_returns_promptly_when_redis_is_unreachable() -> None:
+    async def main() -> None:
+        for _ in range(3):
+            m = MeshCore(MeshConfig(redis_url="redis://127.0.0.1:1", websocket_port=0, node_id="nr"))
+            await m.start()
+            await asyncio.wait_for(m.stop(), 10)  # once hung: a swallowed cancellation
+            assert not m.running
+
+    asyncio.run(main())

@@ -121,6 +121,7 @@ class RedisTransport:
         self._sem = asyncio.Semaphore(MAX_INFLIGHT_PIPELINES)
         self._tasks: list[asyncio.Task[Any]] = []
         self.errlog = RateLimitedLog(log)
+        self.stopping = False
         self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0,
                       "reconnects": 0, "paced": 0, "acks_sent": 0, "direct": 0, "legacy_out": 0}
 
@@ -160,7 +161,16 @@ class RedisTransport:
         if self.legacy_on():
             self._queue(self.channel, legacy.encode("node_unregister", self.node_id, {"node_id": self.node_id}))
         await self._flush_now()
-        await cancel_all(self._tasks)
+        self.stopping = True
+        # redis-py (and wait_for in 3.11) can swallow a cancellation: cancel again if need be.
+        for _ in range(3):
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=2.0)
+        await cancel_all([t for t in self._tasks if t.done()])
         self.host.bus_down(self)
         try:
             if self.pubsub is not None:
@@ -339,7 +349,7 @@ class RedisTransport:
 
     async def _reader(self) -> None:
         delay = 0.1
-        while True:
+        while not self.stopping:
             try:
                 if not self.connected:
                     if not await self._ping():
@@ -446,7 +456,7 @@ class RedisTransport:
             pass
 
     async def _ack_loop(self) -> None:
-        while True:
+        while not self.stopping:
             await asyncio.sleep(ACK_INTERVAL)
             self._send_acks()
             if self.congested:
