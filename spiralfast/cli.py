@@ -835,23 +835,28 @@ def bench(
                              help="Events/s of the paced latency run (0: skip it)."),
     redis: str | None = typer.Option(None, "--redis", metavar="URL",
                                      help="Redis URL for --transport redis (default redis://127.0.0.1:6379/0)."),
+    handler: str = typer.Option("async", "--handler", metavar="async|plain",
+                                help="The receiver's handler: an async def (default) or a plain function."),
     as_json: bool = _json_opt(),
 ) -> None:
     """Two-process benchmark: events/s, then p50/p99 latency.
 
-    Through the public API: events/s as fast as the sender can go, then p50/p99 latency
-    at a paced rate (like 'nats bench').  The sender (this process) awaits broadcast_event in a loop; the receiver (a child
-    process, never left behind) counts in its handler.
+    The user's path through the public API: default settings, an async def handler (or
+    --handler plain) and about 100 bytes of data per event.  Events/s from the first send
+    to the last receipt as fast as the sender can go, then p50/p99 latency at a paced rate
+    (like 'nats bench').  The receiver is a child process, never left behind.
     """
     from .benchmark import run_bench
 
     if transport not in ("ws", "redis"):
         raise _fail(f"--transport must be ws or redis, got {transport!r}", 2)
+    if handler not in ("async", "plain"):
+        raise _fail(f"--handler must be async or plain, got {handler!r}", 2)
     _quiet_transport_logs()
     try:
-        res = run_bench(transport, events, 0, redis_url=redis)
+        res = run_bench(transport, events, 0, redis_url=redis, handler=handler)
         if rate:
-            paced = run_bench(transport, max(1, min(events, rate * 2)), rate, redis_url=redis)
+            paced = run_bench(transport, max(1, min(events, rate * 2)), rate, redis_url=redis, handler=handler)
             res.update({"latency_rate": rate, "latency_events": paced["events"], "latency_lost": paced["lost"],
                         "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"]})
     except ConfigError as exc:
