@@ -105,7 +105,17 @@ async def receiver(mode: str, port: int, n: int, where: str) -> None:
     await core.stop()
 
 
-async def sender(port: int, n: int) -> None:
+def _read_result(child: subprocess.Popen[str]) -> str:
+    assert child.stdout is not None
+    while True:
+        line = child.stdout.readline()
+        if not line or line.startswith("RESULT "):
+            return line
+
+
+async def sender(port: int, n: int, child: subprocess.Popen[str]) -> str:
+    """Send, then stay in the mesh until the receiver reports (what is still queued
+    here when the sending loop ends must reach it)."""
     core = MeshCore(_cfg("plain", "", node_id="tx-" + uuid.uuid4().hex[:6], websocket_port=0,
                          peers=[f"ws://127.0.0.1:{port}"]))
     await core.start()
@@ -113,8 +123,9 @@ async def sender(port: int, n: int) -> None:
         await asyncio.sleep(0.01)
     for i in range(n):
         await core.broadcast_event("bench", {"i": i})
-    await asyncio.sleep(0.5)
+    line = await asyncio.get_running_loop().run_in_executor(None, _read_result, child)
     await core.stop()
+    return line
 
 
 def one_run(mode: str, n: int, where: str) -> dict[str, Any]:
@@ -124,12 +135,9 @@ def one_run(mode: str, n: int, where: str) -> dict[str, Any]:
     try:
         assert child.stdout is not None
         assert child.stdout.readline().startswith("READY")
-        _run(sender(port, n))
-        line = ""
-        while not line.startswith("RESULT "):
-            line = child.stdout.readline()
-            if not line:
-                raise RuntimeError(f"receiver ({mode}) reported nothing")
+        line = _run(sender(port, n, child))
+        if not line:
+            raise RuntimeError(f"receiver ({mode}) reported nothing")
         assert child.stdin is not None
         child.stdin.close()
         child.wait(60)
