@@ -8,6 +8,7 @@ class Dedupe:
     def __init__(self, size: int = ...) -> None: ...
     def first_time(self, msg_id: bytes) -> bool: ...
     def __len__(self) -> int: ...
+    def gaps(self) -> dict[str, int]: ...
 
 class EventSink:
     dispatcher: Any
@@ -30,6 +31,7 @@ class EventSender:
     node_id: str
     prefix: str
     seq: int
+    direct_seq: int
     since_yield: int
     events_out: int
     legacy: Any

@@ -98,16 +98,22 @@ cdef class _Window:
     ``SEQ_WINDOW`` below it."""
 
     cdef public long long high
+    cdef public long long missing  # sequences skipped and not (yet) filled
+    cdef public bint counted  # a broadcast origin: a skipped sequence is a loss
     cdef bytearray bits
 
-    def __init__(self):
+    def __init__(self, bint counted=False):
         self.high = -1
+        self.missing = 0
+        self.counted = counted
         self.bits = bytearray(SEQ_WINDOW >> 3)
 
     cdef bint first(self, long long seq):
         cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
         cdef long long i, pos
         if seq > self.high:
+            if self.counted and self.high >= 0:
+                self.missing += seq - self.high - 1
             if seq - self.high >= SEQ_WINDOW:
                 memset(b, 0, SEQ_WINDOW >> 3)
             else:
@@ -126,6 +132,8 @@ cdef class _Window:
         if b[pos >> 3] & (1 << (pos & 7)):
             return False
         b[pos >> 3] |= (1 << (pos & 7))
+        if self.counted and self.missing > 0:
+            self.missing -= 1  # a late arrival filled a gap
         return True
 
 
@@ -177,7 +185,7 @@ cdef class Dedupe:
                 if w is None:
                     if len(self._origins) >= MAX_ORIGINS:
                         del self._origins[next(iter(self._origins))]
-                    w = _Window()
+                    w = _Window(i > 0 and p[i - 1] == 115)  # origin ends in "s": a broadcast sequence
                     self._origins[origin] = w
                 self._last_origin = origin
                 self._last_window = w
@@ -196,6 +204,11 @@ cdef class Dedupe:
 
     def __len__(self):
         return len(self._seen) + len(self._origins)
+
+    def gaps(self):
+        """``{origin: sequences skipped and not filled}`` for broadcast origins with gaps."""
+        return {o.decode(errors="replace"): (<_Window>w).missing for o, w in self._origins.items()
+                if (<_Window>w).missing}
 
 
 cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
@@ -402,6 +415,8 @@ cdef class EventSender:
     cdef public str node_id
     cdef public str prefix
     cdef public long seq
+    cdef public long direct_seq
+    cdef str _direct_prefix
     cdef public dict etype_ids
     cdef public Py_ssize_t flush_bytes
     cdef public Py_ssize_t yield_every
@@ -419,6 +434,8 @@ cdef class EventSender:
         self.node_id = node_id
         self.prefix = prefix
         self.seq = 0
+        self.direct_seq = 0
+        self._direct_prefix = prefix[:-2] if prefix.endswith("s-") else prefix.rstrip("-")
         self.etype_ids = etype_ids
         self.flush_bytes = flush_bytes
         self.yield_every = yield_every
@@ -430,8 +447,9 @@ cdef class EventSender:
         self._observers = dispatcher.observers
 
     cpdef str next_id(self):
-        self.seq += 1
-        return PyUnicode_FromFormat("%U%ld", <void*>self.prefix, self.seq)
+        """An id for a direct message: its own sequence (broadcast sequences stay gapless)."""
+        self.direct_seq += 1
+        return PyUnicode_FromFormat("%Ux-%ld", <void*>self._direct_prefix, self.direct_seq)
 
     cpdef bint broadcast(self, str etype, object data) except -1:
         cdef FrameWriter w = self._writer

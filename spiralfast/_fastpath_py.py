@@ -50,16 +50,20 @@ def iso_from_epoch(ts: float) -> str:
 class _Window:
     """The sequences seen from one origin: the highest, and a bitmap below it."""
 
-    __slots__ = ("high", "bits")
+    __slots__ = ("high", "bits", "missing", "counted")
 
-    def __init__(self) -> None:
+    def __init__(self, counted: bool = False) -> None:
         self.high = -1
+        self.missing = 0  # sequences skipped and not (yet) filled
+        self.counted = counted  # a broadcast origin: a skipped sequence is a loss
         self.bits = bytearray(SEQ_WINDOW >> 3)
 
     def first(self, seq: int) -> bool:
         b = self.bits
         mask = SEQ_WINDOW - 1
         if seq > self.high:
+            if self.counted and self.high >= 0:
+                self.missing += seq - self.high - 1
             if seq - self.high >= SEQ_WINDOW:
                 b[:] = bytes(len(b))
             else:
@@ -76,6 +80,8 @@ class _Window:
         if b[pos >> 3] & (1 << (pos & 7)):
             return False
         b[pos >> 3] |= 1 << (pos & 7)
+        if self.counted and self.missing > 0:
+            self.missing -= 1  # a late arrival filled a gap
         return True
 
 
@@ -109,7 +115,7 @@ class Dedupe:
             if w is None:
                 if len(self._origins) >= MAX_ORIGINS:
                     del self._origins[next(iter(self._origins))]
-                w = self._origins[origin] = _Window()
+                w = self._origins[origin] = _Window(origin.endswith(b"s"))  # a broadcast sequence
             return w.first(int(m.group(2)))
         seen = self._seen
         if msg_id in seen:
@@ -125,6 +131,10 @@ class Dedupe:
 
     def __len__(self) -> int:
         return len(self._seen) + len(self._origins)
+
+    def gaps(self) -> dict[str, int]:
+        """``{origin: sequences skipped and not filled}`` for broadcast origins with gaps."""
+        return {o.decode(errors="replace"): w.missing for o, w in self._origins.items() if w.missing}
 
 
 #: ``<origin>-<sequence>``: a non-empty origin, a dash, 1-17 digits without a leading 0.
@@ -252,6 +262,8 @@ class EventSender:
         self.node_id = node_id
         self.prefix = prefix
         self.seq = 0
+        self.direct_seq = 0
+        self._direct_prefix = prefix[:-2] if prefix.endswith("s-") else prefix.rstrip("-")
         self.etype_ids = etype_ids
         self.flush_bytes = flush_bytes
         self.yield_every = yield_every
@@ -260,8 +272,9 @@ class EventSender:
         self.legacy: Any = None
 
     def next_id(self) -> str:
-        self.seq += 1
-        return self.prefix + str(self.seq)
+        """An id for a direct message: its own sequence (broadcast sequences stay gapless)."""
+        self.direct_seq += 1
+        return self._direct_prefix + "x-" + str(self.direct_seq)
 
     def broadcast(self, etype: str, data: Any) -> bool:
         self.seq += 1

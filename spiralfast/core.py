@@ -81,7 +81,9 @@ class MeshCore:
                          on_query=host.on_query, relay=host.relay, rate_limit=cfg.rate_limit,
                          rate_burst=cfg.rate_burst, resume=self._resume_link)
         self.dispatcher.deliver_to = self.gate.sink.dispatch
-        self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, uuid.uuid4().hex[:12] + "-",
+        # Event ids: "<origin>-<sequence>"; broadcasts' origin ends in "s" (a gapless
+        # sequence every node sees, so gaps are losses), direct messages' in "x".
+        self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, uuid.uuid4().hex[:12] + "s-",
                                   schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
         self.links: set[Any] = set()  # every open link, any state
         self.link_listeners: list[Callable[[str, bool], None]] = []

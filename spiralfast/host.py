@@ -37,6 +37,9 @@ class NodeHost:
         self.node = node
         #: Refused handshakes: logged once per peer and reason, then rarely.
         self.refusals = BackoffLog(log, initial=60.0, maximum=3600.0)
+        #: Lost events (sequence gaps), per origin: reported so far, and the log of them.
+        self.reported: dict[str, int] = {}
+        self.losses = BackoffLog(log, initial=10.0, maximum=600.0)
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -284,8 +287,25 @@ class NodeHost:
                 self.node.redis.heartbeat()
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
 
+    def check_losses(self) -> None:
+        """Broadcast sequences skipped and not filled since the last check: log once per
+        episode (with back-off) and tell the local handlers with a ``system_alert``."""
+        gaps = self.node.gate.dedupe.gaps()
+        for origin, missing in gaps.items():
+            before = self.reported.get(origin, 0)
+            if missing > before:
+                self.losses(("lost", origin), logging.WARNING, "%d event(s) from origin %s lost (sequence gaps; %d "
+                            "in all)", missing - before, origin, missing)
+                self.node.dispatcher.announce({
+                    "type": EventType.SYSTEM_ALERT.value, "source_node": self.node.node_id,
+                    "timestamp": datetime.now().isoformat(),
+                    "data": {"alert_level": "warning", "message": f"{missing - before} event(s) lost from origin {origin}",
+                             "details": {"origin": origin, "lost": missing - before, "lost_total": missing}}})
+        self.reported = gaps
+
     async def sweep_loop(self) -> None:
         interval = self.node.config.heartbeat_interval
         while True:
             await asyncio.sleep(min(interval / 4, 2.0))
             self.apply(self.node.membership.sweep(time.monotonic()))
+            self.check_losses()

@@ -69,6 +69,9 @@ def mesh_status(core: MeshCore) -> dict[str, Any]:
         "sync": core.state.get_sync_status(),
         "tasks": core.tasks.status(),
         "persistence": core.eventlog.status() if core.eventlog is not None else None,
+        # Broadcast sequences skipped and not filled, per origin (no repair yet: lost, or
+        # still in flight on a slower path).
+        "delivery": {"lost": core.gate.dedupe.gaps()},
     }
 
 
@@ -79,7 +82,8 @@ def node_counters(core: MeshCore) -> dict[str, int]:
              spilled_events=d.spilled, refused_messages=gate.stats["refused"],
              preauth_refused=gate.stats["preauth_refused"], rate_limited=gate.stats["rate_limited"],
              gate_errors=gate.stats["gate_errors"], bus_refused=sum(
-                 link.stats.get("refused", 0) for link in core.outbox.bus_links if hasattr(link, "stats")))
+                 link.stats.get("refused", 0) for link in core.outbox.bus_links if hasattr(link, "stats")),
+             events_lost=sum(core.gate.dedupe.gaps().values()))
     return c
 
 

@@ -465,3 +465,36 @@ def test_stop_returns_promptly_when_redis_is_unreachable() -> None:
             assert not m.running
 
     asyncio.run(main())
+
+
+def test_lost_broadcasts_are_counted_per_origin_never_silently() -> None:
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            got: list[int] = []
+            b.register_event_handler("seq", lambda env: got.append(env["data"]["i"]))
+            link = a.outbox.links[b.node_id]
+            send, frames = link.send_frame, [0]
+
+            def lossy(frame: bytes) -> bool:  # the network loses the 3rd and 4th frames
+                frames[0] += 1
+                return True if frames[0] in (3, 4) else send(frame)
+
+            link.send_frame = lossy
+            for i in range(6):
+                await a.broadcast_event("seq", {"i": i})
+                await asyncio.sleep(0)  # one frame per event
+            await a.send_to_node(b.node_id, "seq", {"i": 99})  # direct ids do not count as gaps
+            await wait_for(lambda: 5 in got and 99 in got)
+            alerts: list[Any] = []
+            b.register_event_handler("system_alert", alerts.append)
+            st = b.get_mesh_status()
+            lost = st["counters"]["events_lost"]
+            assert lost == 6 - len([x for x in got if x != 99])
+            assert list(st["delivery"]["lost"].values()) == [lost]
+            assert lost >= 1
+            if lost:  # announced locally, never silent
+                await wait_for(lambda: bool(alerts), timeout=5)
+                assert alerts[0]["data"]["details"]["lost"] == lost
+
+    asyncio.run(main())

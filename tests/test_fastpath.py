@@ -198,7 +198,7 @@ def test_sender_twins_build_the_same_frames() -> None:
     assert flags == [False, False, True, False, False, True, False, False]  # a yield every 3rd event
     assert [x[2] for x in shape] == [f"pre-{i}".encode() for i in range(1, 9)]
     assert shape[1][1] == schema.EVENT_TYPE_IDS["custom"] and shape[0][1] == 0
-    assert (recent, pushed, out, nxt) == (8, 1, 8, "pre-9")
+    assert (recent, pushed, out, nxt) == (8, 1, 8, "prex-1")  # direct ids: their own sequence
 
 
 def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic() -> None:
@@ -215,3 +215,25 @@ def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic() -> No
         assert not d.first_time(b"busy3-5")
         d.first_time(b"w-200000")
         assert not d.first_time(b"w-1")  # older than the window: taken as seen
+
+
+def test_broadcast_gaps_are_counted_per_origin_and_filled_by_late_copies() -> None:
+    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+    for impl in impls:
+        d = impl.Dedupe(16)
+        for i in (7, 8, 11, 12):  # joined at 7 (not a gap), then 9 and 10 missing
+            d.first_time(b"abcdef123456s-%d" % i)
+        for i in (1, 5, 9):  # direct messages ("x"): their sequence is shared by every target
+            d.first_time(b"abcdef123456x-%d" % i)
+        assert d.gaps() == {"abcdef123456s": 2}
+        d.first_time(b"abcdef123456s-9")  # arrived late over another path
+        assert d.gaps() == {"abcdef123456s": 1}
+
+
+def test_direct_ids_have_their_own_sequence() -> None:
+    from spiralfast.outbox import Outbox
+
+    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+    for impl in impls:
+        s = impl.EventSender(Outbox(), _SendDispatcher(), "me", "abcdef123456s-", schema.EVENT_TYPE_IDS, 1 << 20, 8)
+        assert [s.next_id(), s.next_id()] == ["abcdef123456x-1", "abcdef123456x-2"] and s.seq == 0
