@@ -98,20 +98,56 @@ cdef class _Window:
     ``SEQ_WINDOW`` below it."""
 
     cdef public long long high
+    cdef public long long low  # the first sequence seen (we may have joined late)
     cdef public long long missing  # sequences skipped and not (yet) filled
+    cdef public long long lost  # given up: outside the origin's retransmit buffer, or the origin gone
     cdef public bint counted  # a broadcast origin: a skipped sequence is a loss
     cdef bytearray bits
 
     def __init__(self, bint counted=False):
         self.high = -1
+        self.low = -1
         self.missing = 0
+        self.lost = 0
         self.counted = counted
         self.bits = bytearray(SEQ_WINDOW >> 3)
+
+    cpdef list missing_seqs(self, Py_ssize_t limit):
+        """The sequences skipped and not filled, oldest first (at most ``limit``)."""
+        cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
+        cdef long long i, pos, lo = self.high - SEQ_WINDOW + 1
+        cdef list out = []
+        if lo < self.low:
+            lo = self.low
+        i = lo
+        while i < self.high and len(out) < limit:
+            pos = i & (SEQ_WINDOW - 1)
+            if not b[pos >> 3] & (1 << (pos & 7)):
+                out.append(i)
+            i += 1
+        return out
+
+    cpdef give_up(self, list seqs):
+        """These will never come: count them as lost and stop asking."""
+        cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
+        cdef long long seq, pos
+        for s in seqs:
+            seq = s
+            if seq <= self.high - SEQ_WINDOW or seq > self.high or seq < self.low:
+                continue
+            pos = seq & (SEQ_WINDOW - 1)
+            if not b[pos >> 3] & (1 << (pos & 7)):
+                b[pos >> 3] |= (1 << (pos & 7))
+                self.lost += 1
+                if self.missing > 0:
+                    self.missing -= 1
 
     cdef bint first(self, long long seq):
         cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
         cdef long long i, pos
         if seq > self.high:
+            if self.high < 0:
+                self.low = seq
             if self.counted and self.high >= 0:
                 self.missing += seq - self.high - 1
             if seq - self.high >= SEQ_WINDOW:
@@ -209,6 +245,15 @@ cdef class Dedupe:
         """``{origin: sequences skipped and not filled}`` for broadcast origins with gaps."""
         return {o.decode(errors="replace"): (<_Window>w).missing for o, w in self._origins.items()
                 if (<_Window>w).missing}
+
+    def lost(self):
+        """``{origin: sequences given up}`` (never repaired)."""
+        return {o.decode(errors="replace"): (<_Window>w).lost for o, w in self._origins.items()
+                if (<_Window>w).lost}
+
+    def window(self, str origin):
+        """The window of ``origin`` (None if never seen)."""
+        return self._origins.get(origin.encode())
 
 
 cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
@@ -405,6 +450,7 @@ cdef class EventSink:
 
 
 cdef object _now = __import__("time").time
+cdef object _deque = __import__("collections").deque
 
 
 cdef class EventSender:
@@ -423,6 +469,9 @@ cdef class EventSender:
     cdef public Py_ssize_t since_yield
     cdef public Py_ssize_t events_out
     cdef public object legacy  # set while a link publishes old-format copies
+    cdef public object retx  # deque of broadcast payloads (bytes), oldest first: the retransmit buffer
+    cdef public Py_ssize_t retx_bytes
+    cdef public long retx_base  # the sequence of retx[0]
     cdef FrameWriter _writer
     cdef object _recent_append
     cdef set _observers
@@ -442,6 +491,9 @@ cdef class EventSender:
         self.since_yield = 0
         self.events_out = 0
         self.legacy = None
+        self.retx = _deque()
+        self.retx_bytes = 0
+        self.retx_base = 1
         self._writer = outbox.bcast
         self._recent_append = dispatcher.recent.append
         self._observers = dispatcher.observers
@@ -460,8 +512,14 @@ cdef class EventSender:
         self.events_out += 1
         if w._count >= MAX_MESSAGES_PER_FRAME:
             ob.flush()
+        cdef Py_ssize_t before = PyByteArray_GET_SIZE(w._buf)
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
-        if PyByteArray_GET_SIZE(w._buf) >= self.flush_bytes:
+        cdef Py_ssize_t after = PyByteArray_GET_SIZE(w._buf)
+        # The payload as sent, kept for gap repair (trimmed by bytes and age elsewhere).
+        cdef Py_ssize_t start = before + MESSAGE_HEADER_SIZE + PyUnicode_GET_LENGTH(eid)
+        self.retx.append(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(w._buf) + start, after - start))
+        self.retx_bytes += after - start
+        if after >= self.flush_bytes:
             ob.flush()
         elif ob.flush_handle is None:
             ob.schedule()

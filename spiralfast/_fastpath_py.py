@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from collections import deque
 import time
 from datetime import datetime
 from typing import Any
@@ -50,18 +51,49 @@ def iso_from_epoch(ts: float) -> str:
 class _Window:
     """The sequences seen from one origin: the highest, and a bitmap below it."""
 
-    __slots__ = ("high", "bits", "missing", "counted")
+    __slots__ = ("high", "low", "bits", "missing", "lost", "counted")
 
     def __init__(self, counted: bool = False) -> None:
         self.high = -1
+        self.low = -1  # the first sequence seen (we may have joined late)
+        self.lost = 0  # given up: outside the origin's retransmit buffer, or the origin gone
         self.missing = 0  # sequences skipped and not (yet) filled
         self.counted = counted  # a broadcast origin: a skipped sequence is a loss
         self.bits = bytearray(SEQ_WINDOW >> 3)
+
+    def missing_seqs(self, limit: int) -> list[int]:
+        """The sequences skipped and not filled, oldest first (at most ``limit``)."""
+        b = self.bits
+        mask = SEQ_WINDOW - 1
+        out: list[int] = []
+        for i in range(max(self.low, self.high - SEQ_WINDOW + 1), self.high):
+            pos = i & mask
+            if not b[pos >> 3] & (1 << (pos & 7)):
+                out.append(i)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def give_up(self, seqs: list[int]) -> None:
+        """These will never come: count them as lost and stop asking."""
+        b = self.bits
+        mask = SEQ_WINDOW - 1
+        for seq in seqs:
+            if seq <= self.high - SEQ_WINDOW or seq > self.high or seq < self.low:
+                continue
+            pos = seq & mask
+            if not b[pos >> 3] & (1 << (pos & 7)):
+                b[pos >> 3] |= 1 << (pos & 7)
+                self.lost += 1
+                if self.missing > 0:
+                    self.missing -= 1
 
     def first(self, seq: int) -> bool:
         b = self.bits
         mask = SEQ_WINDOW - 1
         if seq > self.high:
+            if self.high < 0:
+                self.low = seq
             if self.counted and self.high >= 0:
                 self.missing += seq - self.high - 1
             if seq - self.high >= SEQ_WINDOW:
@@ -136,12 +168,21 @@ class Dedupe:
         """``{origin: sequences skipped and not filled}`` for broadcast origins with gaps."""
         return {o.decode(errors="replace"): w.missing for o, w in self._origins.items() if w.missing}
 
+    def lost(self) -> dict[str, int]:
+        """``{origin: sequences given up}`` (never repaired)."""
+        return {o.decode(errors="replace"): w.lost for o, w in self._origins.items() if w.lost}
+
+    def window(self, origin: str) -> _Window | None:
+        """The window of ``origin`` (None if never seen)."""
+        return self._origins.get(origin.encode())
+
 
 #: ``<origin>-<sequence>``: a non-empty origin, a dash, 1-17 digits without a leading 0.
 _SEQ_ID = re.compile(rb"(.+)-((?:0|[1-9][0-9]{0,16}))\Z", re.DOTALL)
 
 
 _decode_event = msgspec.msgpack.Decoder(Event).decode
+_encode = msgspec.msgpack.Encoder().encode
 
 
 class EventSink:
@@ -270,6 +311,9 @@ class EventSender:
         self.since_yield = 0
         self.events_out = 0
         self.legacy: Any = None
+        self.retx: deque[bytes] = deque()  # broadcast payloads as sent, oldest first (gap repair)
+        self.retx_bytes = 0
+        self.retx_base = 1  # the sequence of retx[0]
 
     def next_id(self) -> str:
         """An id for a direct message: its own sequence (broadcast sequences stay gapless)."""
@@ -286,6 +330,9 @@ class EventSender:
         if w.full:
             ob.flush()
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
+        payload = _encode(ev)  # the payload as sent (the same bytes), kept for gap repair
+        self.retx.append(payload)
+        self.retx_bytes += len(payload)
         if w.nbytes >= self.flush_bytes:
             ob.flush()
         elif ob.flush_handle is None:

@@ -287,6 +287,15 @@ class NodeHost:
                 self.node.redis.heartbeat()
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
 
+    def trim_retransmit(self) -> None:
+        """Keep the retransmit buffer (what this node broadcast, for gap repair) within
+        ``retransmit_buffer_bytes``; the oldest go first."""
+        sender, limit = self.node.sender, self.node.config.retransmit_buffer_bytes
+        retx = sender.retx
+        while retx and sender.retx_bytes > limit:
+            sender.retx_bytes -= len(retx.popleft())
+            sender.retx_base += 1
+
     def check_losses(self) -> None:
         """Broadcast sequences skipped and not filled since the last check: log once per
         episode (with back-off) and tell the local handlers with a ``system_alert``."""
@@ -309,3 +318,4 @@ class NodeHost:
             await asyncio.sleep(min(interval / 4, 2.0))
             self.apply(self.node.membership.sweep(time.monotonic()))
             self.check_losses()
+            self.trim_retransmit()
