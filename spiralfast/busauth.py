@@ -7,7 +7,8 @@ carries its sender and, with a mesh token, a MAC::
     | sent ms u64 | [16-byte HMAC-SHA256 tag, signed only] | frame
 
 The tag covers the channel, the header and the frame, under a key derived from the
-token *and the mesh name*, so frames of another mesh (or another token) fail it.
+token *and the mesh name* (PBKDF2, so a captured frame does not let anyone test token
+guesses fast), so frames of another mesh (or another token) fail it.
 Replays are refused: per sender, a counter (its running byte offset) is accepted
 once, within its epoch (its start time in ms): pipelines in flight at once may reach
 Redis out of order, so a sliding window of recent counters is kept (as IPsec does),
@@ -25,6 +26,7 @@ import time
 from collections import OrderedDict, deque
 
 from .errors import AuthError, FrameError
+from .handshake import derive_key
 
 _HDR = struct.Struct("<QQQ")  # epoch, counter, sent ms
 TAG_SIZE = 16
@@ -71,8 +73,7 @@ class BusSealer:
         self.node_id = node_id
         self._sender = node_id.encode()
         self._prefix = bytes([len(self._sender)]) + self._sender
-        self.key = (hashlib.sha256(b"spiralfast-bus\0" + mesh_name.encode() + b"\0" + token.encode()).digest()
-                    if token else None)
+        self.key = derive_key(token, "bus\0" + mesh_name) if token else None
         self.window_ms = int(window * 1000)
         self.epoch = epoch_ms if epoch_ms is not None else int(time.time() * 1000)
         self._seen: OrderedDict[tuple[str, bytes], _Replay] = OrderedDict()
@@ -118,8 +119,7 @@ class BusSealer:
         except UnicodeDecodeError:
             self.stats["malformed"] += 1
             raise FrameError("bad sender id") from None
-        if sender_b != self._sender:
-            self._check_fresh(sender, channel, epoch, counter, sent)
+        self._check_fresh(sender, channel, epoch, counter, sent)  # our own echo too: a replay of it is refused
         return sender, counter, view[body:]
 
     def _check_fresh(self, sender: str, channel: bytes, epoch: int, counter: int, sent: int) -> None:

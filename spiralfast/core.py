@@ -126,6 +126,9 @@ class MeshCore:
 
             cfg = self.config
             cfg.validate()
+            if cfg.auth_token and len(cfg.auth_token) < 16:
+                log.warning("auth_token is only %d characters: use 16 or more random ones (anyone who captures "
+                            "a sealed Redis frame can test guesses offline)", len(cfg.auth_token))
             self.membership.heartbeat_interval = cfg.heartbeat_interval
             self.registry.heartbeat_timeout = self.membership.silence_limit
             self.state.sync_interval = cfg.sync_interval

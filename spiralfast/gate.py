@@ -152,7 +152,7 @@ class Gate:
             self.link_error(link, exc)
         except Exception as exc:  # a bug or hostile input must never take the link down
             st["gate_errors"] += 1
-            self._errlog(("gate", _name(link)), logging.ERROR, "error handling a message from %s: %r",
+            self._errlog(("gate", type(exc).__name__), logging.ERROR, "error handling a message from %s: %r",
                          _name(link), exc, exc_info=True)
 
     def _guest_frame(self, link: Any, s: Session, data: Any) -> None:
@@ -257,7 +257,9 @@ class Gate:
         s = link.session
         s.errors += 1
         name = _name(link)
-        self._errlog(("frame", name), logging.WARNING, "bad frame from %s: %s", name, exc)
+        # Members are few and named; outsiders are many: one key for all of them.
+        key = ("frame", name) if s.state == MEMBER else ("frame", "guest", type(exc).__name__)
+        self._errlog(key, logging.WARNING, "bad frame from %s: %s", name, str(exc)[:200])
         if s.errors >= MAX_LINK_ERRORS and not link.shared_bus:
             link.close(f"too many protocol errors ({exc})")
 

@@ -16,6 +16,7 @@ and never in the dialler's direction), and a captured handshake cannot be replay
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -32,6 +33,17 @@ ROLES = ("node", "observer")
 _LABEL = b"spiralfast-handshake-v2\0"
 
 
+#: PBKDF2 rounds for keys derived from the mesh token: a captured proof or sealed frame
+#: must not let anyone test guesses of the token fast (about 0.1 s, once per process).
+KDF_ROUNDS = 200_000
+
+
+@functools.lru_cache(maxsize=16)
+def derive_key(token: str, purpose: str) -> bytes:
+    """A key for ``purpose`` from the mesh token (PBKDF2-HMAC-SHA256)."""
+    return hashlib.pbkdf2_hmac("sha256", token.encode(), b"spiralfast\0" + purpose.encode(), KDF_ROUNDS)
+
+
 def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonce: bytes,
                dialler_id: str, listener_id: str, dialler_role: str, listener_role: str) -> bytes:
     """The proof one side sends (``direction``: b"dial" or b"listen")."""
@@ -39,7 +51,7 @@ def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonc
         _LABEL, direction, dialler_nonce, listener_nonce, dialler_id.encode(), listener_id.encode(),
         dialler_role.encode(), listener_role.encode(),
     ])
-    return hmac.new(token.encode(), msg, hashlib.sha256).digest()
+    return hmac.new(derive_key(token, "handshake"), msg, hashlib.sha256).digest()
 
 
 class Handshake:
@@ -94,17 +106,17 @@ class Handshake:
 
     def _on_hello(self, h: schema.Hello) -> list[tuple[int, Any]]:
         if h.mesh_name != self.mesh_name:
-            return self._fail(HandshakeError(f"wrong mesh name {h.mesh_name!r}"))
+            return self._fail(HandshakeError(f"wrong mesh name {h.mesh_name[:64]!r}"))
         if h.protocol != HANDSHAKE_VERSION:
             return self._fail(HandshakeError(f"unsupported protocol version {h.protocol}"))
         if h.role not in ROLES:
-            return self._fail(HandshakeError(f"unknown role {h.role!r}"))
+            return self._fail(HandshakeError(f"unknown role {h.role[:32]!r}"))
         if self.outbound and h.role != "node":
             return self._fail(HandshakeError("dialled a node that is not a node"))
         if not self.outbound and self.role == "observer":
             return self._fail(HandshakeError("observers do not accept connections"))
         if not h.node_id or (h.node_id == self.node_id):
-            return self._fail(HandshakeError(f"bad or duplicate node id {h.node_id!r}"))
+            return self._fail(HandshakeError(f"bad or duplicate node id {h.node_id[:64]!r}"))
         if len(h.nonce) != NONCE_SIZE or h.nonce == self.nonce:
             return self._fail(HandshakeError("bad nonce"))
         self.peer_id, self.peer_nonce, self.peer_role = h.node_id, h.nonce, h.role

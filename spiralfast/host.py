@@ -150,8 +150,9 @@ class NodeHost:
         elif "token" in str(exc):
             self.node.counts["auth_failures"] += 1
         self.node.counts["handshake_failures"] += 1
-        self.refusals(("refused", getattr(link, "name", "?"), str(exc)[:60]), logging.WARNING,
-                       "handshake with %s failed: %s", getattr(link, "name", "?"), exc)
+        # Keyed by the reason, not the peer: every outsider's connection is a new peer.
+        self.refusals(("refused", str(exc)[:48]), logging.WARNING, "handshake with %s failed: %s",
+                      getattr(link, "name", "?"), str(exc)[:200])
         s.state = CLOSED
         link.close(str(exc))
 

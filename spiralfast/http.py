@@ -692,7 +692,7 @@ async def ws_create_server(
             True,  # disconnect_on_exception
             websocket_handshake_timeout,
             False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto ping
-            True,  # auto pong
+            False,  # no auto pong: the link answers pings itself (a guest's count as pre-auth frames)
             max_frame_size, None, read_buffer_init_size,
         )
         return HeadShim(inner, factory)

@@ -406,3 +406,27 @@ async def test_idle_handshakes_are_capped_oldest_dropped_first(pair: Any) -> Non
     for c in conns:
         if c.transport is not None:
             c.transport.disconnect()
+
+
+async def test_an_outsider_flooding_pings_without_reading_stalls_nothing_and_holds_no_memory(pair: Any) -> None:
+    a, b = pair
+    await wait_for_nodes(a, {"A", "B"})
+    proc = psutil.Process(a.proc.pid)  # type: ignore[union-attr]
+    rss0 = proc.memory_info().rss
+    writers = []
+    ping = b"\x89\xfd" + b"\0\0\0\0" + b"p" * 125  # masked PING, 125 bytes
+    for _ in range(16):  # never read what the node sends back
+        r, w = await asyncio.open_connection("127.0.0.1", a.port)
+        w.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        for _ in range(200):
+            w.write(ping * 50)
+        writers.append(w)
+    await asyncio.sleep(2.0)
+    t0 = time.perf_counter()
+    await legit_roundtrip(a, b)  # senders are not stalled by the outsiders' full buffers
+    assert time.perf_counter() - t0 < 5
+    grown = (proc.memory_info().rss - rss0) / 2**20
+    assert grown < 64, f"RSS grew {grown:.0f} MiB"
+    for w in writers:
+        w.close()

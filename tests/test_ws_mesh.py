@@ -234,7 +234,7 @@ class _FakeWS:
     def send_close(self, *a: Any) -> None:
         pass
 
-    def disconnect(self) -> None:
+    def disconnect(self, graceful: bool = True) -> None:
         self.disconnected = True
 
 
@@ -243,8 +243,11 @@ async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
     from spiralfast.links.ws import WebSocketTransport, WSSettings
 
     wst = WebSocketTransport(core.host, WSSettings())
+    from spiralfast.gate import MEMBER, Session
+
     link = WSLink(wst, outbound=False)
     link.ws = _FakeWS()
+    link.session = Session(None, 0.0, MEMBER)  # an authenticated member that stopped reading
     link.pause()  # picows: the socket buffer is full
     frame = b"x" * (1024 * 1024)
     sent = 0

@@ -31,7 +31,7 @@ cdef class MeshListener(WSListener):
         elif t == WSMsgType.PONG:
             self.link.pong(frame.get_payload_as_bytes())
         elif t == WSMsgType.PING:
-            pass
+            self.link.ping_received(frame.get_payload_as_bytes())
         elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
             # A piece of a message over 64 KiB: rare, so the link reassembles it in Python.
             self.link.fragment(t, frame.get_payload_as_bytes(), frame.fin)

@@ -28,7 +28,7 @@ class MeshListener(WSListener):  # type: ignore[misc]
         elif t == WSMsgType.PONG:
             self.link.pong(frame.get_payload_as_bytes())
         elif t == WSMsgType.PING:
-            pass
+            self.link.ping_received(frame.get_payload_as_bytes())
         elif t == WSMsgType.BINARY or t == WSMsgType.CONTINUATION:
             self.link.fragment(t, frame.get_payload_as_bytes(), frame.fin)
         else:

@@ -36,7 +36,7 @@ import picows
 from .._aio import cancel_all
 from .._log import RateLimitedLog
 from .._native import load
-from ..limits import FD_HEADROOM, MAX_PREAUTH_CONNECTIONS, MAX_PREAUTH_FRAME_SIZE
+from ..limits import FD_HEADROOM, MAX_PREAUTH_CONNECTIONS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
 
 log = logging.getLogger("spiralfast.ws")
 
@@ -48,6 +48,8 @@ LISTENER_COMPILED: bool = _listener.COMPILED
 MAX_OUTBOX_BYTES = 32 * 1024 * 1024
 #: Seconds a peer may keep us paused before the link is dropped as too slow.
 SLOW_PEER_TIMEOUT = 10.0
+#: Seconds a closed link may take to drain before its socket is aborted.
+ABORT_AFTER = 2.0
 #: Reconnect backoff: first delay, cap, and jitter fraction.
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 5.0
@@ -104,6 +106,7 @@ class WSLink:
         self._parts: bytearray | None = None  # a fragmented message being reassembled
         self.opened_at = time.monotonic()
         self.rtt: float | None = None  # seconds, from the last ping
+        self.guest_pings = 0
         self.paused = False
         self.paused_since = 0.0
         self.outbox: collections.deque[bytes] = collections.deque()
@@ -175,16 +178,37 @@ class WSLink:
             self.rtt = time.monotonic() - _PING.unpack(payload)[0]
 
     def bad_frame(self, msg_type: Any) -> None:
-        self.owner.errlog(("ws-frame", self.name), logging.WARNING, "unexpected %s frame from %s", msg_type, self.name)
+        self.owner.errlog(("ws-frame", str(msg_type)), logging.WARNING, "unexpected %s frame from %s", msg_type, self.name)
         self.owner.frame_errors += 1
         self.errors += 1
         if self.errors >= 3:
             self.close("unexpected frames")
 
+    def _state(self) -> str:
+        return self.session.state if self.session is not None else "handshake"
+
+    def ping_received(self, payload: bytes) -> None:
+        """Pings are answered by us, not picows: a guest's count against its pre-auth
+        frame budget (unread pongs once let one outsider stall a node)."""
+        if self._state() not in ("member", "observer"):
+            self.guest_pings += 1
+            if self.guest_pings > MAX_PREAUTH_FRAMES:
+                self.owner.frame_errors += 1
+                self.close("too many pings before the handshake completed")
+                return
+        if self.ws is not None and not self.closed:
+            self.ws.send_pong(payload)
+
     def pause(self) -> None:
+        """picows: the peer is not reading what we send."""
+        state = self._state()
+        if state not in ("member", "observer"):
+            self.close("not reading during the handshake")  # an outsider never holds our buffers
+            return
         self.paused = True
         self.paused_since = time.monotonic()
-        self.host.writable_changed(self, False)
+        if state == "member":  # only members pace the mesh's senders; observers just fall behind
+            self.host.writable_changed(self, False)
         self.owner.watch_slow(self)
 
     def resume(self) -> None:
@@ -236,13 +260,23 @@ class WSLink:
         if reason:
             log.info("closing link %s (%s): %s", self.peer_id or self.name, self.name, reason)
         if self.ws is not None:
+            guest = self._state() not in ("member", "observer")
+            if self.paused or guest and self.outbox_bytes:
+                self.ws.disconnect(graceful=False)  # nothing will drain: drop the buffers now
+                return
             try:
                 self.ws.send_close(picows.WSCloseCode.GOING_AWAY, reason.encode()[:120])
             except Exception:
                 pass
             self.ws.disconnect()
+            # A peer that stops reading must not keep the socket (and its buffers) alive.
+            asyncio.get_running_loop().call_later(ABORT_AFTER, self._abort)
         else:
             self.disconnected()
+
+    def _abort(self) -> None:
+        if not self.disconnected_event.is_set() and self.ws is not None:
+            self.ws.disconnect(graceful=False)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -427,6 +461,7 @@ class WebSocketTransport:
                     url,
                     max_frame_size=WS_FRAME_LIMIT,
                     websocket_handshake_timeout=st.handshake_timeout,
+                    enable_auto_pong=False,  # the link answers pings itself
                     ssl_context=ssl_ctx,
                     logger_name="spiralfast.ws.client",
                 )
