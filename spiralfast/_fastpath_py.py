@@ -12,8 +12,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections import deque
 import time
+from collections import deque
 from datetime import datetime
 from typing import Any
 
