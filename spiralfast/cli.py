@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import logging
 import os
+import uuid
 import signal
 import socket
 import ssl
@@ -357,6 +358,13 @@ def _start_node(kw: dict[str, Any]) -> None:
     try:
         res = _resolve(kw)
         cfg = res.config
+        if not kw.get("no_db") and cfg.persistence_path is None and cfg.persistence_url is None:
+            # The node keeps its mesh events by default: a file named after its id in the
+            # user's data directory (--db PATH elsewhere, --no-db for none).
+            from .persistence import default_db_path
+
+            cfg.node_id = cfg.node_id or str(uuid.uuid4())
+            cfg.persistence_path = str(default_db_path(cfg.node_id))
         formatter = setup_logging(res.log_level, res.log_format)
         for w in res.warnings:
             logging.getLogger("spiralfast.cli").warning("%s", w)

@@ -139,16 +139,16 @@ class MeshCore:
             await self.event_bus.start()
             await self.state.start()
             self._tasks.append(asyncio.ensure_future(self.dispatcher.run()))
-            self.membership.join_local()
-            await start_links(self)
-            self._tasks.append(asyncio.ensure_future(self.host.heartbeat_loop()))
-            self._tasks.append(asyncio.ensure_future(self.host.sweep_loop()))
-            if cfg.persistence_path or cfg.persistence_url:
+            if cfg.persistence_path or cfg.persistence_url:  # before the links: joins are stored too
                 from .eventlog import EventLog
 
                 self.eventlog = EventLog(self)
                 await self.eventlog.start()
-                self.add_event_listener(self.eventlog.record)
+                self.dispatcher.set_event_sink(self.eventlog.record)
+            self.membership.join_local()
+            await start_links(self)
+            self._tasks.append(asyncio.ensure_future(self.host.heartbeat_loop()))
+            self._tasks.append(asyncio.ensure_future(self.host.sweep_loop()))
             await self.tasks.start()
             log.info("node %s started (mesh %r)", self.node_id, cfg.mesh_name)
 
@@ -177,7 +177,7 @@ class MeshCore:
             self.state.broadcast = None
             self.membership.leave_local()
             if self.eventlog is not None:
-                self.remove_event_listener(self.eventlog.record)
+                self.dispatcher.set_event_sink(None)
                 await self.eventlog.stop()
                 self.eventlog = None
             log.info("node %s stopped", self.node_id)

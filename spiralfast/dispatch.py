@@ -31,6 +31,7 @@ from typing import Any
 from ._log import RateLimitedLog
 from .errors import RingFull
 from .limits import DEFAULT_RING_CAPACITY
+from .observe import envelope
 from .ring import Ring
 
 log = logging.getLogger("spiralfast.dispatch")
@@ -60,6 +61,7 @@ class Dispatcher:
         self.recent: deque[Any] = deque(maxlen=RECENT_EVENTS)  # Event structs or envelopes
         self.observers: set[Any] = set()  # observer links; LISTENERS while listeners exist
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.event_sink: Callable[[Any], None] | None = None  # the event log, when persisting
         self.push_follow: Callable[[Any, dict[str, Any]], None] | None = None  # set by the node
         #: ``sample_latency(seconds)``: the receive path reports one event in 64 (metrics).
         self.sample_latency: Callable[[float], None] | None = None
@@ -219,9 +221,10 @@ class Dispatcher:
     # -- observers and listeners ------------------------------------------------------
 
     def push_observers(self, ev: Any) -> None:
-        """An event was sent or received: tell listeners and following observers."""
-        from .observe import envelope
-
+        """An event was sent or received: the event log (the event as it is), then
+        listeners and following observers (an envelope)."""
+        if self.event_sink is not None:
+            self.event_sink(ev)
         env = None
         if self.listeners:
             env = envelope(ev)
@@ -238,6 +241,15 @@ class Dispatcher:
                         env = envelope(ev)
                     push(link, env)
 
+    def set_event_sink(self, fn: Callable[[Any], None] | None) -> None:
+        """``fn(event)`` gets every event sent or received as it is (a wire struct or an
+        envelope): the event log's cheap path (no envelope built for it)."""
+        self.event_sink = fn
+        if fn is not None:
+            self.observers.add(LISTENERS)
+        elif not self.listeners:
+            self.observers.discard(LISTENERS)
+
     def add_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
         self.listeners.append(fn)
         self.observers.add(LISTENERS)
@@ -245,12 +257,14 @@ class Dispatcher:
     def remove_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
         if fn in self.listeners:
             self.listeners.remove(fn)
-        if not self.listeners:
+        if not self.listeners and self.event_sink is None:
             self.observers.discard(LISTENERS)
 
     def announce(self, env: dict[str, Any]) -> None:
-        """An envelope this node made itself (a membership change): tell the
-        listeners, deliver it to the handlers."""
+        """An envelope this node made itself (a membership change): tell the event
+        log and the listeners, deliver it to the handlers."""
+        if self.event_sink is not None:
+            self.event_sink(env)
         if self.listeners:
             for fn in list(self.listeners):
                 try:

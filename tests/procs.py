@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 from spiralfast.client import ObserverClient
 
 from .conftest import free_port
+
+#: Nodes started by the tests keep their default event log here, not in the home folder.
+_DATA_HOME = tempfile.mkdtemp(prefix="spiralfast-test-data-")
 
 
 class NodeProc:
@@ -39,7 +43,7 @@ class NodeProc:
         self.banner = []
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env), cwd=self.cwd,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", XDG_DATA_HOME=_DATA_HOME, **self.env), cwd=self.cwd,
         )
         deadline = time.monotonic() + 20
         assert self.proc.stdout is not None

@@ -299,7 +299,7 @@ def test_node_from_file_env_and_flags_with_truthful_banner(tmp_path: Any) -> Non
         banner = n.read_banner()
         assert banner["websocket"].startswith(f"ws://127.0.0.1:{port}") and "TLS off" in banner["websocket"]
         assert banner["redis"] == "off"  # --no-redis (NodeProc) beats the file's enable_redis
-        assert banner["persistence"] == "off"
+        assert banner["persistence"].startswith("on") and "F.db" in banner["persistence"]  # the default log
         pure = os.environ.get("SPIRALFAST_PUREPYTHON", "") not in ("", "0")
         assert banner["build"].startswith("pure Python" if pure else "compiled")
         assert banner["config"].endswith("spiralfast.toml")

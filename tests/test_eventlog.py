@@ -292,7 +292,7 @@ async def test_three_nodes_joins_and_kill9_stored_as_lost(tmp_path: Path) -> Non
     a = NodeProc("node-a", "--db", str(db))
     b = c = None
     try:
-        b = NodeProc("node-b", "--peer", a.url)
+        b = NodeProc("node-b", "--peer", a.url, "--no-db")
         c = NodeProc("node-c", "--peer", a.url)
 
         async def known() -> bool:
@@ -375,7 +375,7 @@ async def test_history_command_against_a_node(tmp_path: Path) -> None:
     a = NodeProc("node-a", "--db", str(tmp_path / "a.db"), "--persist-events", "ping")
     b = None
     try:
-        b = NodeProc("node-b", "--peer", a.url)
+        b = NodeProc("node-b", "--peer", a.url, "--no-db")
         deadline = time.monotonic() + 20
         while "node-a" not in await b.node_ids():
             assert time.monotonic() < deadline
@@ -416,7 +416,7 @@ async def test_read_only_disk_one_error_node_keeps_running(tmp_path: Path) -> No
         try:
             st = (await a.query("status"))["persistence"]
             assert st["error"] is not None and st["written"] == 0
-            b = NodeProc("node-b", "--peer", a.url)
+            b = NodeProc("node-b", "--peer", a.url, "--no-db")
             try:
                 deadline = time.monotonic() + 20
                 while "node-b" not in await a.node_ids():
