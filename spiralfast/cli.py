@@ -16,11 +16,11 @@ import asyncio
 import inspect
 import logging
 import os
-import uuid
 import signal
 import socket
 import ssl
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
