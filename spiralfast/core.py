@@ -68,7 +68,8 @@ class MeshCore:
         self.loopback = loopback
         self.start_time: float | None = None
         self.counts: dict[str, int] = {"handshake_failures": 0, "auth_failures": 0, "rejected_by_peer": 0,
-                                         "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0}
+                                         "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0,
+                                         "repair_requests": 0, "repaired_sent": 0}
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent
@@ -83,7 +84,9 @@ class MeshCore:
         self.dispatcher.deliver_to = self.gate.sink.dispatch
         # Event ids: "<origin>-<sequence>"; broadcasts' origin ends in "s" (a gapless
         # sequence every node sees, so gaps are losses), direct messages' in "x".
-        self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, uuid.uuid4().hex[:12] + "s-",
+        origin = uuid.uuid4().hex[:12] + "s"
+        self.local_node.metadata["origin"] = origin  # peers ask this node to repair gaps in it
+        self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, origin + "-",
                                   schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
         self.links: set[Any] = set()  # every open link, any state
         self.link_listeners: list[Callable[[str, bool], None]] = []

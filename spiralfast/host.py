@@ -12,6 +12,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from . import schema
 from ._log import BackoffLog
 from .errors import HandshakeError
@@ -28,6 +30,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("spiralfast.core")
 
 _EVENT_TYPES = {e.value: e for e in EventType}
+_decode_event = msgspec.msgpack.Decoder(schema.Event).decode
+#: Gap repair: wait this long before asking (a copy may be on a slower path), ask at most
+#: this often, this many times, for at most this many sequences at once.
+REPAIR_DELAY = 0.5
+REPAIR_INTERVAL = 1.0
+REPAIR_ATTEMPTS = 5
+MAX_REPAIR_SEQS = 4096
 
 
 class NodeHost:
@@ -40,6 +49,7 @@ class NodeHost:
         #: Lost events (sequence gaps), per origin: reported so far, and the log of them.
         self.reported: dict[str, int] = {}
         self.losses = BackoffLog(log, initial=10.0, maximum=600.0)
+        self.repairs: dict[str, list[float]] = {}  # origin -> [first noticed, last asked, attempts]
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -220,6 +230,12 @@ class NodeHost:
             self.node.state.apply_entries(m.entries)
         elif kind == schema.KIND_STATE_DIGEST:
             self.reply(link, sender, self.node.state.on_digest(sender, m))
+        elif kind == schema.KIND_REPAIR_REQUEST:
+            self.repair_request(sender, m)
+        elif kind == schema.KIND_REPAIR_GONE:
+            w = self.node.gate.dedupe.window(m.origin)
+            if w is not None:
+                w.give_up(list(m.seqs))
         elif kind == schema.KIND_STATE_REQUEST:
             self.reply(link, sender, self.node.state.on_request(m))
 
@@ -297,10 +313,54 @@ class NodeHost:
             sender.retx_bytes -= len(retx.popleft())
             sender.retx_base += 1
 
+    # -- gap repair ----------------------------------------------------------------------
+
+    def repair_tick(self, now: float) -> None:
+        """Ask each origin for the sequences we are missing from it (after REPAIR_DELAY,
+        every REPAIR_INTERVAL, REPAIR_ATTEMPTS times); give up on an origin that is gone."""
+        dedupe = self.node.gate.dedupe
+        gaps = dedupe.gaps()
+        for origin in [o for o in self.repairs if o not in gaps]:
+            del self.repairs[origin]
+        origins = {n.metadata.get("origin"): nid for nid, n in self.node.nodes.items() if nid != self.node.node_id}
+        for origin in gaps:
+            st = self.repairs.setdefault(origin, [now, 0.0, 0])  # first noticed, last asked, attempts
+            if now - st[0] < REPAIR_DELAY or now - st[1] < REPAIR_INTERVAL:
+                continue
+            w = dedupe.window(origin)
+            if w is None:
+                continue
+            seqs = w.missing_seqs(MAX_REPAIR_SEQS)
+            nid = origins.get(origin)
+            if nid is None or st[2] >= REPAIR_ATTEMPTS:
+                w.give_up(seqs)  # the origin is gone, or does not answer
+                continue
+            st[1], st[2] = now, st[2] + 1
+            self.node.counts["repair_requests"] += 1
+            self.node.outbox.send(nid, schema.KIND_REPAIR_REQUEST, 0, b"", schema.RepairRequest(origin, seqs))
+
+    def repair_request(self, requester: str | None, m: schema.RepairRequest) -> None:
+        """A peer misses some of our broadcasts: resend what the buffer still holds."""
+        sender = self.node.sender
+        if requester is None or m.origin + "-" != sender.prefix:
+            return
+        retx, base, gone = sender.retx, sender.retx_base, []
+        ob = self.node.outbox
+        for seq in m.seqs[:MAX_REPAIR_SEQS]:
+            i = seq - base
+            if 0 <= i < len(retx):
+                ev = _decode_event(retx[i])
+                ob.send(requester, schema.KIND_EVENT, schema.event_type_id(ev.event_type), ev.event_id, ev)
+                self.node.counts["repaired_sent"] += 1
+            else:
+                gone.append(seq)
+        if gone:
+            ob.send(requester, schema.KIND_REPAIR_GONE, 0, b"", schema.RepairGone(m.origin, gone))
+
     def check_losses(self) -> None:
-        """Broadcast sequences skipped and not filled since the last check: log once per
-        episode (with back-off) and tell the local handlers with a ``system_alert``."""
-        gaps = self.node.gate.dedupe.gaps()
+        """Broadcast sequences given up (not repairable) since the last check: log once
+        per episode (with back-off) and tell the local handlers with a ``system_alert``."""
+        gaps = self.node.gate.dedupe.lost()
         for origin, missing in gaps.items():
             before = self.reported.get(origin, 0)
             if missing > before:
@@ -316,7 +376,9 @@ class NodeHost:
     async def sweep_loop(self) -> None:
         interval = self.node.config.heartbeat_interval
         while True:
-            await asyncio.sleep(min(interval / 4, 2.0))
-            self.apply(self.node.membership.sweep(time.monotonic()))
+            await asyncio.sleep(min(interval / 4, 0.5))
+            now = time.monotonic()
+            self.apply(self.node.membership.sweep(now))
+            self.repair_tick(now)
             self.check_losses()
             self.trim_retransmit()

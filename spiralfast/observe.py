@@ -69,9 +69,9 @@ def mesh_status(core: MeshCore) -> dict[str, Any]:
         "sync": core.state.get_sync_status(),
         "tasks": core.tasks.status(),
         "persistence": core.eventlog.status() if core.eventlog is not None else None,
-        # Broadcast sequences skipped and not filled, per origin (no repair yet: lost, or
-        # still in flight on a slower path).
-        "delivery": {"lost": core.gate.dedupe.gaps()},
+        # Per origin: broadcast sequences given up (outside the origin's retransmit buffer,
+        # or the origin gone) and those still missing (being repaired, or on a slower path).
+        "delivery": {"lost": core.gate.dedupe.lost(), "missing": core.gate.dedupe.gaps()},
     }
 
 
@@ -83,7 +83,8 @@ def node_counters(core: MeshCore) -> dict[str, int]:
              preauth_refused=gate.stats["preauth_refused"], rate_limited=gate.stats["rate_limited"],
              gate_errors=gate.stats["gate_errors"], bus_refused=sum(
                  link.stats.get("refused", 0) for link in core.outbox.bus_links if hasattr(link, "stats")),
-             events_lost=sum(core.gate.dedupe.gaps().values()))
+             events_lost=sum(core.gate.dedupe.lost().values()),
+             events_missing=sum(core.gate.dedupe.gaps().values()))
     return c
 
 

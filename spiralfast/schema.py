@@ -32,6 +32,8 @@ KIND_STATE_REQUEST = 10
 KIND_QUERY = 11  # observer (CLI/dashboard) request
 KIND_REPLY = 12
 KIND_REJECT = 13  # handshake refused, with a reason
+KIND_REPAIR_REQUEST = 14  # gap repair: the sequences of an origin a node is missing
+KIND_REPAIR_GONE = 15  # gap repair: those no longer in the origin's retransmit buffer
 
 
 class Hello(msgspec.Struct, array_like=True, gc=False):
@@ -117,6 +119,16 @@ class Reply(msgspec.Struct, array_like=True, gc=False):
     data: Any = None
 
 
+class RepairRequest(msgspec.Struct, array_like=True, gc=False):
+    origin: str  # the broadcast origin ("<12 hex>s") whose sequences are missing
+    seqs: list[int]
+
+
+class RepairGone(msgspec.Struct, array_like=True, gc=False):
+    origin: str
+    seqs: list[int]  # not in the retransmit buffer any more: lost for good
+
+
 KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_HELLO: Hello,
     KIND_AUTH: Auth,
@@ -131,6 +143,8 @@ KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_QUERY: Query,
     KIND_REPLY: Reply,
     KIND_REJECT: Reject,
+    KIND_REPAIR_REQUEST: RepairRequest,
+    KIND_REPAIR_GONE: RepairGone,
 }
 
 #: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").

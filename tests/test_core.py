@@ -20,7 +20,9 @@ from spiralfast import (
     StateSnapshot,
     StateSynchronizer,
     SyncState,
+    schema,
 )
+from spiralfast.codec import decode_frame
 from spiralfast.testing import LocalMesh, wait_for
 
 from .conftest import run_on
@@ -467,34 +469,48 @@ def test_stop_returns_promptly_when_redis_is_unreachable() -> None:
     asyncio.run(main())
 
 
-def test_lost_broadcasts_are_counted_per_origin_never_silently() -> None:
-    async def main() -> None:
-        async with LocalMesh(2) as mesh:
+def _lossy_pair_run(retransmit_bytes: int) -> tuple[list[int], dict[str, Any], list[Any], MeshCore]:
+    async def main() -> tuple[list[int], dict[str, Any], list[Any], MeshCore]:
+        async with LocalMesh(2, retransmit_buffer_bytes=retransmit_bytes, heartbeat_interval=0.4) as mesh:
             a, b = mesh.nodes
             got: list[int] = []
+            alerts: list[Any] = []
             b.register_event_handler("seq", lambda env: got.append(env["data"]["i"]))
+            b.register_event_handler("system_alert", alerts.append)
             link = a.outbox.links[b.node_id]
-            send, frames = link.send_frame, [0]
+            send, seen = link.send_frame, [0]
 
-            def lossy(frame: bytes) -> bool:  # the network loses the 3rd and 4th frames
-                frames[0] += 1
-                return True if frames[0] in (3, 4) else send(frame)
+            def lossy(frame: bytes) -> bool:  # the network loses two frames of events
+                msgs = decode_frame(frame)
+                if any(m.kind == schema.KIND_EVENT and not m.target for m in msgs):
+                    seen[0] += 1
+                    if seen[0] in (3, 4):
+                        return True
+                return send(frame)
 
             link.send_frame = lossy
             for i in range(6):
                 await a.broadcast_event("seq", {"i": i})
                 await asyncio.sleep(0)  # one frame per event
             await a.send_to_node(b.node_id, "seq", {"i": 99})  # direct ids do not count as gaps
-            await wait_for(lambda: 5 in got and 99 in got)
-            alerts: list[Any] = []
-            b.register_event_handler("system_alert", alerts.append)
-            st = b.get_mesh_status()
-            lost = st["counters"]["events_lost"]
-            assert lost == 6 - len([x for x in got if x != 99])
-            assert list(st["delivery"]["lost"].values()) == [lost]
-            assert lost >= 1
-            if lost:  # announced locally, never silent
-                await wait_for(lambda: bool(alerts), timeout=5)
-                assert alerts[0]["data"]["details"]["lost"] == lost
+            if retransmit_bytes:
+                await wait_for(lambda: sorted(got) == [0, 1, 2, 3, 4, 5, 99], timeout=10)
+            else:
+                await wait_for(lambda: b.get_mesh_status()["counters"]["events_lost"] == 2 and bool(alerts), timeout=10)
+            return got, b.get_mesh_status(), alerts, a
+    return asyncio.run(main())
 
-    asyncio.run(main())
+
+def test_lost_broadcasts_are_repaired_from_the_origins_buffer() -> None:
+    got, st, alerts, a = _lossy_pair_run(64 * 1024 * 1024)
+    assert sorted(got) == [0, 1, 2, 3, 4, 5, 99]  # each exactly once, the lost two repaired
+    assert st["counters"]["events_lost"] == 0 and st["counters"]["events_missing"] == 0
+    assert st["counters"]["repair_requests"] >= 1 and a.counters["repaired_sent"] == 2
+    assert alerts == []
+
+
+def test_what_cannot_be_repaired_is_counted_and_announced_never_silent() -> None:
+    got, st, alerts, a = _lossy_pair_run(0)  # no retransmit buffer: the origin has nothing to resend
+    assert sorted(got) == [0, 1, 4, 5, 99]
+    assert st["counters"]["events_lost"] == 2 and list(st["delivery"]["lost"].values()) == [2]
+    assert alerts[0]["data"]["details"]["lost"] == 2

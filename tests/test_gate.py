@@ -20,7 +20,7 @@ from spiralfast.types import MeshNode, NodeStatus
 K = schema
 ALL_KINDS = sorted(schema.KIND_TYPES)
 MEMBER_KINDS = [K.KIND_EVENT, K.KIND_BUS_EVENT, K.KIND_GOSSIP, K.KIND_STATE_DELTA, K.KIND_STATE_DIGEST,
-                K.KIND_STATE_REQUEST]
+                K.KIND_STATE_REQUEST, K.KIND_REPAIR_REQUEST, K.KIND_REPAIR_GONE]
 
 # -- the table, row by row ------------------------------------------------------------
 
