@@ -26,12 +26,13 @@ from spiralfast._codec cimport Message, FrameWriter, validate_frame
 from spiralfast._ring cimport Ring
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from spiralfast import limits as _limits
+from spiralfast import schema as _schema
 from spiralfast.errors import FrameError
 from spiralfast.schema import Event
 
 COMPILED = True
 
-cdef int KIND_EVENT = 3
+cdef int KIND_EVENT = _schema.KIND_EVENT
 cdef Py_ssize_t FRAME_HEADER_SIZE = _limits.FRAME_HEADER_SIZE
 cdef Py_ssize_t MESSAGE_HEADER_SIZE = _limits.MESSAGE_HEADER_SIZE
 cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE

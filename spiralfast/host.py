@@ -9,6 +9,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ class NodeHost:
         self.reported: dict[str, int] = {}
         self.losses = BackoffLog(log, initial=10.0, maximum=600.0)
         self.repairs: dict[str, list[float]] = {}  # origin -> [first noticed, last asked, attempts]
+        self.retx_marks: deque[tuple[float, int]] = deque()  # (monotonic time, next broadcast sequence)
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -304,12 +306,19 @@ class NodeHost:
                 self.node.redis.heartbeat()
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
 
-    def trim_retransmit(self) -> None:
+    def trim_retransmit(self, now: float) -> None:
         """Keep the retransmit buffer (what this node broadcast, for gap repair) within
-        ``retransmit_buffer_bytes``; the oldest go first."""
-        sender, limit = self.node.sender, self.node.config.retransmit_buffer_bytes
-        retx = sender.retx
-        while retx and sender.retx_bytes > limit:
+        ``retransmit_buffer_bytes`` and ``retransmit_window`` seconds; oldest first.
+        Ages come from marks (time, next sequence) taken at each tick."""
+        sender, cfg = self.node.sender, self.node.config
+        retx, marks = sender.retx, self.retx_marks
+        marks.append((now, sender.retx_base + len(retx)))
+        while marks and now - marks[0][0] > cfg.retransmit_window:
+            upto = marks.popleft()[1]  # everything sent before this mark is too old
+            while retx and sender.retx_base < upto:
+                sender.retx_bytes -= len(retx.popleft())
+                sender.retx_base += 1
+        while retx and sender.retx_bytes > cfg.retransmit_buffer_bytes:
             sender.retx_bytes -= len(retx.popleft())
             sender.retx_base += 1
 
@@ -381,4 +390,4 @@ class NodeHost:
             self.apply(self.node.membership.sweep(now))
             self.repair_tick(now)
             self.check_losses()
-            self.trim_retransmit()
+            self.trim_retransmit(now)

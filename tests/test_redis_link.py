@@ -188,3 +188,26 @@ def test_with_a_token_the_old_format_is_off_unless_asked_for() -> None:
     assert MeshConfig(auth_token="t", interop=False).interop_mode() is False
     assert MeshConfig(auth_token="t", interop=True).interop_mode() is True
     assert MeshConfig().interop_mode() == "auto"
+
+
+async def test_old_heartbeats_and_registers_are_delivered_once_with_their_time() -> None:
+    r = await _redis_or_fail()
+    ch = "t_" + uuid.uuid4().hex[:8]
+    a = MeshCore(_cfg("once", ch, interop=True))
+    await a.start()
+    seen: list[dict[str, Any]] = []
+    a.register_event_handler("heartbeat", seen.append)
+    a.register_event_handler("node_register", seen.append)
+    try:
+        now = datetime.now()
+        for t, d in (("node_register", {"name": "old node"}), ("heartbeat", {"status": "active", "recursion_depth": 2})):
+            await r.publish(ch, json.dumps({"type": t, "source_node": "old1", "timestamp": now.isoformat(), "data": d}))
+        await wait_for(lambda: len([e for e in seen if e["source_node"] == "old1"]) >= 2)
+        await asyncio.sleep(0.3)  # (a negative: any second copy would have arrived by now)
+        mine = [e for e in seen if e["source_node"] == "old1"]
+        assert sorted(e["type"] for e in mine) == ["heartbeat", "node_register"]  # once each (was twice)
+        for e in mine:
+            assert abs((datetime.fromisoformat(e["timestamp"]) - now).total_seconds()) < 60  # not 1970
+    finally:
+        await r.aclose()
+        await a.stop()
