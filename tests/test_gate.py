@@ -256,3 +256,14 @@ def test_membership_leave_link_loss_and_gossip() -> None:
     many = schema.Gossip([{"node_id": f"g{i}"} for i in range(5000)])
     m.on_gossip(many, "x", now=2.0, learn=True, dial=False)
     assert len(m.nodes) <= 1024 + 3  # gossip is bounded per message
+
+
+def test_outsiders_cannot_flood_the_log_by_reconnecting(caplog: pytest.LogCaptureFixture) -> None:
+    g, _ = _gate()
+    with caplog.at_level("WARNING", logger="spiralfast.gate"):
+        for i in range(300):  # 300 connections, each with one bad frame
+            link = FakeLink()
+            link.name = f"10.0.0.1:{40000 + i}"
+            g.on_frame(link, b"\xff" * 10)
+    assert g.stats["frame_errors"] == 300
+    assert len(caplog.records) <= 2  # keyed by the reason, not by the connection
