@@ -228,18 +228,23 @@ class Dispatcher:
         env = None
         if self.listeners:
             env = envelope(ev)
-            for fn in list(self.listeners):
-                try:
-                    fn(env)
-                except Exception:
-                    self._errlog(("listener", repr(fn)), logging.ERROR, "event listener %r failed", fn, exc_info=True)
+            self._tell_listeners(env)
+        obs = self.observers
         push = self.push_follow
-        if push is not None:
-            for link in list(self.observers):
+        # Only the event log or listeners (LISTENERS alone): no observer to push to, no copy.
+        if push is not None and (len(obs) > 1 or LISTENERS not in obs):
+            for link in list(obs):
                 if link is not LISTENERS:
                     if env is None:
                         env = envelope(ev)
                     push(link, env)
+
+    def _tell_listeners(self, env: dict[str, Any]) -> None:
+        for fn in list(self.listeners):
+            try:
+                fn(env)
+            except Exception:
+                self._errlog(("listener", repr(fn)), logging.ERROR, "event listener %r failed", fn, exc_info=True)
 
     def set_event_sink(self, fn: Callable[[Any], None] | None) -> None:
         """``fn(event)`` gets every event sent or received as it is (a wire struct or an
@@ -266,18 +271,7 @@ class Dispatcher:
         if self.event_sink is not None:
             self.event_sink(env)
         if self.listeners:
-            for fn in list(self.listeners):
-                try:
-                    fn(env)
-                except Exception:
-                    self._errlog(("listener", repr(fn)), logging.ERROR, "event listener %r failed", fn, exc_info=True)
-        self.deliver(env)
-
-    def received(self, env: dict[str, Any]) -> None:
-        """An event that arrived as an envelope (old JSON format): log, tell, deliver."""
-        self.recent.append(env)
-        if self.observers:
-            self.push_observers(env)
+            self._tell_listeners(env)
         self.deliver(env)
 
 

@@ -329,6 +329,8 @@ class NodeHost:
         every REPAIR_INTERVAL, REPAIR_ATTEMPTS times); give up on an origin that is gone."""
         dedupe = self.node.gate.dedupe
         gaps = dedupe.gaps()
+        if not gaps and not self.repairs:
+            return
         for origin in [o for o in self.repairs if o not in gaps]:
             del self.repairs[origin]
         origins = {n.metadata.get("origin"): nid for nid, n in self.node.nodes.items() if nid != self.node.node_id}

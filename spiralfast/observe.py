@@ -124,8 +124,17 @@ def _reply(core: MeshCore, link: Any, qid: int, ok: bool, data: Any) -> None:
     link.send_frame(single_frame(schema.KIND_REPLY, schema.Reply(qid, ok, data)))
 
 
+#: Queries that change something: an observer's rate limit applies to them.
+_WRITES = frozenset(("publish", "state_set", "state_delete", "submit"))
+
+
 def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
     args = q.args if isinstance(q.args, dict) else {}
+    if q.what in _WRITES:
+        bucket = link.session.bucket if getattr(link, "session", None) is not None else None
+        if bucket is not None and bucket.take(1, time.monotonic()):
+            _reply(core, link, q.qid, False, "rate limit exceeded: try again later")
+            return
     try:
         if q.what == "ping":
             _reply(core, link, q.qid, True, {"node_id": core.node_id})
@@ -168,10 +177,6 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             target = args.get("target")
             if not etype:
                 raise ValueError("event type must not be empty")
-            bucket = link.session.bucket if getattr(link, "session", None) is not None else None
-            if bucket is not None and bucket.take(1, time.monotonic()):
-                _reply(core, link, q.qid, False, "rate limit exceeded: try again later")
-                return
             core.dispatcher.spawn(_publish(core, link, q.qid, etype, data, target))
         else:
             _reply(core, link, q.qid, False, f"unknown query {q.what!r}")

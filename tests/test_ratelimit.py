@@ -47,5 +47,15 @@ async def test_observer_over_its_rate_is_refused_clearly() -> None:
         c.close()
         assert results[:5] == ["ok"] * 5
         assert any("rate limit" in r for r in results[5:])
+        c = await ObserverClient.connect(n.local_node.websocket_endpoint or "")
+        writes = []
+        for i in range(20):  # state writes count against the same limit as publishes
+            try:
+                await c.query("state_set", category="agents", key=f"k{i}", value=i)
+                writes.append("ok")
+            except Exception as exc:
+                writes.append(str(exc))
+        c.close()
+        assert any("rate limit" in r for r in writes)
     finally:
         await n.stop()
