@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from ._codec_py import decode_frame
-from .limits import DEDUPE_WINDOW, MAX_ORIGINS, SEQ_WINDOW
+from .limits import DEDUPE_WINDOW, MAX_ORIGINS, MESSAGE_HEADER_SIZE, SEQ_WINDOW
 from .schema import KIND_EVENT, Event
 
 COMPILED = False
@@ -329,8 +329,12 @@ class EventSender:
         w = ob.bcast
         if w.full:
             ob.flush()
+        before = w.nbytes
         w.add(KIND_EVENT, self.etype_ids.get(etype, 0), b"", eid, ev)
-        payload = _encode(ev)  # the payload as sent (the same bytes), kept for gap repair
+        # The payload as sent, kept for gap repair: sliced from the frame (no second
+        # encode) when the writer is the pure one whose buffer we can read.
+        buf = getattr(w, "_buf", None)
+        payload = bytes(buf[before + MESSAGE_HEADER_SIZE + len(eid):]) if buf is not None else _encode(ev)
         self.retx.append(payload)
         self.retx_bytes += len(payload)
         if w.nbytes >= self.flush_bytes:

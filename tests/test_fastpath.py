@@ -237,3 +237,27 @@ def test_direct_ids_have_their_own_sequence() -> None:
     for impl in impls:
         s = impl.EventSender(Outbox(), _SendDispatcher(), "me", "abcdef123456s-", schema.EVENT_TYPE_IDS, 1 << 20, 8)
         assert [s.next_id(), s.next_id()] == ["abcdef123456x-1", "abcdef123456x-2"] and s.seq == 0
+
+
+def test_retransmit_buffer_holds_each_broadcast_payload_as_sent() -> None:
+    import asyncio
+
+    from spiralfast import _codec_py
+    from spiralfast.outbox import Outbox
+
+    async def run(impl: Any, writer: Any) -> list[bytes]:
+        ob = Outbox()
+        ob.bcast = writer
+        s = impl.EventSender(ob, _SendDispatcher(), "me", "abcdef123456s-", schema.EVENT_TYPE_IDS, 1 << 20, 64)
+        for i in range(3):
+            s.broadcast("custom", {"i": i, "x": "y" * i})
+        frame = ob.bcast.finish()
+        assert list(s.retx) == [m.payload for m in _codec_py.decode_frame(frame)]
+        return list(s.retx)
+
+    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+    from spiralfast.codec import FrameWriter
+
+    asyncio.run(run(_fastpath_py, _codec_py.FrameWriter()))  # sliced from the pure writer's buffer
+    for impl in impls:  # (payloads carry their send time, so runs differ from each other)
+        assert len(asyncio.run(run(impl, FrameWriter()))) == 3
