@@ -92,6 +92,7 @@ class MeshCore:
         self.link_listeners: list[Callable[[str, bool], None]] = []
         self.ws: Any = None
         self.redis: Any = None
+        self.nats: Any = None  # links.nats.NatsTransport while NATS is enabled
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
         from .tasks import TaskManager

@@ -60,6 +60,7 @@ def mesh_status(core: MeshCore) -> dict[str, Any]:
         "nodes": [x.to_dict() for x in nodes],
         "websocket_endpoint": core.local_node.websocket_endpoint,
         "redis": bool(core.redis is not None and core.redis.connected),
+        "nats": bool(core.nats is not None and core.nats.connected),
         "links": link_info(core),
         "observers": sum(1 for o in core.observers if getattr(o, "transport", None)),
         "followers": sum(1 for o in core.observers if getattr(o, "following", False)),

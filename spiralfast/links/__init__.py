@@ -42,6 +42,11 @@ async def start_links(node: MeshCore) -> None:
         node.sender.legacy = node.redis
         if not await node.redis.start():
             cfg.enable_redis = False  # until Redis appears; the transport keeps trying
+    if cfg.enable_nats and cfg.nats_url:
+        from .nats import NatsSettings, NatsTransport
+
+        node.nats = NatsTransport(node.host, NatsSettings.from_config(cfg, node.node_id))
+        await node.nats.start()  # False: warned once; it connects when a server appears
     if node.loopback is not None:
         node.loopback.attach(node)
     if node.ws is not None:
@@ -56,6 +61,9 @@ async def stop_links(node: MeshCore) -> None:
         await node.redis.stop()
         node.redis = None
         node.sender.legacy = None
+    if node.nats is not None:
+        await node.nats.stop()
+        node.nats = None
     if node.loopback is not None:
         node.loopback.detach(node)
     if node.ws is not None:
