@@ -239,7 +239,9 @@ class NodeHost:
             if w is not None:
                 w.give_up(list(m.seqs))
         elif kind == schema.KIND_STATE_REQUEST:
-            self.reply(link, sender, self.node.state.on_request(m))
+            self.reply(link, sender, self.node.state.on_request(m, sender))
+        elif kind == schema.KIND_CLOCK_SKEW:
+            self.node.state.on_clock_skew(sender, m)
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
         for kind, obj in msgs:

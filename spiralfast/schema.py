@@ -34,6 +34,7 @@ KIND_REPLY = 12
 KIND_REJECT = 13  # handshake refused, with a reason
 KIND_REPAIR_REQUEST = 14  # gap repair: the sequences of an origin a node is missing
 KIND_REPAIR_GONE = 15  # gap repair: those no longer in the origin's retransmit buffer
+KIND_CLOCK_SKEW = 16  # state sync: "your clock is ahead of mine beyond max_clock_offset"
 
 
 class Hello(msgspec.Struct, array_like=True, gc=False):
@@ -101,6 +102,7 @@ class StateDigest(msgspec.Struct, array_like=True, gc=False):
     digests: dict[str, str]  # category -> hash of (key, hlc, node, deleted)
     reply: bool = True
     collected_upto: int = 0  # highest HLC of a tombstone the sender has collected
+    now_ms: int = 0  # the sender's state clock (wall ms, corrected), for skew detection; 0 = unknown
 
 
 class StateRequest(msgspec.Struct, array_like=True, gc=False):
@@ -129,6 +131,11 @@ class RepairGone(msgspec.Struct, array_like=True, gc=False):
     seqs: list[int]  # not in the retransmit buffer any more: lost for good
 
 
+class ClockSkew(msgspec.Struct, array_like=True, gc=False):
+    now_ms: int  # the sender's state clock when it saw the receiver's clock ahead
+    max_offset_ms: int  # the sender's max_clock_offset
+
+
 KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_HELLO: Hello,
     KIND_AUTH: Auth,
@@ -145,6 +152,7 @@ KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_REJECT: Reject,
     KIND_REPAIR_REQUEST: RepairRequest,
     KIND_REPAIR_GONE: RepairGone,
+    KIND_CLOCK_SKEW: ClockSkew,
 }
 
 #: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
     from .core import MeshCore
 
 log = logging.getLogger("spiralfast.sync")
-#: Writes from a node with a skewed clock: one line per node per minute at most.
-_SKEW_LOG = BackoffLog(log, initial=60.0, maximum=600.0)
+#: Clock skew: one line per condition (a peer ahead of us, our clock ahead) per minute.
+_SKEW_LOG = BackoffLog(log, initial=60.0, maximum=60.0)
+#: A jump of the wall clock against the monotonic clock larger than this (seconds) is
+#: a step (the clock was set), not drift.
+CLOCK_STEP = 1.0
 
 DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
 #: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
@@ -47,22 +50,35 @@ def hlc_wall(hlc: int) -> float:
     return (hlc >> _LOGICAL_BITS) / 1000.0
 
 
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class HybridClock:
-    """Hybrid logical clock: ``(wall ms << 16) | counter``; never goes backwards."""
+    """Hybrid logical clock: ``(wall ms << 16) | counter``; never goes backwards
+    (except through :meth:`reset`, when the wall clock it followed was wrong).
 
-    __slots__ = ("last",)
+    :param wall_ms: the wall clock in milliseconds (the synchroniser's corrected clock).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("last", "wall_ms")
+
+    def __init__(self, wall_ms: Any = _wall_ms) -> None:
         self.last = 0
+        self.wall_ms = wall_ms
 
     def now(self) -> int:
-        pt = int(time.time() * 1000) << _LOGICAL_BITS
+        pt = self.wall_ms() << _LOGICAL_BITS
         self.last = pt if pt > self.last else self.last + 1
         return self.last
 
     def observe(self, remote: int) -> None:
         if remote > self.last:
             self.last = remote
+
+    def reset(self, floor: int) -> None:
+        """Forget a future the clock ran into: continue from ``floor`` (an HLC)."""
+        self.last = floor
 
 
 def _entry_hash(category: str, key: str, hlc: int, node: str, deleted: bool) -> int:
@@ -89,7 +105,14 @@ class StateSynchronizer:
         self.sync_task: asyncio.Task[None] | None = None
         self.sync_categories: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in DEFAULT_CATEGORIES}
         self.last_sync: datetime | None = None
-        self.clock = HybridClock()
+        #: This node's wall clock (seconds since the epoch); tests give a node a skewed one.
+        self.wall_time: Any = time.time
+        #: Added to the wall clock when stamping state: negative while peers told us our
+        #: clock is ahead of theirs beyond ``max_clock_offset`` (DESIGN-NOTES.md, clock skew).
+        self.correction_ms = 0
+        self._base = time.time() - time.monotonic()  # wall minus monotonic: a change is a clock step
+        self.skewed_peers: dict[str, float] = {}  # peer -> seconds its clock is ahead of ours
+        self.clock = HybridClock(self.wall_ms)
         # (category, key) -> [hlc, node, deleted, wall-time-of-tombstone]
         self._clock: dict[tuple[str, str], list[Any]] = {}
         self._digest: dict[str, int] = {}
@@ -104,7 +127,8 @@ class StateSynchronizer:
         self.collected_upto = 0  # highest HLC of a tombstone we have collected
         self.absence = 30.0  # seconds without any peer message that count as being away
         self.stats = {"applied": 0, "stale": 0, "rejected_clock": 0, "repairs": 0, "tombstones_collected": 0,
-                      "full_resyncs": 0}
+                      "full_resyncs": 0, "skew_notices_sent": 0, "clock_corrections": 0, "clock_steps": 0,
+                      "restamped": 0}
         if mesh_core is not None:
             cfg = mesh_core.config
             self.shared = set(cfg.shared_categories) if cfg.shared_categories is not None else None
@@ -202,7 +226,7 @@ class StateSynchronizer:
                 return entry.version > cur_version
         return (entry.hlc, entry.node) > (current[0], current[1])
 
-    def _store(self, entry: StateEntry) -> None:
+    def _store(self, entry: StateEntry, keep_deleted_at: float | None = None) -> None:
         ck = (entry.category, entry.key)
         old = self._clock.get(ck)
         d = self._digest.get(entry.category, 0)
@@ -210,7 +234,8 @@ class StateSynchronizer:
             d ^= _entry_hash(entry.category, entry.key, old[0], old[1], old[2])
         d ^= _entry_hash(entry.category, entry.key, entry.hlc, entry.node, entry.deleted)
         self._digest[entry.category] = d
-        self._clock[ck] = [entry.hlc, entry.node, entry.deleted, time.time(), entry.version]
+        self._clock[ck] = [entry.hlc, entry.node, entry.deleted,
+                           time.time() if keep_deleted_at is None else keep_deleted_at, entry.version]
         cat = self.sync_categories.setdefault(entry.category, {})
         if entry.deleted:
             cat.pop(entry.key, None)
@@ -222,9 +247,107 @@ class StateSynchronizer:
                 "metadata": entry.metadata or {},
             }
 
+    # -- clock skew (DESIGN-NOTES.md) -------------------------------------------------
+
+    def wall_ms(self) -> int:
+        """The clock state is stamped with: the wall clock plus our correction (ms)."""
+        t = self.wall_time()
+        base = t - time.monotonic()
+        step, self._base = base - self._base, base
+        if step < -CLOCK_STEP:
+            self._stepped_back(int(-step * 1000), int(t * 1000))
+        return int(t * 1000) + self.correction_ms
+
+    def _stepped_back(self, ms: int, raw_ms: int) -> None:
+        """The wall clock was set back by ``ms``: a correction we were applying for it is
+        no longer needed; beyond that, what we stamped in the (now) future is moved back."""
+        self.stats["clock_steps"] += 1
+        absorbed = min(ms, -self.correction_ms) if self.correction_ms < 0 else 0
+        self.correction_ms += absorbed
+        log.warning("the wall clock went back %.1f s%s", ms / 1000,
+                    f"; no longer correcting it ({absorbed / 1000:.1f} s)" if absorbed else "")
+        if ms > absorbed:
+            self._restamp_future(ms - absorbed, raw_ms + self.correction_ms)
+
+    def _restamp_future(self, shift_ms: int, now_ms: int) -> None:
+        """Our own entries stamped after ``now_ms`` were stamped by a clock ``shift_ms``
+        ahead: move them back by that much, ship them again, and let the HLC continue
+        from the present instead of from that future."""
+        now = now_ms << _LOGICAL_BITS
+        shift = shift_ms << _LOGICAL_BITS
+        moved: list[StateEntry] = []
+        for (c, k), v in list(self._clock.items()):
+            if v[1] != self.node_id or v[0] <= now:
+                continue
+            e = self.sync_categories.get(c, {}).get(k)
+            entry = StateEntry(c, k, None if v[2] else e["value"] if e else None, max(v[0] - shift, 1), v[1], v[4],
+                               v[2], None if v[2] or e is None else e.get("metadata"))
+            self._store(entry, keep_deleted_at=v[3])
+            moved.append(entry)
+        horizon = ((now_ms + int(self.max_clock_offset * 1000)) << _LOGICAL_BITS)
+        floor = now
+        for v in self._clock.values():
+            if floor < v[0] <= horizon:
+                floor = v[0]
+        self.clock.reset(floor)
+        if moved:
+            self.stats["restamped"] += len(moved)
+            self.state_version += 1
+            log.warning("moved %d state entries stamped by our clock while it was %.1f s ahead back to the "
+                        "mesh's time", len(moved), shift_ms / 1000)
+            for entry in moved:
+                self._ship(entry)
+
+    def on_clock_skew(self, peer_id: str | None, m: schema.ClockSkew) -> None:
+        """A peer says our clock is ahead of its clock beyond its max_clock_offset."""
+        raw = int(self.wall_time() * 1000)
+        ahead = self.wall_ms() - m.now_ms
+        if ahead <= max(m.max_offset_ms, 0):
+            return  # a notice about a skew we have corrected since
+        self.stats["clock_corrections"] += 1
+        self.correction_ms -= ahead
+        _SKEW_LOG(("ahead",), logging.ERROR,
+                  "our clock is %.1f s ahead of node %s's (its max_clock_offset is %.0f s): peers refuse state "
+                  "stamped by it; until it is fixed, state is stamped with the mesh's time (%.1f s back)",
+                  (raw - m.now_ms) / 1000, peer_id, m.max_offset_ms / 1000, -self.correction_ms / 1000)
+        self._restamp_future(ahead, raw + self.correction_ms)
+
+    def _peer_clock(self, peer_id: str | None, now_ms: int) -> list[tuple[int, Any]] | None:
+        """A peer's clock reading (from its digest): a notice for it when it is ahead of
+        ours beyond max_clock_offset; ``None`` when it is not."""
+        if not now_ms:
+            return None  # an older node: no reading
+        offset = int(self.max_clock_offset * 1000)
+        if self.correction_ms:
+            raw = int(self.wall_time() * 1000)
+            if raw - now_ms <= offset // 2:  # our own clock agrees with the mesh again
+                log.warning("our clock agrees with node %s's again: no longer correcting it (was %.1f s)",
+                            peer_id, -self.correction_ms / 1000)
+                self.correction_ms = 0
+                _SKEW_LOG.clear(("ahead",))
+            else:
+                _SKEW_LOG(("ahead",), logging.ERROR,
+                          "our clock is still %.1f s ahead of node %s's; state is stamped %.1f s back until it "
+                          "is fixed", (raw - now_ms) / 1000, peer_id, -self.correction_ms / 1000)
+        mine = self.wall_ms()
+        if peer_id is not None and now_ms - mine > offset:
+            ahead = (now_ms - mine) / 1000
+            self.skewed_peers[peer_id] = ahead
+            self.stats["skew_notices_sent"] += 1
+            _SKEW_LOG(("skew", peer_id), logging.ERROR,
+                      "node %s's clock is %.1f s ahead of ours (max_clock_offset %.0f s): its state is refused "
+                      "here until its clock is right; told it so", peer_id, ahead, self.max_clock_offset)
+            return [(schema.KIND_CLOCK_SKEW, schema.ClockSkew(mine, offset))]
+        if peer_id is not None and self.skewed_peers.pop(peer_id, None) is not None:
+            _SKEW_LOG.clear(("skew", peer_id))
+            log.warning("node %s's clock is within max_clock_offset of ours again", peer_id)
+        return None
+
+    # -- merge (continued) -------------------------------------------------------------
+
     def apply_entries(self, entries: list[StateEntry]) -> int:
         """Merge remote entries (last writer wins); returns how many changed the state."""
-        horizon = (int((time.time() + self.max_clock_offset) * 1000)) << _LOGICAL_BITS
+        horizon = (self.wall_ms() + int(self.max_clock_offset * 1000)) << _LOGICAL_BITS
         changed = 0
         for e in entries:
             if not self.is_shared(e.category):
@@ -234,7 +357,7 @@ class StateSynchronizer:
                 _SKEW_LOG(("skew", e.node), logging.ERROR,
                           "state from node %s is %.0f s ahead of our clock (max_clock_offset %.0f s): its writes "
                           "are ignored until its clock is right (e.g. %s/%s)", e.node,
-                          hlc_wall(e.hlc) - time.time(), self.max_clock_offset, e.category, e.key)
+                          hlc_wall(e.hlc) - self.wall_ms() / 1000, self.max_clock_offset, e.category, e.key)
                 continue
             self.clock.observe(e.hlc)
             if self._wins(e, self._clock.get((e.category, e.key))):
@@ -316,12 +439,18 @@ class StateSynchronizer:
         return out
 
     def digest_message(self, reply: bool = True) -> tuple[int, Any]:
-        return schema.KIND_STATE_DIGEST, schema.StateDigest(self.digests(), reply, self.collected_upto)
+        return schema.KIND_STATE_DIGEST, schema.StateDigest(self.digests(), reply, self.collected_upto,
+                                                            self.wall_ms())
 
     def on_digest(self, peer_id: str | None, d: schema.StateDigest) -> list[tuple[int, Any]]:
-        """A peer's digests: ask for what differs, or note that we are in sync."""
-        self.check_resync(d.collected_upto)
+        """A peer's digests: ask for what differs, or note that we are in sync.  A peer
+        whose clock is ahead beyond max_clock_offset is told so instead: its state would
+        be refused here, so asking for it would repeat every round."""
         self.touch()
+        notice = self._peer_clock(peer_id, d.now_ms)
+        if notice is not None:
+            return notice
+        self.check_resync(d.collected_upto)
         mine = self.digests()
         differ = [c for c, h in d.digests.items() if mine.get(c, "0") != h and self.is_shared(c)]
         differ += [c for c in mine if c not in d.digests and mine[c] != "0"]
@@ -335,9 +464,12 @@ class StateSynchronizer:
                 self.node_states[peer_id] = {"digests": d.digests, "seen": datetime.now().isoformat()}
         return []
 
-    def on_request(self, req: schema.StateRequest) -> list[tuple[int, Any]]:
-        """A peer's clocks for some categories: send what it lacks, ask for what we lack."""
+    def on_request(self, req: schema.StateRequest, peer_id: str | None = None) -> list[tuple[int, Any]]:
+        """A peer's clocks for some categories: send what it lacks, ask for what we lack
+        (not from a peer whose clock is ahead of ours: we would refuse what it sends)."""
         out = self.delta_messages(self.entries_newer_than(req.categories))
+        if peer_id is not None and peer_id in self.skewed_peers:
+            return out
         mine = self.clocks_for(list(req.categories))
         if any(k not in mine.get(c, {}) or mine[c][k] < v for c, kv in req.categories.items() for k, v in kv.items()):
             out.append((schema.KIND_STATE_REQUEST, schema.StateRequest(mine)))
