@@ -53,6 +53,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "websocket_port": ("port",),
     "websocket_host": ("host",),
     "redis_url": ("redis",),
+    "nats_url": ("nats",),
     "peers": ("peer",),
     "mesh_name": ("name",),
     "auth_token": ("token",),

@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -187,8 +187,8 @@ class NatsTransport:
             return False
         self.nc = nc
         try:
-            limits = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
-            self._subs = [await nc.subscribe(s, cb=self._on_msg, **limits)
+            self._subs = [await nc.subscribe(s, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                             pending_bytes_limit=512 * 1024 * 1024)
                           for s in (self.bcast, self.my_subject, self.members)]
             if self.stream_on:
                 await self._ensure_stream()
@@ -552,7 +552,7 @@ class NatsTransport:
             js = self.nc.jetstream()
             info = await asyncio.wait_for(js.stream_info(self.stream_name), 5.0)
             last = info.state.last_seq
-            start = datetime.fromtimestamp(max(since, 0.0), timezone.utc).isoformat().replace("+00:00", "Z")
+            start = datetime.fromtimestamp(max(since, 0.0), UTC)
             if last:
                 cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start)
                 sub = await js.subscribe(self.bcast, stream=self.stream_name, ordered_consumer=True, config=cfg)
@@ -561,7 +561,7 @@ class NatsTransport:
                 while time.monotonic() < deadline:
                     try:
                         msg = await sub.next_msg(timeout=1.0 if first else 2.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break  # nothing (more) since then
                     except Exception as exc:
                         if "Timeout" in type(exc).__name__:
