@@ -29,6 +29,9 @@ Effect = tuple[Any, ...]
 SILENCE_FACTOR = 3
 #: Gossip records about other nodes accepted per message; more is hostile.
 MAX_GOSSIP_RECORDS = 1024
+#: A removed node is not learnt again from other nodes' gossip for this many heartbeat
+#: intervals (a peer that has not noticed yet would bring it back); from itself, at once.
+RELEARN_FACTOR = 2 * SILENCE_FACTOR
 #: Record fields a node may announce about itself (gossip of its own record).
 _SELF_FIELDS = ("name", "status", "capabilities", "recursion_depth", "entropy_level", "metadata",
                 "websocket_endpoint")
@@ -50,6 +53,8 @@ class Membership:
         self.heartbeat_interval = heartbeat_interval
         self.last_seen: dict[str, float] = {}  # node id -> monotonic time last heard of
         self.linked: set[str] = set()  # node ids we have a direct, authenticated link to
+        self.removed: dict[str, float] = {}  # node id -> monotonic time it was removed
+        self.now = 0.0  # the latest monotonic time we were given
 
     @property
     def silence_limit(self) -> float:
@@ -92,6 +97,7 @@ class Membership:
             return []
         node = self.nodes.get(nid)
         self.last_seen[nid] = now
+        self.now = now
         if node is None:
             try:
                 node = MeshNode.from_dict(record)
@@ -159,17 +165,37 @@ class Membership:
             if nid == sender:
                 effects += self.seen(rec, now, authoritative=True)
             elif learn:
-                effects += self.seen(rec, now)
+                effects += self.learn(rec, now)
             ep = rec.get("websocket_endpoint")
             if dial and isinstance(ep, str) and ep and nid not in self.linked:
                 effects.append(("dial", ep, nid))
         return effects
+
+    def learn(self, record: dict[str, Any], now: float) -> list[Effect]:
+        """A record of a node from another node's gossip (second hand): it introduces a
+        node we do not know, but never keeps a known one alive; only the node itself does
+        (a killed node, still listed by every survivor's gossip, would never expire)."""
+        nid = record.get("node_id")
+        if not isinstance(nid, str):
+            return []
+        node = self.nodes.get(nid)
+        if node is not None:
+            ep = record.get("websocket_endpoint")
+            if ep and isinstance(ep, str):
+                node.websocket_endpoint = ep
+            return []
+        gone = self.removed.get(nid)
+        if gone is not None and now - gone < RELEARN_FACTOR * self.heartbeat_interval:
+            return []
+        return self.seen(record, now)
 
     def on_leave(self, node_id: str) -> list[Effect]:
         return self.remove(node_id, "left")
 
     def remove(self, node_id: str, reason: str) -> list[Effect]:
         self.last_seen.pop(node_id, None)
+        if node_id != self.node_id and node_id in self.nodes:
+            self.removed[node_id] = self.now
         self.linked.discard(node_id)
         if node_id == self.node_id or not self.registry.unregister_node(node_id):
             return []
@@ -180,6 +206,10 @@ class Membership:
     def sweep(self, now: float) -> list[Effect]:
         """Failure detection: every node silent longer than the limit is lost."""
         limit = self.silence_limit
+        self.now = now
+        forget = RELEARN_FACTOR * self.heartbeat_interval
+        for nid in [n for n, t in self.removed.items() if now - t >= forget]:
+            del self.removed[nid]
         effects: list[Effect] = []
         for nid in [n for n in self.nodes if n != self.node_id]:
             if now - self.last_seen.get(nid, now) > limit:

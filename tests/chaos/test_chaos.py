@@ -1,0 +1,177 @@
+"""Chaos: five real node processes in separate network namespaces, one nemesis per test.
+
+After each nemesis heals, with traffic stopped and repairs done:
+
+- exactly once: every tick a live origin sent is handled once by every live node, or
+  counted lost by it (``delivery.lost``): never missing silently, never twice;
+- state digests of all nodes equal within two anti-entropy rounds (``sync``) of the heal;
+- no node declared dead (``node_lost``) that was alive and reachable;
+- memory bounded (RSS growth per node).
+
+Settings: heartbeat 0.5 s (a node silent 1.5 s is lost), anti-entropy every 1 s,
+50 ticks/s per node (about 100-byte payloads), WebSocket full mesh plus Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from .harness import Cluster, check_delivery, expand, false_deaths
+
+pytestmark = pytest.mark.timeout(90)
+
+#: Settings of the suite (the figures script uses heartbeat 1 s).
+HB = 0.5
+SYNC = 1.0
+#: Slack on "two anti-entropy rounds": the healed node's process start (kill -9) or
+#: its links' reconnect back-off is not anti-entropy.
+CONVERGE_SLACK = 1.5
+#: RSS growth allowed per node over the test (the retransmit buffers hold about 1 MiB).
+RSS_GROWTH = 48 * 2**20
+
+
+def _warm_up(c: Cluster, seconds: float = 2.0) -> tuple[dict[str, dict[str, Any]], float, dict[str, int]]:
+    c.start()
+    reps = c.reports()
+    first = {r["origin"]: r["sent_count"] for r in reps.values()}
+    c.traffic(send=True, state=True)
+    since = time.monotonic()
+    time.sleep(seconds)
+    base = c.reports()
+    return base, since, {o: n + 1 for o, n in first.items()}  # sent_count 0: first tick is seq 1
+
+
+def _finish(c: Cluster, heal: float, base: dict[str, dict[str, Any]], *, run_after: float = 1.5,
+            **check: Any) -> tuple[dict[str, dict[str, Any]], float | None, Any]:
+    """State writes stop at the heal; ticks go on ``run_after`` s, then stop.  Returns
+    the final reports, the convergence time (from the heal) and the delivery result."""
+    conv = c.wait_converged(2 * SYNC + CONVERGE_SLACK + 10)
+    converged_at = None if conv is None else time.monotonic() - heal
+    time.sleep(max(0.0, run_after - (time.monotonic() - heal)))
+    c.traffic(send=False)
+    reps = c.wait_quiet(20)
+    res = check_delivery(reps, **check)
+    for nid, r in reps.items():
+        grown = r["rss"] - base.get(nid, r)["rss"]
+        assert grown < RSS_GROWTH, f"{nid}: RSS grew {grown / 2**20:.1f} MiB"
+    assert c.wait_converged(2 * SYNC + 1) is not None, "digests diverged again"
+    return reps, converged_at, res
+
+
+def _assert_converged(converged_at: float | None) -> None:
+    assert converged_at is not None, "state digests never converged"
+    assert converged_at <= 2 * SYNC + CONVERGE_SLACK, f"converged {converged_at:.2f}s after the heal"
+
+
+def _all_members(c: Cluster) -> None:
+    c.wait_formed(15)
+
+
+@pytest.mark.timeout(120)
+def test_kill9_and_restart(cluster: Cluster) -> None:
+    c = cluster
+    c.hb, c.sync = HB, SYNC
+    base, since, first = _warm_up(c)
+    victim = c.workers[2]
+    before = victim.report()
+    time.sleep(0.5)  # what it reported sending has surely left the process
+    t_kill = time.monotonic()
+    victim.kill9()
+    dead_origin = before["origin"]
+    survivors = c.live()
+    # every survivor removes it within the failure detector's limit (3 heartbeats)
+    deadline = t_kill + 3 * HB + 3
+    while time.monotonic() < deadline:
+        if all(victim.node_id not in r["nodes"] for r in c.reports(survivors).values()):
+            break
+        time.sleep(0.05)
+    reps = c.reports(survivors)
+    detect = []
+    for nid, r in reps.items():
+        t = [t for t, ev, n in r["transitions"] if ev == "node_lost" and n == victim.node_id and t >= t_kill]
+        assert t, f"{nid} never declared the killed node lost"
+        detect.append(t[0] - t_kill)
+    assert max(detect) <= 3 * HB + 1.0, f"detection took {detect}"
+    # restart: a new process (new origin, new incarnation) under the same node id
+    c.traffic(state=False)
+    victim.start()
+    heal = time.monotonic()
+    c.wait_formed(15)
+    marks = {r["origin"]: r["sent_count"] for r in c.reports(survivors).values()}
+    c.traffic(send=True, workers=[victim])
+    reps, converged_at, res = _finish(
+        c, heal, base, first_seq=first, dead={dead_origin: expand(before["sent"])},
+        joined_after={victim.node_id: {o: n + 1 for o, n in marks.items()}})
+    assert res.problems == [], res.problems
+    assert res.dups == 0 and res.missing == res.lost
+    assert false_deaths(reps, {"*": {victim.node_id}}, since) == []
+    for r in reps.values():  # the dead incarnation was removed once, not flapping
+        assert sum(1 for _, ev, n in r["transitions"] if ev == "node_lost" and n == victim.node_id) <= 1
+    _assert_converged(converged_at)
+
+
+def test_sigstop_sigcont(cluster: Cluster) -> None:
+    c = cluster
+    c.hb, c.sync = HB, SYNC
+    base, since, first = _warm_up(c)
+    victim = c.workers[1]
+    victim.sigstop()
+    time.sleep(4.0)  # well past the 1.5 s failure detector
+    others = c.live()
+    for nid, r in c.reports(others).items():
+        assert victim.node_id not in r["nodes"], f"{nid} still lists the stopped node"
+    c.traffic(state=False)
+    victim.sigcont()
+    heal = time.monotonic()
+    _all_members(c)
+    reps, converged_at, res = _finish(c, heal, base, first_seq=first)
+    assert res.problems == [], res.problems
+    assert res.lost == 0, "a 4 s pause is within every retransmit buffer: nothing may be lost"
+    # the others declared the stopped node lost (expected); nobody else was
+    assert false_deaths(reps, {nid: {victim.node_id} for nid in reps if nid != victim.node_id}, since) == []
+    _assert_converged(converged_at)
+
+
+def test_partition(cluster: Cluster) -> None:
+    c = cluster
+    c.hb, c.sync = HB, SYNC
+    base, since, first = _warm_up(c)
+    victim = c.workers[3]
+    c.ns.link(victim.i, False)
+    time.sleep(4.0)
+    others = [w for w in c.live() if w is not victim]
+    for nid, r in c.reports(others).items():
+        assert victim.node_id not in r["nodes"], f"{nid} still lists the partitioned node"
+    c.traffic(state=False)
+    c.ns.link(victim.i, True)
+    heal = time.monotonic()
+    _all_members(c)
+    reps, converged_at, res = _finish(c, heal, base, first_seq=first)
+    assert res.problems == [], res.problems
+    assert res.lost == 0, "a 4 s partition is within every retransmit buffer: nothing may be lost"
+    # the partitioned node and the rest lose each other; within the majority, nobody
+    allowed = {nid: {victim.node_id} for nid in reps if nid != victim.node_id}
+    allowed[victim.node_id] = {w.node_id for w in others}
+    assert false_deaths(reps, allowed, since) == []
+    _assert_converged(converged_at)
+
+
+def test_redis_kill_and_restart(cluster: Cluster) -> None:
+    c = cluster
+    c.hb, c.sync = HB, SYNC
+    base, since, first = _warm_up(c)
+    assert c.redis is not None
+    c.redis.kill()
+    time.sleep(3.0)
+    c.traffic(state=False)
+    c.redis.start()
+    heal = time.monotonic()
+    _all_members(c)
+    reps, converged_at, res = _finish(c, heal, base, first_seq=first)
+    assert res.problems == [], res.problems
+    assert res.lost == 0, "WebSocket links carried on: nothing may be lost"
+    assert false_deaths(reps, {}, since) == []
+    _assert_converged(converged_at)
