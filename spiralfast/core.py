@@ -168,7 +168,7 @@ class MeshCore:
             self.outbox.flush()
             self.running = False
             await stop_links(self)
-            await cancel_all(self._tasks)
+            await cancel_all(self._tasks + list(self.host.replying.values()))
             self._tasks.clear()
             self.dispatcher.cancel()
             for link in list(self.links):

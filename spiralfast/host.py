@@ -38,6 +38,11 @@ REPAIR_DELAY = 0.5
 REPAIR_INTERVAL = 1.0
 REPAIR_ATTEMPTS = 5
 MAX_REPAIR_SEQS = 4096
+#: Requests (of MAX_REPAIR_SEQS each) sent to one origin per round: a long gap (a peer
+#: paused for seconds) is repaired while the origin still holds it.
+REPAIR_BATCH = 16
+#: A paced state reply waits while the link holds more than this many unsent bytes.
+REPLY_PACE_BYTES = 4 * 1024 * 1024
 
 
 class NodeHost:
@@ -52,6 +57,8 @@ class NodeHost:
         self.losses = BackoffLog(log, initial=10.0, maximum=600.0)
         self.repairs: dict[str, list[float]] = {}  # origin -> [first noticed, last asked, attempts]
         self.retx_marks: deque[tuple[float, int]] = deque()  # (monotonic time, next broadcast sequence)
+        self.replying: dict[Any, asyncio.Task[None]] = {}  # link -> paced state reply on its way
+        self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -228,6 +235,8 @@ class NodeHost:
         elif kind == schema.KIND_GOSSIP:
             bus = link.shared_bus
             self.apply(self.node.membership.on_gossip(m, sender, now, learn=bus, dial=self.node.ws is not None))
+            if not bus:
+                self.expect_upto(sender, m)
         elif kind == schema.KIND_STATE_DELTA:
             self.node.state.apply_entries(m.entries)
         elif kind == schema.KIND_STATE_DIGEST:
@@ -244,11 +253,40 @@ class NodeHost:
             self.node.state.on_clock_skew(sender, m)
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
-        for kind, obj in msgs:
-            if link.shared_bus and to is not None:
-                link.send_direct(to, kind, 0, b"", obj)
-            else:
-                link.send_frame(single_frame(kind, obj))
+        """Answer a peer.  An answer of several messages (a state repair: chunks of about
+        256 KiB, up to the whole state for a late joiner) goes out paced, each chunk once
+        the link has room, so it never overflows the link's outbox; while one is on its
+        way to a link, another many-chunk answer to it is skipped (the next anti-entropy
+        round asks again for whatever is still missing)."""
+        if len(msgs) == 1:
+            self._reply_one(link, to, msgs[0])
+        elif msgs and link not in self.replying:
+            task = asyncio.ensure_future(self._paced_reply(link, to, msgs))
+            self.replying[link] = task
+            task.add_done_callback(lambda _t, lk=link: self.replying.pop(lk, None))
+
+    @staticmethod
+    def _reply_one(link: Any, to: str | None, msg: tuple[int, Any]) -> None:
+        if link.shared_bus and to is not None:
+            link.send_direct(to, msg[0], 0, b"", msg[1])
+        else:
+            link.send_frame(single_frame(*msg))
+
+    async def _paced_reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
+        try:
+            for msg in msgs:
+                while (getattr(link, "paused", False) or getattr(link, "congested", False)
+                       or getattr(link, "outbox_bytes", 0) > REPLY_PACE_BYTES
+                       or getattr(link, "pending_bytes", 0) > REPLY_PACE_BYTES):
+                    if getattr(link, "closed", False) or not self.node.running:
+                        return
+                    await asyncio.sleep(0.005)
+                if getattr(link, "closed", False) or not self.node.running:
+                    return
+                self._reply_one(link, to, msg)
+                await asyncio.sleep(0)
+        except Exception:  # a callback must not die on one bad link
+            log.exception("state reply to %s failed", to or getattr(link, "name", "?"))
 
     def on_query(self, link: Any, q: Any) -> None:
         answer_query(self.node, link, q)
@@ -282,7 +320,9 @@ class NodeHost:
     # -- internals -----------------------------------------------------------------
 
     def send_gossip(self) -> None:
-        self.node.local_node.metadata["links"] = sorted(self.node.outbox.links)
+        md = self.node.local_node.metadata
+        md["links"] = sorted(self.node.outbox.links)
+        md["seq"] = self.node.sender.seq  # broadcast up to here: a receiver sees a gap at the end
         records = [n.to_dict() for n in self.node.nodes.values() if n.websocket_endpoint or n is self.node.local_node]
         self.broadcast(schema.KIND_GOSSIP, schema.Gossip(records))
 
@@ -337,20 +377,25 @@ class NodeHost:
             del self.repairs[origin]
         origins = {n.metadata.get("origin"): nid for nid, n in self.node.nodes.items() if nid != self.node.node_id}
         for origin in gaps:
-            st = self.repairs.setdefault(origin, [now, 0.0, 0])  # first noticed, last asked, attempts
+            # first noticed, last asked, unanswered asks, missing when last asked
+            st = self.repairs.setdefault(origin, [now, 0.0, 0, 0])
             if now - st[0] < REPAIR_DELAY or now - st[1] < REPAIR_INTERVAL:
                 continue
             w = dedupe.window(origin)
             if w is None:
                 continue
-            seqs = w.missing_seqs(MAX_REPAIR_SEQS)
+            if w.missing < st[3]:
+                st[2] = 0  # the last ask was answered (in part at least): not a silent origin
+            seqs = w.missing_seqs(MAX_REPAIR_SEQS * REPAIR_BATCH)
             nid = origins.get(origin)
             if nid is None or st[2] >= REPAIR_ATTEMPTS:
                 w.give_up(seqs)  # the origin is gone, or does not answer
                 continue
-            st[1], st[2] = now, st[2] + 1
-            self.node.counts["repair_requests"] += 1
-            self.node.outbox.send(nid, schema.KIND_REPAIR_REQUEST, 0, b"", schema.RepairRequest(origin, seqs))
+            st[1], st[2], st[3] = now, st[2] + 1, w.missing
+            for i in range(0, len(seqs), MAX_REPAIR_SEQS):
+                self.node.counts["repair_requests"] += 1
+                self.node.outbox.send(nid, schema.KIND_REPAIR_REQUEST, 0, b"",
+                                      schema.RepairRequest(origin, seqs[i:i + MAX_REPAIR_SEQS]))
 
     def repair_request(self, requester: str | None, m: schema.RepairRequest) -> None:
         """A peer misses some of our broadcasts: resend what the buffer still holds."""
@@ -386,11 +431,45 @@ class NodeHost:
                              "details": {"origin": origin, "lost": missing - before, "lost_total": missing}}})
         self.reported = gaps
 
+    def expect_upto(self, sender: str | None, g: schema.Gossip) -> None:
+        """Gossip over a link comes after every broadcast its sender made before it (one
+        ordered stream): what we have not seen of its sequence up to there is missing."""
+        for rec in g.nodes:
+            if isinstance(rec, dict) and rec.get("node_id") == sender:
+                md = rec.get("metadata")
+                if isinstance(md, dict) and isinstance(md.get("origin"), str) and type(md.get("seq")) is int:
+                    w = self.node.gate.dedupe.window(md["origin"])
+                    if w is not None:
+                        w.expect(md["seq"])
+                return
+
+    def vouch(self, now: float, late: float, tick: float) -> None:
+        """Failure detection must not blame peers for our own slowness.  ``late``: how
+        much later than due this tick ran (our loop was blocked, or the process stopped):
+        every peer's clock moves on by as much.  A peer whose link delivered frames since
+        the last tick is alive (its heartbeats may wait behind a backlog of events), and
+        while we have stopped reading, silence proves nothing about the linked peers."""
+        m = self.node.membership
+        if late > tick:
+            m.stalled(late)
+        paused = self.node.dispatcher.reading_paused
+        counts = {}
+        for pid, link in self.node.outbox.links.items():
+            n = getattr(link, "frames_in", None)
+            counts[link] = n
+            if paused or (n is not None and n != self.frames_seen.get(link, n)):
+                m.alive(pid, now)
+        self.frames_seen = counts
+
     async def sweep_loop(self) -> None:
         interval = self.node.config.heartbeat_interval
+        tick = min(interval / 4, 0.5)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(interval / 4, 0.5))
+            await asyncio.sleep(tick)
             now = time.monotonic()
+            self.vouch(now, now - last - tick, tick)
+            last = now
             self.apply(self.node.membership.sweep(now))
             self.repair_tick(now)
             self.check_losses()

@@ -135,6 +135,8 @@ class StateSynchronizer:
             self.max_clock_offset = cfg.max_clock_offset
             self.tombstone_ttl = cfg.tombstone_ttl
             self.absence = 3 * cfg.heartbeat_interval
+            if cfg.peers:  # a node that joins a mesh holds its state only once a peer's digest agrees
+                self.sync_status = SyncState.SYNCING
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -377,7 +379,11 @@ class StateSynchronizer:
         self.last_contact = time.time()
 
     def before_rejoin(self) -> None:
-        """Called when a peer link comes up, before any state is exchanged."""
+        """Called when a peer link comes up, before any state is exchanged: until a
+        digest from a peer agrees with ours we are syncing, not synced (a late joiner
+        must not report ``synced`` before it holds the mesh's state)."""
+        if self.sync_status == SyncState.SYNCED:
+            self.sync_status = SyncState.SYNCING
         now = time.time()
         if self._rejoin_from is None and self.last_contact is not None and now - self.last_contact > self.absence:
             self._rejoin_from = self.last_contact

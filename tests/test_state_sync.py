@@ -272,7 +272,7 @@ def test_large_state_travels_in_chunks_and_a_too_large_value_is_refused() -> Non
         try:
             for i in range(1000):
                 a.state.update_local_state("agents", f"k{i}", "x" * 10_000)
-            for i in range(20):
+            for i in range(100):
                 a.state.update_local_state("system", f"m{i}", "y" * 1_000_000)
             with pytest.raises(StateTooLarge, match="MAX_STATE_ENTRY_SIZE"):
                 a.state.update_local_state("system", "huge", "z" * 9_000_000)
@@ -280,9 +280,19 @@ def test_large_state_travels_in_chunks_and_a_too_large_value_is_refused() -> Non
             b = MeshCore(MeshConfig(node_id="big-b", peers=[a.local_node.websocket_endpoint or ""], **base))  # type: ignore[arg-type]
             await b.start()
             try:
-                await wait_for(lambda: len(b.state.get_local_state("agents") or {}) == 1000
-                               and len(b.state.get_local_state("system") or {}) == 20, timeout=30)
-                await wait_for(lambda: b.state.sync_status.value == "synced", timeout=10)
+                def complete() -> bool:
+                    return (len(b.state.get_local_state("agents") or {}) == 1000
+                            and len(b.state.get_local_state("system") or {}) == 100)
+
+                early: list[str] = []
+
+                def watch() -> bool:  # "synced" only once everything is here
+                    if b.state.sync_status.value == "synced" and not complete():
+                        early.append(f"synced with {len(b.state.get_local_state('agents') or {})} keys")
+                    return complete() and b.state.sync_status.value == "synced"
+
+                await wait_for(watch, timeout=60)
+                assert not early, early[:3]
                 a.state.update_local_state("agents", "after", 1)  # small keys still flow afterwards
                 await wait_for(lambda: b.state.get_local_state("agents", "after") == 1)
                 assert "big-a" in b.nodes and b.outbox.links  # the link was never torn down
