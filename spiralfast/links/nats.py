@@ -173,17 +173,23 @@ class NatsTransport:
         return ok
 
     async def _connect(self) -> bool:
-        import nats
+        from nats.aio.client import Client
 
         st = self.settings
+        nc = Client()
         try:
-            nc = await nats.connect(
+            # With endless reconnects nats-py never gives up on a first connect either: bound it.
+            await asyncio.wait_for(nc.connect(
                 st.servers, name=f"spiralfast {st.node_id}", connect_timeout=CONNECT_TIMEOUT,
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25, dont_randomize=True,
                 ping_interval=5, max_outstanding_pings=2, no_echo=True, pending_size=MAX_PENDING_BYTES * 2,
                 error_cb=self._error_cb, disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
-            )
+            ), CONNECT_TIMEOUT * len(st.servers) + 1.0)
         except Exception:
+            try:
+                await asyncio.wait_for(nc.close(), 2.0)
+            except Exception:
+                pass
             return False
         self.nc = nc
         try:
@@ -270,7 +276,7 @@ class NatsTransport:
             except Exception:
                 server = None
         return {"state": "open" if self.connected else "down", "server": server, "stream": self.stream_on,
-                **self.stats, "auth": dict(self.sealer.stats)}
+                **self.stats, "auth": {k: v + self.msealer.stats[k] for k, v in self.sealer.stats.items()}}
 
     def heartbeat(self) -> None:
         """Nothing to add: heartbeats and gossip ride on the broadcast subject."""
@@ -281,6 +287,8 @@ class NatsTransport:
         name = type(exc).__name__
         if "SlowConsumer" in name:
             self.stats["slow_consumer"] += 1
+        elif isinstance(exc, OSError) and not self.connected:
+            return  # a server refusing us while we reconnect: the "down" warning said it
         self.errlog(("error", name), logging.WARNING, "NATS: %s", exc or name)
 
     async def _disconnected_cb(self) -> None:

@@ -1,0 +1,298 @@
+"""The NATS link (issue #18) against real nats-server processes and real node
+processes: a 3-server cluster of its own for failover, the suite's JetStream server
+(``SPIRALFAST_TEST_NATS_URL``, provided by .ci/run) for the rest.  A missing
+nats-server fails in CI and skips locally."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from spiralfast import MeshConfig, MeshCore, schema
+from spiralfast.busauth import BusSealer
+from spiralfast.links.nats import server_list, subject_token
+from spiralfast.outbox import single_frame
+
+from .conftest import wait_for
+from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup
+from .procs import NodeProc
+
+TOKEN = "nats-test-token-0123456789abcdef"
+
+
+class Node:
+    """``tests/nats_node.py`` as a subprocess: a node on NATS alone."""
+
+    def __init__(self, node_id: str, mesh: str, urls: list[str], *extra: str) -> None:
+        self.node_id = node_id
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.nats_node", node_id, mesh, ",".join(urls), "--token", TOKEN, *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"node {node_id} did not start: {line!r}")
+
+    def ask(self, cmd: str) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    async def aask(self, cmd: str) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, self.ask, cmd)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask("quit")
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait(cond: Any, timeout: float = 15.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def _mesh() -> str:
+    return "nt_" + uuid.uuid4().hex[:8]
+
+
+def test_subject_tokens_and_server_lists() -> None:
+    assert subject_token("plain_name-1") == "plain_name-1"
+    assert subject_token("a.b") == "a~2eb" and subject_token("a~2eb") == "a~7e2eb"  # distinct stays distinct
+    assert subject_token("a b*>") == "a~20b~2a~3e" and subject_token("") == "~"
+    assert server_list("nats://a:1, nats://b:2") == ["nats://a:1", "nats://b:2"]
+    assert server_list(["nats://a:1", "nats://b:2,nats://c:3"]) == ["nats://a:1", "nats://b:2", "nats://c:3"]
+
+
+def test_three_nodes_on_three_servers_exactly_once_and_a_server_dies_mid_stream() -> None:
+    cluster = NatsCluster(3)
+    mesh = _mesh()
+    nodes: list[Node] = []
+    try:
+        # each node dials its own server first, the others are its failover list
+        for i, nid in enumerate(("na", "nb", "nc")):
+            urls = cluster.urls[i:] + cluster.urls[:i]
+            nodes.append(Node(nid, mesh, urls))
+        a, b, c = nodes
+        _wait(lambda: all(set(n.ask("report")["nodes"]) == {"na", "nb", "nc"} for n in nodes))
+        servers = {n.node_id: n.ask("report")["nats"]["server"] for n in nodes}
+        assert len(set(servers.values())) == 3, servers  # three different servers
+        # direct messages over each node's own subject
+        assert a.ask("direct nb 20")["ok"] == 20 and a.ask("direct nc 20")["ok"] == 20
+        assert b.ask("direct nc 20")["ok"] == 20 and c.ask("direct na 20")["ok"] == 20
+        # broadcasts from two nodes; the server of one of them (nb) dies mid-stream
+        a.proc.stdin.write("send 3000 1500\n")  # type: ignore[union-attr]
+        b.proc.stdin.write("send 3000 1500\n")  # type: ignore[union-attr]
+        a.proc.stdin.flush()  # type: ignore[union-attr]
+        b.proc.stdin.flush()  # type: ignore[union-attr]
+        time.sleep(0.8)
+        cluster.kill(1)
+        for n in (a, b):
+            assert json.loads(n.proc.stdout.readline()) == {"sent": 3000}  # type: ignore[union-attr]
+
+        def complete() -> bool:
+            ra, rb, rc = (n.ask("report") for n in nodes)
+            return (ra["got"]["t"].get("nb") == 3000 and rb["got"]["t"].get("na") == 3000
+                    and rc["got"]["t"].get("na") == 3000 and rc["got"]["t"].get("nb") == 3000)
+
+        _wait(complete, timeout=20, interval=0.3)
+        reports = {n.node_id: n.ask("report") for n in nodes}
+        for nid, r in reports.items():
+            assert r["dups"] == {}, (nid, r["dups"])
+            assert r["counters"]["events_lost"] == 0, (nid, r["delivery"])
+        assert reports["nb"]["got"]["d"] == {"na": 20} and reports["na"]["got"]["d"] == {"nc": 20}
+        assert reports["nc"]["got"]["d"] == {"na": 20, "nb": 20}
+        rb = reports["nb"]["nats"]
+        assert rb["reconnects"] >= 1 and rb["state"] == "open" and rb["server"] != servers["nb"]
+        # what nb's outage cost was repaired from the senders' retransmit buffers
+        assert sum(r["counters"]["repair_requests"] for r in reports.values()) >= 1, reports
+    finally:
+        for n in nodes:
+            n.stop()
+        cluster.close()
+
+
+def test_a_node_away_longer_than_the_retransmit_window_catches_up_from_jetstream() -> None:
+    url = nats_or_fail()
+    mesh = _mesh()
+
+    async def main() -> None:
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        proxy = TcpProxy(u.port or 4222, u.hostname or "127.0.0.1")
+        await proxy.restore()
+        # the sender forgets what it sent after 1 s: only the stream can fill the gap
+        a = Node("sa", mesh, [url], "--stream", "--retx", "1", "--hb", "0.3")
+        c = Node("sc", mesh, [proxy.url], "--stream", "--hb", "0.3")
+        try:
+            await asyncio.to_thread(_wait, lambda: "sa" in c.ask("report")["nodes"])
+            assert (await a.aask("send 100 0"))["sent"] == 100
+            await asyncio.to_thread(_wait, lambda: c.ask("report")["got"]["t"].get("sa") == 100)
+            await proxy.cut()  # sc is away
+            assert (await a.aask("send 500 1000"))["sent"] == 600
+            await asyncio.sleep(2.5)  # > retransmit window: sa's buffer no longer holds them
+            await proxy.restore()
+            await asyncio.sleep(0.3)
+            assert (await a.aask("send 100 0"))["sent"] == 700
+            await asyncio.to_thread(_wait, lambda: c.ask("report")["got"]["t"].get("sa") == 700, 20)
+            await asyncio.sleep(1.5)  # anything late (a second copy, a give-up) would show now
+            r = await c.aask("report")
+            assert r["got"]["t"] == {"sa": 700} and r["dups"] == {}
+            assert r["counters"]["events_lost"] == 0, r["delivery"]
+            assert r["nats"]["catchups"] >= 1 and r["nats"]["caught_up_events"] >= 500, r["nats"]
+        finally:
+            a.stop()
+            c.stop()
+            await proxy.cut()
+            await stream_cleanup(url, mesh)
+
+    asyncio.run(main())
+
+
+def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_counted() -> None:
+    url = nats_or_fail()
+    mesh = _mesh()
+    victim = NodeProc("victim", "--nats", url, "--token", TOKEN, "--name", mesh)
+
+    async def main() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        base = f"spiralfast.{subject_token(mesh)}"
+        bcast, mine, members = f"{base}.bcast", f"{base}.node.victim", f"{base}.members"
+        helper = MeshCore(MeshConfig(node_id="helper", mesh_name=mesh, enable_websocket=False, enable_redis=False,
+                                     nats_url=url, auth_token=TOKEN, heartbeat_interval=0.3))
+        got: list[Any] = []
+        helper.register_event_handler("ping", got.append)
+        await helper.start()
+        try:
+            await wait_for(lambda: "victim" in helper.nodes, 10)
+            # a heartbeat speaking for the victim (a forged departure/ghost if it passed)
+            hb = single_frame(schema.KIND_HEARTBEAT, schema.Heartbeat("victim", "active", 0, 0.0, time.time()))
+            good = BusSealer("intruder", mesh, TOKEN)
+            plain = BusSealer("intruder", mesh, None)
+            wrong = BusSealer("intruder", mesh, "not-the-token-0123456789abcdef")
+            replay = good.seal(bcast.encode(), 1, hb)
+            attacks = [
+                (bcast, b"junk"), (mine, b"\xff" * 64), (members, b""),
+                (bcast, plain.seal(bcast.encode(), 1, hb)), (mine, plain.seal(mine.encode(), 2, hb)),
+                (bcast, wrong.seal(bcast.encode(), 1, hb)), (members, wrong.seal(members.encode(), 1, b"\x80")),
+                (mine, good.seal(bcast.encode(), 5, hb)),  # sealed for another subject
+                (bcast, replay), (bcast, replay), (bcast, replay),  # the first passes the seal, not the gate
+            ]
+            for subject, payload in attacks * 20:
+                await nc.publish(subject, payload)
+            await nc.flush()
+            st: dict[str, Any] = {}
+
+            async def counted() -> bool:
+                nonlocal st
+                st = await victim.query("status", token=TOKEN)
+                link = [x for x in st["links"] if x["transport"] == "nats"][0]
+                return bool(link["refused"] >= 200)
+
+            deadline = time.monotonic() + 10
+            while not await counted():
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.2)
+            link = [x for x in st["links"] if x["transport"] == "nats"][0]
+            assert st["counters"]["bus_refused"] == link["refused"]
+            auth = link["auth"]
+            assert auth["malformed"] >= 60 and auth["unsigned"] >= 40 and auth["forged"] >= 60, auth
+            assert auth["replayed"] >= 40, auth
+            assert st["nats"] is True and st["counters"]["refused_messages"] >= 1  # the heartbeat that passed the seal
+            # the victim keeps serving its mesh
+            vn = await victim.query("nodes", token=TOKEN)
+            assert "helper" in {n["node_id"] for n in vn} and "intruder" not in {n["node_id"] for n in vn}
+            c = await victim.client(TOKEN)
+            try:
+                await c.query("publish", type="ping", data={"ok": 1})
+            finally:
+                c.close()
+            await wait_for(lambda: bool(got), 10)
+        finally:
+            await helper.stop()
+            await nc.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        victim.stop()
+
+
+def test_in_process_mesh_state_and_tasks_over_nats_only() -> None:
+    url = nats_or_fail()
+    mesh = _mesh()
+
+    async def main() -> None:
+        def cfg(nid: str) -> MeshConfig:
+            return MeshConfig(node_id=nid, mesh_name=mesh, enable_websocket=False, enable_redis=False, nats_url=url,
+                              auth_token=TOKEN, heartbeat_interval=0.3, sync_interval=0.3)
+
+        a, b = MeshCore(cfg("pa")), MeshCore(cfg("pb"))
+        await a.start()
+        await b.start()
+        try:
+            await wait_for(lambda: "pb" in a.nodes and "pa" in b.nodes)
+            assert a.get_mesh_status()["nats"] is True
+            a.state.update_local_state("agents", "k", {"v": 1})
+            await wait_for(lambda: b.state.get_local_state("agents", "k") == {"v": 1})
+            b.register_task_handler("double", lambda x: x * 2)
+            deadline = time.monotonic() + 10
+            while True:  # until pb's capability has reached pa
+                try:
+                    assert await a.submit_task("double", 21, timeout=5) == 42
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            await b.stop()
+            await wait_for(lambda: "pb" not in a.nodes, 5)
+        finally:
+            await b.stop()
+            await a.stop()
+
+    asyncio.run(main())
+
+
+def test_unreachable_nats_warns_once_and_the_node_runs_on() -> None:
+    async def main() -> None:
+        from .conftest import free_port
+
+        port = free_port()
+        n = MeshCore(MeshConfig(node_id="lonely", enable_websocket=False, enable_redis=False,
+                                nats_url=f"nats://127.0.0.1:{port}", heartbeat_interval=0.3))
+        t = time.monotonic()
+        await n.start()
+        try:
+            assert time.monotonic() - t < 8
+            assert n.nats is not None and not n.nats.connected and n.get_mesh_status()["nats"] is False
+            await n.broadcast_event("x", {"still": "running"})
+        finally:
+            await n.stop()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
