@@ -6,6 +6,7 @@ membership and state-sync effects) and runs the heartbeat and failure-detection 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -43,6 +44,8 @@ MAX_REPAIR_SEQS = 4096
 REPAIR_BATCH = 16
 #: A paced state reply waits while the link holds more than this many unsent bytes.
 REPLY_PACE_BYTES = 4 * 1024 * 1024
+#: Origins whose node names are remembered (the dedupe windows keep at most 4,096 origins).
+MAX_ORIGIN_NAMES = 8192
 
 
 class NodeHost:
@@ -57,6 +60,8 @@ class NodeHost:
         self.losses = BackoffLog(log, initial=10.0, maximum=600.0)
         self.repairs: dict[str, list[float]] = {}  # origin -> [first noticed, last asked, attempts]
         self.retx_marks: deque[tuple[float, int]] = deque()  # (monotonic time, next broadcast sequence)
+        #: Broadcast origin -> the node (one per incarnation) it belongs to, for operators.
+        self.origin_names: dict[str, str] = {}
         self.replying: dict[Any, asyncio.Task[None]] = {}  # link -> paced state reply on its way
         self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
 
@@ -263,7 +268,10 @@ class NodeHost:
         elif msgs and link not in self.replying:
             task = asyncio.ensure_future(self._paced_reply(link, to, msgs))
             self.replying[link] = task
-            task.add_done_callback(lambda _t, lk=link: self.replying.pop(lk, None))
+            task.add_done_callback(functools.partial(self._replied, link))
+
+    def _replied(self, link: Any, _task: Any) -> None:
+        self.replying.pop(link, None)
 
     @staticmethod
     def _reply_one(link: Any, to: str | None, msg: tuple[int, Any]) -> None:
@@ -300,6 +308,11 @@ class NodeHost:
             if e[0] == "joined":
                 node = e[1]
                 log.info("node %s (%s) joined", node.node_id, node.name)
+                origin = node.metadata.get("origin") if isinstance(node.metadata, dict) else None
+                if isinstance(origin, str):
+                    self.origin_names[origin] = node.node_id
+                    while len(self.origin_names) > MAX_ORIGIN_NAMES:
+                        del self.origin_names[next(iter(self.origin_names))]
                 self.node.dispatcher.announce({"type": EventType.NODE_REGISTER.value, "source_node": node.node_id,
                                           "timestamp": datetime.now().isoformat(), "data": node.to_dict()})
             elif e[0] == "lost":
@@ -392,6 +405,8 @@ class NodeHost:
                 w.give_up(seqs)  # the origin is gone, or does not answer
                 continue
             st[1], st[2], st[3] = now, st[2] + 1, w.missing
+            if nid is None:  # not a member now; after a bus outage it is back within a heartbeat or two
+                continue
             for i in range(0, len(seqs), MAX_REPAIR_SEQS):
                 self.node.counts["repair_requests"] += 1
                 self.node.outbox.send(nid, schema.KIND_REPAIR_REQUEST, 0, b"",

@@ -168,6 +168,14 @@ class MeshCollector(Collector):
             lv = delivery["lost"]
             lost = sum(_num(x) for x in lv.values()) if isinstance(lv, dict) else lv
         yield counter("events_lost_total", "Events found missing (gaps) that could not be repaired.", lost)
+        if isinstance(delivery, dict) and isinstance(delivery.get("by_node"), dict):
+            by_node = CounterMetricFamily(f"{p}_events_lost_by_node_total",
+                                          "Events that could not be repaired, by the node that sent them.",
+                                          labels=["node"])
+            for node, v in sorted(delivery["by_node"].items())[:MAX_PEER_LABELS]:
+                if isinstance(v, dict) and _num(v.get("lost")):
+                    by_node.add_metric([str(node)], _num(v.get("lost")))
+            yield by_node
         yield counter("handler_errors_total", "Event handlers that raised (mesh and bus).",
                       _num(c.get("handler_errors")) + _num(bus.get("handler_errors")))
         http_refused = getattr(self.http, "auth_failures", 0)

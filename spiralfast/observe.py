@@ -72,8 +72,23 @@ def mesh_status(core: MeshCore) -> dict[str, Any]:
         "persistence": core.eventlog.status() if core.eventlog is not None else None,
         # Per origin: broadcast sequences given up (outside the origin's retransmit buffer,
         # or the origin gone) and those still missing (being repaired, or on a slower path).
-        "delivery": {"lost": core.gate.dedupe.lost(), "missing": core.gate.dedupe.gaps()},
+        "delivery": delivery(core),
     }
+
+
+def delivery(core: MeshCore) -> dict[str, Any]:
+    """Unrepairable (``lost``) and not yet repaired (``missing``) events per broadcast
+    origin (one per node incarnation), and the same per node for operators."""
+    lost, missing = core.gate.dedupe.lost(), core.gate.dedupe.gaps()
+    names = core.host.origin_names
+    by_node: dict[str, dict[str, int]] = {}
+    for what, counts in (("lost", lost), ("missing", missing)):
+        for origin, n in counts.items():
+            if n:
+                node = by_node.setdefault(names.get(origin, origin), {"lost": 0, "missing": 0})
+                node[what] += n
+    return {"lost": lost, "missing": missing, "by_node": by_node,
+            "origins": {o: names[o] for o in set(lost) | set(missing) if o in names}}
 
 
 def node_counters(core: MeshCore) -> dict[str, int]:

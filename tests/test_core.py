@@ -513,4 +513,5 @@ def test_what_cannot_be_repaired_is_counted_and_announced_never_silent() -> None
     got, st, alerts, a = _lossy_pair_run(0)  # no retransmit buffer: the origin has nothing to resend
     assert sorted(got) == [0, 1, 4, 5, 99]
     assert st["counters"]["events_lost"] == 2 and list(st["delivery"]["lost"].values()) == [2]
+    assert st["delivery"]["by_node"] == {a.node_id: {"lost": 2, "missing": 0}}  # named for operators
     assert alerts[0]["data"]["details"]["lost"] == 2

@@ -90,6 +90,7 @@ EXPECTED = {
     "spiralfast_events_forwarded": "counter",
     "spiralfast_events_dropped": "counter",
     "spiralfast_events_lost": "counter",
+    "spiralfast_events_lost_by_node": "counter",
     "spiralfast_handler_errors": "counter",
     "spiralfast_nodes": "gauge",
     "spiralfast_links": "gauge",
