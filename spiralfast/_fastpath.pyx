@@ -39,6 +39,9 @@ cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
 cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
 cdef long long SEQ_WINDOW = _limits.SEQ_WINDOW
 cdef Py_ssize_t MAX_ORIGINS = _limits.MAX_ORIGINS
+from time import monotonic as _monotonic
+#: Missing ranges kept per origin below its bitmap (the pure twin's ``MAX_OLD_RANGES``).
+MAX_OLD_RANGES = 4096
 
 cdef object _decode_event = msgspec.msgpack.Decoder(Event).decode
 cdef object _Event = Event
@@ -96,7 +99,8 @@ cdef inline bint _internal(str etype):
 
 cdef class _Window:
     """The sequence numbers seen from one origin: the highest, and a bitmap of the
-    ``SEQ_WINDOW`` below it."""
+    ``SEQ_WINDOW`` below it; missing ranges that slid out of the bitmap in ``old``
+    (see the pure twin)."""
 
     cdef public long long high
     cdef public long long low  # the first sequence seen (we may have joined late)
@@ -104,6 +108,7 @@ cdef class _Window:
     cdef public long long lost  # given up: outside the origin's retransmit buffer, or the origin gone
     cdef public bint counted  # a broadcast origin: a skipped sequence is a loss
     cdef bytearray bits
+    cdef public list old  # missing [first, end) ranges below the bitmap, oldest first
 
     def __init__(self, bint counted=False):
         self.high = -1
@@ -112,16 +117,23 @@ cdef class _Window:
         self.lost = 0
         self.counted = counted
         self.bits = bytearray(SEQ_WINDOW >> 3)
+        self.old = []
 
     cpdef list missing_seqs(self, Py_ssize_t limit):
         """The sequences skipped and not filled, oldest first (at most ``limit``)."""
         cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
-        cdef long long i, pos, lo = self.high - SEQ_WINDOW + 1
+        cdef long long i, end, pos, lo = self.high - SEQ_WINDOW + 1
         cdef list out = []
+        for r in self.old:
+            i = r[0]
+            end = r[1]
+            while i < end and len(out) < limit:
+                out.append(i)
+                i += 1
         if lo < self.low:
             lo = self.low
         i = lo
-        while i < self.high and len(out) < limit:
+        while i <= self.high and len(out) < limit:
             pos = i & (SEQ_WINDOW - 1)
             if not b[pos >> 3] & (1 << (pos & 7)):
                 out.append(i)
@@ -134,7 +146,11 @@ cdef class _Window:
         cdef long long seq, pos
         for s in seqs:
             seq = s
-            if seq <= self.high - SEQ_WINDOW or seq > self.high or seq < self.low:
+            if seq <= self.high - SEQ_WINDOW:
+                if self._take_old(seq):
+                    self.lost += 1
+                continue
+            if seq > self.high or seq < self.low:
                 continue
             pos = seq & (SEQ_WINDOW - 1)
             if not b[pos >> 3] & (1 << (pos & 7)):
@@ -143,28 +159,108 @@ cdef class _Window:
                 if self.missing > 0:
                     self.missing -= 1
 
-    cdef bint first(self, long long seq):
+    cpdef expect(self, long long seq):
+        """The origin says it has sent up to ``seq`` (see the pure twin)."""
+        if self.counted and self.high >= 0 and seq > self.high:
+            self._advance(seq)
+
+    cdef inline void _advance(self, long long seq):
         cdef unsigned char* b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
-        cdef long long i, pos
+        cdef long long i, pos, high = self.high, lo
+        cdef unsigned char bit
+        if self.counted:
+            self.missing += seq - high
+        if seq - high >= SEQ_WINDOW:
+            if self.counted:
+                lo = high - SEQ_WINDOW + 1
+                if lo < self.low:
+                    lo = self.low
+                i = lo
+                while i <= high:
+                    pos = i & (SEQ_WINDOW - 1)
+                    if not b[pos >> 3] & (1 << (pos & 7)):
+                        self._add_old_range(i, i + 1)
+                    i += 1
+                self._add_old_range(high + 1, seq - SEQ_WINDOW + 1)
+            memset(b, 0, SEQ_WINDOW >> 3)
+        else:
+            i = high + 1
+            while i <= seq:
+                pos = i & (SEQ_WINDOW - 1)
+                bit = <unsigned char>(1 << (pos & 7))
+                if not b[pos >> 3] & bit:
+                    if self.counted and i - SEQ_WINDOW >= self.low:
+                        self._add_old_range(i - SEQ_WINDOW, i - SEQ_WINDOW + 1)
+                        b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
+                else:
+                    b[pos >> 3] &= ~bit
+                i += 1
+        self.high = seq
+
+    cdef _add_old_range(self, long long first, long long end):
+        cdef list old = self.old
+        cdef list r
+        if first >= end:
+            return
+        cdef Py_ssize_t n = len(old)
+        if n and (<list>old[n - 1])[1] == first:
+            (<list>old[n - 1])[1] = end
+        else:
+            old.append([first, end])
+            if len(old) > MAX_OLD_RANGES:
+                r = old.pop(0)
+                self.lost += r[1] - r[0]
+                self.missing -= r[1] - r[0]
+
+    cdef bint _take_old(self, long long seq):
+        """Remove ``seq`` from ``old``; False if it is not there (seen or given up)."""
+        cdef list old = self.old
+        cdef list r, g
+        cdef Py_ssize_t k
+        cdef long long a, e
+        for k in range(len(old)):
+            r = <list>old[k]
+            a = r[0]
+            e = r[1]
+            if seq < a:
+                return False
+            if seq < e:
+                if e - a == 1:
+                    del old[k]
+                elif seq == a:
+                    r[0] = a + 1
+                elif seq == e - 1:
+                    r[1] = e - 1
+                else:
+                    old.insert(k + 1, [seq + 1, e])
+                    r[1] = seq
+                    if len(old) > MAX_OLD_RANGES:
+                        g = old.pop(0)
+                        self.lost += g[1] - g[0]
+                        self.missing -= g[1] - g[0]
+                if self.missing > 0:
+                    self.missing -= 1
+                return True
+        return False
+
+    cdef bint first(self, long long seq):
+        cdef unsigned char* b
+        cdef long long pos
         if seq > self.high:
             if self.high < 0:
                 self.low = seq
-            if self.counted and self.high >= 0:
-                self.missing += seq - self.high - 1
-            if seq - self.high >= SEQ_WINDOW:
-                memset(b, 0, SEQ_WINDOW >> 3)
-            else:
-                i = self.high + 1
-                while i < seq:
-                    pos = i & (SEQ_WINDOW - 1)
-                    b[pos >> 3] &= ~(1 << (pos & 7))
-                    i += 1
+                self.high = seq - 1
+            self._advance(seq)
+            b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
             pos = seq & (SEQ_WINDOW - 1)
             b[pos >> 3] |= (1 << (pos & 7))
-            self.high = seq
+            if self.counted:
+                self.missing -= 1
             return True
         if seq <= self.high - SEQ_WINDOW:
-            return False  # older than the window: taken as already seen
+            # Older than the window: taken as already seen, unless still missing.
+            return len(self.old) > 0 and self._take_old(seq)
+        b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
         pos = seq & (SEQ_WINDOW - 1)
         if b[pos >> 3] & (1 << (pos & 7)):
             return False
@@ -288,6 +384,7 @@ cdef class EventSink:
     cdef object _inbox
     cdef Ring _cring  # the same ring when it is the compiled one: a C-level empty()
     cdef set _observers
+    cdef Py_ssize_t _inline  # envelopes run inline: every 16th checks the turn's budget
 
     def __init__(self, dispatcher, bytes node_id, Dedupe dedupe):
         if dedupe is None:
@@ -308,6 +405,7 @@ cdef class EventSink:
         self._inbox = dispatcher.inbox
         self._cring = dispatcher.inbox if isinstance(dispatcher.inbox, Ring) else None
         self._observers = dispatcher.observers
+        self._inline = 0
 
     cpdef bint sync_only(self, str etype, list handlers) except -1:
         c = self._kinds.get(etype)
@@ -350,6 +448,15 @@ cdef class EventSink:
         cdef Py_ssize_t i
         cdef PyObject* res
         cdef int st
+        if not self._spill and idle:
+            self._inline += 1
+            if (self._inline & 15) == 0:
+                deadline = self.dispatcher.turn_deadline
+                if deadline and _monotonic() > deadline:
+                    # Handlers have held the loop long enough: queue from here on.
+                    self.dispatcher.defer()
+                    self.dispatcher.queue(env)
+                    return
         if not self._spill and idle and not self.sync_only(env["type"], handlers):
             # Coroutine handlers run eagerly (see spiralfast.dispatch): PyIter_Send steps
             # the coroutine without raising StopIteration when it finishes at once.

@@ -25,6 +25,10 @@ from .schema import KIND_EVENT, Event
 
 COMPILED = False
 
+#: Missing ranges kept per origin below its bitmap (see ``_Window``); beyond it the
+#: oldest is given up (counted lost).
+MAX_OLD_RANGES = 4096
+
 _cache_sec: float | None = None
 _cache_prefix = ""
 
@@ -49,9 +53,15 @@ def iso_from_epoch(ts: float) -> str:
 
 
 class _Window:
-    """The sequences seen from one origin: the highest, and a bitmap below it."""
+    """The sequences seen from one origin: the highest, and a bitmap below it.
 
-    __slots__ = ("high", "low", "bits", "missing", "lost", "counted")
+    A broadcast origin's sequences still missing when they slide out of the bitmap
+    (a gap longer than ``SEQ_WINDOW``, or one not yet repaired) move to ``old``, a
+    sorted list of ``[first, end)`` ranges, so they can still be repaired or given up
+    (counted lost), never forgotten.  At most ``MAX_OLD_RANGES`` ranges; beyond it
+    the oldest is given up."""
+
+    __slots__ = ("high", "low", "bits", "missing", "lost", "counted", "old")
 
     def __init__(self, counted: bool = False) -> None:
         self.high = -1
@@ -60,18 +70,24 @@ class _Window:
         self.missing = 0  # sequences skipped and not (yet) filled
         self.counted = counted  # a broadcast origin: a skipped sequence is a loss
         self.bits = bytearray(SEQ_WINDOW >> 3)
+        self.old: list[list[int]] = []  # missing ranges below the bitmap, oldest first
 
     def missing_seqs(self, limit: int) -> list[int]:
         """The sequences skipped and not filled, oldest first (at most ``limit``)."""
+        out: list[int] = []
+        for r in self.old:
+            i = r[0]
+            while i < r[1] and len(out) < limit:
+                out.append(i)
+                i += 1
         b = self.bits
         mask = SEQ_WINDOW - 1
-        out: list[int] = []
-        for i in range(max(self.low, self.high - SEQ_WINDOW + 1), self.high):
+        i = max(self.low, self.high - SEQ_WINDOW + 1)
+        while i <= self.high and len(out) < limit:
             pos = i & mask
             if not b[pos >> 3] & (1 << (pos & 7)):
                 out.append(i)
-                if len(out) >= limit:
-                    break
+            i += 1
         return out
 
     def give_up(self, seqs: list[int]) -> None:
@@ -79,7 +95,11 @@ class _Window:
         b = self.bits
         mask = SEQ_WINDOW - 1
         for seq in seqs:
-            if seq <= self.high - SEQ_WINDOW or seq > self.high or seq < self.low:
+            if seq <= self.high - SEQ_WINDOW:
+                if self._take_old(seq):
+                    self.lost += 1
+                continue
+            if seq > self.high or seq < self.low:
                 continue
             pos = seq & mask
             if not b[pos >> 3] & (1 << (pos & 7)):
@@ -88,26 +108,100 @@ class _Window:
                 if self.missing > 0:
                     self.missing -= 1
 
+    def expect(self, seq: int) -> None:
+        """The origin says it has sent up to ``seq``: what we have not seen is missing
+        (a gap at the end, which no later event would reveal).  Ignored before the
+        first event of the origin (we count from where we joined)."""
+        if self.counted and self.high >= 0 and seq > self.high:
+            self._advance(seq)
+
+    def _advance(self, seq: int) -> None:
+        """Move ``high`` to ``seq`` (> high), every sequence after the old high missing;
+        missing ones sliding out of the bitmap go to ``old``."""
+        b = self.bits
+        mask = SEQ_WINDOW - 1
+        high = self.high
+        if self.counted:
+            self.missing += seq - high
+        if seq - high >= SEQ_WINDOW:
+            if self.counted:
+                i = max(self.low, high - SEQ_WINDOW + 1)
+                while i <= high:
+                    pos = i & mask
+                    if not b[pos >> 3] & (1 << (pos & 7)):
+                        self._add_old(i)
+                    i += 1
+                self._add_old_range(high + 1, seq - SEQ_WINDOW + 1)
+            b[:] = bytes(len(b))
+        else:
+            low, counted = self.low, self.counted
+            for i in range(high + 1, seq + 1):
+                pos = i & mask
+                bit = 1 << (pos & 7)
+                if not b[pos >> 3] & bit:
+                    if counted and i - SEQ_WINDOW >= low:
+                        self._add_old(i - SEQ_WINDOW)
+                else:
+                    b[pos >> 3] &= ~bit & 0xFF
+        self.high = seq
+
+    def _add_old(self, seq: int) -> None:
+        self._add_old_range(seq, seq + 1)
+
+    def _add_old_range(self, first: int, end: int) -> None:
+        if first >= end:
+            return
+        old = self.old
+        if old and old[-1][1] == first:
+            old[-1][1] = end
+        else:
+            old.append([first, end])
+            if len(old) > MAX_OLD_RANGES:
+                r = old.pop(0)
+                self.lost += r[1] - r[0]
+                self.missing -= r[1] - r[0]
+
+    def _take_old(self, seq: int) -> bool:
+        """Remove ``seq`` from ``old``; False if it is not there (seen or given up)."""
+        old = self.old
+        for k, r in enumerate(old):
+            if seq < r[0]:
+                return False
+            if seq < r[1]:
+                if r[1] - r[0] == 1:
+                    del old[k]
+                elif seq == r[0]:
+                    r[0] += 1
+                elif seq == r[1] - 1:
+                    r[1] -= 1
+                else:
+                    old.insert(k + 1, [seq + 1, r[1]])
+                    r[1] = seq
+                    if len(old) > MAX_OLD_RANGES:
+                        g = old.pop(0)
+                        self.lost += g[1] - g[0]
+                        self.missing -= g[1] - g[0]
+                if self.missing > 0:
+                    self.missing -= 1
+                return True
+        return False
+
     def first(self, seq: int) -> bool:
         b = self.bits
         mask = SEQ_WINDOW - 1
         if seq > self.high:
             if self.high < 0:
                 self.low = seq
-            if self.counted and self.high >= 0:
-                self.missing += seq - self.high - 1
-            if seq - self.high >= SEQ_WINDOW:
-                b[:] = bytes(len(b))
-            else:
-                for i in range(self.high + 1, seq):
-                    pos = i & mask
-                    b[pos >> 3] &= ~(1 << (pos & 7)) & 0xFF
+                self.high = seq - 1
+            self._advance(seq)
             pos = seq & mask
             b[pos >> 3] |= 1 << (pos & 7)
-            self.high = seq
+            if self.counted:
+                self.missing -= 1
             return True
         if seq <= self.high - SEQ_WINDOW:
-            return False  # older than the window: taken as already seen
+            # Older than the window: taken as already seen, unless still missing.
+            return bool(self.old) and self._take_old(seq)
         pos = seq & mask
         if b[pos >> 3] & (1 << (pos & 7)):
             return False
@@ -205,6 +299,7 @@ class EventSink:
         self.events_in = 0
         self.handlers: dict[str, list[Any]] = dispatcher.handlers  # kept current by the node
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
+        self._inline = 0  # envelopes run inline: every 16th checks the turn's budget
 
     def sync_only(self, etype: str, handlers: list[Any]) -> bool:
         c = self._kinds.get(etype)
@@ -243,6 +338,14 @@ class EventSink:
         else queue the envelope for the handler task."""
         d = self.dispatcher
         if not d.spill and d.inbox.empty():
+            self._inline += 1
+            if (self._inline & 15) == 0:
+                deadline = d.turn_deadline
+                if deadline and time.monotonic() > deadline:
+                    # Handlers have held the loop long enough: queue from here on.
+                    d.defer()
+                    d.queue(env)
+                    return
             if not self.sync_only(env["type"], handlers):
                 d.run_eager(env, handlers)  # coroutine handlers, started in place
                 return

@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,13 @@ RECENT_EVENTS = 1000
 #: larger than one frame's messages, so a frame in flight always fits.
 INBOX_HIGH_WATER = DEFAULT_RING_CAPACITY // 2
 INBOX_LOW_WATER = DEFAULT_RING_CAPACITY // 8
+#: Seconds of handler work after which the loop gets a turn (timers: heartbeats, the
+#: failure detector; other links): the receive path then queues what follows instead
+#: of running it inline (``defer``), and the handler task yields between chunks of
+#: ``RUN_CHUNK`` envelopes (or every 8 when over the budget).  A backlog makes the
+#: node slow, never deaf.
+TURN_BUDGET = 0.05
+RUN_CHUNK = 512
 
 EnvelopeHandler = Callable[[dict[str, Any]], Any]
 
@@ -67,6 +75,9 @@ class Dispatcher:
         self.sample_latency: Callable[[float], None] | None = None
         self.set_reading = set_reading
         self.reading_paused = False
+        #: The end of this loop turn's budget for handlers (0.0: no turn running); set by
+        #: the gate, read by the receive path (``defer`` once it has passed).
+        self.turn_deadline = 0.0
         self.handler_errors = 0
         self.spilled = 0
         self.pending: set[asyncio.Task[Any]] = set()
@@ -100,6 +111,12 @@ class Dispatcher:
         if not self.reading_paused and inbox.qsize() > INBOX_HIGH_WATER:
             self.reading_paused = True
             self.set_reading(False)
+
+    def defer(self) -> None:
+        """Handlers have held the loop for ``TURN_BUDGET``: what arrives next waits in the
+        queue behind a marker (order kept), and the handler task works it off, yielding."""
+        if not self.spill and self.inbox.empty():
+            self.inbox.push(_WAKE)
 
     def run_eager(self, env: dict[str, Any], handlers: list[Any]) -> None:
         """Nothing is queued: run ``handlers`` now, coroutines eagerly (module docstring).
@@ -165,16 +182,29 @@ class Dispatcher:
     async def run(self) -> None:
         """The handler task: runs queued envelopes in order."""
         ring = self.inbox
+        clock = time.monotonic
+        t0 = clock()
         while True:
             if ring.empty():
                 await ring.wait_nonempty()
+                t0 = clock()
+            elif clock() - t0 > TURN_BUDGET:
+                await asyncio.sleep(0)  # the ring is not empty: arrivals queue behind it
+                t0 = clock()
             spill = self.spill
             while spill and not ring.full():
                 ring.push(spill.popleft())
             if self.reading_paused and not spill and ring.qsize() < INBOX_LOW_WATER:
                 self.reading_paused = False
                 self.set_reading(True)
-            for env in ring.pop_many(INBOX_LOW_WATER):
+            n = 0
+            for env in ring.pop_many(RUN_CHUNK):
+                n += 1
+                if not n & 7 and clock() - t0 > TURN_BUDGET:
+                    if ring.empty():  # arrivals while we yield must queue behind the rest
+                        ring.push(_WAKE)
+                    await asyncio.sleep(0)
+                    t0 = clock()
                 cur = self.current
                 if cur is not None:  # an eager handler that suspended goes first
                     if not cur.done():
@@ -187,6 +217,8 @@ class Dispatcher:
                     try:
                         r = h(env)
                         if r is not None and inspect.isawaitable(r):
+                            if ring.empty():  # arrivals while it runs must queue behind the rest
+                                ring.push(_WAKE)
                             await r
                     except asyncio.CancelledError:
                         raise

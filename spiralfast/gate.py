@@ -24,6 +24,7 @@ from typing import Any
 from . import schema
 from ._log import RateLimitedLog
 from .codec import decode_frame, decode_payload
+from .dispatch import TURN_BUDGET
 from .errors import FrameError
 from .fastpath import Dedupe, EventSink
 from .limits import MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
@@ -130,6 +131,7 @@ class Gate:
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.resume = resume or (lambda link: link.resume_reading())
+        self.dispatcher = dispatcher
         self._errlog = RateLimitedLog(log)
         self.stats = {
             "frames_in": 0, "messages_in": 0, "bytes_in": 0, "duplicates": 0, "frame_errors": 0,
@@ -185,10 +187,23 @@ class Gate:
             else:
                 self.on_query(link, obj)
 
+    def _new_turn(self) -> None:
+        self.dispatcher.turn_deadline = 0.0
+
     def _member_frame(self, link: Any, s: Session, data: Any, sender: str | None) -> None:
         st = self.stats
         sink = self.sink
+        d = self.dispatcher
+        deadline = d.turn_deadline
+        if not deadline:  # the first frame of this loop turn: handlers get TURN_BUDGET
+            deadline = d.turn_deadline = time.monotonic() + TURN_BUDGET
+            try:
+                asyncio.get_running_loop().call_soon(self._new_turn)
+            except RuntimeError:  # no loop (a test feeding frames by hand): every frame is a turn
+                d.turn_deadline = 0.0
         rest = sink.receive(data, True)
+        if time.monotonic() > deadline:
+            self.dispatcher.defer()  # plain handlers held the loop long enough: queue the rest
         n = sink.last_messages
         st["frames_in"] += 1
         st["messages_in"] += n

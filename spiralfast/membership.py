@@ -201,6 +201,21 @@ class Membership:
             return []
         return [("lost", node_id, reason)]
 
+    def alive(self, node_id: str, now: float) -> None:
+        """Something other than a heartbeat proves ``node_id`` is alive (frames from it
+        keep arriving while our own backlog delays its heartbeats behind them)."""
+        if node_id in self.last_seen and self.last_seen[node_id] < now:
+            self.last_seen[node_id] = now
+            node = self.nodes.get(node_id)
+            if node is not None:
+                node.last_heartbeat = datetime.now()
+
+    def stalled(self, seconds: float) -> None:
+        """This node did not run for ``seconds`` (a blocked loop, SIGSTOP): the silence
+        was ours, not the peers'.  Their clocks move on by as much."""
+        for nid in self.last_seen:
+            self.last_seen[nid] += seconds
+
     # -- time ------------------------------------------------------------------------
 
     def sweep(self, now: float) -> list[Effect]:

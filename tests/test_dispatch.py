@@ -72,3 +72,43 @@ def test_handlers_that_need_a_task_and_failing_coroutines() -> None:
             assert all(t is not None for t in tasks)
 
     asyncio.run(main())
+
+
+def test_slow_plain_handlers_never_starve_the_loop() -> None:
+    """Plain handlers that block (synchronous I/O) get the loop for about TURN_BUDGET at
+    a time: then the receive path queues (order kept) and the handler task yields, so
+    timers (heartbeats, failure detection) keep running during a backlog."""
+    import time
+
+    from spiralfast.dispatch import TURN_BUDGET
+
+    async def main() -> None:
+        async with LocalMesh(2) as mesh:
+            a, b = mesh.nodes
+            seen: list[int] = []
+
+            def slow(env: dict[str, Any]) -> None:
+                time.sleep(0.002)
+                seen.append(env["data"]["i"])
+
+            b.register_event_handler("s", slow)
+            gaps: list[float] = []
+
+            async def ticker() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.005)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            t = asyncio.ensure_future(ticker())
+            for i in range(400):  # 0.8 s of handler work
+                await a.broadcast_event("s", {"i": i})
+            await wait_for(lambda: len(seen) == 400, timeout=10)
+            t.cancel()
+            assert seen == list(range(400))  # every event once, in order
+            assert max(gaps) < TURN_BUDGET + 0.15, max(gaps)
+            assert b.counters["handler_errors"] == 0
+
+    asyncio.run(main())

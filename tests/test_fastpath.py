@@ -261,3 +261,66 @@ def test_retransmit_buffer_holds_each_broadcast_payload_as_sent() -> None:
     asyncio.run(run(_fastpath_py, _codec_py.FrameWriter()))  # sliced from the pure writer's buffer
     for impl in impls:  # (payloads carry their send time, so runs differ from each other)
         assert len(asyncio.run(run(impl, FrameWriter()))) == 3
+
+
+def test_a_gap_longer_than_the_window_stays_repairable_or_counted() -> None:
+    """A peer paused for seconds misses more than SEQ_WINDOW sequences: they stay
+    missing (asked for, repairable exactly once) instead of being taken as seen, and
+    what is given up is counted lost.  Both twins agree step by step."""
+    from spiralfast.limits import SEQ_WINDOW
+
+    runs = []
+    for impl in SINKS:
+        d = impl.Dedupe(16)
+        trace: list[Any] = []
+        for i in range(1, 101):
+            d.first_time(b"os-%d" % i)
+        d.first_time(b"os-90")  # a duplicate
+        d.first_time(b"os-103")  # 101, 102 missing (in the bitmap)
+        gap_end = 103 + 3 * SEQ_WINDOW
+        d.first_time(b"os-%d" % gap_end)  # a long pause: everything between is missing
+        w = d.window("os")
+        assert w.missing == 2 + 3 * SEQ_WINDOW - 1
+        first = w.missing_seqs(4)
+        assert first == [101, 102, 104, 105]  # oldest first, from below the bitmap too
+        assert len(w.missing_seqs(10**7)) == w.missing
+        assert d.first_time(b"os-101") and not d.first_time(b"os-101")  # repaired once
+        assert d.first_time(b"os-5000") and not d.first_time(b"os-5000")  # from the middle
+        assert not d.first_time(b"os-50")  # seen long ago: still a duplicate
+        w.give_up([102, 104, 105, 5000])  # 5000 already came: not counted
+        assert w.lost == 3 and not d.first_time(b"os-104")
+        trace.append((w.high, w.missing, w.lost, list(w.old)))
+        for s in w.missing_seqs(10**7):
+            assert d.first_time(b"os-%d" % s)
+        assert w.missing == 0 and w.missing_seqs(10) == [] and w.old == []
+        # A tail gap no later event reveals: the origin says how far it has sent.
+        w.expect(gap_end + 10)
+        assert w.missing == 10 and w.missing_seqs(20) == list(range(gap_end + 1, gap_end + 11))
+        assert d.first_time(b"os-%d" % (gap_end + 10)) and w.missing == 9
+        w.expect(gap_end + 3)  # behind what we saw: nothing new
+        assert w.missing == 9
+        trace.append((w.high, w.missing, w.lost))
+        fresh = impl.Dedupe(16)
+        fresh.first_time(b"xs-1")
+        fresh.window("xs").expect(0)
+        direct = impl.Dedupe(16)
+        direct.first_time(b"dx-1")
+        direct.window("dx").expect(500)  # direct sequences are shared by targets: no gaps
+        trace.append((direct.window("dx").missing, direct.gaps()))
+        runs.append(trace)
+    assert all(r == runs[0] for r in runs)
+
+
+def test_missing_ranges_below_the_window_are_bounded_and_counted() -> None:
+    from spiralfast.limits import SEQ_WINDOW
+
+    for impl in SINKS:
+        d = impl.Dedupe(16)
+        seq = 0
+        for _ in range(impl.MAX_OLD_RANGES + 10):  # one lost sequence every other one
+            seq += 2
+            d.first_time(b"os-%d" % seq)
+        d.first_time(b"os-%d" % (seq + SEQ_WINDOW + 1))  # every gap slides below the bitmap
+        w = d.window("os")
+        assert len(w.old) <= impl.MAX_OLD_RANGES + 1
+        assert w.lost > 0 and w.lost + w.missing == impl.MAX_OLD_RANGES + 9 + SEQ_WINDOW
