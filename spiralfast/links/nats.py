@@ -55,7 +55,9 @@ RESUME_LAG_BYTES = 1024 * 1024
 ACK_EVERY_BYTES = 256 * 1024
 ACK_INTERVAL = 0.05
 ACK_STALL_TIMEOUT = 3.0
-CONNECT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2
+#: Seconds before dialling the same server again (another server of the list is tried at once).
+RECONNECT_WAIT: Any = 0.25  # nats-py annotates it int; a float works
 RECONNECT_MAX = 5.0
 #: Live frames held while catching up from the stream; beyond it catch-up stops early.
 MAX_HELD_FRAMES = 50_000
@@ -181,7 +183,7 @@ class NatsTransport:
             # With endless reconnects nats-py never gives up on a first connect either: bound it.
             await asyncio.wait_for(nc.connect(
                 st.servers, name=f"spiralfast {st.node_id}", connect_timeout=CONNECT_TIMEOUT,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25, dont_randomize=True,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT, dont_randomize=True,
                 ping_interval=5, max_outstanding_pings=2, no_echo=True, pending_size=MAX_PENDING_BYTES * 2,
                 error_cb=self._error_cb, disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
             ), CONNECT_TIMEOUT * len(st.servers) + 1.0)
