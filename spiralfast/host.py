@@ -401,8 +401,8 @@ class NodeHost:
                 st[2] = 0  # the last ask was answered (in part at least): not a silent origin
             seqs = w.missing_seqs(MAX_REPAIR_SEQS * REPAIR_BATCH)
             nid = origins.get(origin)
-            if nid is None or st[2] >= REPAIR_ATTEMPTS:
-                w.give_up(seqs)  # the origin is gone, or does not answer
+            if st[2] >= REPAIR_ATTEMPTS:
+                w.give_up(seqs)  # the origin does not answer, or stayed gone
                 continue
             st[1], st[2], st[3] = now, st[2] + 1, w.missing
             if nid is None:  # not a member now; after a bus outage it is back within a heartbeat or two

@@ -58,6 +58,12 @@ def _finish(c: Cluster, heal: float, base: dict[str, dict[str, Any]], *, run_aft
         grown = r["rss"] - base.get(nid, r)["rss"]
         assert grown < RSS_GROWTH, f"{nid}: RSS grew {grown / 2**20:.1f} MiB"
     assert c.wait_converged(2 * SYNC + 1) is not None, "digests diverged again"
+    conv_s = "never" if converged_at is None else f"{converged_at:.2f}s"
+    print(f"\n{c.mesh}: sent {sum(r['sent_count'] for r in reps.values())}, handled "
+          f"{sum(r['received_count'] for r in reps.values())}, lost {res.lost}, missing {res.missing}, dups "
+          f"{res.dups}, tail unseen {res.tail_unseen}, repairs asked {sum(r['repair_requests'] for r in reps.values())}"
+          f", converged {conv_s} after the heal, rss max {max(r['rss'] for r in reps.values()) / 2**20:.0f} MiB, "
+          f"lost transitions {[(n, t[2]) for n, r in reps.items() for t in r['transitions'] if t[1] == 'node_lost']}")
     return reps, converged_at, res
 
 

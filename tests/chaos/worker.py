@@ -66,7 +66,8 @@ class Worker:
         self.received: dict[str, set[int]] = {}
         self.dups = 0
         self.other_ids = 0  # ticks whose id did not parse (must stay 0)
-        self.transitions: list[list[Any]] = []  # [monotonic, "node_discovered"|"node_lost", node id]
+        # [monotonic, "node_discovered" | "node_lost" | "link_up" | "link_down", node id]
+        self.transitions: list[list[Any]] = []
         self.alerts: list[dict[str, Any]] = []
         self.started_at = 0.0
         self.i = 0
@@ -91,6 +92,9 @@ class Worker:
 
     def on_membership(self, event: str, node: Any) -> None:
         self.transitions.append([time.monotonic(), event, node.node_id])
+
+    def on_link(self, peer: str, up: bool) -> None:
+        self.transitions.append([time.monotonic(), "link_up" if up else "link_down", peer])
 
     async def ticker(self) -> None:
         period = 1.0 / self.args.rate
@@ -150,6 +154,7 @@ class Worker:
         core.register_event_handler(TICK, self.on_tick)
         core.register_event_handler("system_alert", self.on_alert)
         core.registry.register_discovery_callback(self.on_membership)
+        core.add_link_listener(self.on_link)
         await core.start()
         self.started_at = time.monotonic()
         loop = asyncio.get_running_loop()
