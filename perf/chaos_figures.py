@@ -26,7 +26,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.chaos.harness import Cluster, Netns, can_run, check_delivery, cleanup_leftovers, expand  # noqa: E402
+from tests.chaos.harness import (  # noqa: E402
+    Cluster,
+    Netns,
+    can_run,
+    check_delivery,
+    cleanup_leftovers,
+    expand,
+    false_deaths,
+)
 
 HB = 1.0
 SYNC = 1.0
@@ -80,7 +88,7 @@ def detection(ns: Netns, trials: int, rate: float) -> dict[str, list[float]]:
 
 
 def scenario(ns: Netns, name: str, rate: float, nemesis: Callable[[Cluster], tuple[float, dict[str, Any]]],
-             *, no_ws: bool = False) -> dict[str, Any]:
+             allowed: dict[str, set[str]], *, no_ws: bool = False) -> dict[str, Any]:
     """Run ticks and state writes, apply ``nemesis`` (returns the heal time and the check's
     extra arguments), stop state writes at the heal, and measure."""
     c = Cluster(ns, hb=HB, sync=SYNC, rate=rate, no_ws=no_ws)
@@ -88,6 +96,7 @@ def scenario(ns: Netns, name: str, rate: float, nemesis: Callable[[Cluster], tup
         c.start()
         first = {r["origin"]: r["sent_count"] + 1 for r in c.reports().values()}
         c.traffic(send=True, state=True)
+        since = time.monotonic()
         time.sleep(3.0)
         heal, extra = nemesis(c)
         conv = c.wait_converged(60)
@@ -98,6 +107,7 @@ def scenario(ns: Netns, name: str, rate: float, nemesis: Callable[[Cluster], tup
         res = check_delivery(reps, first_seq=first, **extra)
         return {"name": name, "lost": res.lost, "dups": res.dups, "silent": res.missing - res.lost,
                 "tail": res.tail_unseen, "converged": converged, "problems": res.problems,
+                "false_deaths": false_deaths(reps, allowed, since),
                 "sent": sum(r["sent_count"] for r in reps.values()),
                 "handled": sum(r["received_count"] for r in reps.values())}
     finally:
@@ -159,14 +169,17 @@ def main() -> None:
     ns = Netns(5)
     ns.create()
     t0 = time.monotonic()
+    ids = [f"chaos-{i}" for i in range(ns.n)]
     try:
         det = detection(ns, args.trials, args.rate)
         rows = [
-            scenario(ns, "Redis restart (3 s down), WebSocket + Redis", args.rate, redis_restart),
-            scenario(ns, "Redis restart (3 s down), Redis only", args.rate, redis_restart, no_ws=True),
-            scenario(ns, "14 s SIGSTOP of one node", args.rate, pause14),
-            scenario(ns, "5 s partition of one node (veth down)", args.rate, partition5),
-            scenario(ns, "kill -9, restart after 5 s", args.rate, kill_restart),
+            scenario(ns, "Redis restart (3 s down), WebSocket + Redis", args.rate, redis_restart, {}),
+            scenario(ns, "Redis restart (3 s down), Redis only", args.rate, redis_restart, {"*": set(ids)},
+                     no_ws=True),
+            scenario(ns, "14 s SIGSTOP of one node", args.rate, pause14, {"*": {ids[1]}}),
+            scenario(ns, "5 s partition of one node (veth down)", args.rate, partition5,
+                     {**{i: {ids[3]} for i in ids}, ids[3]: set(ids)}),
+            scenario(ns, "kill -9, restart after 5 s", args.rate, kill_restart, {"*": {ids[2]}}),
         ]
     finally:
         ns.destroy()
@@ -182,13 +195,15 @@ def main() -> None:
     print(f"| removed from a survivor's registry (node_lost) | {pct(rm, 50):.2f} s | {pct(rm, 99):.2f} s | {max(rm):.2f} s |")
     print(f"| removed from all survivors' registries | {pct(ra, 50):.2f} s | {pct(ra, 99):.2f} s | {max(ra):.2f} s |")
     print()
-    print("| nemesis | events sent | handled | lost (counted) | duplicated | missing, not counted | convergence after heal |")
-    print("|---|---|---|---|---|---|---|")
+    print("| nemesis | events sent | handled | lost (counted) | duplicated | missing, not counted | convergence "
+          "after heal | live nodes declared dead |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         conv = "never (60 s)" if r["converged"] is None else f"{r['converged']:.2f} s"
         silent = str(r["silent"]) + (f" (+{r['tail']} dead-origin tail)" if r["tail"] else "")
-        print(f"| {r['name']} | {r['sent']} | {r['handled']} | {r['lost']} | {r['dups']} | {silent} | {conv} |")
-    probs = [p for r in rows for p in r["problems"]]
+        print(f"| {r['name']} | {r['sent']} | {r['handled']} | {r['lost']} | {r['dups']} | {silent} | {conv} "
+              f"| {len(r['false_deaths'])} |")
+    probs = [p for r in rows for p in r["problems"] + r["false_deaths"]]
     if probs:
         print("\nproblems:\n" + "\n".join(f"- {p}" for p in probs))
     if det["removed_all"] and statistics.mean(ra) == float("inf"):

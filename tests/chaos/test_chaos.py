@@ -8,6 +8,16 @@ After each nemesis heals, with traffic stopped and repairs done:
 - no node declared dead (``node_lost``) that was alive and reachable;
 - memory bounded (RSS growth per node).
 
+kill -9: the dead process's origin can no longer repair anything.  What the code
+guarantees, and what is checked: at each survivor, every sequence of the dead origin
+up to the highest that survivor saw was handled once or counted lost (gaps are given
+up after REPAIR_ATTEMPTS unanswered intervals), and everything it reported sending
+0.5 s before the kill reached every survivor.  Not guaranteed, so only reported
+("tail unseen"): the dead origin's last few events, which some survivors got and
+others never knew existed (for instance, the kernel resets a killed process's sockets
+that hold unread data, dropping what they had still to send; nothing tells those
+survivors the origin's sequence went further).  The restarted process is a new origin.
+
 Settings: heartbeat 0.5 s (a node silent 1.5 s is lost), anti-entropy every 1 s,
 50 ticks/s per node (about 100-byte payloads), WebSocket full mesh plus Redis.
 """
@@ -15,6 +25,7 @@ Settings: heartbeat 0.5 s (a node silent 1.5 s is lost), anti-entropy every 1 s,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,9 +37,8 @@ pytestmark = pytest.mark.timeout(90)
 #: Settings of the suite (the figures script uses heartbeat 1 s).
 HB = 0.5
 SYNC = 1.0
-#: Slack on "two anti-entropy rounds": the healed node's process start (kill -9) or
-#: its links' reconnect back-off is not anti-entropy.
-CONVERGE_SLACK = 1.5
+#: Slack on "two anti-entropy rounds" for scheduling on a busy 2-CPU runner.
+CONVERGE_SLACK = 0.5
 #: RSS growth allowed per node over the test (the retransmit buffers hold about 1 MiB).
 RSS_GROWTH = 48 * 2**20
 
@@ -45,11 +55,16 @@ def _warm_up(c: Cluster, seconds: float = 2.0) -> tuple[dict[str, dict[str, Any]
 
 
 def _finish(c: Cluster, heal: float, base: dict[str, dict[str, Any]], *, run_after: float = 1.5,
+            formed: Callable[[], dict[str, Any]] | None = None,
             **check: Any) -> tuple[dict[str, dict[str, Any]], float | None, Any]:
     """State writes stop at the heal; ticks go on ``run_after`` s, then stop.  Returns
-    the final reports, the convergence time (from the heal) and the delivery result."""
+    the final reports, the convergence time (from the heal) and the delivery result.
+    ``formed()``, called once the mesh is whole again, may add arguments of the check."""
     conv = c.wait_converged(2 * SYNC + CONVERGE_SLACK + 10)
     converged_at = None if conv is None else time.monotonic() - heal
+    c.wait_formed(15)  # every node knows, links and is on Redis with every other again
+    if formed is not None:
+        check.update(formed())
     time.sleep(max(0.0, run_after - (time.monotonic() - heal)))
     c.traffic(send=False)
     reps = c.wait_quiet(20)
@@ -70,10 +85,6 @@ def _finish(c: Cluster, heal: float, base: dict[str, dict[str, Any]], *, run_aft
 def _assert_converged(converged_at: float | None) -> None:
     assert converged_at is not None, "state digests never converged"
     assert converged_at <= 2 * SYNC + CONVERGE_SLACK, f"converged {converged_at:.2f}s after the heal"
-
-
-def _all_members(c: Cluster) -> None:
-    c.wait_formed(15)
 
 
 @pytest.mark.timeout(120)
@@ -105,12 +116,15 @@ def test_kill9_and_restart(cluster: Cluster) -> None:
     c.traffic(state=False)
     victim.start()
     heal = time.monotonic()
-    c.wait_formed(15)
-    marks = {r["origin"]: r["sent_count"] for r in c.reports(survivors).values()}
-    c.traffic(send=True, workers=[victim])
-    reps, converged_at, res = _finish(
-        c, heal, base, first_seq=first, dead={dead_origin: expand(before["sent"])},
-        joined_after={victim.node_id: {o: n + 1 for o, n in marks.items()}})
+
+    def formed() -> dict[str, Any]:
+        # from here on, the new incarnation must get everything; then it sends too
+        marks = {r["origin"]: r["sent_count"] for r in c.reports(survivors).values()}
+        c.traffic(send=True, workers=[victim])
+        return {"joined_after": {victim.node_id: {o: n + 1 for o, n in marks.items()}}}
+
+    reps, converged_at, res = _finish(c, heal, base, formed=formed, first_seq=first,
+                                      dead={dead_origin: expand(before["sent"])})
     assert res.problems == [], res.problems
     assert res.dups == 0 and res.missing == res.lost
     assert false_deaths(reps, {"*": {victim.node_id}}, since) == []
@@ -132,7 +146,6 @@ def test_sigstop_sigcont(cluster: Cluster) -> None:
     c.traffic(state=False)
     victim.sigcont()
     heal = time.monotonic()
-    _all_members(c)
     reps, converged_at, res = _finish(c, heal, base, first_seq=first)
     assert res.problems == [], res.problems
     assert res.lost == 0, "a 4 s pause is within every retransmit buffer: nothing may be lost"
@@ -154,7 +167,6 @@ def test_partition(cluster: Cluster) -> None:
     c.traffic(state=False)
     c.ns.link(victim.i, True)
     heal = time.monotonic()
-    _all_members(c)
     reps, converged_at, res = _finish(c, heal, base, first_seq=first)
     assert res.problems == [], res.problems
     assert res.lost == 0, "a 4 s partition is within every retransmit buffer: nothing may be lost"
@@ -175,9 +187,28 @@ def test_redis_kill_and_restart(cluster: Cluster) -> None:
     c.traffic(state=False)
     c.redis.start()
     heal = time.monotonic()
-    _all_members(c)
     reps, converged_at, res = _finish(c, heal, base, first_seq=first)
     assert res.problems == [], res.problems
     assert res.lost == 0, "WebSocket links carried on: nothing may be lost"
     assert false_deaths(reps, {}, since) == []
     _assert_converged(converged_at)
+
+
+def test_redis_only_kill_and_restart(cluster: Cluster) -> None:
+    """No WebSocket: the outage cuts every node off (all lose each other: expected).
+    What was published meanwhile is repaired from the origins' buffers once they are
+    back (a regression: gap repair gave up at once on origins not currently members)."""
+    c = cluster
+    c.hb, c.sync, c.no_ws = HB, SYNC, True
+    base, since, first = _warm_up(c)
+    assert c.redis is not None
+    c.redis.kill()
+    time.sleep(3.0)
+    c.traffic(state=False)
+    c.redis.start()
+    heal = time.monotonic()
+    reps, converged_at, res = _finish(c, heal, base, first_seq=first)
+    assert res.problems == [], res.problems
+    assert res.lost == 0, "a 3 s outage is within every retransmit buffer: nothing may be lost"
+    # The heal here waits for each node's Redis reconnect back-off (up to 5 s, +-50%).
+    assert converged_at is not None and converged_at <= 2 * SYNC + 7.5, converged_at
