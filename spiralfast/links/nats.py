@@ -108,6 +108,39 @@ class NatsSettings:
                    int(getattr(cfg, "nats_stream_max_bytes", 256 * 1024 * 1024)))
 
 
+_CLIENT: Any = None
+
+
+def _client_class() -> Any:
+    """nats-py's client, delivering our subscriptions' messages inline.
+
+    nats-py hands each message to a per-subscription task through a queue (a Msg
+    object and a task switch per message); for the three subjects we read, its reader
+    calls us directly instead (``sf_inline``: sid -> (subject, handler)), which keeps
+    order and lets TCP push back on a slow node.  Anything else (JetStream, headers)
+    takes nats-py's own path."""
+    global _CLIENT
+    if _CLIENT is None:
+        from nats.aio.client import Client
+
+        class InlineClient(Client):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.sf_inline: dict[int, tuple[str, Any]] = {}
+
+            async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                                   headers: bytes) -> None:
+                h = self.sf_inline.get(sid)
+                if h is None or headers:
+                    return await super()._process_msg(sid, subject, reply, data, headers)
+                self.stats["in_msgs"] += 1
+                self.stats["in_bytes"] += len(data)
+                h[1](h[0], data)
+
+        _CLIENT = InlineClient if hasattr(Client, "_process_msg") else Client
+    return _CLIENT
+
+
 class NatsTransport:
     """The node's link to a NATS bus (one ``Link`` for every peer behind it)."""
 
@@ -176,10 +209,8 @@ class NatsTransport:
         return ok
 
     async def _connect(self) -> bool:
-        from nats.aio.client import Client
-
         st = self.settings
-        nc = Client()
+        nc = _client_class()()
         try:
             # With endless reconnects nats-py never gives up on a first connect either: bound it.
             await asyncio.wait_for(nc.connect(
@@ -196,9 +227,14 @@ class NatsTransport:
             return False
         self.nc = nc
         try:
-            self._subs = [await nc.subscribe(s, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                             pending_bytes_limit=512 * 1024 * 1024)
-                          for s in (self.bcast, self.my_subject, self.members)]
+            self._subs = []
+            for subject in (self.bcast, self.my_subject, self.members):
+                sub = await nc.subscribe(subject, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                         pending_bytes_limit=512 * 1024 * 1024)
+                self._subs.append(sub)
+                inline = getattr(nc, "sf_inline", None)
+                if inline is not None:
+                    inline[sub._id] = (subject, self._on_data)
             if self.stream_on:
                 await self._ensure_stream()
         except Exception as exc:
@@ -456,7 +492,11 @@ class NatsTransport:
                 i = 0
                 try:
                     for i, (subject, payload) in enumerate(batch):  # noqa: B007
-                        await publish(subject, payload)
+                        if not self._write_now(subject, payload):
+                            await publish(subject, payload)
+                            self.stats["published"] += 1
+                        while self._draining and self.connected:
+                            await asyncio.sleep(0.002)  # the socket drains: wait, keeping the order
                 except Exception as exc:
                     name = type(exc).__name__
                     if name == "MaxPayloadError":
@@ -472,7 +512,6 @@ class NatsTransport:
                     if name != "MaxPayloadError":
                         await asyncio.sleep(0.1)
                     continue
-                self.stats["published"] += len(batch)
                 if self.congested:
                     self._recheck()
         finally:
@@ -486,6 +525,8 @@ class NatsTransport:
             return
         self.ctl_counter += 1
         payload = self.msealer.seal(self.members.encode(), self.ctl_counter, msgspec.msgpack.encode(obj))
+        if self._write_now(self.members, payload):
+            return
         t = asyncio.ensure_future(self._publish_now(self.members, payload))
         self._tasks.append(t)
         t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -499,19 +540,21 @@ class NatsTransport:
     # -- receiving -----------------------------------------------------------------
 
     async def _on_msg(self, msg: Any) -> None:
+        self._on_data(msg.subject, msg.data)
+
+    def _on_data(self, subject: str, data: bytes) -> None:
         try:
             self.stats["received"] += 1
-            subject = msg.subject
             if subject == self.members:
-                self._on_ctl(msg.data)
+                self._on_ctl(data)
             elif self.held is not None and subject == self.bcast:
                 if len(self.held) < MAX_HELD_FRAMES:
-                    self.held.append((subject, msg.data))
+                    self.held.append((subject, data))
                 else:
                     self._release_held()  # catch-up too slow: live frames go on, gaps get repaired
-                    self._on_frame(subject, msg.data)
+                    self._on_frame(subject, data)
             else:
-                self._on_frame(subject, msg.data)
+                self._on_frame(subject, data)
         except Exception as exc:  # one bad message must never cost the subscription
             self._bad(f"error handling a message: {exc!r}")
 
