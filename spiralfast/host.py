@@ -62,7 +62,7 @@ class NodeHost:
         self.retx_marks: deque[tuple[float, int]] = deque()  # (monotonic time, next broadcast sequence)
         #: Broadcast origin -> the node (one per incarnation) it belongs to, for operators.
         self.origin_names: dict[str, str] = {}
-        self.replying: dict[Any, asyncio.Task[None]] = {}  # link -> paced state reply on its way
+        self.replying: dict[Any, asyncio.Task[None]] = {}  # (link, peer) -> paced state reply on its way
         self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
 
     def broadcast(self, kind: int, obj: Any) -> None:
@@ -265,13 +265,13 @@ class NodeHost:
         round asks again for whatever is still missing)."""
         if len(msgs) == 1:
             self._reply_one(link, to, msgs[0])
-        elif msgs and link not in self.replying:
+        elif msgs and (link, to) not in self.replying:
             task = asyncio.ensure_future(self._paced_reply(link, to, msgs))
-            self.replying[link] = task
-            task.add_done_callback(functools.partial(self._replied, link))
+            self.replying[link, to] = task
+            task.add_done_callback(functools.partial(self._replied, (link, to)))
 
-    def _replied(self, link: Any, _task: Any) -> None:
-        self.replying.pop(link, None)
+    def _replied(self, key: Any, _task: Any) -> None:
+        self.replying.pop(key, None)
 
     @staticmethod
     def _reply_one(link: Any, to: str | None, msg: tuple[int, Any]) -> None:
