@@ -39,7 +39,14 @@ cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
 cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
 cdef long long SEQ_WINDOW = _limits.SEQ_WINDOW
 cdef Py_ssize_t MAX_ORIGINS = _limits.MAX_ORIGINS
-from time import monotonic as _monotonic
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    """``time.monotonic()`` (the same clock on Linux), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 #: Missing ranges kept per origin below its bitmap (the pure twin's ``MAX_OLD_RANGES``).
 MAX_OLD_RANGES = 4096
 
@@ -246,6 +253,16 @@ cdef class _Window:
     cdef bint first(self, long long seq):
         cdef unsigned char* b
         cdef long long pos
+        cdef unsigned char bit
+        if seq == self.high + 1 and seq > 0:  # in order: the common case
+            b = <unsigned char*>PyByteArray_AS_STRING(self.bits)
+            pos = seq & (SEQ_WINDOW - 1)
+            bit = <unsigned char>(1 << (pos & 7))
+            # The slot held seq - SEQ_WINDOW: seen (or before we joined), so it stays set for seq.
+            if b[pos >> 3] & bit or not self.counted or seq - SEQ_WINDOW < self.low:
+                b[pos >> 3] |= bit
+                self.high = seq
+                return True
         if seq > self.high:
             if self.high < 0:
                 self.low = seq
@@ -384,7 +401,7 @@ cdef class EventSink:
     cdef object _inbox
     cdef Ring _cring  # the same ring when it is the compiled one: a C-level empty()
     cdef set _observers
-    cdef Py_ssize_t _inline  # envelopes run inline: every 16th checks the turn's budget
+    cdef public double turn_deadline  # this loop turn's end for inline handlers (0.0: none; set by the gate)
 
     def __init__(self, dispatcher, bytes node_id, Dedupe dedupe):
         if dedupe is None:
@@ -405,7 +422,7 @@ cdef class EventSink:
         self._inbox = dispatcher.inbox
         self._cring = dispatcher.inbox if isinstance(dispatcher.inbox, Ring) else None
         self._observers = dispatcher.observers
-        self._inline = 0
+        self.turn_deadline = 0.0
 
     cpdef bint sync_only(self, str etype, list handlers) except -1:
         c = self._kinds.get(etype)
@@ -441,6 +458,8 @@ cdef class EventSink:
         target = ev.target_node
         if target is not None:
             env["target_node"] = target
+        if (self.events_in & 15) == 0 and self.turn_deadline != 0.0 and _monotonic() > self.turn_deadline:
+            self.dispatcher.defer()  # handlers have held the loop long enough: queue from here on
         self.dispatch(env, handlers)
 
     cpdef dispatch(self, dict env, list handlers):
@@ -448,15 +467,6 @@ cdef class EventSink:
         cdef Py_ssize_t i
         cdef PyObject* res
         cdef int st
-        if not self._spill and idle:
-            self._inline += 1
-            if (self._inline & 15) == 0:
-                deadline = self.dispatcher.turn_deadline
-                if deadline and _monotonic() > deadline:
-                    # Handlers have held the loop long enough: queue from here on.
-                    self.dispatcher.defer()
-                    self.dispatcher.queue(env)
-                    return
         if not self._spill and idle and not self.sync_only(env["type"], handlers):
             # Coroutine handlers run eagerly (see spiralfast.dispatch): PyIter_Send steps
             # the coroutine without raising StopIteration when it finishes at once.

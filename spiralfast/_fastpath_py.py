@@ -189,6 +189,14 @@ class _Window:
     def first(self, seq: int) -> bool:
         b = self.bits
         mask = SEQ_WINDOW - 1
+        if seq == self.high + 1 and seq > 0:  # in order: the common case
+            pos = seq & mask
+            bit = 1 << (pos & 7)
+            # The slot held seq - SEQ_WINDOW: seen (or before we joined), so it stays set for seq.
+            if b[pos >> 3] & bit or not self.counted or seq - SEQ_WINDOW < self.low:
+                b[pos >> 3] |= bit
+                self.high = seq
+                return True
         if seq > self.high:
             if self.high < 0:
                 self.low = seq
@@ -299,7 +307,7 @@ class EventSink:
         self.events_in = 0
         self.handlers: dict[str, list[Any]] = dispatcher.handlers  # kept current by the node
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
-        self._inline = 0  # envelopes run inline: every 16th checks the turn's budget
+        self.turn_deadline = 0.0  # this loop turn's end for inline handlers (0.0: none; set by the gate)
 
     def sync_only(self, etype: str, handlers: list[Any]) -> bool:
         c = self._kinds.get(etype)
@@ -330,6 +338,8 @@ class EventSink:
         }
         if ev.target_node is not None:
             env["target_node"] = ev.target_node
+        if (self.events_in & 15) == 0 and self.turn_deadline and time.monotonic() > self.turn_deadline:
+            d.defer()  # handlers have held the loop long enough: queue from here on
         self.dispatch(env, handlers)
 
     def dispatch(self, env: dict[str, Any], handlers: list[Any]) -> None:
@@ -338,14 +348,6 @@ class EventSink:
         else queue the envelope for the handler task."""
         d = self.dispatcher
         if not d.spill and d.inbox.empty():
-            self._inline += 1
-            if (self._inline & 15) == 0:
-                deadline = d.turn_deadline
-                if deadline and time.monotonic() > deadline:
-                    # Handlers have held the loop long enough: queue from here on.
-                    d.defer()
-                    d.queue(env)
-                    return
             if not self.sync_only(env["type"], handlers):
                 d.run_eager(env, handlers)  # coroutine handlers, started in place
                 return

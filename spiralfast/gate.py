@@ -188,19 +188,18 @@ class Gate:
                 self.on_query(link, obj)
 
     def _new_turn(self) -> None:
-        self.dispatcher.turn_deadline = 0.0
+        self.sink.turn_deadline = 0.0
 
     def _member_frame(self, link: Any, s: Session, data: Any, sender: str | None) -> None:
         st = self.stats
         sink = self.sink
-        d = self.dispatcher
-        deadline = d.turn_deadline
+        deadline = sink.turn_deadline
         if not deadline:  # the first frame of this loop turn: handlers get TURN_BUDGET
-            deadline = d.turn_deadline = time.monotonic() + TURN_BUDGET
+            deadline = sink.turn_deadline = time.monotonic() + TURN_BUDGET
             try:
                 asyncio.get_running_loop().call_soon(self._new_turn)
             except RuntimeError:  # no loop (a test feeding frames by hand): every frame is a turn
-                d.turn_deadline = 0.0
+                sink.turn_deadline = 0.0
         rest = sink.receive(data, True)
         if time.monotonic() > deadline:
             self.dispatcher.defer()  # plain handlers held the loop long enough: queue the rest

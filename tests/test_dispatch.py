@@ -108,7 +108,7 @@ def test_slow_plain_handlers_never_starve_the_loop() -> None:
             await wait_for(lambda: len(seen) == 400, timeout=10)
             t.cancel()
             assert seen == list(range(400))  # every event once, in order
-            assert max(gaps) < TURN_BUDGET + 0.15, max(gaps)
+            assert max(gaps) < TURN_BUDGET + 0.25, max(gaps)  # 0.8 s (all of it) when the loop starves
             assert b.counters["handler_errors"] == 0
 
     asyncio.run(main())
