@@ -434,6 +434,9 @@ def check_delivery(reps: dict[str, dict[str, Any]], *, first_seq: dict[str, int]
             res.problems.append(f"{rid}: {r['other_ids']} ticks without a broadcast sequence id")
         if r["events_missing"]:
             res.problems.append(f"{rid}: still repairing {r['delivery']['missing']}")
+        if r["alerts_lost"] != r["events_lost"]:
+            res.problems.append(f"{rid}: {r['events_lost']} counted lost but system_alerts announced "
+                                f"{r['alerts_lost']}")
         lost = r["delivery"]["lost"]
         got_by = {o: expand(rs) for o, rs in r["received"].items()}
         for origin in set(got_by) | set(lost):
