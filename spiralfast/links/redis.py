@@ -52,7 +52,9 @@ ACK_STALL_TIMEOUT = 3.0
 #: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
 MAX_INFLIGHT_PIPELINES = 4
 CONNECT_TIMEOUT = 2.0
-RECONNECT_MAX = 5.0
+#: Reconnect back-off ceiling (seconds): one attempt a second per node while Redis is
+#: away is cheap, and the mesh heals within about a second of Redis coming back.
+RECONNECT_MAX = 1.0
 
 
 #: An old-format node counts as present this many heartbeat intervals after it was heard.
