@@ -41,11 +41,11 @@ class NatsCluster:
     """``n`` nats-server processes routed into one cluster (``n == 1``: a lone server),
     each with ``-js`` and a store of its own when ``jetstream``."""
 
-    def __init__(self, n: int = 3, jetstream: bool = False) -> None:
+    def __init__(self, n: int = 3, jetstream: bool = False, ports: list[int] | None = None) -> None:
         require(NATS_SERVER is not None, "nats-server")
         self.n = n
         self.jetstream = jetstream
-        self.ports = [free_port() for _ in range(n)]
+        self.ports = ports or [free_port() for _ in range(n)]
         self.cports = [free_port() for _ in range(n)]
         self.dir = tempfile.mkdtemp(prefix="spiralfast-nats-")
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * n

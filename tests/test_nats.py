@@ -275,7 +275,8 @@ def test_in_process_mesh_state_and_tasks_over_nats_only() -> None:
     asyncio.run(main())
 
 
-def test_unreachable_nats_warns_once_and_the_node_runs_on() -> None:
+def test_unreachable_nats_warns_once_the_node_runs_on_and_connects_when_nats_appears(
+        caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         from .conftest import free_port
 
@@ -284,14 +285,23 @@ def test_unreachable_nats_warns_once_and_the_node_runs_on() -> None:
                                 nats_url=f"nats://127.0.0.1:{port}", heartbeat_interval=0.3))
         t = time.monotonic()
         await n.start()
+        server = None
         try:
-            assert time.monotonic() - t < 8
+            assert time.monotonic() - t < 5
             assert n.nats is not None and not n.nats.connected and n.get_mesh_status()["nats"] is False
             await n.broadcast_event("x", {"still": "running"})
+            await asyncio.sleep(1.0)
+            server = await asyncio.to_thread(NatsCluster, 1, False, [port])
+            await wait_for(lambda: n.nats.connected, 10)
+            assert n.get_mesh_status()["nats"] is True
         finally:
             await n.stop()
+            if server is not None:
+                server.close()
 
     asyncio.run(main())
+    downs = [r for r in caplog.records if r.name == "spiralfast.nats" and "unreachable" in r.getMessage()]
+    assert len(downs) == 1, [r.getMessage() for r in caplog.records]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -218,7 +218,7 @@ class NatsTransport:
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT, dont_randomize=True,
                 ping_interval=5, max_outstanding_pings=2, no_echo=True, pending_size=MAX_PENDING_BYTES * 2,
                 error_cb=self._error_cb, disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
-            ), CONNECT_TIMEOUT * len(st.servers) + 1.0)
+            ), CONNECT_TIMEOUT + 1.0)
         except Exception:
             try:
                 await asyncio.wait_for(nc.close(), 2.0)
