@@ -201,6 +201,8 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
             ]
             for subject, payload in attacks * 20:
                 await nc.publish(subject, payload)
+            for k in range(5):  # sealed with the token (an insider), but the frame inside is garbage
+                await nc.publish(bcast, good.seal(bcast.encode(), 100 + k, b"\x07garbage" * 3))
             await nc.flush()
             st: dict[str, Any] = {}
 
@@ -208,7 +210,7 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
                 nonlocal st
                 st = await victim.query("status", token=TOKEN)
                 link = [x for x in st["links"] if x["transport"] == "nats"][0]
-                return bool(link["refused"] >= 200)
+                return bool(link["refused"] >= 200 and st["router"]["frame_errors"] >= 1)
 
             deadline = time.monotonic() + 10
             while not await counted():
@@ -220,6 +222,7 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
             assert auth["malformed"] >= 60 and auth["unsigned"] >= 40 and auth["forged"] >= 60, auth
             assert auth["replayed"] >= 40, auth
             assert st["nats"] is True and st["counters"]["refused_messages"] >= 1  # the heartbeat that passed the seal
+            assert st["router"]["frame_errors"] >= 1, st["router"]  # the garbage frames, counted by the gate
             # the victim keeps serving its mesh
             vn = await victim.query("nodes", token=TOKEN)
             assert "helper" in {n["node_id"] for n in vn} and "intruder" not in {n["node_id"] for n in vn}
