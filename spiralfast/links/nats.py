@@ -58,7 +58,7 @@ ACK_STALL_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 2
 #: Seconds before dialling the same server again (another server of the list is tried at once).
 RECONNECT_WAIT: Any = 0.25  # nats-py annotates it int; a float works
-RECONNECT_MAX = 5.0
+RECONNECT_MAX = 1.0  # a first connect retried at most once a second (as the Redis link)
 #: Live frames held while catching up from the stream; beyond it catch-up stops early.
 MAX_HELD_FRAMES = 50_000
 #: Catch-up reads the stream from this long before the last broadcast received.
