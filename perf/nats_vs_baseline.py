@@ -26,60 +26,11 @@ from typing import Any
 import spiralfast.benchmark as B
 
 URL = os.environ.get("SPIRALFAST_TEST_NATS_URL", "nats://127.0.0.1:4222")
-_orig_config = B._config
-
-
-def _nats_config(node_id: str, transport: str, port: int, redis_url: str, tuned: bool, **kw: Any) -> Any:
-    if transport != "nats":
-        return _orig_config(node_id, transport, port, redis_url, tuned, **kw)
-    cfg = _orig_config(node_id, "nats", port, redis_url, tuned, **kw)  # WebSocket and Redis off
-    cfg.nats_url = os.environ.get("SPIRALFAST_BENCH_NATS_URL", URL)
-    cfg.mesh_name = os.environ.get("SPIRALFAST_BENCH_MESH", "spiralfast_bench")
-    return cfg
-
-
-B._config = _nats_config
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def run_nats(events: int, rate: int = 0, url: str = URL, handler: str = "async") -> dict[str, Any]:
-    """``benchmark.run_bench`` for the NATS link: sender here, receiver a child."""
-    env = dict(os.environ, SPIRALFAST_BENCH_NATS_URL=url, SPIRALFAST_BENCH_MESH=f"bench_{time.time_ns()}")
-    os.environ.update(SPIRALFAST_BENCH_NATS_URL=url, SPIRALFAST_BENCH_MESH=env["SPIRALFAST_BENCH_MESH"])
-    child = subprocess.Popen([sys.executable, __file__, "child", str(events), "1" if rate else "0", handler],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert child.stdout is not None
-        if not child.stdout.readline().startswith("READY"):
-            raise RuntimeError("receiver failed to start")
-        _run(B._sender("nats", 0, events, rate, ""))
-        out = child.stdout.read()
-        child.wait(60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    rx = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][0][7:])
-    res = {"events": events, "delivered": rx["received"], "lost": events - rx["received"],
-           "events_per_s": round(rx["received"] / rx["elapsed"]) if rx["elapsed"] > 0 else 0}
-    if rate:
-        res.update(p50_ms=round(rx["p50_ms"], 3), p99_ms=round(rx["p99_ms"], 3))
-    return res
-
-
-def _child() -> None:
-    n, paced, handler = int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-    B._exit_with_parent()
-    res = _run(B._receiver("nats", 0, n, "", paced, handler))
-    print("RESULT " + json.dumps(res), flush=True)
+    """The shared benchmark (``benchmark.run_bench``) over the NATS link."""
+    return B.run_bench("nats", events, rate, handler=handler, nats_url=url)
 
 
 async def _baseline_rx(url: str, subject: str, n: int) -> None:
@@ -189,9 +140,7 @@ def _own_server() -> tuple[str, subprocess.Popen[bytes]] | None:
     return None
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "child":
-    _child()
-elif __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "baseline-rx":
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "baseline-rx":
     asyncio.run(_baseline_rx(sys.argv[2], sys.argv[3], int(sys.argv[4])))
 elif __name__ == "__main__":
     main()

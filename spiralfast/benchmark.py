@@ -56,6 +56,9 @@ def _pct(xs: list[float], p: float) -> float:
 def _config(node_id: str, transport: str, port: int, redis_url: str, tuned: bool, **kw: Any) -> MeshConfig:
     extra: dict[str, Any] = {"interop": False} if tuned else {}
     token = os.environ.get("SPIRALFAST_BENCH_TOKEN") or None  # perf/attack.py: the cost of authentication
+    if transport == "nats":  # the NATS URL and a mesh name of this run's own come from run_bench
+        kw.setdefault("nats_url", os.environ.get("SPIRALFAST_BENCH_NATS_URL", "nats://127.0.0.1:4222"))
+        kw.setdefault("mesh_name", os.environ.get("SPIRALFAST_BENCH_MESH", "spiralfast_bench"))
     return MeshConfig(node_id=node_id, websocket_port=port, enable_websocket=transport == "ws",
                       enable_redis=transport == "redis", redis_url=redis_url, heartbeat_interval=1.0,
                       ritual_channel="spiralfast_bench", auth_token=token, **extra, **kw)
@@ -202,7 +205,8 @@ def check_redis(redis_url: str, timeout: float = 3.0) -> None:
 
 
 def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
-              redis_url: str | None = None, handler: str = "async", tuned: bool = False) -> dict[str, Any]:
+              redis_url: str | None = None, handler: str = "async", tuned: bool = False,
+              nats_url: str | None = None) -> dict[str, Any]:
     """Run sender (this process) and receiver (a child) and return the figures
     (the definition is in the module docstring).
 
@@ -211,8 +215,8 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
     bad arguments, ``LinkError`` when Redis is unreachable and ``RuntimeError`` when
     the run fails.
     """
-    if transport not in ("ws", "redis"):
-        raise ConfigError(f"transport must be ws or redis, got {transport!r}")
+    if transport not in ("ws", "redis", "nats"):
+        raise ConfigError(f"transport must be ws, redis or nats, got {transport!r}")
     if isinstance(events, bool) or not isinstance(events, int) or events < 1:
         raise ConfigError(f"events must be a positive integer, got {events!r}")
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
@@ -222,12 +226,19 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
     redis_url = redis_url or os.environ.get("SPIRALFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     if transport == "redis":
         check_redis(redis_url)
+    env = dict(os.environ)
+    if transport == "nats":
+        env["SPIRALFAST_BENCH_NATS_URL"] = (nats_url or os.environ.get("SPIRALFAST_TEST_NATS_URL")
+                                            or "nats://127.0.0.1:4222")
+        env["SPIRALFAST_BENCH_MESH"] = f"bench_{time.time_ns()}"  # nothing left over from an earlier run
     port = _free_port()
     child = subprocess.Popen(
         [sys.executable, "-m", "spiralfast.benchmark", "child", transport, str(port), str(events), redis_url,
          "1" if rate else "0", handler, "1" if tuned else "0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )
+    saved = {k: os.environ.get(k) for k in ("SPIRALFAST_BENCH_NATS_URL", "SPIRALFAST_BENCH_MESH")}
+    os.environ.update({k: env[k] for k in saved if k in env})  # the sender (this process) uses them too
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -243,6 +254,11 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
         out = child.stdout.read()
         child.wait(30)
     finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if child.poll() is None:
             child.kill()
         child.wait()

@@ -837,12 +837,14 @@ def mesh_state(
 
 @app.command("bench")
 def bench(
-    transport: str = typer.Option("ws", "--transport", metavar="ws|redis", help="ws or redis."),
+    transport: str = typer.Option("ws", "--transport", metavar="ws|redis|nats", help="ws, redis or nats."),
     events: int = typer.Option(200_000, "--events", min=1, metavar="N", help="Events in the throughput run."),
     rate: int = typer.Option(10_000, "--rate", min=0, metavar="N",
                              help="Events/s of the paced latency run (0: skip it)."),
     redis: str | None = typer.Option(None, "--redis", metavar="URL",
                                      help="Redis URL for --transport redis (default redis://127.0.0.1:6379/0)."),
+    nats: str | None = typer.Option(None, "--nats", metavar="URL",
+                                    help="NATS URL for --transport nats (default nats://127.0.0.1:4222)."),
     handler: str = typer.Option("async", "--handler", metavar="async|plain",
                                 help="The receiver's handler: an async def (default) or a plain function."),
     as_json: bool = _json_opt(),
@@ -856,15 +858,16 @@ def bench(
     """
     from .benchmark import run_bench
 
-    if transport not in ("ws", "redis"):
-        raise _fail(f"--transport must be ws or redis, got {transport!r}", 2)
+    if transport not in ("ws", "redis", "nats"):
+        raise _fail(f"--transport must be ws, redis or nats, got {transport!r}", 2)
     if handler not in ("async", "plain"):
         raise _fail(f"--handler must be async or plain, got {handler!r}", 2)
     _quiet_transport_logs()
     try:
-        res = run_bench(transport, events, 0, redis_url=redis, handler=handler)
+        res = run_bench(transport, events, 0, redis_url=redis, handler=handler, nats_url=nats)
         if rate:
-            paced = run_bench(transport, max(1, min(events, rate * 2)), rate, redis_url=redis, handler=handler)
+            paced = run_bench(transport, max(1, min(events, rate * 2)), rate, redis_url=redis, handler=handler,
+                              nats_url=nats)
             res.update({"latency_rate": rate, "latency_events": paced["events"], "latency_lost": paced["lost"],
                         "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"]})
     except ConfigError as exc:

@@ -48,6 +48,9 @@ class MeshConfig:
     :param nats_url: NATS server URL, or a list of a cluster's URLs (None: no NATS link).
     :param enable_nats: use the NATS link when ``nats_url`` is set.
     :param nats_stream: also keep broadcasts in a JetStream stream for catch-up.
+    :param nats_stream_max_age / nats_stream_max_bytes: the stream's limits (seconds,
+        bytes; the oldest broadcasts go first).  A node away longer than the age catches
+        up on what is left and counts the rest lost.
     """
 
     node_id: str | None = None
@@ -84,6 +87,8 @@ class MeshConfig:
     nats_url: str | list[str] | None = None
     enable_nats: bool = True
     nats_stream: bool = False
+    nats_stream_max_age: float = 3600.0
+    nats_stream_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.peers is None:
@@ -150,6 +155,8 @@ class MeshConfig:
                 isinstance(u, str) and urlparse(u).scheme in ("nats", "tls", "ws", "wss") for u in urls
             ):
                 raise ConfigError(f"nats_url must be a nats:// URL or a list of them, got {self.nats_url!r}")
+        _check_positive("nats_stream_max_age", self.nats_stream_max_age)
+        _check_int("nats_stream_max_bytes", self.nats_stream_max_bytes, 1024, 1 << 50)
         _check_positive("handshake_timeout", self.handshake_timeout)
         _check_positive("tombstone_ttl", self.tombstone_ttl)
         _check_positive("max_clock_offset", self.max_clock_offset)

@@ -204,7 +204,7 @@ def test_shell_completion() -> None:
         (["bench", "--events", "0"], "--events"),
         (["bench", "--events", "-5"], "--events"),
         (["bench", "--rate", "-1"], "--rate"),
-        (["bench", "--transport", "carrier-pigeon"], "ws or redis"),
+        (["bench", "--transport", "carrier-pigeon"], "ws, redis or nats"),
         (["mesh", "start", "--no-redis", "--log-format", "xml"], "text or json"),
         (["mesh", "start", "--no-redis", "--log-level", "loud"], "log level"),
         (["mesh", "start", "--no-redis", "--port", "abc"], "--port"),

@@ -104,8 +104,7 @@ class NatsSettings:
     def from_config(cls, cfg: Any, node_id: str) -> NatsSettings:
         return cls(node_id, server_list(cfg.nats_url), cfg.mesh_name, cfg.auth_token, cfg.heartbeat_interval,
                    60.0 + cfg.max_clock_offset, bool(cfg.nats_stream),
-                   float(getattr(cfg, "nats_stream_max_age", 3600.0)),
-                   int(getattr(cfg, "nats_stream_max_bytes", 256 * 1024 * 1024)))
+                   float(cfg.nats_stream_max_age), int(cfg.nats_stream_max_bytes))
 
 
 _CLIENT: Any = None
