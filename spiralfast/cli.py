@@ -569,7 +569,7 @@ def _status_table(st: dict[str, Any]) -> Any:
     t.add_column("field")
     t.add_column("value")
     for k in ("status", "mesh_name", "connected_nodes", "uptime", "total_recursion_depth", "average_entropy",
-              "websocket_endpoint", "redis"):
+              "websocket_endpoint", "redis", "nats"):
         v = st.get(k)
         t.add_row(k, f"{v:.1f}" if isinstance(v, float) else str(v))
     c = st.get("counters", {})

@@ -468,6 +468,7 @@ class LiveFeed:
             "status": st.get("status"),
             "uptime": st.get("uptime"),
             "redis": st.get("redis"),
+            "nats": st.get("nats"),
             "interval": LIVE_INTERVAL,
             "nodes": nodes,
             "topology": topology(core, st.get("links") or []),

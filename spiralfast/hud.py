@@ -118,13 +118,13 @@ def render(
     from rich.tree import Tree
 
     head = Table(title=f"spiralfast {st['node_id']}  ({st['status']}, up {st['uptime']:.0f}s)")
-    for col in ("events in/s", "events out/s", "frames in/s", "frames out/s", "sync", "redis"):
+    for col in ("events in/s", "events out/s", "frames in/s", "frames out/s", "sync", "redis", "nats"):
         head.add_column(col)
     sync = st.get("sync", {})
     head.add_row(
         _rate(rates["events_in"]), _rate(rates["events_out"]), _rate(rates["frames_in"]),
         _rate(rates["frames_out"]), f"{sync.get('sync_status')} v{sync.get('state_version')}",
-        "on" if st.get("redis") else "off",
+        "on" if st.get("redis") else "off", "on" if st.get("nats") else "off",
     )
     nt = Table(title="nodes")
     for col in ("node_id", "name", "status", "last seen (s)"):
