@@ -44,6 +44,7 @@ _MEMBER_KINDS = frozenset((
     schema.KIND_EVENT, schema.KIND_BUS_EVENT, schema.KIND_HEARTBEAT, schema.KIND_LEAVE, schema.KIND_GOSSIP,
     schema.KIND_STATE_DELTA, schema.KIND_STATE_DIGEST, schema.KIND_STATE_REQUEST,
     schema.KIND_REPAIR_REQUEST, schema.KIND_REPAIR_GONE, schema.KIND_CLOCK_SKEW,
+    schema.KIND_ORIGIN_END,
 ))
 
 

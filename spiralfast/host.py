@@ -256,6 +256,10 @@ class NodeHost:
             self.reply(link, sender, self.node.state.on_request(m, sender))
         elif kind == schema.KIND_CLOCK_SKEW:
             self.node.state.on_clock_skew(sender, m)
+        elif kind == schema.KIND_ORIGIN_END and m.origin != self.node.local_node.metadata.get("origin"):
+            w = self.node.gate.dedupe.window(m.origin)  # (a note about us is wrong: we are alive)
+            if w is not None:
+                w.expect(m.high)
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
         """Answer a peer.  An answer of several messages (a state repair: chunks of about
@@ -318,6 +322,7 @@ class NodeHost:
             elif e[0] == "lost":
                 nid, reason = e[1], e[2]
                 log.info("node %s removed (%s)", nid, reason)
+                self.origin_ended(nid)
                 link = self.node.outbox.links.get(nid)
                 if link is not None:
                     self.node.outbox.remove_link(nid, link)
@@ -331,6 +336,18 @@ class NodeHost:
                 self.node.ws.dial(e[1], expected_id=e[2])
 
     # -- internals -----------------------------------------------------------------
+
+    def origin_ended(self, nid: str) -> None:
+        """A node is gone: tell the others the last sequence of it we saw.  Its final
+        events may have reached some of us and not others (a process killed with
+        unsent data); a node that never saw those sequences would otherwise never know
+        they existed.  With this it sees the gap, tries to repair it, and counts it."""
+        for origin, owner in list(self.origin_names.items()):
+            if owner != nid:
+                continue
+            w = self.node.gate.dedupe.window(origin)
+            if w is not None and w.high > 0:
+                self.broadcast(schema.KIND_ORIGIN_END, schema.OriginEnd(origin, w.high))
 
     def send_gossip(self) -> None:
         md = self.node.local_node.metadata

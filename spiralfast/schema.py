@@ -35,6 +35,7 @@ KIND_REJECT = 13  # handshake refused, with a reason
 KIND_REPAIR_REQUEST = 14  # gap repair: the sequences of an origin a node is missing
 KIND_REPAIR_GONE = 15  # gap repair: those no longer in the origin's retransmit buffer
 KIND_CLOCK_SKEW = 16  # state sync: "your clock is ahead of mine beyond max_clock_offset"
+KIND_ORIGIN_END = 17  # gap repair: "a node left; the last sequence of its origin I saw is ..."
 
 
 class Hello(msgspec.Struct, array_like=True, gc=False):
@@ -131,6 +132,11 @@ class RepairGone(msgspec.Struct, array_like=True, gc=False):
     seqs: list[int]  # not in the retransmit buffer any more: lost for good
 
 
+class OriginEnd(msgspec.Struct, array_like=True, gc=False):
+    origin: str  # the broadcast origin of a node that left, died or was cut off
+    high: int  # the highest sequence of it the sender saw
+
+
 class ClockSkew(msgspec.Struct, array_like=True, gc=False):
     now_ms: int  # the sender's state clock when it saw the receiver's clock ahead
     max_offset_ms: int  # the sender's max_clock_offset
@@ -153,6 +159,7 @@ KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_REPAIR_REQUEST: RepairRequest,
     KIND_REPAIR_GONE: RepairGone,
     KIND_CLOCK_SKEW: ClockSkew,
+    KIND_ORIGIN_END: OriginEnd,
 }
 
 #: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").

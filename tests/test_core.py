@@ -515,3 +515,32 @@ def test_what_cannot_be_repaired_is_counted_and_announced_never_silent() -> None
     assert st["counters"]["events_lost"] == 2 and list(st["delivery"]["lost"].values()) == [2]
     assert st["delivery"]["by_node"] == {a.node_id: {"lost": 2, "missing": 0}}  # named for operators
     assert alerts[0]["data"]["details"]["lost"] == 2
+
+
+def test_a_dead_origins_tail_seen_by_some_is_counted_lost_by_the_others() -> None:
+    """A node dies after its last events reached b but not c (unsent data at the kill):
+    b tells c the last sequence it saw, so c counts what it never got (chaos finding)."""
+
+    async def main() -> None:
+        async with LocalMesh(3, heartbeat_interval=0.2) as mesh:
+            a, b, c = mesh.nodes
+            got_b: list[int] = []
+            got_c: list[int] = []
+            b.register_event_handler("seq", lambda env: got_b.append(env["data"]["i"]))
+            c.register_event_handler("seq", lambda env: got_c.append(env["data"]["i"]))
+            for i in range(7):
+                await a.broadcast_event("seq", {"i": i})
+            await wait_for(lambda: len(got_c) == 7)
+            a.outbox.links[c.node_id].send_frame = lambda frame: True  # c hears nothing more from a
+            for i in range(7, 10):
+                await a.broadcast_event("seq", {"i": i})
+            await wait_for(lambda: len(got_b) == 10)
+            mesh.hub.partition(a)  # a is gone without a word (no leave, no gossip)
+            mesh.nodes.remove(a)
+            await wait_for(lambda: c.get_mesh_status()["counters"]["events_lost"] == 3, timeout=15)
+            assert sorted(got_c) == list(range(7))
+            assert c.get_mesh_status()["delivery"]["by_node"][a.node_id]["lost"] == 3
+            assert b.get_mesh_status()["counters"]["events_lost"] == 0  # b got everything
+            await a.stop()
+
+    asyncio.run(main())
