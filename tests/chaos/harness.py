@@ -405,7 +405,7 @@ class DeliveryResult:
     lost: int = 0  # counted lost by receivers
     missing: int = 0  # sent, not received (must equal lost)
     dups: int = 0
-    tail_unseen: int = 0  # a dead origin's last events that some survivor never saw nor could know of
+    tail_unseen: int = 0  # a dead origin's last events that some survivors got and others did not (counted lost)
     problems: list[str] = field(default_factory=list)
 
 
@@ -419,12 +419,15 @@ def check_delivery(reps: dict[str, dict[str, Any]], *, first_seq: dict[str, int]
       received once, or counted lost by that receiver: ``not received == counted lost``;
     - nothing is received that was not sent, and no tick is handled twice;
     - a dead origin (``dead``: the sequences it reported sending before it died): every
-      sequence up to the highest a receiver saw is received or counted lost (beyond that
-      the receiver cannot know of it: reported as ``tail_unseen``, not silent within).
+      sequence up to the highest *any* survivor saw is received or counted lost by each
+      survivor (the survivors tell each other the last sequence they saw of an origin
+      that is gone); ``tail_unseen`` counts the tail some survivors missed.
     """
     res = DeliveryResult()
     sent = {r["origin"]: expand(r["sent"]) for r in reps.values()}
     dead = dead or {}
+    dead_high = {o: max((max(expand(r["received"][o])) for r in reps.values() if r["received"].get(o)), default=0)
+                 for o in dead}
     first_seq = first_seq or {}
     for rid, r in reps.items():
         res.dups += r["dups"]
@@ -473,20 +476,17 @@ def check_delivery(reps: dict[str, dict[str, Any]], *, first_seq: dict[str, int]
                 res.problems.append(f"{rid}: nothing from the dead origin {origin}")
                 continue
             lo, hi = min(got), max(got)
-            inside = (hi - lo + 1) - len(got)
+            res.tail_unseen += dead_high[origin] - hi
+            inside = (dead_high[origin] - lo + 1) - len(got)
             res.missing += inside
             if inside != n_lost:
-                res.problems.append(f"{rid}: dead origin {origin}: {inside} gaps but {n_lost} counted lost")
+                res.problems.append(f"{rid}: dead origin {origin}: {inside} not received up to the highest any "
+                                    f"survivor saw ({dead_high[origin]}), but {n_lost} counted lost")
             if before_death and hi < max(before_death):
                 res.problems.append(f"{rid}: dead origin {origin}: saw up to {hi}, but {max(before_death)} was "
                                     "sent well before the kill")
             if before_death and lo > min(before_death):
                 res.problems.append(f"{rid}: dead origin {origin}: first seen {lo} > {min(before_death)}")
-        # tail: the highest any survivor saw of a dead origin vs this receiver's
-    for origin in dead:
-        highs = [max(expand(r["received"][origin])) for r in reps.values() if r["received"].get(origin)]
-        if highs:
-            res.tail_unseen += sum(max(highs) - h for h in highs)
     return res
 
 
