@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -45,15 +46,22 @@ def _rss_peak_kib() -> int:
 
 
 class Watch:
-    """Membership of the peer as seen by this node, sampled every 50 ms."""
+    """Membership of the peer as seen by this node, sampled every 50 ms, and every
+    ``node_unregister`` this node announced (so no removal between samples goes unseen)."""
 
     def __init__(self, core: Any) -> None:
         self.core = core
+        self.unregistered = 0
+        core.register_event_handler("node_unregister", self.on_unregister)
         self.peer: str | None = None
         self.present = False
         self.lost = 0  # listed -> not listed
         self.absent_s = 0.0
         self._since = 0.0
+
+    def on_unregister(self, env: dict[str, Any]) -> None:
+        if env.get("source_node") != self.core.node_id:
+            self.unregistered += 1
 
     async def run(self) -> None:
         while True:
@@ -82,7 +90,8 @@ def _base_stats(core: Any, watch: Watch) -> dict[str, Any]:
     st = core.get_mesh_status()
     links = [lk.info() for lk in core.outbox.links.values()]
     return {
-        "node_id": core.node_id, "peer": watch.peer, "peer_present": watch.present, "peer_lost": watch.lost,
+        "node_id": core.node_id, "peer": watch.peer, "peer_present": watch.present,
+        "peer_lost": max(watch.lost, watch.unregistered),
         "counters": core.counters, "delivery": st.get("delivery"), "links": links,
         "rss_peak_kib": _rss_peak_kib(),
     }
@@ -96,7 +105,13 @@ async def _commands(on_stats: Any) -> None:
         if not line or cmd == "quit":
             return
         if cmd == "stats":
-            print("stats " + json.dumps(on_stats()), flush=True)
+            try:
+                out = json.dumps(on_stats())
+            except Exception as exc:  # never leave the driver waiting: say what broke
+                import traceback
+
+                out = json.dumps({"error": repr(exc), "traceback": traceback.format_exc()})
+            print("stats " + out, flush=True)
 
 
 def _config(hb: float, window: float | None, peers: list[str] | None = None) -> Any:
@@ -207,8 +222,10 @@ class Proc:
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # stderr to a file: a pipe nobody reads would block a worker that logs a lot.
+        self.err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
         self.p = subprocess.Popen([sys.executable, "-m", "tests.delivery_worker", *args], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
+                                  stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=root, env=env)
 
     def line(self, prefix: str, timeout: float) -> str:
         """The next stdout line starting with ``prefix`` (other lines skipped)."""
@@ -222,15 +239,26 @@ class Proc:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"no {prefix!r} line within {timeout} s")
+                    raise TimeoutError(f"no {prefix!r} line within {timeout} s; stacks:\n{self.stacks()}")
                 ln = self.p.stdout.readline()
                 if not ln:
-                    err = self.p.stderr.read() if self.p.stderr else ""
-                    raise RuntimeError(f"worker exited ({self.p.poll()}): {err[-2000:]}")
+                    self.p.wait(5)
+                    raise RuntimeError(f"worker exited ({self.p.poll()}): {self.stderr()[-2000:]}")
                 if ln.startswith(prefix):
                     return ln[len(prefix):].strip()
         finally:
             sel.close()
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def stacks(self) -> str:
+        """The worker's thread stacks (SIGUSR1, faulthandler) and whatever else it logged."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+        return self.stderr()[-8000:]
 
     def send(self, cmd: str) -> None:
         assert self.p.stdin is not None
@@ -239,7 +267,10 @@ class Proc:
 
     def stats(self, timeout: float = 30.0) -> dict[str, Any]:
         self.send("stats")
-        return json.loads(self.line("stats ", timeout))
+        out: dict[str, Any] = json.loads(self.line("stats ", timeout))
+        if "error" in out:
+            raise RuntimeError(f"worker stats failed: {out['error']}\n{out['traceback']}")
+        return out
 
     def signal(self, sig: int) -> None:
         self.p.send_signal(sig)
@@ -253,6 +284,10 @@ class Proc:
             except Exception:
                 self.p.kill()
                 self.p.wait(5)
+        for f in (self.p.stdin, self.p.stdout):
+            if f is not None:
+                f.close()
+        self.err.close()
 
 
 class Pair:
@@ -324,6 +359,9 @@ def summary(r: dict[str, Any], s: dict[str, Any], origin: str) -> dict[str, Any]
 
 
 if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # a stuck worker: kill -USR1 prints its stacks on stderr
     try:
         import uvloop
 

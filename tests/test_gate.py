@@ -240,6 +240,20 @@ def test_membership_join_refresh_and_silence_with_a_fake_clock() -> None:
     assert m.sweep(106.0) == [("lost", "p", "silent")] and "p" not in m.nodes
 
 
+def test_membership_does_not_blame_peers_for_our_own_silence() -> None:
+    """A peer whose frames keep coming (its heartbeats wait behind our backlog) is alive;
+    a node that did not run for a while (blocked loop, SIGSTOP) moves the clocks on."""
+    m = _membership(hb=1.0)
+    m.link_ready("p", None, now=100.0)
+    m.link_ready("q", None, now=100.0)
+    m.alive("p", 102.5)  # frames from p arrived; q said nothing
+    m.alive("ghost", 102.5)  # unknown: no effect
+    assert m.sweep(103.2) == [("lost", "q", "silent")] and "p" in m.nodes and "ghost" not in m.last_seen
+    m.stalled(20.0)  # we were stopped for 20 s: p's silence is ours
+    assert m.sweep(124.0) == [] and "p" in m.nodes
+    assert m.sweep(125.6) == [("lost", "p", "silent")]
+
+
 def test_membership_leave_link_loss_and_gossip() -> None:
     m = _membership()
     m.link_ready("p", None, now=0.0)
