@@ -223,32 +223,38 @@ cdef class _Window:
         """Remove ``seq`` from ``old``; False if it is not there (seen or given up)."""
         cdef list old = self.old
         cdef list r, g
-        cdef Py_ssize_t k
+        cdef Py_ssize_t lo = 0, hi = len(old), mid, k
         cdef long long a, e
-        for k in range(len(old)):
-            r = <list>old[k]
-            a = r[0]
-            e = r[1]
-            if seq < a:
-                return False
-            if seq < e:
-                if e - a == 1:
-                    del old[k]
-                elif seq == a:
-                    r[0] = a + 1
-                elif seq == e - 1:
-                    r[1] = e - 1
-                else:
-                    old.insert(k + 1, [seq + 1, e])
-                    r[1] = seq
-                    if len(old) > MAX_OLD_RANGES:
-                        g = old.pop(0)
-                        self.lost += g[1] - g[0]
-                        self.missing -= g[1] - g[0]
-                if self.missing > 0:
-                    self.missing -= 1
-                return True
-        return False
+        while lo < hi:  # the last range starting at or before seq (ranges are sorted)
+            mid = (lo + hi) >> 1
+            if <long long>((<list>old[mid])[0]) <= seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - 1
+        if k < 0:
+            return False
+        r = <list>old[k]
+        a = r[0]
+        e = r[1]
+        if seq >= e:
+            return False
+        if e - a == 1:
+            del old[k]
+        elif seq == a:
+            r[0] = a + 1
+        elif seq == e - 1:
+            r[1] = e - 1
+        else:
+            old.insert(k + 1, [seq + 1, e])
+            r[1] = seq
+            if len(old) > MAX_OLD_RANGES:
+                g = old.pop(0)
+                self.lost += g[1] - g[0]
+                self.missing -= g[1] - g[0]
+        if self.missing > 0:
+            self.missing -= 1
+        return True
 
     cdef bint first(self, long long seq):
         cdef unsigned char* b

@@ -164,27 +164,36 @@ class _Window:
     def _take_old(self, seq: int) -> bool:
         """Remove ``seq`` from ``old``; False if it is not there (seen or given up)."""
         old = self.old
-        for k, r in enumerate(old):
-            if seq < r[0]:
-                return False
-            if seq < r[1]:
-                if r[1] - r[0] == 1:
-                    del old[k]
-                elif seq == r[0]:
-                    r[0] += 1
-                elif seq == r[1] - 1:
-                    r[1] -= 1
-                else:
-                    old.insert(k + 1, [seq + 1, r[1]])
-                    r[1] = seq
-                    if len(old) > MAX_OLD_RANGES:
-                        g = old.pop(0)
-                        self.lost += g[1] - g[0]
-                        self.missing -= g[1] - g[0]
-                if self.missing > 0:
-                    self.missing -= 1
-                return True
-        return False
+        lo, hi = 0, len(old)
+        while lo < hi:  # the last range starting at or before seq (ranges are sorted)
+            mid = (lo + hi) >> 1
+            if old[mid][0] <= seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - 1
+        if k < 0:
+            return False
+        r = old[k]
+        a, e = r
+        if seq >= e:
+            return False
+        if e - a == 1:
+            del old[k]
+        elif seq == a:
+            r[0] = a + 1
+        elif seq == e - 1:
+            r[1] = e - 1
+        else:
+            old.insert(k + 1, [seq + 1, e])
+            r[1] = seq
+            if len(old) > MAX_OLD_RANGES:
+                g = old.pop(0)
+                self.lost += g[1] - g[0]
+                self.missing -= g[1] - g[0]
+        if self.missing > 0:
+            self.missing -= 1
+        return True
 
     def first(self, seq: int) -> bool:
         b = self.bits
