@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -226,28 +228,31 @@ class Proc:
         self.err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
         self.p = subprocess.Popen([sys.executable, "-m", "tests.delivery_worker", *args], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=root, env=env)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        """A thread: stdout lines into a queue (select() on a buffered pipe misses a line
+        that came in the same read as the one before: a reply lost, a driver waiting)."""
+        assert self.p.stdout is not None
+        for ln in self.p.stdout:
+            self.lines.put(ln)
+        self.lines.put(None)
 
     def line(self, prefix: str, timeout: float) -> str:
         """The next stdout line starting with ``prefix`` (other lines skipped)."""
-        assert self.p.stdout is not None
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.p.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"no {prefix!r} line within {timeout} s; stacks:\n{self.stacks()}")
-                ln = self.p.stdout.readline()
-                if not ln:
-                    self.p.wait(5)
-                    raise RuntimeError(f"worker exited ({self.p.poll()}): {self.stderr()[-2000:]}")
-                if ln.startswith(prefix):
-                    return ln[len(prefix):].strip()
-        finally:
-            sel.close()
+        while True:
+            try:
+                ln = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no {prefix!r} line within {timeout} s; stacks:\n{self.stacks()}") from None
+            if ln is None:
+                self.p.wait(5)
+                raise RuntimeError(f"worker exited ({self.p.poll()}): {self.stderr()[-2000:]}")
+            if ln.startswith(prefix):
+                return ln[len(prefix):].strip()
 
     def stderr(self) -> str:
         self.err.seek(0)
@@ -284,6 +289,7 @@ class Proc:
             except Exception:
                 self.p.kill()
                 self.p.wait(5)
+        self.reader.join(5)  # the worker is gone: its stdout ends
         for f in (self.p.stdin, self.p.stdout):
             if f is not None:
                 f.close()
