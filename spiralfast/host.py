@@ -62,6 +62,8 @@ class NodeHost:
         self.retx_marks: deque[tuple[float, int]] = deque()  # (monotonic time, next broadcast sequence)
         #: Broadcast origin -> the node (one per incarnation) it belongs to, for operators.
         self.origin_names: dict[str, str] = {}
+        #: origin -> [last sequence a peer saw of it, when to take that] (``OriginEnd``)
+        self.origin_ends: dict[str, list[Any]] = {}
         self.replying: dict[Any, asyncio.Task[None]] = {}  # (link, peer) -> paced state reply on its way
         self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
 
@@ -256,10 +258,8 @@ class NodeHost:
             self.reply(link, sender, self.node.state.on_request(m, sender))
         elif kind == schema.KIND_CLOCK_SKEW:
             self.node.state.on_clock_skew(sender, m)
-        elif kind == schema.KIND_ORIGIN_END and m.origin != self.node.local_node.metadata.get("origin"):
-            w = self.node.gate.dedupe.window(m.origin)  # (a note about us is wrong: we are alive)
-            if w is not None:
-                w.expect(m.high)
+        elif kind == schema.KIND_ORIGIN_END:
+            self.on_origin_end(m)
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
         """Answer a peer.  An answer of several messages (a state repair: chunks of about
@@ -349,6 +349,38 @@ class NodeHost:
             if w is not None and w.high > 0:
                 self.broadcast(schema.KIND_ORIGIN_END, schema.OriginEnd(origin, w.high))
 
+    def on_origin_end(self, m: schema.OriginEnd) -> None:
+        """A peer says a node is gone and names the last sequence of its origin it saw.
+        Kept as a claim, and taken only once that origin's node has been absent here
+        for the whole repair budget (REPAIR_ATTEMPTS intervals): a node that is alive,
+        or comes back in time, sends or repairs its own sequence, so a member cannot
+        make us give up on sequences a live node has not sent yet."""
+        if m.origin == self.node.local_node.metadata.get("origin"):
+            return  # about us: we are alive
+        claim = self.origin_ends.get(m.origin)
+        if claim is None:
+            self.origin_ends[m.origin] = [m.high, time.monotonic() + REPAIR_INTERVAL * REPAIR_ATTEMPTS]
+            while len(self.origin_ends) > MAX_ORIGIN_NAMES:
+                del self.origin_ends[next(iter(self.origin_ends))]
+        elif m.high > claim[0]:
+            claim[0] = m.high
+
+    def apply_origin_ends(self, now: float) -> None:
+        """Claims whose time has come: an origin still absent gets its tail expected and,
+        as it has had its repair budget, given up (counted lost) at the next tick."""
+        if not self.origin_ends:
+            return
+        members = {n.metadata.get("origin") for n in self.node.nodes.values()}
+        for origin, (high, at) in list(self.origin_ends.items()):
+            if origin in members:
+                del self.origin_ends[origin]  # alive (or back): its own sequence speaks for it
+            elif now >= at:
+                del self.origin_ends[origin]
+                w = self.node.gate.dedupe.window(origin)
+                if w is not None and high > w.high:
+                    w.expect(min(high, w.high + MAX_REPAIR_SEQS * REPAIR_BATCH))
+                    self.repairs[origin] = [now - REPAIR_DELAY, 0.0, REPAIR_ATTEMPTS, w.missing]
+
     def send_gossip(self) -> None:
         md = self.node.local_node.metadata
         md["links"] = sorted(self.node.outbox.links)
@@ -399,6 +431,7 @@ class NodeHost:
     def repair_tick(self, now: float) -> None:
         """Ask each origin for the sequences we are missing from it (after REPAIR_DELAY,
         every REPAIR_INTERVAL, REPAIR_ATTEMPTS times); give up on an origin that is gone."""
+        self.apply_origin_ends(now)
         dedupe = self.node.gate.dedupe
         gaps = dedupe.gaps()
         if not gaps and not self.repairs:
@@ -436,7 +469,10 @@ class NodeHost:
             return
         retx, base, gone = sender.retx, sender.retx_base, []
         ob = self.node.outbox
+        sent = sender.seq
         for seq in m.seqs[:MAX_REPAIR_SEQS]:
+            if seq > sent:
+                continue  # not sent yet: never "gone" (a peer told a wrong end of our sequence)
             i = seq - base
             if 0 <= i < len(retx):
                 ev = _decode_event(retx[i])

@@ -17,6 +17,10 @@ import msgspec
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0.0, le=253402300799.0)]
 #: Hybrid logical clock values: non-negative 64-bit.
 HlcValue = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+#: A wall-clock reading in milliseconds since the epoch (0: none), up to the year 9999.
+WallMs = Annotated[int, msgspec.Meta(ge=0, le=253402300799000)]
+#: A broadcast sequence number.
+SeqNo = Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))]
 
 # -- message kinds (frame header byte) -----------------------------------------
 KIND_HELLO = 1  # handshake opener: identity, mesh name, nonce
@@ -103,7 +107,7 @@ class StateDigest(msgspec.Struct, array_like=True, gc=False):
     digests: dict[str, str]  # category -> hash of (key, hlc, node, deleted)
     reply: bool = True
     collected_upto: int = 0  # highest HLC of a tombstone the sender has collected
-    now_ms: int = 0  # the sender's state clock (wall ms, corrected), for skew detection; 0 = unknown
+    now_ms: WallMs = 0  # the sender's state clock (wall ms, corrected), for skew detection; 0 = unknown
 
 
 class StateRequest(msgspec.Struct, array_like=True, gc=False):
@@ -134,12 +138,12 @@ class RepairGone(msgspec.Struct, array_like=True, gc=False):
 
 class OriginEnd(msgspec.Struct, array_like=True, gc=False):
     origin: str  # the broadcast origin of a node that left, died or was cut off
-    high: int  # the highest sequence of it the sender saw
+    high: SeqNo  # the highest sequence of it the sender saw
 
 
 class ClockSkew(msgspec.Struct, array_like=True, gc=False):
-    now_ms: int  # the sender's state clock when it saw the receiver's clock ahead
-    max_offset_ms: int  # the sender's max_clock_offset
+    now_ms: WallMs  # the sender's state clock when it saw the receiver's clock ahead
+    max_offset_ms: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]  # the sender's max_clock_offset
 
 
 KIND_TYPES: dict[int, type[msgspec.Struct]] = {

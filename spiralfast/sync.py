@@ -35,6 +35,9 @@ _SKEW_LOG = BackoffLog(log, initial=60.0, maximum=60.0)
 #: A jump of the wall clock against the monotonic clock larger than this (seconds) is
 #: a step (the clock was set), not drift.
 CLOCK_STEP = 1.0
+#: The largest correction a peer's notice may make to the clock state is stamped with:
+#: a clock off by more is not corrected (peers refuse its state; it is logged).
+MAX_CLOCK_CORRECTION_MS = 7 * 24 * 3600 * 1000
 
 DEFAULT_CATEGORIES = ("agents", "rituals", "system", "user_data")
 #: State entries per delta message (keeps one message well under MAX_MESSAGE_SIZE
@@ -229,6 +232,7 @@ class StateSynchronizer:
         return (entry.hlc, entry.node) > (current[0], current[1])
 
     def _store(self, entry: StateEntry, keep_deleted_at: float | None = None) -> None:
+        stamp = None if entry.deleted else datetime.fromtimestamp(hlc_wall(entry.hlc)).isoformat()  # first: may raise
         ck = (entry.category, entry.key)
         old = self._clock.get(ck)
         d = self._digest.get(entry.category, 0)
@@ -244,7 +248,7 @@ class StateSynchronizer:
         else:
             cat[entry.key] = {
                 "value": entry.value,
-                "timestamp": datetime.fromtimestamp(hlc_wall(entry.hlc)).isoformat(),
+                "timestamp": stamp,
                 "version": entry.version,
                 "metadata": entry.metadata or {},
             }
@@ -266,6 +270,8 @@ class StateSynchronizer:
         self.stats["clock_steps"] += 1
         absorbed = min(ms, -self.correction_ms) if self.correction_ms < 0 else 0
         self.correction_ms += absorbed
+        if -self.correction_ms < CLOCK_STEP * 1000:  # what is left is the notice's latency, not skew
+            absorbed, self.correction_ms = absorbed - self.correction_ms, 0
         log.warning("the wall clock went back %.1f s%s", ms / 1000,
                     f"; no longer correcting it ({absorbed / 1000:.1f} s)" if absorbed else "")
         if ms > absorbed:
@@ -306,6 +312,12 @@ class StateSynchronizer:
         ahead = self.wall_ms() - m.now_ms
         if ahead <= max(m.max_offset_ms, 0):
             return  # a notice about a skew we have corrected since
+        if ahead - self.correction_ms > MAX_CLOCK_CORRECTION_MS or m.now_ms <= 0:
+            _SKEW_LOG(("ahead",), logging.ERROR,
+                      "node %s says our clock is %.0f s ahead of its clock: more than we correct for (%.0f days); "
+                      "peers refuse our state until one of the clocks is fixed", peer_id, ahead / 1000,
+                      MAX_CLOCK_CORRECTION_MS / 86_400_000)
+            return
         self.stats["clock_corrections"] += 1
         self.correction_ms -= ahead
         _SKEW_LOG(("ahead",), logging.ERROR,

@@ -200,3 +200,41 @@ def test_skew_over_the_mesh_logs_once_and_converges(caplog: pytest.LogCaptureFix
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "spiralfast.sync"]
     # one line per condition per minute: a peer ahead (seen by a and by c), our clock ahead (b)
     assert len(errors) <= 3, [r.getMessage() for r in errors]
+
+
+def test_malformed_or_absurd_notices_change_nothing() -> None:
+    """Review finding: ClockSkew(now_ms=-2**62) from a member drove the stamping clock
+    into year -146136543; now such numbers are refused at decode time, and a notice
+    asking for more than a week of correction is logged, not applied."""
+    import msgspec
+
+    for kind, bad in ((schema.ClockSkew, [-(2**62), 0]), (schema.ClockSkew, [1, -1]),
+                      (schema.OriginEnd, ["abcs", -1]), (schema.OriginEnd, ["abcs", 2**64 - 1]),
+                      (schema.StateDigest, [{}, True, 0, -5])):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.msgpack.decode(msgspec.msgpack.encode(bad), type=kind)
+
+    s = StateSynchronizer("b")
+    s.on_clock_skew("m", schema.ClockSkew(1, 0))  # "you are 56 years ahead"
+    assert s.correction_ms == 0 and s.stats["clock_corrections"] == 0
+    s.update_local_state("agents", "k", 1)  # still works, stamped now
+    assert abs(hlc_wall(s.clock.last) - time.time()) < 2
+
+    async def main() -> None:
+        async with LocalMesh(2, heartbeat_interval=0.2) as mesh:
+            a, m = mesh.nodes
+            before = a.gate.stats["frame_errors"]
+            link = m.outbox.links[a.node_id]
+            # an insider's frame carrying an out-of-range notice: refused and counted, nothing applied
+            from spiralfast.codec import FrameWriter
+            w = FrameWriter()
+            w.add(schema.KIND_CLOCK_SKEW, 0, b"", b"", [-(2**62), 0])
+            link.send_frame(bytes(w.finish()))
+            await asyncio.sleep(0.3)
+            assert a.state.correction_ms == 0
+            a.state.update_local_state("agents", "after", 1)
+            await wait_for(lambda: m.state.get_local_state("agents", "after") == 1)
+            assert a.gate.stats["frame_errors"] == before + 1  # counted (metric: bad_messages_total)
+            assert m.node_id in a.nodes  # and the link is still up
+
+    asyncio.run(main())

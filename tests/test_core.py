@@ -544,3 +544,31 @@ def test_a_dead_origins_tail_seen_by_some_is_counted_lost_by_the_others() -> Non
             await a.stop()
 
     asyncio.run(main())
+
+
+def test_a_member_cannot_make_others_drop_a_live_nodes_events() -> None:
+    """Review finding: one OriginEnd naming a live node's origin with a huge sequence made
+    every receiver give up (and later drop) that node's next broadcasts."""
+
+    async def main() -> None:
+        async with LocalMesh(3, heartbeat_interval=0.2) as mesh:
+            a, b, m = mesh.nodes
+            got: list[int] = []
+            b.register_event_handler("seq", lambda env: got.append(env["data"]["i"]))
+            await a.broadcast_event("seq", {"i": 0})
+            await wait_for(lambda: got == [0])
+            origin = a.local_node.metadata["origin"]
+            m.host.broadcast(schema.KIND_ORIGIN_END, schema.OriginEnd(origin, 10_000_000))
+            # and an origin asked for sequences it has not sent yet never calls them gone
+            m.outbox.send(a.node_id, schema.KIND_REPAIR_REQUEST, 0, b"", schema.RepairRequest(origin, [5, 6, 7]))
+            await asyncio.sleep(1.0)
+            assert not b.host.origin_ends  # a is a member: the claim was dropped
+            for i in range(1, 101):
+                await a.broadcast_event("seq", {"i": i})
+            await wait_for(lambda: len(got) == 101)
+            assert sorted(got) == list(range(101))
+            st = b.get_mesh_status()["counters"]
+            assert st["events_lost"] == 0 and st["events_missing"] == 0
+            assert m.get_mesh_status()["counters"]["events_lost"] == 0
+
+    asyncio.run(main())
