@@ -69,7 +69,7 @@ class MeshCore:
         self.start_time: float | None = None
         self.counts: dict[str, int] = {"handshake_failures": 0, "auth_failures": 0, "rejected_by_peer": 0,
                                          "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0,
-                                         "repair_requests": 0, "repaired_sent": 0}
+                                         "repair_requests": 0, "repaired_sent": 0, "state_replies_deferred": 0}
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent

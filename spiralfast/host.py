@@ -44,6 +44,8 @@ MAX_REPAIR_SEQS = 4096
 REPAIR_BATCH = 16
 #: A paced state reply waits while the link holds more than this many unsent bytes.
 REPLY_PACE_BYTES = 4 * 1024 * 1024
+#: Many-chunk state answers on their way at once, over all links (more wait for the next round).
+MAX_PACED_REPLIES = 8
 #: Origins whose node names are remembered (the dedupe windows keep at most 4,096 origins).
 MAX_ORIGIN_NAMES = 8192
 
@@ -269,7 +271,13 @@ class NodeHost:
         round asks again for whatever is still missing)."""
         if len(msgs) == 1:
             self._reply_one(link, to, msgs[0])
-        elif msgs and (link, to) not in self.replying:
+        elif not msgs or (link, to) in self.replying:
+            return
+        elif len(self.replying) >= MAX_PACED_REPLIES or (link.shared_bus and to not in self.node.nodes):
+            # Bounded work per node; on a bus, whole-state answers only for members we list
+            # (an insider can name any sender in its frames).
+            self.node.counts["state_replies_deferred"] += 1
+        else:
             task = asyncio.ensure_future(self._paced_reply(link, to, msgs))
             self.replying[link, to] = task
             task.add_done_callback(functools.partial(self._replied, (link, to)))

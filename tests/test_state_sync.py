@@ -302,3 +302,43 @@ def test_large_state_travels_in_chunks_and_a_too_large_value_is_refused() -> Non
             await a.stop()
 
     asyncio.run(main())
+
+
+def test_whole_state_answers_are_bounded() -> None:
+    """Review finding: an insider on a bus naming 300 invented senders got 300 paced
+    whole-state answers going at once (RSS 39 -> 808 MB)."""
+    from spiralfast import schema
+    from spiralfast.host import MAX_PACED_REPLIES
+
+    class Link:
+        def __init__(self, bus: bool) -> None:
+            self.shared_bus, self.paused, self.closed, self.sent = bus, True, False, 0  # paused: answers wait
+
+        def send_direct(self, *a: Any) -> None:
+            self.sent += 1
+
+        def send_frame(self, frame: bytes) -> bool:
+            self.sent += 1
+            return True
+
+    async def main() -> None:
+        async with LocalMesh(1) as mesh:
+            a = mesh.nodes[0]
+            for i in range(50):
+                a.state.update_local_state("agents", f"k{i}", "x" * 10_000)
+            msgs = a.state.on_request(schema.StateRequest({"agents": {}}))
+            assert len(msgs) > 1
+            bus = Link(True)
+            for i in range(300):
+                a.host.reply(bus, f"forged-{i}", msgs)
+            assert not a.host.replying and a.counters["state_replies_deferred"] == 300
+            ws = [Link(False) for _ in range(50)]
+            for i, lk in enumerate(ws):
+                a.host.reply(lk, f"peer-{i}", msgs)
+            assert len(a.host.replying) == MAX_PACED_REPLIES
+            for lk in ws:
+                lk.paused = False
+            await wait_for(lambda: not a.host.replying)
+            assert sum(lk.sent for lk in ws) == MAX_PACED_REPLIES * len(msgs)
+
+    asyncio.run(main())
