@@ -576,7 +576,8 @@ def _status_table(st: dict[str, Any]) -> Any:
     r = st.get("router", {})
     t.add_row("events in/out", f"{c.get('events_in', 0)}/{c.get('events_out', 0)}")
     t.add_row("frames in/out", f"{r.get('frames_in', 0)}/{r.get('frames_out', 0)}")
-    t.add_row("links", ", ".join(f"{lk['peer'][:8]}({lk.get('state')})" for lk in st.get("links", [])) or "-")
+    t.add_row("links", ", ".join(f"{(lk.get('peer') or lk.get('transport') or '?')[:8]}({lk.get('state')})"
+                                 for lk in st.get("links", [])) or "-")
     sync = st.get("sync", {})
     t.add_row("sync", f"{sync.get('sync_status')} v{sync.get('state_version')} items={sync.get('total_items')}")
     return t

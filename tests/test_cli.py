@@ -527,3 +527,25 @@ def test_bench_redis_down_leaves_no_process_and_parent_death_reaps_child() -> No
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_status_table_of_a_node_with_a_bus_link() -> None:
+    """Review finding: ``mesh status`` (table) crashed on any node with a Redis or NATS
+    link (a bus link names no single peer)."""
+    from .nats_cluster import nats_or_fail
+
+    url = nats_or_fail()
+    node = NodeProc("BUS", "--nats", url, "--name", f"cli_bus_{os.getpid()}")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            st = json.loads(cli("mesh", "status", "--node", node.url, "--json").stdout)
+            if st.get("nats") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert st.get("nats") is True
+        r = cli("mesh", "status", "--node", node.url)
+        assert r.returncode == 0, r.stderr
+        assert "nats(" in r.stdout and "nats" in r.stdout
+    finally:
+        node.stop()
