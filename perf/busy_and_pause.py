@@ -11,8 +11,9 @@ config otherwise.
   once with a 5 s window (the repair must fail: what is not delivered must be counted).
 
 Prints one row per scenario: handled (unique by origin+sequence) / duplicates / lost
-(counted by the receiver for that origin) / unaccounted (neither) / times each node
-declared the other dead / sender peak RSS.
+(counted by the receiver for that origin) / lost as announced by its ``system_alert`` /
+unaccounted (neither handled nor counted) / times each node declared the other dead /
+sender peak RSS.
 
 Usage: ``python perf/busy_and_pause.py [busy|pause|all] [--n N] [--json]``
 """
@@ -60,8 +61,9 @@ def pause(n: int, rate: float, at: float, length: float, window: float | None) -
     return row
 
 
-COLS = ["scenario", "sent", "handled", "dups", "lost_counted", "unaccounted", "events_missing",
-        "recv_declared_dead_by_sender", "sender_declared_dead_by_recv", "recv_listed", "sender_listed",
+COLS = ["scenario", "sent", "handled", "dups", "lost_counted", "alerted_lost", "unaccounted", "events_missing",
+        "recv_declared_dead_by_sender", "recv_dead_during_pause", "sender_declared_dead_by_recv", "recv_listed",
+        "sender_listed",
         "dropped_frames", "sender_rss_mib", "retx_peak_mib", "seconds"]
 
 
