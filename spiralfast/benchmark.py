@@ -228,8 +228,24 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
         check_redis(redis_url)
     env = dict(os.environ)
     if transport == "nats":
-        env["SPIRALFAST_BENCH_NATS_URL"] = (nats_url or os.environ.get("SPIRALFAST_TEST_NATS_URL")
-                                            or "nats://127.0.0.1:4222")
+        from urllib.parse import urlparse
+
+        from .links.nats import mask_url, server_list
+
+        nats_url = nats_url or os.environ.get("SPIRALFAST_TEST_NATS_URL") or "nats://127.0.0.1:4222"
+        MeshConfig(nats_url=nats_url, enable_websocket=False, enable_redis=False)  # ConfigError when malformed
+        why = ""
+        for server in server_list(nats_url):  # as check_redis: fail here, not in the child, when none answers
+            u = urlparse(server)
+            try:
+                socket.create_connection((u.hostname, u.port or {"ws": 80, "wss": 443}.get(u.scheme, 4222)),
+                                         timeout=3.0).close()
+                break
+            except OSError as exc:
+                why = f"{mask_url(server)}: {exc.strerror or exc}"
+        else:
+            raise LinkError(f"NATS at {mask_url(nats_url)} unreachable ({why})")
+        env["SPIRALFAST_BENCH_NATS_URL"] = nats_url
         env["SPIRALFAST_BENCH_MESH"] = f"bench_{time.time_ns()}"  # nothing left over from an earlier run
     port = _free_port()
     child = subprocess.Popen(

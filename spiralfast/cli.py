@@ -327,7 +327,8 @@ def _banner(core: Any, res: settings.Resolved) -> list[str]:
     nats = getattr(core, "nats", None)
     if cfg.nats_url:
         if nats is not None and getattr(nats, "connected", False):
-            rows.append(("nats", f"connected {settings.display_value('nats_url', cfg.nats_url)}"))
+            reached = nats.info().get("server") if hasattr(nats, "info") else None
+            rows.append(("nats", f"connected {reached or settings.display_value('nats_url', cfg.nats_url)}"))
         elif nats is not None:
             rows.append(("nats", f"NOT connected: {settings.display_value('nats_url', cfg.nats_url)}"))
         else:

@@ -151,10 +151,26 @@ class MeshConfig:
         _check_positive("persist_retention_days", self.persist_retention_days)
         if self.nats_url is not None:
             urls = [self.nats_url] if isinstance(self.nats_url, str) else self.nats_url
-            if not isinstance(urls, (list, tuple)) or not urls or not all(
-                isinstance(u, str) and urlparse(u).scheme in ("nats", "tls", "ws", "wss") for u in urls
-            ):
+            if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
                 raise ConfigError(f"nats_url must be a nats:// URL or a list of them, got {self.nats_url!r}")
+            # each entry may itself be a comma-separated list (as the NATS link reads it)
+            servers = [s.strip() for u in urls for s in u.split(",") if s.strip()]
+            if not servers:
+                raise ConfigError(f"nats_url must be a nats:// URL or a list of them, got {self.nats_url!r}")
+            for s in servers:
+                u = urlparse(s)
+                try:
+                    port_ok = u.port is None or u.port > 0
+                except ValueError:  # not a number, or out of range
+                    port_ok = False
+                # the scheme as written (urlparse lower-cases it; NATS clients do not)
+                if not (s.split("://", 1)[0] in ("nats", "tls", "ws", "wss") and "://" in s and u.hostname
+                        and port_ok):
+                    import re  # the password of a URL is never echoed
+
+                    shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", s)
+                    raise ConfigError(f"nats_url: {shown!r} is not a NATS URL (nats://, tls://, ws:// or wss:// "
+                                      "with a host and a port 1-65535)")
         _check_positive("nats_stream_max_age", self.nats_stream_max_age)
         _check_int("nats_stream_max_bytes", self.nats_stream_max_bytes, 1024, 1 << 50)
         _check_positive("handshake_timeout", self.handshake_timeout)

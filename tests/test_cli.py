@@ -205,6 +205,7 @@ def test_shell_completion() -> None:
         (["bench", "--events", "-5"], "--events"),
         (["bench", "--rate", "-1"], "--rate"),
         (["bench", "--transport", "carrier-pigeon"], "ws, redis or nats"),
+        (["bench", "--transport", "nats", "--nats", "foo"], "nats_url"),
         (["mesh", "start", "--no-redis", "--log-format", "xml"], "text or json"),
         (["mesh", "start", "--no-redis", "--log-level", "loud"], "log level"),
         (["mesh", "start", "--no-redis", "--port", "abc"], "--port"),

@@ -280,12 +280,20 @@ def test_in_process_mesh_state_and_tasks_over_nats_only() -> None:
 
 def test_unreachable_nats_warns_once_the_node_runs_on_and_connects_when_nats_appears(
         caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> None:
-        from .conftest import free_port
+    """Also: no log line shows the URL's password, and the banner names the server reached."""
+    from types import SimpleNamespace
 
-        port = free_port()
+    from spiralfast.cli import _banner
+
+    from .conftest import free_port
+
+    port, dead = free_port(), free_port()
+
+    async def main() -> None:
+        # a password in the URL (a server without auth ignores it); the first server never answers
         n = MeshCore(MeshConfig(node_id="lonely", enable_websocket=False, enable_redis=False,
-                                nats_url=f"nats://127.0.0.1:{port}", heartbeat_interval=0.3))
+                                nats_url=[f"nats://user:secretpw@127.0.0.1:{dead}",
+                                          f"nats://user:secretpw@127.0.0.1:{port}"], heartbeat_interval=0.3))
         t = time.monotonic()
         await n.start()
         server = None
@@ -297,14 +305,183 @@ def test_unreachable_nats_warns_once_the_node_runs_on_and_connects_when_nats_app
             server = await asyncio.to_thread(NatsCluster, 1, False, [port])
             await wait_for(lambda: n.nats.connected, 10)
             assert n.get_mesh_status()["nats"] is True
+            rows = [line.split(None, 1) for line in _banner(n, SimpleNamespace(file=None))[1:]]
+            assert dict(rows)["nats"] == f"connected 127.0.0.1:{port}", rows  # not the whole list
+            server.kill(0)  # "connection lost; reconnecting (servers ...)"
+            await wait_for(lambda: not n.nats.connected, 10)
         finally:
             await n.stop()
             if server is not None:
                 server.close()
 
     asyncio.run(main())
-    downs = [r for r in caplog.records if r.name == "spiralfast.nats" and "unreachable" in r.getMessage()]
-    assert len(downs) == 1, [r.getMessage() for r in caplog.records]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("spiralfast")]
+    downs = [m for m in ours if "unreachable" in m]
+    assert len(downs) == 1, ours
+    assert "user:****@127.0.0.1" in downs[0], downs
+    assert any("connection lost" in m and "user:****@" in m for m in ours), ours
+    assert not [m for m in ours if "secretpw" in m], ours
+
+
+def test_tls_url_against_a_plain_server_does_not_connect(caplog: pytest.LogCaptureFixture) -> None:
+    """nats-py upgrades to TLS only when the server asks: a tls:// URL must never end up in plain text."""
+    url = nats_or_fail()
+    plain = url.replace("nats://", "tls://", 1)
+
+    async def main() -> None:
+        n = MeshCore(MeshConfig(node_id="tlsnode", enable_websocket=False, enable_redis=False, nats_url=plain,
+                                heartbeat_interval=0.3))
+        t = time.monotonic()
+        await n.start()
+        try:
+            assert time.monotonic() - t < 6
+            assert n.nats is not None and not n.nats.connected and n.get_mesh_status()["nats"] is False
+            await asyncio.sleep(0.5)
+            assert not n.nats.connected
+        finally:
+            await n.stop()
+
+    asyncio.run(main())
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("spiralfast")]
+    assert any("offers no TLS" in m and "plain text" in m for m in ours), ours
+
+
+def test_nats_url_validation() -> None:
+    from spiralfast.errors import ConfigError
+
+    for bad in ("nats://127.0.0.1:99999", "nats://", "NATS://127.0.0.1:4222", "Tls://h:1", "nats://h:0",
+                "nats://h:x", "foo", "127.0.0.1:4222", "http://h:1", [], ["nats://a:1", "nats://:2"], "nats://a:1,b"):
+        with pytest.raises(ConfigError, match="nats_url"):
+            MeshConfig(nats_url=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as e:
+        MeshConfig(nats_url="nats://user:secretpw@h:70000")
+    assert "secretpw" not in str(e.value) and "user:****@h" in str(e.value)
+    for good in ("nats://127.0.0.1:4222", "tls://nats.example.com", "nats://u:p@h:1", "ws://h:8080", "wss://h",
+                 "nats://a:1, nats://b:2", ["tls://a:1", "tls://[::1]:4222"]):
+        MeshConfig(nats_url=good)
+
+
+def test_bench_over_nats_refuses_a_bad_or_unreachable_url_at_once() -> None:
+    from spiralfast.benchmark import run_bench
+    from spiralfast.errors import ConfigError, LinkError
+
+    from .conftest import free_port
+
+    t = time.monotonic()
+    with pytest.raises(ConfigError, match="nats_url"):
+        run_bench("nats", 10, nats_url="foo")
+    with pytest.raises(LinkError, match="unreachable") as e:
+        run_bench("nats", 10, nats_url=f"nats://u:secretpw@127.0.0.1:{free_port()}")
+    assert "secretpw" not in str(e.value)
+    assert time.monotonic() - t < 5
+
+
+def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_stream_frames(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a node catches up from JetStream, an outsider's junk is never held (it is
+    refused at once), what is held is bounded in bytes (the oldest dropped, then repaired),
+    and a captured frame published again into the stream is refused (its stream timestamp is
+    far from its send time) instead of being delivered from the stream."""
+    from types import SimpleNamespace
+    from unittest import mock
+    from urllib.parse import urlparse
+
+    from spiralfast import busauth
+    from spiralfast.links import nats as nats_link
+
+    url = nats_or_fail()
+    mesh = _mesh()
+
+    def cfg(nid: str, u: str) -> MeshConfig:
+        return MeshConfig(node_id=nid, mesh_name=mesh, enable_websocket=False, enable_redis=False, nats_url=u,
+                          nats_stream=True, auth_token=TOKEN, heartbeat_interval=0.3, max_clock_offset=1.0)
+
+    async def main() -> None:
+        import nats
+
+        pu = urlparse(url)
+        proxy = TcpProxy(pu.port or 4222, pu.hostname or "127.0.0.1")
+        await proxy.restore()
+        att = await nats.connect(url)  # an outsider: no token
+        s = MeshCore(cfg("S", url))
+        v = MeshCore(cfg("V", proxy.url))
+        got: list[str] = []
+        v.register_event_handler("payment", lambda e: got.append(e["data"]["id"]))
+        await s.start()
+        try:
+            assert s.nats is not None
+            bcast = s.nats.bcast
+            captured: list[bytes] = []
+
+            async def cap(m: Any) -> None:
+                captured.append(m.data)
+
+            sub = await att.subscribe(bcast, cb=cap)
+            await att.flush()
+            # S's frames as a listener captured them 70 s ago (S's sealing clock set back
+            # instead of waiting 70 s): stale for the live path (window 61 s)
+            real = time.time
+            with mock.patch.object(busauth, "time", SimpleNamespace(time=lambda: real() - 70)):
+                await s.broadcast_event("payment", {"id": "old"})
+                await asyncio.sleep(0.3)
+            await sub.unsubscribe()
+            assert captured
+            await v.start()
+            assert v.nats is not None
+            await wait_for(lambda: "S" in v.nodes, 10)
+            await s.broadcast_event("payment", {"id": "live-0"})
+            await wait_for(lambda: got == ["live-0"], 5)
+
+            gate = asyncio.Event()
+            orig = v.nats._catch_up
+
+            async def gated(since: float) -> None:
+                await gate.wait()
+                await orig(since)
+
+            v.nats._catch_up = gated  # type: ignore[method-assign]
+            await proxy.cut()  # V is away: the attacker republishes the captured frames into the stream
+            await asyncio.sleep(0.3)
+            for d in captured:
+                await att.publish(bcast, d)
+            for i in range(3):
+                await s.broadcast_event("payment", {"id": f"away-{i}"})
+            await att.flush()
+            await asyncio.sleep(0.3)
+            await proxy.restore()
+            await wait_for(lambda: v.nats.connected and v.nats.held is not None, 10)
+            # during the catch-up: an outsider floods the broadcast subject with junk...
+            refused = v.nats.stats["refused"]
+            junk = b"\x01" + os.urandom(256 * 1024)
+            for _ in range(40):
+                await att.publish(bcast, junk)
+            await att.flush()
+            await wait_for(lambda: v.nats.stats["refused"] >= refused + 40, 10)
+            held = v.nats.held
+            assert held is not None and all(h[0] == "S" for h in held), [h[:2] for h in held]  # none of it held
+            assert v.nats.held_bytes < 256 * 1024, v.nats.held_bytes
+            # ...and a member's live frames are held up to the byte bound, the oldest dropped beyond it
+            monkeypatch.setattr(nats_link, "MAX_HELD_BYTES", 8 * 1024)
+            for i in range(12):
+                await s.broadcast_event("payment", {"id": f"held-{i}", "pad": "x" * 2000})
+                await asyncio.sleep(0.02)
+            await wait_for(lambda: v.nats.stats["held_dropped"] >= 1, 5)
+            assert v.nats.held is not None and v.nats.held_bytes <= 8 * 1024
+            gate.set()
+            want = ["live-0"] + [f"away-{i}" for i in range(3)] + [f"held-{i}" for i in range(12)]
+            await wait_for(lambda: sorted(got) == sorted(want), 15)  # dropped ones repaired from S
+            await asyncio.sleep(0.5)
+            assert sorted(got) == sorted(want), got  # once each, and never "old"
+            st = v.nats.stats
+            assert st["catchups"] == 1 and st["stream_refused"] >= 1 and st["caught_up_events"] >= 3, st
+        finally:
+            await v.stop()
+            await s.stop()
+            await proxy.cut()
+            await att.close()
+            await stream_cleanup(url, mesh)
+
+    asyncio.run(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
+import ssl
+import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,12 +63,29 @@ CONNECT_TIMEOUT = 2
 #: Seconds before dialling the same server again (another server of the list is tried at once).
 RECONNECT_WAIT: Any = 0.25  # nats-py annotates it int; a float works
 RECONNECT_MAX = 1.0  # a first connect retried at most once a second (as the Redis link)
-#: Live frames held while catching up from the stream; beyond it catch-up stops early.
+#: Live frames held while catching up from the stream (each authenticated first), at
+#: most this many and this many bytes; beyond either the oldest held frames are dropped
+#: (counted, ``held_dropped``): the node's gap repair asks their senders again.
 MAX_HELD_FRAMES = 50_000
+MAX_HELD_BYTES = 64 * 1024 * 1024
 #: Catch-up reads the stream from this long before the last broadcast received.
 CATCHUP_MARGIN = 2.0
 #: A catch-up never takes longer than this (live frames are held meanwhile).
 CATCHUP_TIMEOUT = 20.0
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_SEALED_SENT = struct.Struct("<Q")  # busauth: flag, sender length, sender, epoch, counter, *sent ms*
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``user:****@``)."""
+    return _URL_PASSWORD.sub(r"\1****@", str(text))
+
+
+def _sealed_sent(data: bytes) -> float:
+    """The send time (seconds) in a sealed frame's header (one ``open`` accepted)."""
+    return _SEALED_SENT.unpack_from(data, 2 + data[1] + 16)[0] / 1000.0
 
 
 def subject_token(name: str) -> str:
@@ -99,12 +120,22 @@ class NatsSettings:
     stream_max_age: float = 3600.0  # seconds a broadcast stays in the stream
     stream_max_bytes: int = 256 * 1024 * 1024
     prefix: str = "spiralfast"
+    ssl_cafile: str | None = None  # CA bundle for tls:// servers (None: the system CAs)
 
     @classmethod
     def from_config(cls, cfg: Any, node_id: str) -> NatsSettings:
         return cls(node_id, server_list(cfg.nats_url), cfg.mesh_name, cfg.auth_token, cfg.heartbeat_interval,
                    60.0 + cfg.max_clock_offset, bool(cfg.nats_stream),
-                   float(cfg.nats_stream_max_age), int(cfg.nats_stream_max_bytes))
+                   float(cfg.nats_stream_max_age), int(cfg.nats_stream_max_bytes),
+                   ssl_cafile=getattr(cfg, "ssl_cafile", None))
+
+    @property
+    def wants_tls(self) -> bool:
+        return any(u.startswith("tls://") for u in self.servers)
+
+    @property
+    def display_servers(self) -> str:
+        return mask_url(", ".join(self.servers))
 
 
 _CLIENT: Any = None
@@ -117,26 +148,41 @@ def _client_class() -> Any:
     object and a task switch per message); for the three subjects we read, its reader
     calls us directly instead (``sf_inline``: sid -> (subject, handler)), which keeps
     order and lets TCP push back on a slow node.  Anything else (JetStream, headers)
-    takes nats-py's own path."""
+    takes nats-py's own path.
+
+    It also holds nats-py to a ``tls://`` URL: nats-py upgrades to TLS only when the
+    server's INFO demands it, so a plain server (or a man in the middle) would get our
+    credentials in clear text.  For a ``tls://`` server the upgrade is forced, and a
+    server that offers no TLS at all is refused before anything is sent."""
     global _CLIENT
     if _CLIENT is None:
         from nats.aio.client import Client
+        from nats.errors import Error as NatsError
 
         class InlineClient(Client):  # type: ignore[misc]
             def __init__(self) -> None:
                 super().__init__()
-                self.sf_inline: dict[int, tuple[str, Any]] = {}
+                self.sf_inline: dict[int, tuple[str, Any]] | None = {} if hasattr(Client, "_process_msg") else None
+
+            async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+                srv = getattr(self, "_current_server", None)
+                if initial_connection and srv is not None and srv.uri.scheme == "tls":
+                    if not (info.get("tls_required") or info.get("tls_available")):
+                        raise NatsError(f"nats: tls:// URL, but the server at {srv.uri.hostname}:{srv.uri.port} "
+                                        "offers no TLS; refusing to connect in plain text")
+                    info["tls_required"] = True  # nats-py upgrades only when told to
+                await super()._process_info(info, initial_connection)
 
             async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                                    headers: bytes) -> None:
-                h = self.sf_inline.get(sid)
+                h = self.sf_inline.get(sid) if self.sf_inline is not None else None
                 if h is None or headers:
                     return await super()._process_msg(sid, subject, reply, data, headers)
                 self.stats["in_msgs"] += 1
                 self.stats["in_bytes"] += len(data)
                 h[1](h[0], data)
 
-        _CLIENT = InlineClient if hasattr(Client, "_process_msg") else Client
+        _CLIENT = InlineClient
     return _CLIENT
 
 
@@ -189,10 +235,13 @@ class NatsTransport:
         self.stopping = False
         self.last_rx_wall = 0.0  # wall time of the last broadcast frame received live
         self.down_since: float | None = None
-        self.held: list[tuple[str, bytes]] | None = None  # live frames held during a catch-up
+        # Live broadcasts held during a catch-up, already authenticated: (sender, offset, frame, size).
+        self.held: deque[tuple[str, int, memoryview, int]] | None = None
+        self.held_bytes = 0
         self.stats = {"published": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0, "reconnects": 0,
                       "paced": 0, "acks_sent": 0, "direct": 0, "too_large": 0, "slow_consumer": 0,
-                      "catchups": 0, "caught_up_frames": 0, "caught_up_events": 0}
+                      "catchups": 0, "caught_up_frames": 0, "caught_up_events": 0, "held_dropped": 0,
+                      "stream_refused": 0}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -202,7 +251,7 @@ class NatsTransport:
         ok = await self._connect()
         if not ok:
             self.errlog("down", logging.WARNING, "NATS at %s unreachable; running without NATS (will connect when "
-                        "it appears)", ", ".join(self.settings.servers))
+                        "it appears)", self.settings.display_servers)
             self._tasks.append(asyncio.ensure_future(self._connect_loop()))
         self._tasks.append(asyncio.ensure_future(self._ack_loop()))
         return ok
@@ -210,6 +259,13 @@ class NatsTransport:
     async def _connect(self) -> bool:
         st = self.settings
         nc = _client_class()()
+        tls: dict[str, Any] = {}
+        if st.wants_tls:  # verified against ssl_cafile, else the system CAs
+            try:
+                tls["tls"] = ssl.create_default_context(cafile=st.ssl_cafile)
+            except (OSError, ssl.SSLError) as exc:
+                self.errlog("tls", logging.ERROR, "NATS: cannot load the CA bundle %s: %s", st.ssl_cafile, exc)
+                return False
         try:
             # With endless reconnects nats-py never gives up on a first connect either: bound it.
             await asyncio.wait_for(nc.connect(
@@ -217,6 +273,7 @@ class NatsTransport:
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT, dont_randomize=True,
                 ping_interval=5, max_outstanding_pings=2, no_echo=True, pending_size=MAX_PENDING_BYTES * 2,
                 error_cb=self._error_cb, disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
+                **tls,
             ), CONNECT_TIMEOUT + 1.0)
         except Exception:
             try:
@@ -237,7 +294,7 @@ class NatsTransport:
             if self.stream_on:
                 await self._ensure_stream()
         except Exception as exc:
-            self.errlog("down", logging.WARNING, "NATS subscribe failed (%s); will retry", exc)
+            self.errlog("down", logging.WARNING, "NATS subscribe failed (%s); will retry", mask_url(str(exc)))
             await self._close_nc()
             return False
         self.connected = self.ever_connected = True
@@ -252,8 +309,8 @@ class NatsTransport:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, RECONNECT_MAX)
             if await self._connect():
-                self.errlog.clear("down", logging.INFO, "NATS at %s reachable; connected",
-                                  ", ".join(self.settings.servers))
+                self.errlog.clear("down", logging.INFO, "NATS at %s reachable; connected to %s",
+                                  self.settings.display_servers, self.info().get("server"))
 
     async def _ensure_stream(self) -> None:
         from nats.js import api
@@ -269,7 +326,8 @@ class NatsTransport:
             try:  # made by another node with other limits: use it as it is
                 await asyncio.wait_for(js.stream_info(self.stream_name), 5.0)
             except Exception:
-                log.warning("JetStream stream %s unavailable (%s); running without catch-up", self.stream_name, exc)
+                log.warning("JetStream stream %s unavailable (%s); running without catch-up", self.stream_name,
+                            mask_url(str(exc)))
                 self.stream_on = False
 
     async def stop(self) -> None:
@@ -327,7 +385,7 @@ class NatsTransport:
             self.stats["slow_consumer"] += 1
         elif isinstance(exc, OSError) and not self.connected:
             return  # a server refusing us while we reconnect: the "down" warning said it
-        self.errlog(("error", name), logging.WARNING, "NATS: %s", exc or name)
+        self.errlog(("error", name), logging.WARNING, "NATS: %s", mask_url(str(exc)) or name)
 
     async def _disconnected_cb(self) -> None:
         if self.stopping or not self.connected:
@@ -335,7 +393,7 @@ class NatsTransport:
         self.connected = False
         self.down_since = time.monotonic()
         self.errlog("down", logging.WARNING, "NATS connection lost; reconnecting (servers %s)",
-                    ", ".join(self.settings.servers))
+                    self.settings.display_servers)
         self.host.bus_down(self)
         if self.congested:
             self._set_congested(False)
@@ -348,7 +406,8 @@ class NatsTransport:
         self.down_since = None
         self.errlog.clear("down", logging.INFO, "NATS reconnected (%s)", self.info().get("server"))
         if self.stream_on and self.held is None:
-            self.held = []  # from now on live broadcasts wait for the catch-up
+            self.held = deque()  # from now on live broadcasts wait for the catch-up
+            self.held_bytes = 0
             t = asyncio.ensure_future(self._catch_up(self.last_rx_wall - CATCHUP_MARGIN))
             self._tasks.append(t)
             t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -504,7 +563,8 @@ class NatsTransport:
                                     "max_payload; dropped", len(batch[i][1]))
                         i += 1
                     else:
-                        self.errlog("down", logging.WARNING, "NATS publish failed (%s); will retry", exc)
+                        self.errlog("down", logging.WARNING, "NATS publish failed (%s); will retry",
+                                    mask_url(str(exc)))
                     rest = batch[i:]
                     self.pending[:0] = rest
                     self.pending_bytes = sum(len(p) for _, p in self.pending)
@@ -547,11 +607,7 @@ class NatsTransport:
             if subject == self.members:
                 self._on_ctl(data)
             elif self.held is not None and subject == self.bcast:
-                if len(self.held) < MAX_HELD_FRAMES:
-                    self.held.append((subject, data))
-                else:
-                    self._release_held()  # catch-up too slow: live frames go on, gaps get repaired
-                    self._on_frame(subject, data)
+                self._hold(data)
             else:
                 self._on_frame(subject, data)
         except Exception as exc:  # one bad message must never cost the subscription
@@ -565,11 +621,28 @@ class NatsTransport:
             self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a NATS frame: %s", exc)
             return None
 
+    def _hold(self, data: bytes) -> None:
+        """A live broadcast during a catch-up: authenticated now (an outsider's bytes are
+        never held), delivered after it.  Bounded in frames and bytes: beyond either, the
+        oldest held frames are dropped (counted) and the node's gap repair asks again."""
+        opened = self._open(self.sealer, self.bcast, data)
+        if opened is None or opened[0] == self.node_id:
+            return
+        held = self.held
+        assert held is not None
+        held.append((*opened, len(data)))
+        self.held_bytes += len(data)
+        while held and (self.held_bytes > MAX_HELD_BYTES or len(held) > MAX_HELD_FRAMES):
+            self.held_bytes -= held.popleft()[3]
+            self.stats["held_dropped"] += 1
+
     def _on_frame(self, subject: str, data: bytes) -> None:
         opened = self._open(self.sealer, subject, data)
         if opened is None:
             return
-        sender, offset, frame = opened
+        self._deliver(subject, *opened)
+
+    def _deliver(self, subject: str, sender: str, offset: int, frame: memoryview) -> None:
         if sender == self.node_id:
             return
         if subject == self.bcast:
@@ -634,7 +707,9 @@ class NatsTransport:
 
         self.stats["catchups"] += 1
         # Its own replay state and a window as long as the stream keeps frames: old
-        # frames are expected here; the MAC still proves who sent them.
+        # frames are expected here; the MAC still proves who sent them.  Each frame must
+        # also have been stored (the stream's timestamp) within the live replay window of
+        # its send time, and sent no earlier than ``since`` minus that window (``_replayed``).
         opener = BusSealer(self.node_id, self.settings.mesh_name, self.settings.token,
                            self.settings.stream_max_age + self.settings.replay_window)
         sub = None
@@ -658,8 +733,8 @@ class NatsTransport:
                             break
                         raise
                     first = False
-                    self._replayed(opener, msg.data)
                     md = msg.metadata
+                    self._replayed(opener, msg.data, md.timestamp.timestamp(), since)
                     if md.sequence.stream >= last or md.num_pending == 0:
                         break
         except asyncio.CancelledError:
@@ -675,8 +750,13 @@ class NatsTransport:
                     pass
             self._release_held()
 
-    def _replayed(self, opener: BusSealer, data: bytes) -> None:
-        """One frame from the stream: authenticated, then only its events delivered."""
+    def _replayed(self, opener: BusSealer, data: bytes, stored: float, since: float) -> None:
+        """One frame from the stream: authenticated, then only its events delivered.
+
+        ``stored`` is when the stream kept it (JetStream's timestamp).  A sender's frame
+        reaches the stream as it reaches live receivers, so one stored later than the live
+        replay window after its send time was published again by someone else (a captured
+        frame): refused, as the live path would have refused it then."""
         try:
             sender, _, frame = opener.open(self.bcast.encode(), data)
         except (AuthError, FrameError) as exc:
@@ -684,6 +764,15 @@ class NatsTransport:
             self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a stream frame: %s", exc)
             return
         if sender == self.node_id:
+            return
+        window = self.settings.replay_window
+        sent = _sealed_sent(data)
+        if abs(stored - sent) > window or sent < since - window:
+            self.stats["refused"] += 1
+            self.stats["stream_refused"] += 1
+            self.errlog("stream_stale", logging.WARNING, "refused a stream frame from %s: sent %.0fs from when the "
+                        "stream stored it, or before the catch-up window (a replayed frame)", sender[:64],
+                        abs(stored - sent) if abs(stored - sent) > window else since - sent)
             return
         try:
             msgs = [m for m in decode_frame(frame) if m.kind == schema.KIND_EVENT and not m.target]
@@ -700,8 +789,9 @@ class NatsTransport:
 
     def _release_held(self) -> None:
         held, self.held = self.held, None
-        for subject, data in held or ():
+        self.held_bytes = 0
+        for sender, offset, frame, _ in held or ():
             try:
-                self._on_frame(subject, data)
+                self._deliver(self.bcast, sender, offset, frame)
             except Exception as exc:
                 self._bad(f"error handling a message: {exc!r}")
