@@ -653,13 +653,16 @@ class PostgresStore(Store):
         if source is not None:
             where.append(f"agent_id = {p(source)}")
         if after is not None:
-            where.append(f'("timestamp", event_id) > ({p(after[0])}, {p(after[1])})')
+            ts, eid = p(after[0]), p(after[1])
+            where.append(f'("timestamp", length(event_id), event_id) > ({ts}, length({eid}), {eid})')
         cols = ", ".join('"timestamp"' if c == "timestamp" else c for c in EVENT_COLUMNS)
         sql = f"SELECT {cols} FROM ritual_events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         order = "ASC" if ascending else "DESC"
-        sql += f' ORDER BY "timestamp" {order}, event_id {order} LIMIT {p(int(limit))}'
+        # Ties in time: ids of one origin are "<origin>-<sequence>", so shorter first, then
+        # by text, is sending order ("...-999" before "...-1000").
+        sql += f' ORDER BY "timestamp" {order}, length(event_id) {order}, event_id {order} LIMIT {p(int(limit))}'
 
         async def go() -> list[Any]:
             import asyncpg
