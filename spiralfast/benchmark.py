@@ -157,6 +157,15 @@ async def _sender(transport: str, port: int, n: int, rate: int, redis_url: str, 
     return {"sent": n, "send_elapsed": sent_elapsed}
 
 
+def _loop_run(coro: Any) -> Any:
+    """uvloop when installed (only its own absence falls back to asyncio)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def _exit_with_parent() -> None:
     """The parent holds our stdin open; when it goes away (even killed with -9), so do we."""
     import threading
@@ -178,12 +187,7 @@ def _child_main() -> None:
     paced = sys.argv[6] == "1"
     handler_kind, tuned = sys.argv[7], sys.argv[8] == "1"
     _exit_with_parent()
-    try:
-        import uvloop
-
-        res = uvloop.run(_receiver(transport, port, n, redis_url, paced, handler_kind, tuned))
-    except ImportError:
-        res = asyncio.run(_receiver(transport, port, n, redis_url, paced, handler_kind, tuned))
+    res = _loop_run(_receiver(transport, port, n, redis_url, paced, handler_kind, tuned))
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -260,12 +264,7 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
         line = child.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"receiver failed to start (exit status {child.poll()})")
-        try:
-            import uvloop
-
-            tx = uvloop.run(_sender(transport, port, events, rate, redis_url, tuned))
-        except ImportError:
-            tx = asyncio.run(_sender(transport, port, events, rate, redis_url, tuned))
+        tx = _loop_run(_sender(transport, port, events, rate, redis_url, tuned))
         # Not communicate(): closing the child's stdin tells it we are gone.
         out = child.stdout.read()
         child.wait(30)

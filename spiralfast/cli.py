@@ -89,12 +89,13 @@ def _console() -> Any:
 
 
 def _run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    # Only uvloop's own absence falls back: an ImportError raised *inside* the node (a
+    # missing optional dependency) must not run the whole node a second time.
     try:
         import uvloop
-
-        return uvloop.run(coro_fn())
     except ImportError:  # pragma: no cover
         return asyncio.run(coro_fn())
+    return uvloop.run(coro_fn())
 
 
 def _emit_json(obj: Any) -> None:

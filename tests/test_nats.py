@@ -486,3 +486,50 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+async def test_a_dialled_peer_also_on_nats_does_not_relink_forever(caplog: pytest.LogCaptureFixture) -> None:
+    """New-user finding: B dials A (--peer) and both share NATS; A learns B's endpoint over
+    NATS and dials it too; the rule keeps the link dialled by the smaller id (A's), and B's
+    permanent dial used to redial at once, ~20 closes a second, forever."""
+    import logging
+
+    from spiralfast import MeshConfig, MeshCore
+
+    url = nats_or_fail()
+    mesh = f"dup_{uuid.uuid4().hex[:8]}"
+    base = dict(enable_redis=False, nats_url=url, mesh_name=mesh, heartbeat_interval=0.3, websocket_port=0)
+    a = MeshCore(MeshConfig(node_id="A", **base))  # type: ignore[arg-type]
+    await a.start()
+    b = MeshCore(MeshConfig(node_id="B", peers=[a.local_node.websocket_endpoint or ""], **base))  # type: ignore[arg-type]
+    try:
+        with caplog.at_level(logging.INFO, logger="spiralfast"):
+            await b.start()
+            await wait_for(lambda: "B" in a.nodes and "A" in b.nodes, timeout=10)
+            await asyncio.sleep(3.0)
+        closes = [r for r in caplog.records if "duplicate link" in r.getMessage()]
+        assert len(closes) <= 4, f"{len(closes)} duplicate-link closes in 3 s"
+        assert "A" in b.outbox.links and "B" in a.outbox.links  # one link each way survives
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_without_nats_py_the_node_says_how_to_install_it_and_runs_on(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New-user finding: --nats without nats-py ran the whole node twice (the CLI took the
+    ImportError for uvloop's) and ended in a traceback."""
+    import logging
+
+    from spiralfast import MeshConfig, MeshCore
+
+    monkeypatch.setitem(sys.modules, "nats", None)  # import nats -> ImportError
+    node = MeshCore(MeshConfig(node_id="no-nats", enable_redis=False, websocket_port=0,
+                               nats_url="nats://127.0.0.1:4222"))
+    with caplog.at_level(logging.WARNING, logger="spiralfast"):
+        await node.start()
+    try:
+        assert node.running and node.nats is None and node.config.enable_nats is False
+        assert any("pip install 'spiralfast[nats]'" in r.getMessage() for r in caplog.records)
+    finally:
+        await node.stop()

@@ -43,10 +43,17 @@ async def start_links(node: MeshCore) -> None:
         if not await node.redis.start():
             cfg.enable_redis = False  # until Redis appears; the transport keeps trying
     if cfg.enable_nats and cfg.nats_url:
-        from .nats import NatsSettings, NatsTransport
+        try:
+            import nats  # noqa: F401  (nats-py: the optional dependency of this link)
+        except ImportError:
+            log.warning("nats_url is set but nats-py is not installed (pip install 'spiralfast[nats]'); "
+                        "running without NATS")
+            cfg.enable_nats = False
+        else:
+            from .nats import NatsSettings, NatsTransport
 
-        node.nats = NatsTransport(node.host, NatsSettings.from_config(cfg, node.node_id))
-        await node.nats.start()  # False: warned once; it connects when a server appears
+            node.nats = NatsTransport(node.host, NatsSettings.from_config(cfg, node.node_id))
+            await node.nats.start()  # False: warned once; it connects when a server appears
     if node.loopback is not None:
         node.loopback.attach(node)
     if node.ws is not None:

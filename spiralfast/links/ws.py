@@ -473,9 +473,13 @@ class WebSocketTransport:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             await link.disconnected_event.wait()
-            session_ok = link.peer_id is not None
-            if session_ok:
+            peer = link.peer_id
+            if peer is not None:
                 delay = BACKOFF_INITIAL
+                # Who answers at this URL: while we are linked to it some other way (its own
+                # dial won the duplicate-link rule) we wait instead of dialling again and again.
+                self.expected[url] = peer
+                self.learned_at[url] = time.monotonic()
             else:  # refused (token, mesh name) or timed out: back off, up to REFUSED_BACKOFF_MAX
                 delay = min(max(delay, REFUSED_BACKOFF_INITIAL) * 2, REFUSED_BACKOFF_MAX)
             await asyncio.sleep(delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER)))
