@@ -44,6 +44,7 @@ from .._log import RateLimitedLog
 from ..busauth import BusSealer
 from ..codec import FrameWriter, decode_frame
 from ..errors import AuthError, FrameError
+from .busflow import BusFlow
 
 log = logging.getLogger("spiralfast.nats")
 
@@ -58,7 +59,6 @@ MAX_LAG_BYTES = 4 * 1024 * 1024
 RESUME_LAG_BYTES = 1024 * 1024
 ACK_EVERY_BYTES = 256 * 1024
 ACK_INTERVAL = 0.05
-ACK_STALL_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 2
 #: Seconds before dialling the same server again (another server of the list is tried at once).
 RECONNECT_WAIT: Any = 0.25  # nats-py annotates it int; a float works
@@ -186,12 +186,14 @@ def _client_class() -> Any:
     return _CLIENT
 
 
-class NatsTransport:
+class NatsTransport(BusFlow):
     """The node's link to a NATS bus (one ``Link`` for every peer behind it)."""
 
     transport = "nats"
     shared_bus = True
     outbound = True
+    max_pending_frames, max_pending_bytes = MAX_PENDING_FRAMES, MAX_PENDING_BYTES
+    max_lag_bytes, resume_lag_bytes, ack_every_bytes = MAX_LAG_BYTES, RESUME_LAG_BYTES, ACK_EVERY_BYTES
 
     def __init__(self, host: Any, settings: NatsSettings) -> None:
         self.host = host
@@ -420,61 +422,8 @@ class NatsTransport:
         self._send_sf(self.bcast, frame)
         return True
 
-    def can_reach(self, node_id: str) -> bool:
-        """True for nodes heard on NATS: they read their own subject."""
-        return self.connected and node_id in self.sf_nodes
-
-    def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
-        w = self._direct.get(target)
-        if w is None:
-            w = self._direct[target] = FrameWriter()
-        if w.full:
-            self._flush_direct()
-        w.add(kind, etype, target, msg_id, obj)
-        self.stats["direct"] += 1
-        if not self._direct_scheduled:
-            self._direct_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_direct)
-
-    def _flush_direct(self) -> None:
-        self._direct_scheduled = False
-        for target, w in self._direct.items():
-            if w.count:
-                self._send_sf(self.direct_prefix + subject_token(target), w.finish())
-
-    def _send_sf(self, subject: str, frame: bytes) -> None:
-        self.tx_offset += len(frame)
-        self._queue(subject, self.sealer.seal(subject.encode(), self.tx_offset, frame))
-        if not self.congested and (
-            self.pending_bytes > MAX_PENDING_BYTES
-            or len(self.pending) > MAX_PENDING_FRAMES // 2
-            or self._max_lag() > MAX_LAG_BYTES
-        ):
-            self._set_congested(True)
-
-    def _max_lag(self) -> int:
-        now = time.monotonic()
-        knows = self.host.knows
-        lag = 0
-        for r, off in self.acked.items():
-            if knows(r) and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
-                lag = max(lag, self.tx_offset - off)
-        return lag
-
-    def _set_congested(self, on: bool) -> None:
-        self.congested = on
-        if on:
-            self.stats["paced"] += 1
-        self.host.writable_changed(self, not on)
-
-    def _recheck(self) -> None:
-        if (
-            self.congested
-            and self.pending_bytes < MAX_PENDING_BYTES // 2
-            and len(self.pending) < MAX_PENDING_FRAMES // 4
-            and self._max_lag() < RESUME_LAG_BYTES
-        ):
-            self._set_congested(False)
+    def _direct_channel(self, target: str) -> str:
+        return self.direct_prefix + subject_token(target)
 
     def _queue(self, subject: str, payload: bytes) -> None:
         if not self.ever_connected:
@@ -649,9 +598,7 @@ class NatsTransport:
             self.last_rx_wall = time.time()
         self.sf_nodes.add(sender)
         self.host.frame_received(self, frame, sender)
-        self.rx_offsets[sender] = offset
-        if offset - self.ack_sent.get(sender, 0) >= ACK_EVERY_BYTES:
-            self._send_acks()
+        self._note_received(sender, offset)
 
     def _on_ctl(self, data: bytes) -> None:
         opened = self._open(self.msealer, self.members, data)
@@ -671,12 +618,7 @@ class NatsTransport:
             self.acked.pop(sender, None)
             return
         acks = obj.get("acks")
-        mine = acks.get(self.node_id) if isinstance(acks, dict) else None
-        if isinstance(mine, int) and mine > self.acked.get(sender, -1):
-            self.acked[sender] = mine
-            self.ack_progress[sender] = time.monotonic()
-            if self.congested:
-                self._recheck()
+        self._acked(sender, acks.get(self.node_id) if isinstance(acks, dict) else None)
 
     def _send_acks(self) -> None:
         todo = {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s)}

@@ -29,8 +29,8 @@ from .. import legacy
 from .._aio import cancel_all
 from .._log import RateLimitedLog
 from ..busauth import BusSealer
-from ..codec import FrameWriter
 from ..errors import AuthError, FrameError
+from .busflow import BusFlow
 
 log = logging.getLogger("spiralfast.redis")
 
@@ -46,9 +46,6 @@ MAX_LAG_BYTES = 2 * 1024 * 1024
 RESUME_LAG_BYTES = 512 * 1024
 ACK_EVERY_BYTES = 256 * 1024
 ACK_INTERVAL = 0.05
-#: A receiver whose acks stop advancing this long is ignored until it acks again
-#: (failure detection removes it soon after), so one dead node cannot stall us.
-ACK_STALL_TIMEOUT = 3.0
 #: Pipelines in flight at once: a fast publisher paces itself on Redis' replies.
 MAX_INFLIGHT_PIPELINES = 4
 CONNECT_TIMEOUT = 2.0
@@ -80,12 +77,15 @@ class RedisSettings:
                    cfg.heartbeat_interval, 60.0 + cfg.max_clock_offset)
 
 
-class RedisTransport:
+class RedisTransport(BusFlow):
     """The node's link to a Redis bus (one ``Link`` for every peer behind it)."""
 
     transport = "redis"
     shared_bus = True
     outbound = True
+    max_pending_frames, max_pending_bytes = MAX_PENDING_FRAMES, MAX_PENDING_BYTES
+    max_lag_bytes, resume_lag_bytes, ack_every_bytes = MAX_LAG_BYTES, RESUME_LAG_BYTES, ACK_EVERY_BYTES
+    own_echo = True  # Redis delivers our own frames back to us: our reader paces us too
 
     def __init__(self, host: Any, settings: RedisSettings) -> None:
         self.host = host
@@ -216,62 +216,8 @@ class RedisTransport:
         self._send_sf(self.sf_channel, frame)
         return True
 
-    def can_reach(self, node_id: str) -> bool:
-        """True for spiralfast nodes heard on Redis: they read their own channel."""
-        return self.connected and node_id in self.sf_nodes
-
-    def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
-        """Queue a message for one node's channel; batched per loop iteration."""
-        w = self._direct.get(target)
-        if w is None:
-            w = self._direct[target] = FrameWriter()
-        if w.full:
-            self._flush_direct()
-        w.add(kind, etype, target, msg_id, obj)
-        self.stats["direct"] += 1
-        if not self._direct_scheduled:
-            self._direct_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_direct)
-
-    def _flush_direct(self) -> None:
-        self._direct_scheduled = False
-        for target, w in self._direct.items():
-            if w.count:
-                self._send_sf(f"{self.base}:{target}", w.finish())
-
-    def _send_sf(self, channel: str, frame: bytes) -> None:
-        self.tx_offset += len(frame)
-        self._queue(channel, self.sealer.seal(channel.encode(), self.tx_offset, frame))
-        if not self.congested and (
-            self.pending_bytes > MAX_PENDING_BYTES
-            or len(self.pending) > MAX_PENDING_FRAMES // 2
-            or self._max_lag() > MAX_LAG_BYTES
-        ):
-            self._set_congested(True)
-
-    def _max_lag(self) -> int:
-        now = time.monotonic()
-        knows = self.host.knows
-        lag = 0
-        for r, off in self.acked.items():
-            if (r == self.node_id or knows(r)) and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
-                lag = max(lag, self.tx_offset - off)
-        return lag
-
-    def _set_congested(self, on: bool) -> None:
-        self.congested = on
-        if on:
-            self.stats["paced"] += 1
-        self.host.writable_changed(self, not on)
-
-    def _recheck(self) -> None:
-        if (
-            self.congested
-            and self.pending_bytes < MAX_PENDING_BYTES // 2
-            and len(self.pending) < MAX_PENDING_FRAMES // 4
-            and self._max_lag() < RESUME_LAG_BYTES
-        ):
-            self._set_congested(False)
+    def _direct_channel(self, target: str) -> str:
+        return f"{self.base}:{target}"
 
     def _queue(self, channel: str, payload: bytes) -> None:
         if not self.ever_connected:
@@ -427,16 +373,7 @@ class RedisTransport:
         mine = offsets.get(self.node_id) if isinstance(offsets, dict) else None
         if not isinstance(mine, int) or sender == self.node_id:
             return
-        if mine > self.acked.get(sender, -1):
-            self.acked[sender] = mine
-            self.ack_progress[sender] = time.monotonic()
-            if self.congested:
-                self._recheck()
-
-    def _note_received(self, sender: str, offset: int) -> None:
-        self.rx_offsets[sender] = offset
-        if offset - self.ack_sent.get(sender, 0) >= ACK_EVERY_BYTES:
-            self._send_acks()
+        self._acked(sender, mine)
 
     def _send_acks(self) -> None:
         todo = {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s)}

@@ -1,0 +1,139 @@
+"""What the two bus links (Redis, NATS) share: direct messages batched per loop
+iteration into one frame per target, sealed publishing with a running byte offset,
+and pacing on the slowest live receiver's acks.
+
+Each frame a bus link publishes carries the sender's running byte offset; receivers
+ack the offset they have processed.  A sender whose slowest live receiver lags more
+than ``max_lag_bytes``, or whose own queue is long, tells the node it is not
+writable (senders wait) until the lag is under ``resume_lag_bytes``.  A receiver
+whose acks stop advancing for ``ACK_STALL_TIMEOUT`` is ignored until it acks again,
+so one dead node cannot stall the mesh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..codec import FrameWriter
+
+ACK_STALL_TIMEOUT = 3.0
+
+
+class BusFlow:
+    """Mixin for a bus ``Link``.  The link provides ``host``, ``node_id``, ``sealer``,
+    ``stats``, ``connected``, ``sf_nodes``, ``pending`` / ``pending_bytes`` and the
+    flow-control state (``tx_offset``, ``acked``, ``ack_progress``, ``rx_offsets``,
+    ``ack_sent``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
+    ``_direct_channel(target)``, ``_queue(channel, payload)`` and ``_send_acks()``."""
+
+    #: Limits (the link sets its own).
+    max_pending_frames = 10_000
+    max_pending_bytes = 16 * 1024 * 1024
+    max_lag_bytes = 2 * 1024 * 1024
+    resume_lag_bytes = 512 * 1024
+    ack_every_bytes = 256 * 1024
+    #: Whether our own echo paces us (Redis delivers our frames back to us; NATS does not).
+    own_echo = False
+
+    host: Any
+    node_id: str
+    sealer: Any
+    stats: dict[str, int]
+    connected: bool
+    sf_nodes: set[str]
+    pending: list[tuple[str, bytes]] | Any
+    pending_bytes: int
+    tx_offset: int
+    acked: dict[str, int]
+    ack_progress: dict[str, float]
+    rx_offsets: dict[str, int]
+    ack_sent: dict[str, int]
+    congested: bool
+    _direct: dict[str, Any]
+    _direct_scheduled: bool
+
+    def _direct_channel(self, target: str) -> str:
+        raise NotImplementedError
+
+    def _queue(self, channel: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _send_acks(self) -> None:
+        raise NotImplementedError
+
+    # -- sending -------------------------------------------------------------------
+
+    def can_reach(self, node_id: str) -> bool:
+        """True for spiralfast nodes heard on the bus: they read their own channel."""
+        return self.connected and node_id in self.sf_nodes
+
+    def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
+        """Queue a message for one node's channel; batched per loop iteration."""
+        w = self._direct.get(target)
+        if w is None:
+            w = self._direct[target] = FrameWriter()
+        if w.full:
+            self._flush_direct()
+        w.add(kind, etype, target, msg_id, obj)
+        self.stats["direct"] += 1
+        if not self._direct_scheduled:
+            self._direct_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_direct)
+
+    def _flush_direct(self) -> None:
+        self._direct_scheduled = False
+        for target, w in self._direct.items():
+            if w.count:
+                self._send_sf(self._direct_channel(target), w.finish())
+
+    def _send_sf(self, channel: str, frame: bytes) -> None:
+        self.tx_offset += len(frame)
+        self._queue(channel, self.sealer.seal(channel.encode(), self.tx_offset, frame))
+        if not self.congested and (
+            self.pending_bytes > self.max_pending_bytes
+            or len(self.pending) > self.max_pending_frames // 2
+            or self._max_lag() > self.max_lag_bytes
+        ):
+            self._set_congested(True)
+
+    # -- flow control ----------------------------------------------------------------
+
+    def _max_lag(self) -> int:
+        now = time.monotonic()
+        knows = self.host.knows
+        me = self.node_id if self.own_echo else None
+        lag = 0
+        for r, off in self.acked.items():
+            if (r == me or knows(r)) and now - self.ack_progress.get(r, 0.0) < ACK_STALL_TIMEOUT:
+                lag = max(lag, self.tx_offset - off)
+        return lag
+
+    def _set_congested(self, on: bool) -> None:
+        self.congested = on
+        if on:
+            self.stats["paced"] += 1
+        self.host.writable_changed(self, not on)
+
+    def _recheck(self) -> None:
+        if (
+            self.congested
+            and self.pending_bytes < self.max_pending_bytes // 2
+            and len(self.pending) < self.max_pending_frames // 4
+            and self._max_lag() < self.resume_lag_bytes
+        ):
+            self._set_congested(False)
+
+    def _note_received(self, sender: str, offset: int) -> None:
+        self.rx_offsets[sender] = offset
+        if offset - self.ack_sent.get(sender, 0) >= self.ack_every_bytes:
+            self._send_acks()
+
+    def _acked(self, sender: str, offset: Any) -> None:
+        """A receiver's ack of our offset (already authenticated and decoded)."""
+        if isinstance(offset, int) and offset > self.acked.get(sender, -1):
+            self.acked[sender] = offset
+            self.ack_progress[sender] = time.monotonic()
+            if self.congested:
+                self._recheck()
