@@ -513,9 +513,9 @@ class SQLiteStore(Store):
 
 _PG_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS agents (
-        agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, agent_type TEXT NOT NULL, status TEXT NOT NULL,
+        agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
         recursion_depth INTEGER DEFAULT 0, entropy_level DOUBLE PRECISION DEFAULT 0.5,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, metadata TEXT)""",
+        metadata TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS ritual_events (
         event_id TEXT NOT NULL, "timestamp" TEXT NOT NULL, event_type TEXT NOT NULL,
         description TEXT NOT NULL, agent_id TEXT, metadata TEXT, severity TEXT DEFAULT 'INFO')""",

@@ -2,9 +2,15 @@
 
 ``PersistenceManager`` keeps agents, ritual events, system metrics and configuration
 in the old tables (``agents``, ``ritual_events``, ``system_metrics``,
-``configuration``), with the old column layouts, so a tool written for the old
-database file reads rows written here, and the other way round.  A node's event log
+``configuration``), with the old column names, in the old library's file
+``<data_dir>/codex.db``, so a tool written for the old database file (the old
+``CodexDatabase``) reads rows written here, and the other way round.  A node's event log
 (:mod:`spiralfast.eventlog`) writes mesh events into the same ``ritual_events`` table.
+
+Files from spiralfast's earlier releases are migrated once, on open, with a log line:
+``<data_dir>/spiralcodex.db`` becomes ``<data_dir>/codex.db`` (when no ``codex.db``
+exists yet), and an ``agents`` table with the column ``agent_type`` gets the old
+column name ``type``.
 
 Timestamps are stored as local ISO-8601 text (``datetime.isoformat()``), as the old
 library did; metadata and configuration values as JSON text.
@@ -12,6 +18,7 @@ library did; metadata and configuration values as JSON text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,25 +33,33 @@ from typing import Any
 
 log = logging.getLogger("spiralfast.persistence")
 
-#: File name of the database inside ``data_dir``.
-DB_FILENAME = "spiralcodex.db"
+#: File name of the database inside ``data_dir`` (the old library's name).
+DB_FILENAME = "codex.db"
+#: The name spiralfast's earlier releases used; such a file is renamed to
+#: :data:`DB_FILENAME` once (see :func:`resolve_db_path`).
+EARLIER_DB_FILENAME = "spiralcodex.db"
+#: The columns of ``agents``, in the old order (also :class:`AgentRecord`'s fields).
+AGENT_COLUMNS = ("agent_id", "name", "type", "status", "recursion_depth", "entropy_level", "metadata",
+                 "created_at", "updated_at")
 #: Seconds a writer waits on a database another process holds locked (the node's
 #: event log and a ``PersistenceManager`` may share one file).
 BUSY_TIMEOUT_S = 10.0
 
-#: The old table layouts (``CREATE ... IF NOT EXISTS``: an old file is used as is).
-SQLITE_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS agents (
+_AGENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
         agent_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
-        agent_type TEXT NOT NULL,
+        type TEXT NOT NULL,
         status TEXT NOT NULL,
         recursion_depth INTEGER DEFAULT 0,
         entropy_level REAL DEFAULT 0.5,
+        metadata TEXT,
         created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        metadata TEXT
-    )""",
+        updated_at TEXT NOT NULL
+    )"""
+
+#: The old table layouts (``CREATE ... IF NOT EXISTS``: an old file is used as is).
+SQLITE_SCHEMA = (
+    _AGENTS_TABLE.format(name="agents"),
     # event_id is not a PRIMARY KEY here: a unique index on it would cost a third
     # of the event log's write rate; ids are unique by construction (uuid4, or the
     # mesh's origin-prefixed ids).
@@ -73,6 +88,9 @@ SQLITE_SCHEMA = (
         updated_at TEXT NOT NULL
     )""",
 )
+
+
+_AGENT_COLS = ", ".join(AGENT_COLUMNS)
 
 
 def default_data_dir() -> Path:
@@ -115,25 +133,93 @@ def _parse_dt(value: Any) -> datetime:
 # -- records (the old record types) ----------------------------------------------------
 
 
-@dataclass
+@dataclass(init=False)
 class AgentRecord:
-    """One row of ``agents``."""
+    """One row of ``agents``: the old record, fields in the old order.
+
+    ``agent_type`` (the name spiralfast's earlier releases used) is an alias of
+    ``type``: a read/write property, and accepted as a keyword by the constructor
+    and by :meth:`from_dict`.
+
+    :raises TypeError: no type (or two different ones), or no status.
+    """
 
     agent_id: str
     name: str
-    agent_type: str
+    type: str
     status: str
-    recursion_depth: int = 0
-    entropy_level: float = 0.5
-    created_at: datetime = field(default_factory=datetime.now)
-    updated_at: datetime = field(default_factory=datetime.now)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    recursion_depth: int
+    entropy_level: float
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    def __init__(
+        self,
+        agent_id: str,
+        name: str,
+        type: str | None = None,
+        status: str | None = None,
+        recursion_depth: int = 0,
+        entropy_level: float = 0.5,
+        metadata: dict[str, Any] | None = None,
+        created_at: datetime | None = None,
+        updated_at: datetime | None = None,
+        *,
+        agent_type: str | None = None,
+    ) -> None:
+        if type is None:
+            type = agent_type
+        elif agent_type is not None and agent_type != type:
+            raise TypeError(f"AgentRecord: type={type!r} and agent_type={agent_type!r} disagree (agent_type is "
+                            "the other name of type: give one)")
+        if type is None:
+            raise TypeError("AgentRecord: missing the agent's type (type=..., or agent_type=...)")
+        if status is None:
+            raise TypeError("AgentRecord: missing the agent's status")
+        now = datetime.now()
+        self.agent_id = agent_id
+        self.name = name
+        self.type = type
+        self.status = status
+        self.recursion_depth = recursion_depth
+        self.entropy_level = entropy_level
+        self.metadata = metadata if metadata is not None else {}
+        self.created_at = created_at if created_at is not None else now
+        self.updated_at = updated_at if updated_at is not None else now
+
+    @property
+    def agent_type(self) -> str:
+        """The agent's type (alias of :attr:`type`)."""
+        return self.type
+
+    @agent_type.setter
+    def agent_type(self, value: str) -> None:
+        self.type = value
 
     def to_dict(self) -> dict[str, Any]:
+        """The old dict shape: the fields in order, times as ISO text."""
         d = asdict(self)
         d["created_at"] = self.created_at.isoformat()
         d["updated_at"] = self.updated_at.isoformat()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentRecord:
+        """A record from :meth:`to_dict`'s shape (``agent_type`` is read for ``type`` too;
+        missing numbers and times take the defaults).
+
+        :raises KeyError: no ``agent_id``, ``name`` or ``status``.
+        :raises TypeError: no type.
+        """
+        return cls(
+            str(d["agent_id"]), str(d["name"]), d.get("type", d.get("agent_type")), str(d["status"]),
+            int(d.get("recursion_depth") or 0),
+            float(d["entropy_level"]) if d.get("entropy_level") is not None else 0.5,
+            _loads(d["metadata"]) if isinstance(d.get("metadata"), str) else (d.get("metadata") or {}),
+            _parse_dt(d["created_at"]) if d.get("created_at") is not None else None,
+            _parse_dt(d["updated_at"]) if d.get("updated_at") is not None else None,
+        )
 
 
 @dataclass
@@ -153,6 +239,12 @@ class RitualEventRecord:
         d["timestamp"] = self.timestamp.isoformat()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RitualEventRecord:
+        """A record from :meth:`to_dict`'s shape."""
+        return cls(str(d["event_id"]), _parse_dt(d["timestamp"]), str(d["event_type"]), str(d["description"]),
+                   d.get("agent_id"), d.get("metadata") or {}, d.get("severity") or "INFO")
+
 
 @dataclass
 class SystemMetricRecord:
@@ -168,6 +260,12 @@ class SystemMetricRecord:
         d = asdict(self)
         d["timestamp"] = self.timestamp.isoformat()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SystemMetricRecord:
+        """A record from :meth:`to_dict`'s shape."""
+        return cls(str(d["metric_id"]), _parse_dt(d["timestamp"]), str(d["metric_name"]), float(d["metric_value"]),
+                   d.get("metadata") or {})
 
 
 # -- backends --------------------------------------------------------------------------
@@ -236,10 +334,96 @@ def open_sqlite(path: str | Path) -> sqlite3.Connection:
         for stmt in SQLITE_SCHEMA:
             conn.execute(stmt)
         conn.execute("COMMIT")
+        if _agents_need_migration(conn):
+            _migrate_agents(conn, p)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _agent_columns(conn: sqlite3.Connection) -> list[str]:
+    return [str(r[1]) for r in conn.execute("PRAGMA table_info(agents)")]
+
+
+def _agents_need_migration(conn: sqlite3.Connection) -> bool:
+    cols = _agent_columns(conn)
+    return "agent_type" in cols and "type" not in cols
+
+
+def _migrate_agents(conn: sqlite3.Connection, path: Path) -> None:
+    """Rebuild an ``agents`` table of an earlier spiralfast release (column
+    ``agent_type``, ``metadata`` last) in the old layout, rows kept, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not _agents_need_migration(conn):  # another process did it meanwhile
+            conn.execute("COMMIT")
+            return
+        n = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
+        conn.execute("DROP TABLE IF EXISTS agents_migrating")
+        conn.execute(_AGENTS_TABLE.format(name="agents_migrating"))
+        conn.execute(f"INSERT INTO agents_migrating ({_AGENT_COLS}) SELECT agent_id, name, agent_type, status, "
+                     "recursion_depth, entropy_level, metadata, created_at, updated_at FROM agents")
+        conn.execute("DROP TABLE agents")
+        conn.execute("ALTER TABLE agents_migrating RENAME TO agents")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.warning("persistence: %s: table agents migrated to the old column names (agent_type -> type), "
+                "%d rows kept", path, n)
+
+
+def _companions(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def resolve_db_path(data_dir: str | Path) -> Path:
+    """``<data_dir>/codex.db``; an earlier release's ``<data_dir>/spiralcodex.db`` is
+    renamed to it first (once, logged) when no ``codex.db`` exists yet.
+
+    The earlier file's write-ahead log is checkpointed into it before the rename.  While
+    another process has it open (its ``-wal`` file is still there once ours is closed),
+    or it cannot be read, it is used in place under its earlier name, with a warning
+    (opening it then reports what is wrong with it); a later open renames it.
+    """
+    d = Path(data_dir)
+    target = d / DB_FILENAME
+    earlier = d / EARLIER_DB_FILENAME
+    if target.exists() or not earlier.is_file():
+        return target
+    try:
+        conn = sqlite3.connect(str(earlier), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()  # the last connection to close removes the -wal file
+    except sqlite3.Error as exc:
+        log.warning("persistence: %s (an earlier release's file) cannot be read (%s): not renamed to %s",
+                    earlier, exc, DB_FILENAME)
+        return earlier
+    if _companions(earlier)[0].exists():
+        log.warning("persistence: %s is open in another process: used in place this time; it becomes %s "
+                    "when no other process has it open", earlier, target)
+        return earlier
+    try:
+        os.link(earlier, target)  # fails if target appeared meanwhile (another process migrated it)
+    except FileExistsError:
+        return target
+    except OSError:  # a file system without hard links
+        try:
+            os.rename(earlier, target)
+        except OSError as exc:
+            log.warning("persistence: %s could not be renamed to %s (%s): used in place", earlier, target, exc)
+            return earlier
+    else:
+        os.unlink(earlier)
+    for comp in _companions(earlier):
+        with contextlib.suppress(FileNotFoundError):
+            comp.unlink()
+    log.warning("persistence: renamed %s to %s (the old library's file name; spiralfast's earlier releases "
+                "used %s)", earlier, target, EARLIER_DB_FILENAME)
+    return target
 
 
 class SQLitePersistenceBackend(PersistenceBackend):
@@ -251,7 +435,10 @@ class SQLitePersistenceBackend(PersistenceBackend):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = open_sqlite(self.db_path)
+        try:
+            self._conn: sqlite3.Connection | None = open_sqlite(self.db_path)
+        except sqlite3.Error as exc:
+            raise type(exc)(f"{self.db_path}: {exc}") from exc
 
     def _c(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -268,26 +455,26 @@ class SQLitePersistenceBackend(PersistenceBackend):
 
     def save_agent(self, agent: AgentRecord) -> bool:
         return self._write(
-            "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (agent.agent_id, agent.name, agent.agent_type, agent.status, int(agent.recursion_depth),
-             float(agent.entropy_level), agent.created_at.isoformat(), agent.updated_at.isoformat(),
-             _dumps(agent.metadata)),
+            f"INSERT OR REPLACE INTO agents ({_AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (agent.agent_id, agent.name, agent.type, agent.status, int(agent.recursion_depth),
+             float(agent.entropy_level), _dumps(agent.metadata), agent.created_at.isoformat(),
+             agent.updated_at.isoformat()),
         ) > 0
 
     @staticmethod
     def _agent(row: tuple[Any, ...]) -> AgentRecord:
         return AgentRecord(row[0], row[1], row[2], row[3], int(row[4] or 0),
                            float(row[5] if row[5] is not None else 0.5),
-                           _parse_dt(row[6]), _parse_dt(row[7]), _loads(row[8]))
+                           _loads(row[6]), _parse_dt(row[7]), _parse_dt(row[8]))
 
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         with self._lock:
-            row = self._c().execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+            row = self._c().execute(f"SELECT {_AGENT_COLS} FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
         return self._agent(row) if row is not None else None
 
     def get_all_agents(self) -> list[AgentRecord]:
         with self._lock:
-            rows = self._c().execute("SELECT * FROM agents ORDER BY created_at").fetchall()
+            rows = self._c().execute(f"SELECT {_AGENT_COLS} FROM agents ORDER BY created_at").fetchall()
         return [self._agent(r) for r in rows]
 
     def delete_agent(self, agent_id: str) -> bool:
@@ -295,7 +482,8 @@ class SQLitePersistenceBackend(PersistenceBackend):
 
     def save_ritual_event(self, event: RitualEventRecord) -> bool:
         return self._write(
-            "INSERT INTO ritual_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ritual_events (event_id, timestamp, event_type, description, agent_id, metadata, severity)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (event.event_id, event.timestamp.isoformat(), event.event_type, event.description,
              event.agent_id, _dumps(event.metadata), event.severity),
         ) > 0
@@ -322,7 +510,8 @@ class SQLitePersistenceBackend(PersistenceBackend):
 
     def save_system_metric(self, metric: SystemMetricRecord) -> bool:
         return self._write(
-            "INSERT OR REPLACE INTO system_metrics VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO system_metrics (metric_id, timestamp, metric_name, metric_value, metadata)"
+            " VALUES (?, ?, ?, ?, ?)",
             (metric.metric_id, metric.timestamp.isoformat(), metric.metric_name, float(metric.metric_value),
              _dumps(metric.metadata)),
         ) > 0
@@ -354,7 +543,7 @@ class SQLitePersistenceBackend(PersistenceBackend):
 
     def set_config(self, key: str, value: Any, description: str | None = None) -> bool:
         return self._write(
-            "INSERT OR REPLACE INTO configuration VALUES (?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO configuration (key, value, description, updated_at) VALUES (?, ?, ?, ?)",
             (key, _dumps(value), description, datetime.now().isoformat()),
         ) > 0
 
@@ -412,9 +601,7 @@ class JSONPersistenceBackend(PersistenceBackend):
 
     @staticmethod
     def _agent(d: dict[str, Any]) -> AgentRecord:
-        return AgentRecord(d["agent_id"], d["name"], d["agent_type"], d["status"], int(d.get("recursion_depth", 0)),
-                           float(d.get("entropy_level", 0.5)), _parse_dt(d.get("created_at")),
-                           _parse_dt(d.get("updated_at")), d.get("metadata") or {})
+        return AgentRecord.from_dict(d)  # also the earlier releases' "agent_type" key
 
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         with self._lock:
@@ -442,8 +629,7 @@ class JSONPersistenceBackend(PersistenceBackend):
                           since: datetime | None = None) -> list[RitualEventRecord]:
         with self._lock:
             events = self._load("ritual_events", [])
-        out = [RitualEventRecord(e["event_id"], _parse_dt(e["timestamp"]), e["event_type"], e["description"],
-                                 e.get("agent_id"), e.get("metadata") or {}, e.get("severity", "INFO")) for e in events]
+        out = [RitualEventRecord.from_dict(e) for e in events]
         if event_type is not None:
             out = [e for e in out if e.event_type == event_type]
         if since is not None:
@@ -461,8 +647,7 @@ class JSONPersistenceBackend(PersistenceBackend):
                            limit: int = 1000) -> list[SystemMetricRecord]:
         with self._lock:
             metrics = self._load("system_metrics", [])
-        out = [SystemMetricRecord(m["metric_id"], _parse_dt(m["timestamp"]), m["metric_name"], float(m["metric_value"]),
-                                  m.get("metadata") or {}) for m in metrics]
+        out = [SystemMetricRecord.from_dict(m) for m in metrics]
         if metric_name is not None:
             out = [m for m in out if m.metric_name == metric_name]
         if since is not None:
@@ -500,7 +685,9 @@ class JSONPersistenceBackend(PersistenceBackend):
 class PersistenceManager:
     """The old ``spiralcodex.persistence.PersistenceManager``.
 
-    :param use_sqlite: SQLite file ``<data_dir>/spiralcodex.db`` (default), else JSON files.
+    :param use_sqlite: SQLite file ``<data_dir>/codex.db`` (default; an earlier release's
+        ``spiralcodex.db`` there is renamed to it once, see :func:`resolve_db_path`), else
+        JSON files.
     :param data_dir: where the data lives (default: :func:`default_data_dir`).
     :raises sqlite3.Error: the database cannot be opened (read-only, not a database).
     """
@@ -510,20 +697,33 @@ class PersistenceManager:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.backend: PersistenceBackend
         if use_sqlite:
-            self.db_path: Path | None = self.data_dir / DB_FILENAME
+            self.db_path: Path | None = resolve_db_path(self.data_dir)
             self.backend = SQLitePersistenceBackend(self.db_path)
         else:
             self.db_path = None
             self.backend = JSONPersistenceBackend(self.data_dir)
 
-    def save_agent(self, agent_id: str, name: str, agent_type: str, status: str, recursion_depth: int = 0,
-                   entropy_level: float = 0.5, metadata: dict[str, Any] | None = None) -> bool:
-        """Insert or update an agent (``created_at`` is kept on update).  True when stored."""
+    def save_agent(self, agent_id: str | AgentRecord, name: str | None = None, agent_type: str | None = None,
+                   status: str | None = None, recursion_depth: int = 0, entropy_level: float = 0.5,
+                   metadata: dict[str, Any] | None = None, *, type: str | None = None) -> bool:
+        """Insert or update an agent (``created_at`` is kept on update).  True when stored.
+
+        The type is the third argument (or ``agent_type=`` / ``type=``); an
+        :class:`AgentRecord` may be given instead of the fields.
+
+        :raises TypeError: no name, type or status.
+        """
+        if isinstance(agent_id, AgentRecord):
+            rec = agent_id
+            agent_id, name, agent_type, status = rec.agent_id, rec.name, rec.type, rec.status
+            recursion_depth, entropy_level, metadata = rec.recursion_depth, rec.entropy_level, rec.metadata
+        if name is None:
+            raise TypeError("save_agent: missing the agent's name")
         now = datetime.now()
         old = self.backend.get_agent(agent_id)
-        rec = AgentRecord(agent_id, name, agent_type, status, recursion_depth, entropy_level,
-                          old.created_at if old is not None else now, now, metadata or {})
-        return self.backend.save_agent(rec)
+        new = AgentRecord(agent_id, name, type, status, recursion_depth, entropy_level, metadata or {},
+                          old.created_at if old is not None else now, now, agent_type=agent_type)
+        return self.backend.save_agent(new)
 
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         """The agent, or None."""
@@ -599,6 +799,8 @@ __all__ = [
     "JSONPersistenceBackend",
     "PersistenceManager",
     "get_persistence",
+    "resolve_db_path",
+    "DB_FILENAME",
     "default_data_dir",
     "default_db_path",
     "open_sqlite",

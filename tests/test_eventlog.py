@@ -186,7 +186,7 @@ async def test_metrics_every_sync_interval_and_retention(tmp_path: Path) -> None
     pm.backend.save_system_metric(SystemMetricRecord("old-m", old, "m", 1.0))
     pm.save_ritual_event("KEEP", "recent")
     pm.close()
-    os.replace(tmp_path / "spiralcodex.db", db)
+    os.replace(tmp_path / "codex.db", db)
     store = SQLiteStore(db)  # and a batch of old mesh events
     store.open()
     store.write([{"type": "x", "source_node": "S", "timestamp": old.isoformat(), "data": 1, "event_id": "o"}], [])

@@ -36,7 +36,7 @@ def test_agents_round_trip(manager: PersistenceManager) -> None:
                               metadata={"k": [1, 2]})
     a = manager.get_agent("a1")
     assert isinstance(a, AgentRecord)
-    assert (a.agent_id, a.name, a.agent_type, a.status, a.recursion_depth, a.entropy_level, a.metadata) == (
+    assert (a.agent_id, a.name, a.type, a.status, a.recursion_depth, a.entropy_level, a.metadata) == (
         "a1", "Alpha", "worker", "active", 2, 0.7, {"k": [1, 2]})
     created = a.created_at
     assert manager.save_agent("a1", "Alpha", "worker", "busy")  # defaults: depth 0, entropy 0.5
@@ -93,14 +93,14 @@ def test_old_reader_reads_our_rows(tmp_path: Path) -> None:
     m.set_config("k", "v")
     m.close()
     # What an old tool does: its own connection, its own column list, json.loads.
-    db = sqlite3.connect(tmp_path / "spiralcodex.db")
+    db = sqlite3.connect(tmp_path / "codex.db")
     (eid, ts, et, desc, agent, meta, sev), = db.execute(f"SELECT {OLD_EVENT_COLUMNS} FROM ritual_events").fetchall()
     assert (et, desc, agent, json.loads(meta), sev) == ("MESH_NODE_JOIN", "New node joined mesh", "n1",
                                                          {"node_id": "n1"}, "INFO")
     assert datetime.fromisoformat(ts) <= datetime.now() and len(eid) == 36
     assert [r[0] for r in db.execute("SELECT * FROM ritual_events")] == [eid]  # 7 columns, old order
     assert len(db.execute("SELECT * FROM ritual_events").fetchone()) == 7
-    assert db.execute("SELECT name, agent_type, status, recursion_depth, entropy_level FROM agents").fetchall() == [
+    assert db.execute("SELECT name, type, status, recursion_depth, entropy_level FROM agents").fetchall() == [
         ("Alpha", "worker", "active", 0, 0.5)]
     assert json.loads(db.execute("SELECT value FROM configuration WHERE key='k'").fetchone()[0]) == "v"
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -111,7 +111,7 @@ def test_old_reader_reads_our_rows(tmp_path: Path) -> None:
 
 def test_we_read_an_old_file(tmp_path: Path) -> None:
     """A database made by the old library (event_id a primary key) is used as is."""
-    db = sqlite3.connect(tmp_path / "spiralcodex.db")
+    db = sqlite3.connect(tmp_path / "codex.db")
     db.execute("CREATE TABLE ritual_events (event_id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, event_type TEXT NOT NULL,"
                " description TEXT NOT NULL, agent_id TEXT, metadata TEXT, severity TEXT DEFAULT 'INFO')")
     db.execute("INSERT INTO ritual_events VALUES ('e1', ?, 'OLD', 'from the old tool', NULL, '{\"a\": 1}', 'INFO')",
@@ -129,7 +129,7 @@ def test_get_persistence_is_module_level(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(persistence, "_persistence_manager", None)
     p = get_persistence()
     assert p is get_persistence()
-    assert p.db_path == tmp_path / "spiralcodex.db"
+    assert p.db_path == tmp_path / "codex.db"
     p.save_agent("x", "X", "t", "s")
     assert PersistenceManager(data_dir=tmp_path).get_agent("x") is not None
     p.close()
@@ -150,7 +150,7 @@ def test_compat_aliases_old_import(tmp_path: Path) -> None:
 
 
 def test_unwritable_file_is_one_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "spiralcodex.db"
+    bad = tmp_path / "codex.db"
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(sqlite3.DatabaseError):
         PersistenceManager(data_dir=tmp_path)
