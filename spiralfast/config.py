@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,15 +32,19 @@ class MeshConfig:
     :param handshake_timeout: seconds a peer has to complete the handshake.
     :param tombstone_ttl: seconds a delete is remembered before it is collected.
     :param max_clock_offset: seconds a remote state timestamp may be ahead of ours.
-    :param ssl_certfile / ssl_keyfile: serve ``wss://`` with these files.
+    :param ssl_certfile: serve ``wss://`` with this certificate chain (PEM; needs ssl_keyfile).
+    :param ssl_keyfile: the private key of ssl_certfile (PEM).
     :param ssl_cafile: CA bundle that ``wss://`` peers' certificates are checked
         against (None: the system's CAs).
     :param capabilities: what this node offers (``MeshNode.capabilities``); task types it
         serves are added to it.
-    :param rate_limit / rate_burst: events per second (and burst) accepted from one peer
-        link or observer; None: unlimited.  A member over it is slowed, never dropped.
-    :param retransmit_buffer_bytes / retransmit_window: what this node keeps of its own
-        sent events for gap repair (bytes, seconds).
+    :param rate_limit: events per second accepted from one peer link or observer (None:
+        unlimited).  A member over it is slowed, never dropped.
+    :param rate_burst: events one peer link or observer may send at once above rate_limit
+        before it is slowed (used only with rate_limit).
+    :param retransmit_buffer_bytes: bytes of its own sent events this node keeps for gap
+        repair.
+    :param retransmit_window: seconds this node keeps its own sent events for gap repair.
     :param persistence_path: SQLite file the node persists mesh events to (None: off).
     :param persistence_url: ``postgresql://`` URL instead of a SQLite file.
     :param persist_events: ``"mesh"`` (membership, status, alerts, errors), ``"all"``, or
@@ -48,9 +53,9 @@ class MeshConfig:
     :param nats_url: NATS server URL, or a list of a cluster's URLs (None: no NATS link).
     :param enable_nats: use the NATS link when ``nats_url`` is set.
     :param nats_stream: also keep broadcasts in a JetStream stream for catch-up.
-    :param nats_stream_max_age / nats_stream_max_bytes: the stream's limits (seconds,
-        bytes; the oldest broadcasts go first).  A node away longer than the age catches
-        up on what is left and counts the rest lost.
+    :param nats_stream_max_age: seconds the stream keeps a broadcast (the oldest go first).
+        A node away longer than this catches up on what is left and counts the rest lost.
+    :param nats_stream_max_bytes: bytes the stream keeps (the oldest broadcasts go first).
     """
 
     node_id: str | None = None
@@ -138,7 +143,7 @@ class MeshConfig:
             raise ConfigError(f"capabilities must be a list of names, got {self.capabilities!r}")
         self.capabilities = list(self.capabilities)
         if self.rate_limit is not None:
-            _check_positive("rate_limit", self.rate_limit)
+            _check_positive("rate_limit", self.rate_limit, "events per second")
         _check_int("rate_burst", self.rate_burst, 1, 1 << 30)
         _check_int("retransmit_buffer_bytes", self.retransmit_buffer_bytes, 0, 1 << 40)
         _check_positive("retransmit_window", self.retransmit_window)
@@ -148,7 +153,7 @@ class MeshConfig:
             isinstance(self.persist_events, (list, tuple)) and all(isinstance(t, str) for t in self.persist_events)
         )):
             raise ConfigError(f"persist_events must be 'mesh', 'all' or a list of event types, got {self.persist_events!r}")
-        _check_positive("persist_retention_days", self.persist_retention_days)
+        _check_positive("persist_retention_days", self.persist_retention_days, "days")
         if self.nats_url is not None:
             urls = [self.nats_url] if isinstance(self.nats_url, str) else self.nats_url
             if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
@@ -191,6 +196,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
         raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+def _check_positive(name: str, value: Any, unit: str = "seconds") -> None:
+    """A positive, finite number (``inf`` and ``nan`` are refused alike)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a positive, finite number of {unit}, got {value!r}")
