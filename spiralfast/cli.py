@@ -149,7 +149,7 @@ def _metavar(spec: settings.FieldSpec) -> str:
     if spec.kind == "list":
         return "NAME"
     if spec.kind == "float":
-        return "NUMBER" if n.startswith("rate") or n.endswith("days") else "SECONDS"
+        return "NUMBER" if n.startswith("rate") or n.endswith(("days", "hours")) else "SECONDS"
     if spec.kind == "int":
         return "BYTES" if n.endswith(("size", "bytes")) else "N"
     return "TEXT"

@@ -50,6 +50,13 @@ class MeshConfig:
     :param persist_events: ``"mesh"`` (membership, status, alerts, errors), ``"all"``, or
         a list of event types persisted in addition to the mesh ones.
     :param persist_retention_days: stored events older than this are removed.
+    :param persist_max_bytes: size cap of the event log in bytes (default 1 GiB); past it
+        the oldest events are removed first (counted as ``capped``).  SQLite: the file and
+        its WAL, space freed is returned to the disk; PostgreSQL: an estimate of the live
+        rows' bytes (tables and indexes), checked every 30 s.
+    :param persist_metrics_retention_hours: the node's own metric samples
+        (``system_metrics``: changed values only, all of them once an hour) older than this
+        are removed.
     :param nats_url: NATS server URL, or a list of a cluster's URLs (None: no NATS link).
     :param enable_nats: use the NATS link when ``nats_url`` is set.
     :param nats_stream: also keep broadcasts in a JetStream stream for catch-up.
@@ -89,6 +96,8 @@ class MeshConfig:
     persistence_url: str | None = None
     persist_events: str | list[str] = "mesh"
     persist_retention_days: float = 30.0
+    persist_max_bytes: int = 1 << 30
+    persist_metrics_retention_hours: float = 24.0
     nats_url: str | list[str] | None = None
     enable_nats: bool = True
     nats_stream: bool = False
@@ -154,6 +163,8 @@ class MeshConfig:
         )):
             raise ConfigError(f"persist_events must be 'mesh', 'all' or a list of event types, got {self.persist_events!r}")
         _check_positive("persist_retention_days", self.persist_retention_days, "days")
+        _check_int("persist_max_bytes", self.persist_max_bytes, 1 << 20, 1 << 50)
+        _check_positive("persist_metrics_retention_hours", self.persist_metrics_retention_hours, "hours")
         if self.nats_url is not None:
             urls = [self.nats_url] if isinstance(self.nats_url, str) else self.nats_url
             if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
