@@ -1,10 +1,16 @@
-"""Shared fixtures.  The suite runs twice in CI: compiled, and SPIRALFAST_PUREPYTHON=1."""
+"""Shared fixtures.  The suite runs twice in CI: compiled, and SPIRALFAST_PUREPYTHON=1.
+
+The Redis, NATS and PostgreSQL the tests use are the suite's own (tests/services.py)
+unless ``SPIRALFAST_TEST_REDIS_URL`` / ``SPIRALFAST_TEST_NATS_URL`` / ``SPIRALFAST_TEST_PG``
+name others; whatever the suite started is stopped when the session ends (Ctrl-C too).
+A node left at the default ``redis_url`` (``redis://localhost:6379``) never reaches a Redis
+there unless ``SPIRALFAST_TEST_REDIS_URL`` names it: the connection is sent to a closed port
+and the test is listed at the end of the run."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +27,74 @@ except ImportError:  # pragma: no cover - only when the build failed
     _codec_c = None  # type: ignore[assignment]
     _ring_c = None  # type: ignore[assignment]
 
+from . import services
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+#: Tests whose node tried a Redis the suite did not start nor was told about (see the module doc).
+FOREIGN_REDIS: dict[str, set[str]] = {}
+_REDIS_DEFAULT_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _foreign_redis(url: Any) -> bool:
+    """True for the default local Redis (port 6379 on loopback) when SPIRALFAST_TEST_REDIS_URL
+    does not name it: tests must not write there unless told to."""
+    from urllib.parse import urlparse
+
+    try:
+        u = urlparse(str(url))
+        port = u.port or 6379
+    except ValueError:
+        return False
+    if u.scheme not in ("redis", "rediss") or (u.hostname or "") not in _REDIS_DEFAULT_HOSTS or port != 6379:
+        return False
+    given = os.environ.get(services.REDIS_ENV, "")
+    if given:
+        try:
+            g = urlparse(given)
+            if (g.hostname or "") in _REDIS_DEFAULT_HOSTS and (g.port or 6379) == 6379:
+                return False
+        except ValueError:
+            pass
+    return True
+
+
+def _guard_redis() -> None:
+    """Send in-process redis-py connections to the default local Redis to a closed port."""
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return
+    for cls in (redis.Redis, redis.asyncio.Redis):
+        orig = cls.__dict__["from_url"].__func__
+
+        def from_url(klass: Any, url: Any, *args: Any, _orig: Any = orig, **kwargs: Any) -> Any:
+            if _foreign_redis(url):
+                test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").split(" ")[0]
+                FOREIGN_REDIS.setdefault(str(url), set()).add(test)
+                url = "redis://127.0.0.1:1/0"
+            return _orig(klass, url, *args, **kwargs)
+
+        cls.from_url = classmethod(from_url)  # type: ignore[method-assign,assignment]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _guard_redis()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    own = ", ".join(f"{s.kind} {s.url}" for s in services.started())
+    if own:
+        terminalreporter.write_line(f"services of the suite's own (removed now): {own}")
+    for url, tests in sorted(FOREIGN_REDIS.items()):
+        terminalreporter.write_line(
+            f"kept away from {url} (not the suite's Redis; set {services.REDIS_ENV} to use it): "
+            + ", ".join(sorted(tests)))
 
 
 def require(available: bool, what: str) -> None:
@@ -74,6 +147,4 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: fl
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return services.free_port()

@@ -1,6 +1,6 @@
 """Test helpers for the NATS link: nats-server processes of our own (one, or a
 cluster on loopback ports), a TCP proxy that can cut a node off its server, and the
-NATS URL the suite uses (``SPIRALFAST_TEST_NATS_URL``, set by .ci/run)."""
+NATS URL the suite uses (its own server, or ``SPIRALFAST_TEST_NATS_URL``: tests/services.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import tempfile
 import time
 from typing import Any
 
+from . import services
 from .conftest import free_port, require
 
-NATS_URL = os.environ.get("SPIRALFAST_TEST_NATS_URL", "nats://127.0.0.1:4222")
-NATS_SERVER = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server")
-                                              else None)
+NATS_URL = services.nats().url
+NATS_SERVER = services.nats_server_binary()
 
 
 def _answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -32,6 +32,8 @@ def nats_or_fail(url: str = NATS_URL) -> str:
     """The suite's NATS server; skipped locally, a failure in CI, when it does not answer."""
     from urllib.parse import urlparse
 
+    if url == NATS_URL:
+        require(services.nats().available, services.nats().missing)
     u = urlparse(url)
     require(_answers(u.port or 4222, u.hostname or "127.0.0.1"), f"a NATS server at {url}")
     return url

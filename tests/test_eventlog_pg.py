@@ -1,10 +1,10 @@
-"""The event log on a real PostgreSQL (127.0.0.1:5432, database ``test``, trust auth;
-``.ci/run`` provides it).  Each test uses a schema of its own."""
+"""The event log on a real PostgreSQL: a database of the suite's own in the server at
+127.0.0.1:5432 (trust auth), or ``SPIRALFAST_TEST_PG`` (tests/services.py).  Each test
+uses a schema of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,15 +16,17 @@ from spiralfast.core import MeshCore
 from spiralfast.eventlog import EVENT_COLUMNS, read_history
 from spiralfast.testing import LoopbackHub
 
+from . import services
 from .conftest import require, wait_for
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
 from .test_eventlog import Sender, events_in
 
-PG_BASE = os.environ.get("SPIRALFAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_BASE = services.postgres().url
 
 
 async def _pg_available() -> bool:
+    require(services.postgres().available, services.postgres().missing)
     try:
         import asyncpg
 

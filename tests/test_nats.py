@@ -1,6 +1,6 @@
 """The NATS link (issue #18) against real nats-server processes and real node
 processes: a 3-server cluster of its own for failover, the suite's JetStream server
-(``SPIRALFAST_TEST_NATS_URL``, provided by .ci/run) for the rest.  A missing
+(the suite's own, or ``SPIRALFAST_TEST_NATS_URL``: tests/services.py) for the rest.  A missing
 nats-server fails in CI and skips locally."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Redis link against a real Redis (provided by .ci/run; fails, never skips, in CI)."""
+"""Redis link against a real Redis: the suite's own, or ``SPIRALFAST_TEST_REDIS_URL``
+(tests/services.py); fails, never skips, in CI."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,12 +13,14 @@ import redis.asyncio as aioredis
 
 from spiralfast import MeshConfig, MeshCore
 
+from . import services
 from .conftest import require, wait_for
 
-REDIS_URL = os.environ.get("SPIRALFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = services.redis().url
 
 
 async def _redis_or_fail() -> aioredis.Redis:
+    require(services.redis().available, services.redis().missing)
     r = aioredis.from_url(REDIS_URL)
     try:
         await asyncio.wait_for(r.ping(), 2)
