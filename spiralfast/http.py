@@ -34,7 +34,7 @@ from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from ._log import RateLimitedLog
 from .metrics import peer_label
-from .observe import _jsonable, envelope, nodes_table
+from .observe import _jsonable, envelope, link_info, nodes_table
 
 if TYPE_CHECKING:
     from .core import MeshCore
@@ -64,6 +64,22 @@ _HOST_OK = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45
 #: /api/events: default and largest ``count``.
 EVENTS_DEFAULT = 100
 EVENTS_MAX = 1000
+#: Query parameters each ``/api/*`` path accepts; any other is answered 400, never ignored.
+API_PARAMS: dict[str, tuple[str, ...]] = {
+    "/api/status": (),
+    "/api/nodes": (),
+    "/api/events": ("count", "type"),
+    "/api/topology": (),
+    "/api/snapshot": (),
+}
+#: What a node's state (a ``NodeStatus`` value) means for the topology and the dashboard:
+#: ``live`` nodes are members we hear from, and only links between two of them are live
+#: links; a ``suspect`` node stopped answering (its link closed) and is being checked before
+#: it is removed, so a link to it is drawn apart (dashed), never as live; a ``down`` node
+#: (disconnected) and a state this version does not know (``unknown``) get no link at all.
+LIVE_STATES = frozenset({"active", "initializing", "dormant", "ritual_mode"})
+SUSPECT_STATES = frozenset({"suspected", "suspect", "suspicious", "unreachable"})
+DOWN_STATES = frozenset({"disconnected", "dead", "failed", "left", "removed", "offline"})
 #: Live feed: seconds between snapshots (never faster than 1/s), samples of history kept.
 LIVE_INTERVAL = 1.0
 LIVE_HISTORY = 60
@@ -90,7 +106,47 @@ def _static(name: str) -> bytes:
 def _split_target(target: bytes) -> tuple[str, dict[str, list[str]]]:
     raw = target.decode("latin-1", errors="replace")
     path, _, query = raw.partition("?")
-    return path, parse_qs(query, keep_blank_values=False) if query else {}
+    # blank values are kept so that ``count=`` is refused rather than silently ignored
+    return path, parse_qs(query, keep_blank_values=True, max_num_fields=64) if query else {}
+
+
+class BadQuery(ValueError):
+    """A query parameter of an ``/api/*`` request that cannot be honoured (answered 400)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def check_params(path: str, query: dict[str, list[str]]) -> None:
+    """Refuse a parameter ``path`` does not take (a typo must not pass as the default)."""
+    accepted = API_PARAMS.get(path, ())
+    for name in query:
+        if name not in accepted:
+            takes = ", ".join(accepted) if accepted else "no query parameters"
+            raise BadQuery(name, f"unknown query parameter {name!r} for {path} (it takes {takes})")
+
+
+def events_params(query: dict[str, list[str]]) -> tuple[int, set[str]]:
+    """``count`` and ``type`` of ``/api/events``; :class:`BadQuery` for a bad one."""
+    counts = query.get("count")
+    count = EVENTS_DEFAULT
+    if counts is not None:
+        if len(counts) != 1:
+            raise BadQuery("count", "count given more than once")
+        raw = counts[0].strip()
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
+            raise BadQuery("count", f"count must be a whole number from 1 to {EVENTS_MAX}, got {counts[0]!r}")
+        count = int(raw)
+        if not 1 <= count <= EVENTS_MAX:
+            raise BadQuery("count", f"count must be from 1 to {EVENTS_MAX}, got {count}")
+    types: set[str] = set()
+    for v in query.get("type", []):
+        names = {t.strip() for t in v.split(",") if t.strip()}
+        if not names:
+            raise BadQuery("type", "type must name at least one event type (type=T, type=T,U or type=T&type=U)")
+        types |= names
+    return count, types
 
 
 class HttpEndpoints:
@@ -175,17 +231,26 @@ class HttpEndpoints:
             return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="spiralfast"'})
         if path == "/metrics":
             return self.metrics()
-        if path == "/api/status":
-            return self._json(core.get_mesh_status())
-        if path == "/api/nodes":
-            return self._json(nodes_table(core))
-        if path == "/api/events":
-            return self._json(recent_events(core, query))
-        if path == "/api/topology":
-            return self._json(topology(core))
-        if path == "/api/snapshot":
-            return self._json(self.live.snapshot())
+        if path in API_PARAMS:
+            try:
+                return self._json(self.api(path, query))
+            except BadQuery as e:
+                return self._json({"error": str(e), "parameter": e.parameter, "path": path}, 400)
         return self._json({"error": "not found", "path": path}, 404)
+
+    def api(self, path: str, query: dict[str, list[str]]) -> Any:
+        """The JSON answer of ``/api/<path>``; :class:`BadQuery` for a bad query."""
+        core = self.core
+        check_params(path, query)
+        if path == "/api/status":
+            return core.get_mesh_status()
+        if path == "/api/nodes":
+            return nodes_table(core)
+        if path == "/api/events":
+            return recent_events(core, query)
+        if path == "/api/topology":
+            return topology(core)
+        return self.live.snapshot()
 
     def metrics(self) -> Any:
         from . import metrics
@@ -197,16 +262,10 @@ class HttpEndpoints:
 
 
 def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """``/api/events?count=N&type=T&type=U`` (``type=T,U`` works too), newest last."""
-    try:
-        count = int((query.get("count") or [str(EVENTS_DEFAULT)])[0])
-    except ValueError:
-        count = EVENTS_DEFAULT
-    count = max(0, min(count, EVENTS_MAX))
-    types = {t for v in query.get("type", []) for t in v.split(",") if t}
+    """``/api/events?count=N&type=T&type=U`` (``type=T,U`` works too), newest last.
+    Raises :class:`BadQuery` for a bad ``count`` or ``type``."""
+    count, types = events_params(query)
     out: list[dict[str, Any]] = []
-    if count == 0:
-        return out
     for ev in reversed(list(core.recent_events)):
         t = ev["type"] if isinstance(ev, dict) else ev.event_type
         if types and t not in types:
@@ -218,29 +277,62 @@ def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str,
     return out
 
 
-def topology(core: MeshCore, links: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The mesh as this node knows it: node ids, and links as sorted id pairs.
+def state_kind(status: Any) -> str:
+    """``live``, ``suspect``, ``down`` or ``unknown`` for a node state (see ``LIVE_STATES``)."""
+    st = str(getattr(status, "value", status) or "").lower()
+    if st in LIVE_STATES:
+        return "live"
+    if st in SUSPECT_STATES or st.startswith("suspect"):
+        return "suspect"
+    if st in DOWN_STATES:
+        return "down"
+    return "unknown"
 
-    This node's own links come from its router; other nodes' links from the
-    ``links`` list in their records' metadata (gossiped).  Only links between known
-    nodes are drawn, so a node that is gone takes its links with it.
+
+def node_states() -> dict[str, str]:
+    """Every state a node can be in (``NodeStatus``), with its kind (see :func:`state_kind`)."""
+    from .enums import NodeStatus
+
+    return {s.value: state_kind(s.value) for s in NodeStatus}
+
+
+def topology(core: MeshCore, links: list[dict[str, Any]] | None = None,
+             table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The mesh as this node knows it: the nodes of its node table with their state,
+    and links as sorted id pairs.
+
+    Links are this node's own open links (from its router) and the ``links`` list in
+    each node's record metadata (gossiped).  ``links`` holds only links between two live
+    nodes; ``suspect_links`` those with a suspected end (and no down one); a link to a
+    disconnected node, to a node in a state this version does not know, or to a node no
+    longer in the table, is not listed at all, so a removed node takes its links with it.
+    ``table`` is the ``nodes_table`` to describe (the live feed passes the one it shows).
     """
-    known = set(core.nodes)
-    known.add(core.node_id)
-    pairs: set[tuple[str, str]] = set()
+    if table is None:
+        table = nodes_table(core)
+    status = {str(n["node_id"]): str(n.get("status")) for n in table}
+    kinds = {nid: state_kind(st) for nid, st in status.items()}
+    live: set[tuple[str, str]] = set()
+    suspect: set[tuple[str, str]] = set()
 
     def add(a: str, b: str) -> None:
-        if a != b and a in known and b in known:
-            pairs.add((a, b) if a < b else (b, a))
+        if a == b or a not in kinds or b not in kinds:
+            return
+        pair = (a, b) if a < b else (b, a)
+        ends = {kinds[a], kinds[b]}
+        if ends == {"live"}:
+            live.add(pair)
+        elif ends <= {"live", "suspect"}:
+            suspect.add(pair)
 
     if links is None:
-        links = core.get_mesh_status().get("links") or []
+        links = link_info(core)
     for lk in links:
         peer = lk.get("peer")
-        if peer is not None:  # bus links (Redis, NATS) have no single peer
+        if peer is not None and lk.get("state") not in ("closed", "down"):  # bus links have no single peer
             add(core.node_id, str(peer))
-    records = [core.local_node, *core.nodes.values()]
-    for node in records:
+    records = {core.node_id: core.local_node, **core.nodes}
+    for node in records.values():
         md = node.metadata if isinstance(node.metadata, dict) else {}
         peers = md.get("links")
         if isinstance(peers, (list, tuple)):
@@ -248,8 +340,10 @@ def topology(core: MeshCore, links: list[dict[str, Any]] | None = None) -> dict[
                 add(node.node_id, peer if isinstance(peer, str) else str(peer))
     return {
         "local": core.node_id,
-        "nodes": sorted(known),
-        "links": [list(p) for p in sorted(pairs)],
+        "nodes": sorted(status),
+        "status": dict(sorted(status.items())),
+        "links": [list(p) for p in sorted(live)],
+        "suspect_links": [list(p) for p in sorted(suspect)],
     }
 
 
@@ -457,8 +551,9 @@ class LiveFeed:
             })
         recent = [_preview(envelope(e)) for e in list(core.recent_events)[-RECENT_SHOWN:]]
         recent.reverse()
+        table = nodes_table(core)
         nodes = []
-        for n in nodes_table(core):
+        for n in table:
             nodes.append({k: n.get(k) for k in ("node_id", "name", "status", "capabilities", "websocket_endpoint",
                                                  "seconds_since_heartbeat", "local", "last_heartbeat")})
         return _jsonable({
@@ -471,7 +566,8 @@ class LiveFeed:
             "nats": st.get("nats"),
             "interval": LIVE_INTERVAL,
             "nodes": nodes,
-            "topology": topology(core, st.get("links") or []),
+            "topology": topology(core, st.get("links") or [], table),
+            "node_states": node_states(),
             "links": links,
             "rates": dict(self._rates),
             "history": list(self.history),
