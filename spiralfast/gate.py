@@ -27,7 +27,7 @@ from .codec import decode_frame, decode_payload
 from .dispatch import TURN_BUDGET
 from .errors import FrameError
 from .fastpath import Dedupe, EventSink
-from .limits import MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
+from .limits import MAX_BUS_RATE_SENDERS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
 
 log = logging.getLogger("spiralfast.gate")
 
@@ -44,7 +44,7 @@ _MEMBER_KINDS = frozenset((
     schema.KIND_EVENT, schema.KIND_BUS_EVENT, schema.KIND_HEARTBEAT, schema.KIND_LEAVE, schema.KIND_GOSSIP,
     schema.KIND_STATE_DELTA, schema.KIND_STATE_DIGEST, schema.KIND_STATE_REQUEST,
     schema.KIND_REPAIR_REQUEST, schema.KIND_REPAIR_GONE, schema.KIND_CLOCK_SKEW,
-    schema.KIND_ORIGIN_END,
+    schema.KIND_ORIGIN_END, schema.KIND_PING, schema.KIND_PING_REQ, schema.KIND_ACK,
 ))
 
 
@@ -137,7 +137,11 @@ class Gate:
         self.stats = {
             "frames_in": 0, "messages_in": 0, "bytes_in": 0, "duplicates": 0, "frame_errors": 0,
             "refused": 0, "preauth_refused": 0, "gate_errors": 0, "rate_limited": 0,
+            # the same refusals by who went over: member links, bus senders, observers
+            "rate_limited_members": 0, "rate_limited_bus": 0, "rate_limited_observers": 0,
         }
+        #: Per sender on a shared bus (one link, many senders): its token bucket.
+        self.bus_buckets: dict[str, TokenBucket] = {}
 
     # -- frames ----------------------------------------------------------------------
 
@@ -244,12 +248,51 @@ class Gate:
                 st["gate_errors"] += 1
                 self._errlog(("gate", _name(link)), logging.ERROR, "error handling a message from %s: %r",
                              _name(link), exc, exc_info=True)
-        if s.bucket is not None and n:
-            wait = s.bucket.take(n, time.monotonic())
-            if wait:
-                st["rate_limited"] += 1
-                link.pause_reading()
-                asyncio.get_running_loop().call_later(min(wait, 5.0), self._resume_if_member, link)
+        if n and self.rate_limit is not None:
+            if bus:
+                self._bus_rate(link, sender, n)
+            elif s.bucket is not None:
+                wait = s.bucket.take(n, time.monotonic())
+                if wait:
+                    self.count_rate_limited("members")
+                    link.pause_reading()
+                    asyncio.get_running_loop().call_later(min(wait, 5.0), self._resume_if_member, link)
+
+    def count_rate_limited(self, who: str) -> None:
+        """One rate-limit refusal (``who``: members, bus or observers): counted in
+        ``rate_limited`` (the metric ``spiralfast_rate_limited_total``) and by kind."""
+        st = self.stats
+        st["rate_limited"] += 1
+        st["rate_limited_" + who] += 1
+
+    def over_rate(self, link: Any, n: int = 1) -> bool:
+        """An observer's write: True (counted) when it is over its rate limit."""
+        s = getattr(link, "session", None)
+        bucket = s.bucket if s is not None else None
+        if bucket is None or not bucket.take(n, time.monotonic()):
+            return False
+        bucket.tokens += n  # a refused write costs nothing: the observer may retry once repaid
+        self.count_rate_limited("observers")
+        return True
+
+    def _bus_rate(self, link: Any, sender: str | None, n: int) -> None:
+        """A bus is one link for many senders, and its reading cannot be paused for one
+        of them: a sender over its rate is slowed through the bus's own flow control
+        instead (our acks of its frames are held back, so it waits for us)."""
+        if sender is None or self.rate_limit is None:
+            return
+        now = time.monotonic()
+        bucket = self.bus_buckets.get(sender)
+        if bucket is None:
+            if len(self.bus_buckets) >= MAX_BUS_RATE_SENDERS:
+                del self.bus_buckets[next(iter(self.bus_buckets))]
+            bucket = self.bus_buckets[sender] = TokenBucket(self.rate_limit, self.rate_burst, now)
+        wait = bucket.take(n, now)
+        if wait:
+            self.count_rate_limited("bus")
+            hold = getattr(link, "hold_acks", None)
+            if hold is not None:
+                hold(sender, wait)
 
     def messages(self, link: Any, sender: str, msgs: list[tuple[int, Any]]) -> None:
         """Already-decoded messages from a bus (the old JSON format, via its codec)."""

@@ -83,3 +83,11 @@ SEQ_WINDOW = 1 << 16
 
 #: Origins whose sequence windows are kept; beyond it the oldest is forgotten.
 MAX_ORIGINS = 4096
+
+#: Bus senders whose rate-limit buckets are kept (``rate_limit`` on a Redis or NATS
+#: link is per sender); beyond it the oldest bucket is forgotten.
+MAX_BUS_RATE_SENDERS = 4096
+
+#: Longest a receiver holds back its acks of one bus sender that is over its rate: well
+#: under busflow.ACK_STALL_TIMEOUT, after which a sender stops waiting for a silent receiver.
+MAX_ACK_HOLD = 1.5

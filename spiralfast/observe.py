@@ -146,11 +146,9 @@ _WRITES = frozenset(("publish", "state_set", "state_delete", "submit"))
 
 def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
     args = q.args if isinstance(q.args, dict) else {}
-    if q.what in _WRITES:
-        bucket = link.session.bucket if getattr(link, "session", None) is not None else None
-        if bucket is not None and bucket.take(1, time.monotonic()):
-            _reply(core, link, q.qid, False, "rate limit exceeded: try again later")
-            return
+    if q.what in _WRITES and core.gate.over_rate(link):  # counted: rate_limited, spiralfast_rate_limited_total
+        _reply(core, link, q.qid, False, "rate limit exceeded: try again later")
+        return
     try:
         if q.what == "ping":
             _reply(core, link, q.qid, True, {"node_id": core.node_id})

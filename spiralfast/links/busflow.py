@@ -8,6 +8,10 @@ than ``max_lag_bytes``, or whose own queue is long, tells the node it is not
 writable (senders wait) until the lag is under ``resume_lag_bytes``.  A receiver
 whose acks stop advancing for ``ACK_STALL_TIMEOUT`` is ignored until it acks again,
 so one dead node cannot stall the mesh.
+
+Rate limits ride on the same acks: a sender over this node's ``rate_limit`` gets its
+acks held back (``hold_acks``, at most ``MAX_ACK_HOLD`` at a time, well under
+``ACK_STALL_TIMEOUT``), so its lag grows and it waits; nothing it sent is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from typing import Any
 
 from ..codec import FrameWriter
+from ..limits import MAX_ACK_HOLD
 
 ACK_STALL_TIMEOUT = 3.0
 
@@ -25,7 +30,7 @@ class BusFlow:
     """Mixin for a bus ``Link``.  The link provides ``host``, ``node_id``, ``sealer``,
     ``stats``, ``connected``, ``sf_nodes``, ``pending`` / ``pending_bytes`` and the
     flow-control state (``tx_offset``, ``acked``, ``ack_progress``, ``rx_offsets``,
-    ``ack_sent``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
+    ``ack_sent``, ``ack_holds``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
     ``_direct_channel(target)``, ``_queue(channel, payload)`` and ``_send_acks()``."""
 
     #: Limits (the link sets its own).
@@ -50,6 +55,7 @@ class BusFlow:
     ack_progress: dict[str, float]
     rx_offsets: dict[str, int]
     ack_sent: dict[str, int]
+    ack_holds: dict[str, float]
     congested: bool
     _direct: dict[str, Any]
     _direct_scheduled: bool
@@ -127,8 +133,30 @@ class BusFlow:
 
     def _note_received(self, sender: str, offset: int) -> None:
         self.rx_offsets[sender] = offset
-        if offset - self.ack_sent.get(sender, 0) >= self.ack_every_bytes:
+        if offset - self.ack_sent.get(sender, 0) >= self.ack_every_bytes and not self._ack_held(sender):
             self._send_acks()
+
+    def hold_acks(self, sender: str, seconds: float) -> None:
+        """``sender`` is over our rate limit: ack none of its frames for ``seconds``
+        (at most ``MAX_ACK_HOLD``), so its flow control slows it down."""
+        holds = self.ack_holds
+        holds[sender] = max(holds.get(sender, 0.0), time.monotonic() + min(seconds, MAX_ACK_HOLD))
+
+    def _ack_held(self, sender: str) -> bool:
+        holds = self.ack_holds
+        if not holds:
+            return False
+        until = holds.get(sender)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del holds[sender]
+        return False
+
+    def _ackable(self) -> dict[str, int]:
+        """The offsets to ack now: those that moved, except senders whose acks are held."""
+        return {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s) and not self._ack_held(s)}
 
     def _acked(self, sender: str, offset: Any) -> None:
         """A receiver's ack of our offset (already authenticated and decoded)."""

@@ -225,6 +225,7 @@ class NatsTransport(BusFlow):
         self.rx_offsets: dict[str, int] = {}
         self.ack_sent: dict[str, int] = {}
         self.congested = False
+        self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
         self._direct: dict[str, Any] = {}
         self._direct_scheduled = False
         self.sf_nodes: set[str] = set()
@@ -621,7 +622,7 @@ class NatsTransport(BusFlow):
         self._acked(sender, acks.get(self.node_id) if isinstance(acks, dict) else None)
 
     def _send_acks(self) -> None:
-        todo = {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s)}
+        todo = self._ackable()
         if not todo or not self.connected:
             return
         self.ack_sent.update(todo)

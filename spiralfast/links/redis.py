@@ -115,6 +115,7 @@ class RedisTransport(BusFlow):
         self.rx_offsets: dict[str, int] = {}  # sender -> its offset we have processed
         self.ack_sent: dict[str, int] = {}
         self.congested = False
+        self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
         self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
         self._direct_scheduled = False
         self.legacy_nodes: dict[str, float] = {}  # old-format node -> monotonic time last heard
@@ -376,7 +377,7 @@ class RedisTransport(BusFlow):
         self._acked(sender, mine)
 
     def _send_acks(self) -> None:
-        todo = {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s)}
+        todo = self._ackable()
         if not todo or not self.connected:
             return
         self.ack_sent.update(todo)
