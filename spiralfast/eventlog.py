@@ -21,8 +21,25 @@ How writes flow:
   the node keeps running and the events are counted as ``dropped`` until a retry
   (every :data:`ERROR_RETRY_S`) succeeds, which is logged too.
 
-The writer thread also samples the node's metrics into ``system_metrics`` every
-``sync_interval`` and deletes rows older than ``persist_retention_days``.
+Bounded storage (all on the writer thread, never on the event loop):
+
+- Retention: events older than ``persist_retention_days`` are deleted (checked every
+  hour at most), the node's metric samples older than ``persist_metrics_retention_hours``.
+- Size cap: past ``persist_max_bytes`` the oldest events (and metric samples, in time
+  order) are deleted until the log is back under :data:`CAP_TARGET` of the cap; they are
+  counted as ``capped`` (``spiralfast_persist_capped_total``).  SQLite measures its used
+  pages after every commit; the file and its WAL stay under the cap plus about one batch
+  (new files are created with ``auto_vacuum=INCREMENTAL``, so freed pages are returned
+  to the disk; an older file of at most :data:`VACUUM_CONVERT_MAX` bytes is converted
+  once at start, a larger one keeps its size and reuses the freed pages).  PostgreSQL
+  estimates the live bytes (rows counted, or the statistics' live-row count on large
+  tables, times their average size plus index overhead) every :data:`PG_CAP_EVERY_S`;
+  its freed space is reused after autovacuum, not returned to the disk.
+- Metrics: the node samples its figures every ``sync_interval`` but stores only the
+  values that changed since the last stored sample (``uptime``, which changes with the
+  clock, only in full samples), and every value once per :data:`METRICS_KEYFRAME_S`;
+  samples are written with the next batch of events or at most every
+  :data:`METRICS_FLUSH_S`.  An idle node thus writes a full sample an hour.
 
 Rows go to the old ``ritual_events`` table (see :mod:`spiralfast.persistence`):
 ``event_id``, ``timestamp`` (local ISO text, as in the envelope), ``event_type`` (the
@@ -75,6 +92,27 @@ HANDOFF_MIN_EVENTS = 1_000
 ERROR_RETRY_S = 2.0
 #: Rows deleted per retention transaction (keeps the write lock short).
 RETENTION_CHUNK = 50_000
+#: Past the size cap, the oldest rows are deleted until the log is under this fraction
+#: of the cap (so the cap is not hit again by the next batch).
+CAP_TARGET = 0.9
+#: Most bytes of event batches deleted in one cap transaction (keeps the lock short).
+CAP_CHUNK_BYTES = 32 * 1024 * 1024
+#: The WAL's share of the SQLite cap: at most this, and at most 1/8 of the cap.
+WAL_BUDGET_MAX = 8 * 1024 * 1024
+#: An existing SQLite file without incremental vacuum is converted at start up to this size.
+VACUUM_CONVERT_MAX = 64 * 1024 * 1024
+#: Seconds between PostgreSQL size estimates.
+PG_CAP_EVERY_S = 30.0
+#: PostgreSQL bytes per row on top of the row's own (tuple header, line pointer, index entries).
+PG_ROW_OVERHEAD = 100
+#: Below this many live rows (statistics), PostgreSQL tables are counted exactly.
+PG_EXACT_COUNT_BELOW = 200_000
+#: Every metric value is stored at least this often (seconds); in between only changes.
+METRICS_KEYFRAME_S = 3600.0
+#: Metric samples wait at most this long (seconds) for a batch of events to ride with.
+METRICS_FLUSH_S = 60.0
+#: Metric values that change with the clock alone: stored in full samples only.
+CLOCK_METRICS = frozenset({"uptime"})
 #: Rows per page when replaying.
 REPLAY_PAGE = 10_000
 #: Seconds ``history()`` waits for pending events to be committed before it reads.
@@ -224,6 +262,10 @@ class Store(ABC):
 
     kind = "?"
     where = "?"
+    #: The size cap (bytes) set by the event log before ``open``; None: no cap.
+    max_bytes: int | None = None
+    #: Seconds between cap checks (0: after every write).
+    cap_every = 0.0
 
     @abstractmethod
     def open(self) -> None: ...
@@ -234,8 +276,15 @@ class Store(ABC):
         transaction (raises on failure, nothing committed)."""
 
     @abstractmethod
-    def purge(self, cutoff: str) -> int:
-        """Delete rows with ``timestamp < cutoff``; returns how many."""
+    def purge(self, cutoff: str, metrics_cutoff: str | None = None) -> int:
+        """Delete rows with ``timestamp < cutoff`` (metric rows: before the later of
+        ``cutoff`` and ``metrics_cutoff``); returns how many."""
+
+    def enforce_cap(self, max_bytes: int) -> tuple[int, int, int]:
+        """Delete the oldest rows while the store is over ``max_bytes`` (down to
+        :data:`CAP_TARGET` of it).  Returns ``(events removed, metric rows removed,
+        bytes now)``.  A store that cannot measure itself keeps everything."""
+        return 0, 0, 0
 
     @abstractmethod
     def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
@@ -331,19 +380,62 @@ class SQLiteStore(Store):
         self.where = str(self.path)
         self._conn: sqlite3.Connection | None = None
         self._local = threading.local()
+        self._page_size = 8192
+        self._auto_vacuum = 0
+        self._wal_budget = WAL_BUDGET_MAX
+
+    def _prepare_new_file(self) -> None:
+        """A new file gets incremental vacuum (settable only before its first table)."""
+        if str(self.path) == ":memory:" or (self.path.exists() and self.path.stat().st_size > 0):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        pre = sqlite3.connect(str(self.path), isolation_level=None)
+        try:
+            pre.execute("PRAGMA page_size=8192")
+            pre.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            pre.execute("PRAGMA journal_mode=WAL")  # writes the header: the settings stick
+        finally:
+            pre.close()
 
     def open(self) -> None:
         if self._conn is None:
+            if self.max_bytes is not None:
+                self._prepare_new_file()
             conn = open_sqlite(self.path)
             try:
                 conn.execute("BEGIN")
                 for stmt in _SQLITE_BATCH_SCHEMA:
                     conn.execute(stmt)
                 conn.execute("COMMIT")
+                self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                self._auto_vacuum = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+                if self.max_bytes is not None:
+                    self._setup_cap(conn)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
+
+    def _setup_cap(self, conn: sqlite3.Connection) -> None:
+        assert self.max_bytes is not None
+        # The WAL's share of the cap: checkpoint at that size and truncate back to it.
+        self._wal_budget = min(WAL_BUDGET_MAX, self.max_bytes // 8)
+        conn.execute(f"PRAGMA journal_size_limit={self._wal_budget}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={max(8, self._wal_budget // self._page_size)}")
+        if self._auto_vacuum != 0:
+            return
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size <= VACUUM_CONVERT_MAX:  # an older, small file: convert it now (a moment)
+            try:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+                self._auto_vacuum = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+            except sqlite3.Error as exc:
+                log.debug("event log: could not convert %s to incremental vacuum: %s", self.path, exc)
+        if self._auto_vacuum == 0:
+            log.info("event log: %s predates incremental vacuum: space freed by retention and the size cap is "
+                     "reused but not returned to the disk (convert it while the node is stopped: "
+                     "sqlite3 %s 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM')", self.path, self.path)
 
     def write(self, envs: Sequence[Any], metrics: Sequence[Row]) -> None:
         if self._conn is None:
@@ -397,23 +489,114 @@ class SQLiteStore(Store):
                 c.execute("ROLLBACK")
             raise
 
-    def purge(self, cutoff: str) -> int:
+    def purge(self, cutoff: str, metrics_cutoff: str | None = None) -> int:
         c = self._conn
         if c is None:
             return 0
         n = 0
         cur = c.execute("DELETE FROM mesh_event_batches WHERE last_ts < ?", (cutoff,))
         n += max(cur.rowcount, 0)
-        for table in ("ritual_events", "system_metrics"):
+        for table, cut in (("ritual_events", cutoff), ("system_metrics", max(cutoff, metrics_cutoff or cutoff))):
             while True:
                 cur = c.execute(
                     f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE timestamp < ? LIMIT ?)",
-                    (cutoff, RETENTION_CHUNK),
+                    (cut, RETENTION_CHUNK),
                 )
                 n += max(cur.rowcount, 0)
                 if cur.rowcount < RETENTION_CHUNK:
                     break
+        if n:
+            self._reclaim()
         return n
+
+    # -- the size cap ----------------------------------------------------------------------
+
+    def _used_bytes(self, c: sqlite3.Connection) -> int:
+        pages = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * self._page_size
+
+    def file_bytes(self) -> int:
+        """The database file and its WAL, on disk now."""
+        total = 0
+        for p in (self.path, Path(str(self.path) + "-wal")):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def enforce_cap(self, max_bytes: int) -> tuple[int, int, int]:
+        c = self._conn
+        if c is None:
+            return 0, 0, 0
+        budget = max(max_bytes - self._wal_budget, max_bytes // 2)
+        used = self._used_bytes(c)
+        if used <= budget:
+            return 0, 0, self.file_bytes()
+        target = int(budget * CAP_TARGET)
+        events = metrics = 0
+        while used > target:
+            got = self._drop_oldest(c, used - target)
+            if got is None:
+                break
+            events += got[0]
+            metrics += got[1]
+            used = self._used_bytes(c)
+        self._reclaim()
+        return events, metrics, self.file_bytes()
+
+    def _drop_oldest(self, c: sqlite3.Connection, excess: int) -> tuple[int, int] | None:
+        """Delete the oldest rows (about ``excess`` bytes, at most CAP_CHUNK_BYTES) in one
+        transaction: the oldest batches and every row of the other tables up to their time;
+        with no batches left, the oldest rows of the other tables.  None: nothing left."""
+        rows = c.execute("SELECT batch_id, last_ts, count, length(events) FROM mesh_event_batches "
+                         "ORDER BY batch_id LIMIT 4096").fetchall()
+        want = min(max(excess, 1), CAP_CHUNK_BYTES)
+        events = 0
+        last_id: int | None = None
+        cutoff: str | None = None
+        if rows:
+            acc = 0
+            for bid, last_ts, count, length in rows:
+                acc += int(length or 0) + 100
+                events += int(count)
+                last_id = bid
+                cutoff = last_ts if cutoff is None or last_ts > cutoff else cutoff
+                if acc >= want:
+                    break
+        else:
+            stamps = []
+            for table in ("ritual_events", "system_metrics"):
+                r = c.execute(f"SELECT timestamp FROM {table} ORDER BY timestamp LIMIT 1 OFFSET 999").fetchone()
+                if r is None:  # fewer than 1000 rows: all of them
+                    r = c.execute(f"SELECT max(timestamp) FROM {table}").fetchone()
+                if r is not None and r[0] is not None:
+                    stamps.append(r[0])
+            if not stamps:
+                return None
+            cutoff = min(stamps)
+        c.execute("BEGIN")
+        try:
+            if last_id is not None:
+                c.execute("DELETE FROM mesh_event_batches WHERE batch_id <= ?", (last_id,))
+            # Mesh events in the old table are copies of batch entries (counted there).
+            c.execute("""DELETE FROM ritual_events WHERE timestamp <= ? AND metadata LIKE '{"mesh":1%'""", (cutoff,))
+            events += max(c.execute("DELETE FROM ritual_events WHERE timestamp <= ?", (cutoff,)).rowcount, 0)
+            metrics = max(c.execute("DELETE FROM system_metrics WHERE timestamp <= ?", (cutoff,)).rowcount, 0)
+            c.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+        return events, metrics
+
+    def _reclaim(self) -> None:
+        """Return freed pages to the disk (incremental vacuum) and checkpoint, so the
+        file shrinks; a file without incremental vacuum reuses them instead."""
+        c = self._conn
+        if c is None:
+            return
+        if self._auto_vacuum == 2 and c.execute("PRAGMA freelist_count").fetchone()[0]:
+            c.executescript("PRAGMA incremental_vacuum;")  # (execute() would free one page per step)
+        c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -621,19 +804,66 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 self._run(conn.close(timeout=2))
 
-    def purge(self, cutoff: str) -> int:
+    def purge(self, cutoff: str, metrics_cutoff: str | None = None) -> int:
         if self._conn is None:
             return 0
         conn = self._conn
 
         async def go() -> int:
             n = 0
-            for table in ("ritual_events", "system_metrics"):
-                r = await conn.execute(f'DELETE FROM {table} WHERE "timestamp" < $1', cutoff)
+            for table, cut in (("ritual_events", cutoff), ("system_metrics", max(cutoff, metrics_cutoff or cutoff))):
+                r = await conn.execute(f'DELETE FROM {table} WHERE "timestamp" < $1', cut)
                 n += int(r.split()[-1])
             return n
 
         return int(self._run(go()))
+
+    cap_every = PG_CAP_EVERY_S
+
+    async def _estimate(self, conn: Any, table: str) -> tuple[int, int]:
+        """``(live rows, estimated bytes)`` of one table: rows counted exactly while
+        the statistics say there are few, else the statistics' count; bytes are rows
+        times (the average size of the newest 1000 rows + PG_ROW_OVERHEAD)."""
+        live = await conn.fetchval("SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = $1 "
+                                   "AND schemaname = current_schema()", table)
+        live = int(live or 0)
+        if live < PG_EXACT_COUNT_BELOW:
+            live = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+        if not live:
+            return 0, 0
+        avg = await conn.fetchval(f'SELECT avg(pg_column_size(t.*)) FROM (SELECT * FROM {table} '
+                                  f'ORDER BY "timestamp" DESC LIMIT 1000) AS t')
+        return live, int(live * (float(avg or 0) + PG_ROW_OVERHEAD))
+
+    def enforce_cap(self, max_bytes: int) -> tuple[int, int, int]:
+        if self._conn is None:
+            return 0, 0, 0
+        conn = self._conn
+        tables = ("ritual_events", "system_metrics")
+
+        async def go() -> tuple[int, int, int]:
+            est = {t: await self._estimate(conn, t) for t in tables}
+            total = sum(b for _, b in est.values())
+            if total <= max_bytes:
+                return 0, 0, total
+            share = (total - max_bytes * CAP_TARGET) / total  # the oldest share of each table goes
+            removed = {}
+            for t in tables:
+                live, _ = est[t]
+                n = min(live, math.ceil(live * share))
+                removed[t] = 0
+                if n:
+                    r = await conn.execute(f'DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} '
+                                           f'ORDER BY "timestamp" LIMIT $1))', n)
+                    removed[t] = int(r.split()[-1])
+            return removed["ritual_events"], removed["system_metrics"], int(total * (1 - share))
+
+        try:
+            events, metrics, size = self._run(go())
+            return int(events), int(metrics), int(size)
+        except BaseException:
+            self._drop_conn()
+            raise
 
     def query(self, since: str | None, until: str | None, types: list[str] | None, source: str | None,
               limit: int, ascending: bool, after: Any = None) -> tuple[list[dict[str, Any]], Any]:
@@ -714,7 +944,8 @@ class EventLog:
     """Persists a node's events (see the module docstring).
 
     :param mesh: the node; its config's ``persistence_path``/``persistence_url``,
-        ``persist_events``, ``persist_retention_days`` and ``sync_interval`` are used.
+        ``persist_events``, ``persist_retention_days``, ``persist_max_bytes``,
+        ``persist_metrics_retention_hours`` and ``sync_interval`` are used.
     """
 
     def __init__(self, mesh: MeshCore, store: Store | None = None) -> None:
@@ -727,7 +958,16 @@ class EventLog:
         if isinstance(pe, (list, tuple, set, frozenset)):
             self._types.update(str(getattr(t, "value", t)) for t in pe)
         self.retention_days = float(cfg.persist_retention_days)
+        self.max_bytes: int | None = getattr(cfg, "persist_max_bytes", None)
+        self.store.max_bytes = self.max_bytes
+        self.metrics_retention_hours = float(getattr(cfg, "persist_metrics_retention_hours", 24.0))
         self.metrics_interval = float(getattr(cfg, "sync_interval", 5.0) or 5.0)
+        self.metrics_flush_s = min(METRICS_FLUSH_S, 6 * self.metrics_interval)
+        self.metrics_keyframe_s = min(METRICS_KEYFRAME_S, self.metrics_retention_hours * 3600.0 / 4)
+        self._metric_values: dict[str, float] = {}  # the values as last stored
+        self._keyframe_at: float | None = None
+        self._metric_prefix = uuid.uuid4().hex[:12] + "-"
+        self._metric_seq = 0
         self._buf: list[Any] = []  # envelopes (dicts) or wire events (schema.Event)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a batch of events is in the writer's hands: at most one is.
@@ -747,6 +987,9 @@ class EventLog:
         self.last_batch = 0
         self.metrics_written = 0
         self.purged = 0
+        self.capped = 0  # events removed by the size cap
+        self.capped_metrics = 0  # metric rows removed by the size cap
+        self.size_bytes = 0  # the store's size at the last cap check
         self.stalls = 0
         self.stall_seconds = 0.0
         self.in_flight = 0
@@ -912,11 +1155,16 @@ class EventLog:
         self._try_open()
         self._opened.set_result(None)
         retention_s = self.retention_days * 86400.0
-        retention_every = min(3600.0, max(1.0, retention_s / 10.0))
+        metrics_retention_s = self.metrics_retention_hours * 3600.0
+        retention_every = min(3600.0, max(1.0, min(retention_s, metrics_retention_s) / 10.0))
         next_purge = time.monotonic()
+        next_cap = time.monotonic()
         metrics: list[Row] = []
+        metrics_due = math.inf  # when the metric rows waiting must be written
+        first_metrics = True
         while True:
-            timeout = max(0.0, next_purge - time.monotonic())
+            now = time.monotonic()
+            timeout = max(0.0, min(next_purge, metrics_due) - now)
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -925,32 +1173,39 @@ class EventLog:
                 if metrics:
                     self._write([], metrics)
                 break
+            wrote = False
             if isinstance(item, threading.Event):
                 if metrics:
                     self._write([], metrics)
-                    metrics = []
+                    metrics, metrics_due, wrote = [], math.inf, True
                 item.set()
-                continue
-            if isinstance(item, tuple):  # metrics: written with the next batch (or now if idle)
+            elif isinstance(item, tuple):  # metrics: written with the next batch, or when due
                 metrics.extend(item)
-                if not self._queue.empty():
-                    continue
-                self._write([], metrics)
-                metrics = []
+                if first_metrics:  # the first sample at once: the log shows the node's start
+                    first_metrics, metrics_due = False, time.monotonic()
+                elif metrics_due == math.inf:
+                    metrics_due = time.monotonic() + self.metrics_flush_s
             elif isinstance(item, list):
                 try:
                     self._write(item, metrics)
                 finally:
-                    metrics = []
+                    metrics, metrics_due, wrote = [], math.inf, True
                     self.in_flight = 0
                     self._writer_free.release()
                     loop = self._loop
                     if loop is not None and self.running:
                         with contextlib.suppress(RuntimeError):
                             loop.call_soon_threadsafe(self._writer_done)
-            if time.monotonic() >= next_purge:
-                next_purge = time.monotonic() + retention_every
-                self._purge(retention_s)
+            if metrics and time.monotonic() >= metrics_due and self._queue.empty():
+                self._write([], metrics)
+                metrics, metrics_due, wrote = [], math.inf, True
+            now = time.monotonic()
+            if wrote and now >= next_cap:
+                next_cap = now + self.store.cap_every
+                self._enforce_cap()
+            if now >= next_purge:
+                next_purge = now + retention_every
+                self._purge(retention_s, metrics_retention_s)
         store.close()
 
     def _try_open(self) -> bool:
@@ -999,12 +1254,14 @@ class EventLog:
                 log.warning("event log: writing to %s failed again (%s); %d events dropped so far",
                             self.store.where, self.error, self.dropped)
 
-    def _purge(self, retention_s: float) -> None:
+    def _purge(self, retention_s: float, metrics_retention_s: float | None = None) -> None:
         if self.error is not None:
             return
-        cutoff = (datetime.now() - timedelta(seconds=retention_s)).isoformat()
+        now = datetime.now()
+        cutoff = (now - timedelta(seconds=retention_s)).isoformat()
+        mcut = (now - timedelta(seconds=metrics_retention_s)).isoformat() if metrics_retention_s else None
         try:
-            n = self.store.purge(cutoff)
+            n = self.store.purge(cutoff, mcut)
         except Exception as exc:  # noqa: BLE001
             log.warning("event log: retention on %s failed: %s", self.store.where, exc)
             return
@@ -1012,10 +1269,28 @@ class EventLog:
         if n:
             log.debug("event log: %d rows older than %s removed", n, cutoff)
 
+    def _enforce_cap(self) -> None:
+        """Keep the store under ``persist_max_bytes`` (on the writer thread)."""
+        if self.error is not None or self.max_bytes is None:
+            return
+        try:
+            events, metrics, size = self.store.enforce_cap(self.max_bytes)
+        except Exception as exc:  # noqa: BLE001 - the cap failed this time: say so, keep writing
+            log.warning("event log: size cap on %s failed: %s", self.store.where, exc)
+            return
+        self.size_bytes = size
+        if events or metrics:
+            if not self.capped and not self.capped_metrics:
+                log.warning("event log: %s reached its size cap of %d bytes (persist_max_bytes); the oldest "
+                            "events are removed from now on (counted as capped)", self.store.where, self.max_bytes)
+            self.capped += events
+            self.capped_metrics += metrics
+            log.debug("event log: size cap removed %d events and %d metric rows", events, metrics)
+
     # -- metrics --------------------------------------------------------------------------
 
-    def metric_rows(self) -> list[Row]:
-        """The node's metrics now, as ``system_metrics`` rows."""
+    def metric_values(self) -> dict[str, float]:
+        """The node's figures now, by ``system_metrics`` name."""
         st = self.mesh.get_mesh_status()
         values: dict[str, float] = {}
         for k in ("connected_nodes", "uptime", "average_entropy", "total_recursion_depth"):
@@ -1028,15 +1303,45 @@ class EventLog:
         values["persistence.written"] = float(self.written)
         values["persistence.dropped"] = float(self.dropped)
         values["persistence.pending"] = float(len(self._buf) + self.in_flight)
+        values["persistence.capped"] = float(self.capped)
+        return {k: v for k, v in values.items() if math.isfinite(v)}
+
+    def _rows(self, values: dict[str, float]) -> list[Row]:
         ts = datetime.now().isoformat()
         meta = json.dumps({"node_id": self.mesh.node_id})
-        return [(uuid.uuid4().hex, ts, name, v, meta) for name, v in values.items() if math.isfinite(v)]
+        out = []
+        for name, v in values.items():
+            self._metric_seq += 1  # short, ordered ids (the prefix keeps nodes apart)
+            out.append((f"{self._metric_prefix}{self._metric_seq:x}", ts, name, v, meta))
+        return out
+
+    def metric_rows(self) -> list[Row]:
+        """The node's metrics now, all of them, as ``system_metrics`` rows."""
+        return self._rows(self.metric_values())
+
+    def sample_metrics(self) -> list[Row]:
+        """The rows to store for one sample: every value in a full sample (the first,
+        then one per ``metrics_keyframe_s``), else only the values that changed since
+        they were last stored (values that change with the clock alone, such as
+        ``uptime``, wait for the next full sample)."""
+        values = self.metric_values()
+        now = time.monotonic()
+        if self._keyframe_at is None or now - self._keyframe_at >= self.metrics_keyframe_s:
+            self._keyframe_at = now
+            self._metric_values = dict(values)
+            return self._rows(values)
+        last = self._metric_values
+        changed = {k: v for k, v in values.items() if k not in CLOCK_METRICS and last.get(k) != v}
+        last.update(changed)
+        return self._rows(changed)
 
     async def _metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.metrics_interval)
             try:
-                self._queue.put(tuple(self.metric_rows()))
+                rows = self.sample_metrics()
+                if rows:
+                    self._queue.put(tuple(rows))
             except Exception:  # noqa: BLE001
                 log.debug("metrics sample failed", exc_info=True)
 
@@ -1125,6 +1430,11 @@ class EventLog:
             "last_batch": self.last_batch,
             "metrics_written": self.metrics_written,
             "purged": self.purged,
+            "capped": self.capped,
+            "capped_metrics": self.capped_metrics,
+            "size_bytes": self.size_bytes,
+            "max_bytes": self.max_bytes,
+            "metrics_retention_hours": self.metrics_retention_hours,
             "stalls": self.stalls,
             "stall_seconds": round(self.stall_seconds, 3),
             "congested": self.congested,

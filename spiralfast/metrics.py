@@ -322,6 +322,18 @@ def _persistence_metrics(pers: Any) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{p}_persist_dropped_total", "Events the store could not take.",
                               value=_num(pers.get("dropped")))
     yield GaugeMetricFamily(f"{p}_persist_pending", "Events waiting to be written.", value=_num(pers.get("pending")))
+    yield CounterMetricFamily(f"{p}_persist_capped_total",
+                              "Stored events removed (oldest first) to keep the event log under persist_max_bytes.",
+                              value=_num(pers.get("capped")))
+    yield CounterMetricFamily(f"{p}_persist_purged_total",
+                              "Stored rows removed by retention (persist_retention_days, "
+                              "persist_metrics_retention_hours).", value=_num(pers.get("purged")))
+    yield GaugeMetricFamily(f"{p}_persist_size_bytes",
+                            "Size of the event log at the last cap check (SQLite: file and WAL; PostgreSQL: estimate).",
+                            value=_num(pers.get("size_bytes")))
+    if pers.get("max_bytes") is not None:
+        yield GaugeMetricFamily(f"{p}_persist_max_bytes", "The event log's size cap (persist_max_bytes).",
+                                value=_num(pers.get("max_bytes")))
     yield CounterMetricFamily(f"{p}_persist_stall_seconds_total", "Seconds the writer held back the node.",
                               value=_num(pers.get("stall_seconds")))
     up = GaugeMetricFamily(f"{p}_persist_ok", "1 while the store works (0 after an error).")
