@@ -39,6 +39,38 @@
   }
   function short(id) { id = String(id); return id.length > 12 ? id.slice(0, 11) + "…" : id; }
 
+  // -- node states ------------------------------------------------------------------
+  // Each NodeStatus value and what it means.  The node's feed also sends every state it
+  // has with its kind (live / suspect / down / unknown), so a state added to the node
+  // later is still classified and listed in the legend, with the fallback style.
+  const STATES = {
+    active: ["live", "member, heard from; its links are live"],
+    initializing: ["live", "member still starting up; reachable"],
+    dormant: ["live", "member, idle but reachable"],
+    ritual_mode: ["live", "member in ritual mode; reachable"],
+    suspected: ["suspect", "its link closed and no one hears it: being checked, removed in seconds unless it answers; its links dashed"],
+    suspect: ["suspect", "its link closed and no one hears it: being checked, removed in seconds unless it answers; its links dashed"],
+    disconnected: ["down", "not reachable (or leaving); no link drawn, dropped once removed"],
+  };
+  const KIND_TEXT = {
+    live: "member, reachable; its links are live",
+    suspect: "not heard from: being checked before removal; its links dashed",
+    down: "not reachable; no link drawn",
+    unknown: "a state this page does not know; no link drawn",
+  };
+  const KINDS = ["live", "suspect", "down", "unknown"];
+  let serverKinds = {};
+  function kindOf(status) {
+    const k = serverKinds[status] || (STATES[status] ? STATES[status][0] : "unknown");
+    return KINDS.includes(k) ? k : "unknown";
+  }
+  // a CSS class for a state: its own when it is a plain word, else the fallback
+  function stateClass(status) {
+    const st = String(status === undefined || status === null ? "unknown" : status);
+    const own = /^[A-Za-z0-9_-]{1,40}$/.test(st) && (STATES[st] || serverKinds[st]) ? "st-" + st : "st-unknown";
+    return own + " kind-" + kindOf(st);
+  }
+
   // -- DOM helpers ------------------------------------------------------------------
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
@@ -67,7 +99,7 @@
     setText("mesh-name", s.mesh_name || "");
     setText("node-id", s.node_id);
     const st = $("node-status");
-    st.textContent = s.status; st.className = "badge " + s.status;
+    st.textContent = s.status; st.className = "badge " + s.status + " " + stateClass(s.status);
     setText("uptime", fmtDuration(s.uptime));
     document.title = "spiralfast · " + s.node_id;
   }
@@ -112,7 +144,7 @@
 
   function renderTopology(s) {
     const topo = s.topology || { nodes: [], links: [] };
-    const status = {};
+    const status = Object.assign({}, topo.status || {});
     for (const n of s.nodes || []) status[n.node_id] = n.status;
     const ids = topo.nodes.slice().sort();
     const W = 400, H = 320, cx = W / 2, cy = H / 2;
@@ -122,37 +154,94 @@
       const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(ids.length, 1);
       pos[id] = [cx + R * Math.cos(a), cy + R * Math.sin(a)];
     });
-    const links = $("topo-links"), nodes = $("topo-nodes");
-    links.replaceChildren(...topo.links.filter((l) => pos[l[0]] && pos[l[1]]).map((l) => {
+    const live = (id) => kindOf(status[id]) === "live";
+    // live links only between two live nodes; a link with a suspected end is drawn
+    // dashed (data-suspect-link); a link to a down or unknown node is not drawn at all
+    const line = (l, kind) => {
       const [a, b] = l[0] < l[1] ? l : [l[1], l[0]];
-      const line = svg("line", { x1: pos[a][0], y1: pos[a][1], x2: pos[b][0], y2: pos[b][1], "data-link": a + "|" + b });
-      if (a === topo.local || b === topo.local) line.setAttribute("class", "own");
-      return line;
-    }));
+      const attrs = { x1: pos[a][0], y1: pos[a][1], x2: pos[b][0], y2: pos[b][1] };
+      attrs[kind === "live" ? "data-link" : "data-suspect-link"] = a + "|" + b;
+      const own = a === topo.local || b === topo.local ? " own" : "";
+      attrs.class = kind + own;
+      const e = svg("line", attrs);
+      const title = svg("title", {});
+      title.textContent = a + " – " + b + (kind === "live" ? "" : " (suspect: " + (live(a) ? b : a) + " is " + (live(a) ? status[b] : status[a]) + ")");
+      e.appendChild(title);
+      return e;
+    };
+    const drawn = (l) => pos[l[0]] && pos[l[1]];
+    const liveLinks = (topo.links || []).filter((l) => drawn(l) && live(l[0]) && live(l[1]));
+    const suspectLinks = (topo.suspect_links || []).filter((l) => drawn(l)
+      && [l[0], l[1]].every((id) => ["live", "suspect"].includes(kindOf(status[id]))));
+    $("topo-links").replaceChildren(...suspectLinks.map((l) => line(l, "suspect")), ...liveLinks.map((l) => line(l, "live")));
     const r = ids.length > 24 ? 8 : 18;
-    nodes.replaceChildren(...ids.map((id) => {
-      const g = svg("g", { "data-node-id": id, class: "st-" + (status[id] || "active") + (id === topo.local ? " local" : "") });
+    $("topo-nodes").replaceChildren(...ids.map((id) => {
+      const st = status[id] === undefined ? "unknown" : String(status[id]);
+      const g = svg("g", { "data-node-id": id, "data-state": st, "data-kind": kindOf(st),
+        class: "node " + stateClass(st) + (id === topo.local ? " local" : "") });
       g.appendChild(svg("circle", { cx: pos[id][0], cy: pos[id][1], r: r }));
       const t = svg("text", { x: pos[id][0], y: pos[id][1] + r + 13 });
       t.textContent = short(id);
       g.appendChild(t);
-      const title = svg("title", {}); title.textContent = id + " (" + (status[id] || "?") + ")";
+      if (kindOf(st) !== "live") {
+        const t2 = svg("text", { x: pos[id][0], y: pos[id][1] + r + 25, class: "state-label" });
+        t2.textContent = st;
+        g.appendChild(t2);
+      }
+      const title = svg("title", {}); title.textContent = id + " (" + st + ")";
       g.appendChild(title);
       return g;
     }));
-    setText("topo-summary", ids.length + " nodes, " + topo.links.length + " links");
+    const notLive = ids.filter((id) => !live(id)).length;
+    setText("topo-summary", ids.length + " nodes" + (notLive ? " (" + notLive + " not live)" : "") + ", "
+      + liveLinks.length + " live links" + (suspectLinks.length ? ", " + suspectLinks.length + " suspect" : ""));
+  }
+
+  function renderLegend(s) {
+    // every state the node has, plus any state a node is in right now, is in the legend
+    const ul = $("legend-states");
+    const have = new Set([...ul.children].map((li) => li.dataset.state));
+    const wanted = Object.keys(s.node_states || {});
+    for (const n of s.nodes || []) if (n.status !== undefined && n.status !== null) wanted.push(String(n.status));
+    const fallback = ul.querySelector('li[data-state="unknown"]');
+    for (const st of wanted) {
+      if (have.has(st)) continue;
+      have.add(st);
+      const kind = kindOf(st);
+      const li = el("li", { "data-state": st, "data-kind": kind });
+      li.appendChild(el("span", { class: "swatch " + stateClass(st) }));
+      li.appendChild(el("b", null, st));
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", { class: "muted" }, STATES[st] ? STATES[st][1] : KIND_TEXT[kind]));
+      ul.insertBefore(li, fallback);
+    }
+    for (const li of ul.children) {  // the node's own word on a state's kind wins
+      const st = li.dataset.state;
+      if (st === "unknown" || !serverKinds[st] || li.dataset.kind === serverKinds[st]) continue;
+      li.dataset.kind = kindOf(st);
+      li.querySelector(".swatch").setAttribute("class", "swatch " + stateClass(st));
+    }
   }
 
   function renderNodes(s) {
     const nodes = (s.nodes || []).slice().sort((a, b) => (a.node_id < b.node_id ? -1 : 1));
-    setText("nodes-count", nodes.length + " known");
-    fill($("nodes"), nodes.map((n) => row([
-      { text: short(n.node_id) + (n.local ? " ★" : ""), title: n.node_id },
-      n.name || "",
-      { text: n.status, cls: "st-" + n.status },
-      { text: (n.capabilities || []).join(", "), title: (n.capabilities || []).join(", ") },
-      { text: (n.local ? "now" : (n.seconds_since_heartbeat || 0).toFixed(1) + " s ago"), cls: "r" },
-    ], { "data-row-id": n.node_id })));
+    const notLive = nodes.filter((n) => kindOf(n.status) !== "live").length;
+    setText("nodes-count", nodes.length + " known" + (notLive ? ", " + notLive + " not live" : ""));
+    fill($("nodes"), nodes.map((n) => {
+      const st = n.status === undefined || n.status === null ? "unknown" : String(n.status);
+      const tr = row([
+        { text: short(n.node_id) + (n.local ? " ★" : ""), title: n.node_id },
+        n.name || "",
+        "",
+        { text: (n.capabilities || []).join(", "), title: (n.capabilities || []).join(", ") },
+        { text: (n.local ? "now" : (n.seconds_since_heartbeat || 0).toFixed(1) + " s ago"), cls: "r" },
+      ], { "data-row-id": n.node_id, "data-state": st, "data-kind": kindOf(st), class: "row-" + kindOf(st) });
+      const td = tr.children[2];
+      td.className = "status-cell";
+      td.title = st + ": " + (STATES[st] ? STATES[st][1] : KIND_TEXT[kindOf(st)]);
+      td.appendChild(el("span", { class: "state " + stateClass(st) }, st));
+      return tr;
+    }));
   }
 
   function renderLinks(s) {
@@ -218,7 +307,8 @@
   }
 
   function render(s) {
-    renderHeader(s); renderFlow(s); renderTopology(s); renderNodes(s); renderLinks(s); renderSync(s);
+    serverKinds = s.node_states && typeof s.node_states === "object" ? s.node_states : {};
+    renderHeader(s); renderFlow(s); renderLegend(s); renderTopology(s); renderNodes(s); renderLinks(s); renderSync(s);
     renderServices(s); renderRecent(s);
     document.body.dataset.updated = String(s.t);
   }
