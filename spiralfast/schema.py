@@ -21,6 +21,10 @@ HlcValue = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 WallMs = Annotated[int, msgspec.Meta(ge=0, le=253402300799000)]
 #: A broadcast sequence number.
 SeqNo = Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))]
+#: A failure-detection probe's nonce (random, non-zero).
+ProbeNonce = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
+#: A node id on the wire (MeshConfig allows at most 200 bytes).
+NodeIdStr = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 # -- message kinds (frame header byte) -----------------------------------------
 KIND_HELLO = 1  # handshake opener: identity, mesh name, nonce
@@ -40,6 +44,9 @@ KIND_REPAIR_REQUEST = 14  # gap repair: the sequences of an origin a node is mis
 KIND_REPAIR_GONE = 15  # gap repair: those no longer in the origin's retransmit buffer
 KIND_CLOCK_SKEW = 16  # state sync: "your clock is ahead of mine beyond max_clock_offset"
 KIND_ORIGIN_END = 17  # gap repair: "a node left; the last sequence of its origin I saw is ..."
+KIND_PING = 18  # failure detection: "answer if you are alive" (a probe of a suspected node)
+KIND_PING_REQ = 19  # failure detection: "probe this node for me" (SWIM's indirect probe)
+KIND_ACK = 20  # failure detection: "this node answered", the reply to a Ping (passed on to a PingReq's asker)
 
 
 class Hello(msgspec.Struct, array_like=True, gc=False):
@@ -141,6 +148,21 @@ class OriginEnd(msgspec.Struct, array_like=True, gc=False):
     high: SeqNo  # the highest sequence of it the sender saw
 
 
+class Ping(msgspec.Struct, array_like=True, gc=False):
+    nonce: ProbeNonce
+    reply_to: NodeIdStr  # who gets the Ack (the prober; a relayed Ping's sender is the relay)
+
+
+class PingReq(msgspec.Struct, array_like=True, gc=False):
+    target: NodeIdStr  # the suspected node the receiver is asked to probe
+    nonce: ProbeNonce  # the asker's nonce, echoed in the Ack passed back
+
+
+class Ack(msgspec.Struct, array_like=True, gc=False):
+    node_id: NodeIdStr  # the node that answered a Ping (alive)
+    nonce: ProbeNonce
+
+
 class ClockSkew(msgspec.Struct, array_like=True, gc=False):
     now_ms: WallMs  # the sender's state clock when it saw the receiver's clock ahead
     max_offset_ms: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]  # the sender's max_clock_offset
@@ -164,6 +186,9 @@ KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_REPAIR_GONE: RepairGone,
     KIND_CLOCK_SKEW: ClockSkew,
     KIND_ORIGIN_END: OriginEnd,
+    KIND_PING: Ping,
+    KIND_PING_REQ: PingReq,
+    KIND_ACK: Ack,
 }
 
 #: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").
