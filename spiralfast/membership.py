@@ -8,14 +8,31 @@ out, as tuples:
 - ``("joined", MeshNode)``: a node became known;
 - ``("lost", node_id, reason)``: a node left (``"left"``), fell silent
   (``"silent"``) or was removed; the shell closes its link and stops dialling it;
-- ``("dial", endpoint, node_id)``: gossip named an endpoint we have no link to.
+- ``("dial", endpoint, node_id)``: gossip named an endpoint we have no link to (or a
+  suspected node's endpoint: a successful dial refutes the suspicion);
+- ``("suspect", node_id)`` / ``("refuted", node_id, how)``: a suspicion began / ended;
+- ``("ping", node_id, nonce, any_route)``: send ``Ping(nonce, us)`` to that node (over a
+  bus that reaches it only, or by any route: link, bus or relay);
+- ``("ping_req", helper, node_id, nonce)``: ask ``helper`` to probe ``node_id`` for us;
+- ``("ack", to, node_id, nonce)``: tell ``to`` that ``node_id`` answered the probe ``nonce``.
 
-Failure detection reads only ``now`` (monotonic): a node silent for
-``silence_factor`` heartbeat intervals is lost.
+Failure detection reads only ``now`` (monotonic), by two rules:
+
+- a node silent for ``SILENCE_FACTOR`` heartbeat intervals is lost (``"silent"``); a node
+  that is slow or stopped (SIGSTOP keeps its TCP links open) is judged by this rule only;
+- a node whose direct link was closed *by the peer's side* (a dead process's socket is
+  closed by its kernel) is suspected at once, unless a newer link to it is up.  It is
+  probed SWIM-style: directly over any bus that reaches it, and indirectly through up to
+  ``PROBE_HELPERS`` live members (``PingReq``), ``PROBE_ROUNDS`` times within
+  ``suspicion_timeout``; its endpoint is dialled again.  Anything heard from it (a
+  heartbeat over a bus, a new link, an answer to a probe, relayed by a helper) refutes the
+  suspicion; otherwise it is lost (``"unreachable"``) when the timeout ends, whatever
+  ``heartbeat_interval`` is.  Links this node closed itself (a slow peer) suspect nobody.
 """
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +52,27 @@ RELEARN_FACTOR = 2 * SILENCE_FACTOR
 #: Record fields a node may announce about itself (gossip of its own record).
 _SELF_FIELDS = ("name", "status", "capabilities", "recursion_depth", "entropy_level", "metadata",
                 "websocket_endpoint")
+#: Seconds a suspected node has to answer before it is removed (``MeshConfig.suspicion_timeout``).
+DEFAULT_SUSPICION_TIMEOUT = 3.0
+#: Live members asked to probe a suspected node in each round (SWIM's k).
+PROBE_HELPERS = 3
+#: Probe rounds within the suspicion timeout (the first at once): one lost probe or one
+#: helper that died too does not decide.
+PROBE_ROUNDS = 3
+#: Probes this node runs for other nodes at once (their PingReqs); more are ignored.
+MAX_FORWARDS = 256
+
+
+class Suspicion:
+    """A suspected node: since when, until when, and the nonce its probes carry."""
+
+    __slots__ = ("since", "deadline", "nonce", "next_probe")
+
+    def __init__(self, since: float, deadline: float, nonce: int) -> None:
+        self.since = since
+        self.deadline = deadline
+        self.nonce = nonce
+        self.next_probe = since
 
 
 class Membership:
@@ -43,9 +81,12 @@ class Membership:
     :param local: this node's record (kept in ``nodes`` while running).
     :param registry: the ``MeshRegistry`` whose ``nodes`` dict is the table.
     :param heartbeat_interval: seconds between heartbeats (failure detection scales).
+    :param suspicion_timeout: seconds a suspected node has to answer a probe.
+    :param rng: randomness for nonces and the choice of helpers (tests pass a seeded one).
     """
 
-    def __init__(self, local: MeshNode, registry: MeshRegistry, heartbeat_interval: float) -> None:
+    def __init__(self, local: MeshNode, registry: MeshRegistry, heartbeat_interval: float,
+                 suspicion_timeout: float = DEFAULT_SUSPICION_TIMEOUT, rng: random.Random | None = None) -> None:
         self.local = local
         self.node_id = local.node_id
         self.registry = registry
@@ -55,6 +96,11 @@ class Membership:
         self.linked: set[str] = set()  # node ids we have a direct, authenticated link to
         self.removed: dict[str, float] = {}  # node id -> monotonic time it was removed
         self.now = 0.0  # the latest monotonic time we were given
+        self.suspicion_timeout = suspicion_timeout
+        self.suspects: dict[str, Suspicion] = {}  # node id -> its suspicion
+        #: Probes run for others: our nonce -> (asker, the asker's nonce, target, expiry).
+        self.forwards: dict[int, tuple[str, int, str, float]] = {}
+        self.rng = rng if rng is not None else random.Random()
 
     @property
     def silence_limit(self) -> float:
@@ -75,6 +121,8 @@ class Membership:
             self.registry.unregister_node(nid)
         self.last_seen.clear()
         self.linked.clear()
+        self.suspects.clear()
+        self.forwards.clear()
         return gone
 
     def local_record(self) -> dict[str, Any]:
@@ -98,6 +146,7 @@ class Membership:
         node = self.nodes.get(nid)
         self.last_seen[nid] = now
         self.now = now
+        effects = self._refute(nid, "heard")
         if node is None:
             try:
                 node = MeshNode.from_dict(record)
@@ -113,7 +162,7 @@ class Membership:
             node.websocket_endpoint = record["websocket_endpoint"]
         if node.status == NodeStatus.DISCONNECTED:
             node.status = NodeStatus.ACTIVE
-        return []
+        return effects
 
     def _update(self, node: MeshNode, record: dict[str, Any]) -> None:
         try:
@@ -133,13 +182,119 @@ class Membership:
         rec["node_id"] = peer_id
         return self.seen(rec, now, authoritative=True)
 
-    def link_lost(self, peer_id: str) -> None:
-        """The direct link to ``peer_id`` closed: it stays a member until silent or
-        gone, but is shown as disconnected while nothing else is heard from it."""
+    def link_lost(self, peer_id: str, now: float | None = None, *, by_peer: bool = False) -> list[Effect]:
+        """The direct link to ``peer_id`` closed: it is shown as disconnected while
+        nothing else is heard from it.  ``by_peer``: the peer's side closed it (its
+        process stopped or died: a node that is only slow or paused keeps its links
+        open), so it is suspected at once and probed; else (we closed it: a slow peer)
+        it stays a member until silent or gone."""
         self.linked.discard(peer_id)
         node = self.nodes.get(peer_id)
-        if node is not None and node is not self.local:
-            node.status = NodeStatus.DISCONNECTED
+        if node is None or node is self.local:
+            return []
+        node.status = NodeStatus.DISCONNECTED
+        if not by_peer or now is None:
+            return []
+        self.now = now
+        return self.suspect(peer_id, now)
+
+    # -- suspicion (SWIM-style indirect probes) --------------------------------------
+
+    def suspect(self, node_id: str, now: float) -> list[Effect]:
+        """Suspect ``node_id`` (a known node we have no link to): probe it now and
+        remove it at ``now + suspicion_timeout`` unless something refutes it."""
+        node = self.nodes.get(node_id)
+        if node is None or node is self.local or node_id in self.linked or node_id in self.suspects:
+            return []
+        s = self.suspects[node_id] = Suspicion(now, now + self.suspicion_timeout, self._nonce())
+        node.status = NodeStatus.DISCONNECTED
+        effects: list[Effect] = [("suspect", node_id)]
+        effects += self._probe(node_id, s, now)
+        if node.websocket_endpoint:  # a node that is alive answers a new dial at once
+            effects.append(("dial", node.websocket_endpoint, node_id))
+        return effects
+
+    def is_suspect(self, node_id: str) -> bool:
+        return node_id in self.suspects
+
+    def _nonce(self) -> int:
+        return self.rng.getrandbits(62) + 1
+
+    def _probe(self, node_id: str, s: Suspicion, now: float) -> list[Effect]:
+        """One probe round: a Ping over any bus that reaches the suspect (a direct
+        route), and PingReqs to up to PROBE_HELPERS live members we are linked to."""
+        s.next_probe = now + self.suspicion_timeout / PROBE_ROUNDS
+        effects: list[Effect] = [("ping", node_id, s.nonce, False)]
+        live = sorted(n for n in self.linked if n != node_id and n not in self.suspects and n in self.nodes)
+        for helper in self.rng.sample(live, min(PROBE_HELPERS, len(live))):
+            effects.append(("ping_req", helper, node_id, s.nonce))
+        return effects
+
+    def _refute(self, node_id: str, how: str) -> list[Effect]:
+        if self.suspects.pop(node_id, None) is None:
+            return []
+        return [("refuted", node_id, how)]
+
+    def _heard(self, node_id: str, now: float) -> list[Effect]:
+        """``node_id`` itself spoke to us (authenticated): it is alive."""
+        node = self.nodes.get(node_id)
+        if node is None or node is self.local:
+            return []
+        if self.last_seen.get(node_id, now) < now:
+            self.last_seen[node_id] = now
+        node.last_heartbeat = datetime.now()
+        if node.status == NodeStatus.DISCONNECTED:
+            node.status = NodeStatus.ACTIVE
+        return self._refute(node_id, "heard")
+
+    def on_ping(self, m: schema.Ping, sender: str | None, now: float) -> list[Effect]:
+        """A probe of us: answer whoever asked (a Ping straight from its prober also
+        proves the prober alive)."""
+        effects = self._heard(m.reply_to, now) if sender == m.reply_to else []
+        if m.reply_to != self.node_id:
+            effects.append(("ack", m.reply_to, self.node_id, m.nonce))
+        return effects
+
+    def on_ping_req(self, m: schema.PingReq, sender: str | None, now: float) -> list[Effect]:
+        """``sender`` suspects ``m.target`` and asks us to probe it: we Ping it by any
+        route and pass its Ack back (bounded: MAX_FORWARDS at once)."""
+        if sender is None or sender == self.node_id:
+            return []
+        if m.target == self.node_id:  # it asks about us: we are alive
+            return [("ack", sender, self.node_id, m.nonce)]
+        if m.target not in self.nodes:
+            return []
+        self._expire_forwards(now)
+        if len(self.forwards) >= MAX_FORWARDS:
+            return []
+        nonce = self._nonce()
+        self.forwards[nonce] = (sender, m.nonce, m.target, now + self.suspicion_timeout)
+        return [("ping", m.target, nonce, True)]
+
+    def on_ack(self, m: schema.Ack, sender: str | None, now: float) -> list[Effect]:
+        """An answer to a probe: ours (the suspicion ends), or one we ran for another
+        node (passed back to it)."""
+        effects: list[Effect] = []
+        if sender is not None and sender == m.node_id:
+            effects += self._heard(m.node_id, now)
+        fwd = self.forwards.pop(m.nonce, None)
+        if fwd is not None and fwd[2] == m.node_id:
+            effects.append(("ack", fwd[0], m.node_id, fwd[1]))
+        s = self.suspects.get(m.node_id)
+        if s is not None and s.nonce == m.nonce:
+            effects += self._refute(m.node_id, f"answered through {sender}")
+        return effects
+
+    def _expire_forwards(self, now: float) -> None:
+        if self.forwards:
+            for n in [n for n, f in self.forwards.items() if f[3] <= now]:
+                del self.forwards[n]
+
+    def hold_suspicions(self, seconds: float) -> None:
+        """This node could not hear answers for ``seconds`` (not reading, or not
+        running): the suspects' time to answer moves on by as much."""
+        for s in self.suspects.values():
+            s.deadline += seconds
 
     def on_heartbeat(self, hb: schema.Heartbeat, now: float) -> list[Effect]:
         effects = self.seen({"node_id": hb.node_id, "name": "codex_node_" + hb.node_id[:8], "status": hb.status}, now)
@@ -194,6 +349,7 @@ class Membership:
 
     def remove(self, node_id: str, reason: str) -> list[Effect]:
         self.last_seen.pop(node_id, None)
+        self.suspects.pop(node_id, None)
         if node_id != self.node_id and node_id in self.nodes:
             self.removed[node_id] = self.now
         self.linked.discard(node_id)
@@ -215,17 +371,25 @@ class Membership:
         was ours, not the peers'.  Their clocks move on by as much."""
         for nid in self.last_seen:
             self.last_seen[nid] += seconds
+        self.hold_suspicions(seconds)
 
     # -- time ------------------------------------------------------------------------
 
     def sweep(self, now: float) -> list[Effect]:
-        """Failure detection: every node silent longer than the limit is lost."""
+        """Failure detection: every node silent longer than the limit is lost; so is
+        every suspect whose time to answer is over; the others are probed again."""
         limit = self.silence_limit
         self.now = now
         forget = RELEARN_FACTOR * self.heartbeat_interval
         for nid in [n for n, t in self.removed.items() if now - t >= forget]:
             del self.removed[nid]
+        self._expire_forwards(now)
         effects: list[Effect] = []
+        for nid, s in list(self.suspects.items()):
+            if now >= s.deadline:
+                effects += self.remove(nid, "unreachable")
+            elif now >= s.next_probe:
+                effects += self._probe(nid, s, now)
         for nid in [n for n in self.nodes if n != self.node_id]:
             if now - self.last_seen.get(nid, now) > limit:
                 effects += self.remove(nid, "silent")

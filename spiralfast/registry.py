@@ -19,8 +19,20 @@ DiscoveryCallback = Callable[[str, MeshNode], Any]
 class MeshRegistry:
     """Registry of mesh nodes (SPEC.md: MeshRegistry).
 
+    The live registry of a node is ``mesh.registry`` (``MeshCore.registry``): the mesh
+    feeds it, and its ``nodes`` dict *is* ``mesh.nodes`` (one table).  Nodes appear in it
+    when they join, their heartbeats refresh them, and they leave it when they leave, fall
+    silent or die.  A standalone ``MeshRegistry("my_node")`` is local to its process and
+    starts empty: nothing feeds it but your own ``register_node`` /
+    ``update_node_heartbeat`` calls, so its queries (``get_all_nodes()``,
+    ``get_active_nodes()``, ``find_best_node_for_task()``, ``get_mesh_topology()``) answer
+    ``[]`` / None / zeros until you do.  To see the mesh, use ``mesh.registry`` of a started
+    ``MeshCore``.
+
     ``heartbeat_timeout`` (seconds) decides which nodes count as active and which
-    ``cleanup_stale_nodes`` removes.
+    ``cleanup_stale_nodes`` removes.  A node whose status is ``disconnected`` (in the live
+    registry: its link closed and nothing heard from it since, suspected or not) is not
+    active either, so the registry, ``get_mesh_status()`` and the dashboard agree.
     """
 
     def __init__(self, local_node_id: str) -> None:
@@ -125,7 +137,8 @@ class MeshRegistry:
         return list(self.nodes.values())
 
     def _is_active(self, node: MeshNode, now: datetime) -> bool:
-        return (now - node.last_heartbeat).total_seconds() <= self.heartbeat_timeout
+        return (node.status != NodeStatus.DISCONNECTED
+                and (now - node.last_heartbeat).total_seconds() <= self.heartbeat_timeout)
 
     def get_active_nodes(self) -> list[MeshNode]:
         now = datetime.now()
@@ -176,7 +189,8 @@ class MeshRegistry:
         """Remove nodes (never the local one) silent for longer than ``heartbeat_timeout``."""
         now = datetime.now()
         stale = [
-            nid for nid, n in self.nodes.items() if nid != self.local_node_id and not self._is_active(n, now)
+            nid for nid, n in self.nodes.items()
+            if nid != self.local_node_id and (now - n.last_heartbeat).total_seconds() > self.heartbeat_timeout
         ]
         for nid in stale:
             self.unregister_node(nid)
