@@ -30,6 +30,9 @@ class MeshConfig:
         True (always) or False (never).  With ``auth_token`` set, ``"auto"`` means off.
     :param max_frame_size: largest WebSocket frame accepted from a peer (bytes).
     :param handshake_timeout: seconds a peer has to complete the handshake.
+    :param suspicion_timeout: seconds a peer whose link its side closed (a killed process), and
+        that is heard on no other route, has to answer indirect probes before it is removed,
+        whatever ``heartbeat_interval`` is (a slow or paused peer is judged by heartbeats).
     :param tombstone_ttl: seconds a delete is remembered before it is collected.
     :param max_clock_offset: seconds a remote state timestamp may be ahead of ours.
     :param ssl_certfile: serve ``wss://`` with this certificate chain (PEM; needs ssl_keyfile).
@@ -82,6 +85,7 @@ class MeshConfig:
     interop: bool | str = "auto"
     max_frame_size: int = 16 * 1024 * 1024
     handshake_timeout: float = 5.0
+    suspicion_timeout: float = 3.0
     tombstone_ttl: float = 24 * 3600.0
     max_clock_offset: float = 60.0
     ssl_certfile: str | None = None
@@ -190,6 +194,7 @@ class MeshConfig:
         _check_positive("nats_stream_max_age", self.nats_stream_max_age)
         _check_int("nats_stream_max_bytes", self.nats_stream_max_bytes, 1024, 1 << 50)
         _check_positive("handshake_timeout", self.handshake_timeout)
+        _check_positive("suspicion_timeout", self.suspicion_timeout)  # finite, > 0
         _check_positive("tombstone_ttl", self.tombstone_ttl)
         _check_positive("max_clock_offset", self.max_clock_offset)
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):

@@ -62,14 +62,15 @@ class MeshCore:
         )
         self.event_bus = EventBus(self.node_id)
         self.registry = MeshRegistry(self.node_id)
-        self.membership = Membership(self.local_node, self.registry, cfg.heartbeat_interval)
+        self.membership = Membership(self.local_node, self.registry, cfg.heartbeat_interval, cfg.suspicion_timeout)
         self.nodes: dict[str, MeshNode] = self.registry.nodes  # one table: the registry's
         self.state = StateSynchronizer(self.node_id, self)
         self.loopback = loopback
         self.start_time: float | None = None
         self.counts: dict[str, int] = {"handshake_failures": 0, "auth_failures": 0, "rejected_by_peer": 0,
                                          "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0,
-                                         "repair_requests": 0, "repaired_sent": 0, "state_replies_deferred": 0}
+                                         "repair_requests": 0, "repaired_sent": 0, "state_replies_deferred": 0,
+                                         "suspected": 0, "suspicions_refuted": 0}
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent
@@ -134,6 +135,7 @@ class MeshCore:
                 log.warning("auth_token is only %d characters: use 16 or more random ones (anyone who captures "
                             "a sealed Redis frame can test guesses offline)", len(cfg.auth_token))
             self.membership.heartbeat_interval = cfg.heartbeat_interval
+            self.membership.suspicion_timeout = cfg.suspicion_timeout
             self.registry.heartbeat_timeout = self.membership.silence_limit
             self.state.sync_interval = cfg.sync_interval
             self.running = True

@@ -84,7 +84,9 @@ class NodeHost:
         link.session.timer = loop.call_later(self.node.config.handshake_timeout, self.handshake_expired, link)
 
     def link_closed(self, link: Any) -> None:
-        """A transport lost ``link``.  Its node stays until silent or gone."""
+        """A transport lost ``link``.  If the peer's side closed it (``closed_by_peer``:
+        its process stopped or died), its node is suspected and probed (see
+        ``Membership.link_lost``); if we closed it, the node stays until silent or gone."""
         self.node.links.discard(link)
         self.node.observers.discard(link)
         s = getattr(link, "session", None)
@@ -95,7 +97,8 @@ class NodeHost:
             s.timer.cancel()
         if was == MEMBER and s.peer_id is not None and self.node.outbox.links.get(s.peer_id) is link:
             self.node.outbox.remove_link(s.peer_id, link)
-            self.node.membership.link_lost(s.peer_id)
+            by_peer = bool(getattr(link, "closed_by_peer", False)) and self.node.running
+            self.apply(self.node.membership.link_lost(s.peer_id, time.monotonic(), by_peer=by_peer))
             self.link_changed(s.peer_id, False)
 
     def frame_received(self, link: Any, data: Any, sender: str | None = None) -> None:
@@ -262,6 +265,12 @@ class NodeHost:
             self.node.state.on_clock_skew(sender, m)
         elif kind == schema.KIND_ORIGIN_END:
             self.on_origin_end(m)
+        elif kind == schema.KIND_PING:
+            self.apply(self.node.membership.on_ping(m, sender, now))
+        elif kind == schema.KIND_PING_REQ:
+            self.apply(self.node.membership.on_ping_req(m, sender, now))
+        elif kind == schema.KIND_ACK:
+            self.apply(self.node.membership.on_ack(m, sender, now))
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
         """Answer a peer.  An answer of several messages (a state repair: chunks of about
@@ -342,6 +351,30 @@ class NodeHost:
                                           "data": {"node_id": nid, "reason": reason}})
             elif e[0] == "dial" and self.node.ws is not None:
                 self.node.ws.dial(e[1], expected_id=e[2])
+            elif e[0] == "ping":
+                self.probe(e[1], e[2], e[3])
+            elif e[0] == "ping_req":
+                self.node.outbox.send(e[1], schema.KIND_PING_REQ, 0, b"", schema.PingReq(e[2], e[3]))
+            elif e[0] == "ack":
+                self.node.outbox.send(e[1], schema.KIND_ACK, 0, b"", schema.Ack(e[2], e[3]))
+            elif e[0] == "suspect":
+                self.node.counts["suspected"] += 1
+                log.info("node %s suspected (its link closed): probing it for %.1f s", e[1],
+                         self.node.membership.suspicion_timeout)
+            elif e[0] == "refuted":
+                self.node.counts["suspicions_refuted"] += 1
+                log.info("node %s is alive (%s)", e[1], e[2])
+
+    def probe(self, target: str, nonce: int, any_route: bool) -> None:
+        """Ping ``target``: over a bus that reaches it (``any_route`` False: the direct
+        probe of a suspect whose link closed), or by whatever route the outbox has."""
+        ping = schema.Ping(nonce, self.node.node_id)
+        if any_route:
+            self.node.outbox.send(target, schema.KIND_PING, 0, b"", ping)
+            return
+        for bus in self.node.outbox.bus_links:
+            if bus.can_reach(target):
+                bus.send_direct(target, schema.KIND_PING, 0, b"", ping)
 
     # -- internals -----------------------------------------------------------------
 
@@ -529,6 +562,8 @@ class NodeHost:
         if late > tick:
             m.stalled(late)
         paused = self.node.dispatcher.reading_paused
+        if paused:  # answers to our probes wait unread too
+            m.hold_suspicions(tick)
         counts = {}
         for pid, link in self.node.outbox.links.items():
             n = getattr(link, "frames_in", None)

@@ -50,6 +50,13 @@ def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
     return {"local": local, "nodes": sorted(known), "links": sorted(pairs)}
 
 
+def status_label(n: dict[str, Any]) -> str:
+    """A node's state as the HUD shows it: its status, and ``suspect`` while a node
+    whose link its side closed is being probed (removed unless it answers)."""
+    status = str(n.get("status", "?"))
+    return f"{status} (suspect)" if n.get("suspect") else status
+
+
 def _rate(v: float | None) -> str:
     if v is None:
         return "-"
@@ -130,7 +137,7 @@ def render(
     for col in ("node_id", "name", "status", "last seen (s)"):
         nt.add_column(col)
     for n in nodes:
-        nt.add_row(n["node_id"], n["name"], n["status"], f"{n['seconds_since_heartbeat']:.1f}")
+        nt.add_row(n["node_id"], n["name"], status_label(n), f"{n['seconds_since_heartbeat']:.1f}")
     lt = links_table(st, link_rates)
     parts: list[Any] = [head, nt, lt]
     if show_topology:

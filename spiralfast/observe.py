@@ -42,8 +42,36 @@ def envelope(ev: Any) -> dict[str, Any]:
     return env
 
 
+def node_dict(core: MeshCore, node: Any) -> dict[str, Any]:
+    """A node's record as every view shows it (status, HUD, ``/api/*``): ``to_dict()``
+    plus ``suspect`` (see :func:`connected`)."""
+    d: dict[str, Any] = node.to_dict()
+    d["suspect"] = core.membership.is_suspect(node.node_id)
+    return d
+
+
+def connected(core: MeshCore, node: Any) -> bool:
+    """Whether ``node`` counts as connected (``connected_nodes``): this node, or a node
+    heard or linked.  Node states, one table for every view (``status`` is the
+    ``NodeStatus`` value):
+
+    - ``active`` (or the ``dormant`` / ``ritual_mode`` / ``initializing`` a node reports of
+      itself): alive, linked or heard; counted;
+    - ``disconnected`` with ``suspect`` False: its link closed on our side (a slow peer) and
+      nothing else heard since; judged by heartbeats (removed after 3 silent intervals);
+      not counted;
+    - ``disconnected`` with ``suspect`` True: its link was closed by its side and it is
+      heard on no other route; probed, and removed after ``suspicion_timeout`` unless it
+      answers; not counted;
+    - removed: not listed anywhere (announced as ``node_unregister``).
+    """
+    return node is core.local_node or node.status.value != "disconnected"
+
+
 def mesh_status(core: MeshCore) -> dict[str, Any]:
-    """``get_mesh_status()``: the SPEC fields, then links, counters and the parts' stats."""
+    """``get_mesh_status()``: the SPEC fields, then links, counters and the parts' stats.
+    ``connected_nodes`` counts the live nodes of ``nodes`` (this one included): not the
+    disconnected or suspected ones."""
     nodes = list(core.nodes.values())
     n = len(nodes)
     gate, ob, sender = core.gate, core.outbox, core.sender
@@ -52,12 +80,12 @@ def mesh_status(core: MeshCore) -> dict[str, Any]:
     return {
         "node_id": core.node_id,
         "status": core.local_node.status.value,
-        "connected_nodes": n,
+        "connected_nodes": sum(1 for x in nodes if connected(core, x)),
         "total_recursion_depth": sum(x.recursion_depth for x in nodes),
         "average_entropy": (sum(x.entropy_level for x in nodes) / n) if n else 0.0,
         "uptime": (time.monotonic() - core.start_time) if core.start_time is not None and core.running else 0.0,
         "mesh_name": core.config.mesh_name,
-        "nodes": [x.to_dict() for x in nodes],
+        "nodes": [node_dict(core, x) for x in nodes],
         "websocket_endpoint": core.local_node.websocket_endpoint,
         "redis": bool(core.redis is not None and core.redis.connected),
         "nats": bool(core.nats is not None and core.nats.connected),
@@ -129,7 +157,7 @@ def nodes_table(core: MeshCore) -> list[dict[str, Any]]:
     now = datetime.now()
     out = []
     for n in core.nodes.values():
-        d = n.to_dict()
+        d = node_dict(core, n)
         d["seconds_since_heartbeat"] = round((now - n.last_heartbeat).total_seconds(), 3)
         d["local"] = n.node_id == core.node_id
         out.append(d)

@@ -100,6 +100,7 @@ class WSLink:
         self.peer_id: str | None = None
         self.errors = 0
         self.closed = False
+        self.closed_by_peer = False  # set when the link goes down: True if not by our close()
         self.ws: Any = None
         self.frames_in = 0
         self.bytes_in = 0
@@ -133,6 +134,7 @@ class WSLink:
         self.host.link_opened(self, self.outbound)
 
     def disconnected(self) -> None:
+        self.closed_by_peer = not self.closed  # not our close(): the peer's process closed it, or died
         self.closed = True
         self.host.writable_changed(self, True)
         self.outbox.clear()

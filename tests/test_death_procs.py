@@ -1,0 +1,163 @@
+"""Death in seconds at the default heartbeat (issue 24), on real node processes.
+
+Three ``spiralfast mesh start`` processes at the default settings (heartbeat 30 s, so the
+heartbeat rule alone would take 3 x 30 s = 90 s): one is killed with ``kill -9``; its
+kernel closes its sockets, both survivors see their links closed by its side, suspect it,
+probe it through each other, and remove it (``node_unregister``, ``connected_nodes``
+drops) within the suspicion timeout plus a margin.  A node stopped with SIGSTOP keeps its
+links open: it is judged by heartbeats only, so nobody removes it within the same time.
+
+Bounds: ``MeshConfig().suspicion_timeout`` plus ``MARGIN`` (stated below), far below
+``3 * heartbeat_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from spiralfast import MeshConfig
+
+from . import services
+from .conftest import require
+from .procs import NodeProc
+
+pytestmark = pytest.mark.timeout(120)
+
+DEFAULTS = MeshConfig()
+HB = DEFAULTS.heartbeat_interval  # 30 s, the old library's default
+SUSPICION = DEFAULTS.suspicion_timeout
+#: Seconds allowed on top of the suspicion timeout: the survivors' sweep tick (0.5 s at
+#: this heartbeat), seeing the close, and scheduling on a shared 2-CPU machine (3.5 s).
+MARGIN = 4.0
+BOUND = SUSPICION + MARGIN
+
+
+def _status(node: NodeProc) -> dict[str, Any]:
+    return asyncio.run(node.query("status"))  # type: ignore[no-any-return]
+
+
+def _listed(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["node_id"]: n for n in st["nodes"]}
+
+
+def _consistent(st: dict[str, Any]) -> None:
+    """One state for every view: ``connected_nodes`` counts the listed nodes that are not
+    disconnected (this node included); a suspect is always shown disconnected."""
+    nodes = st["nodes"]
+    assert st["connected_nodes"] == sum(1 for n in nodes if n["status"] != "disconnected"), st
+    assert all(n["status"] == "disconnected" for n in nodes if n["suspect"]), nodes
+
+
+def _formed(nodes: list[NodeProc], timeout: float = 30.0) -> None:
+    """Every node lists the others, linked to each (a full WebSocket mesh)."""
+    deadline = time.monotonic() + timeout
+    want = {n.node_id for n in nodes}
+    while True:
+        sts = {n.node_id: _status(n) for n in nodes}
+        if all(set(_listed(st)) == want and st["connected_nodes"] == len(want)
+               and {lk["peer"] for lk in st["links"] if lk["peer"]} == want - {nid} for nid, st in sts.items()):
+            return
+        assert time.monotonic() < deadline, f"mesh never formed: {sts}"
+        time.sleep(0.1)
+
+
+def _trio(tag: str, *extra: str) -> list[NodeProc]:
+    """Three nodes with ids of their own (each keeps its own event log)."""
+    a = NodeProc(f"death-{tag}-A", *extra, hb=HB)
+    b = NodeProc(f"death-{tag}-B", *extra, "--peer", a.url, hb=HB)
+    c = NodeProc(f"death-{tag}-C", *extra, "--peer", a.url, "--peer", b.url, hb=HB)
+    return [a, b, c]
+
+
+def _unregistered(node: NodeProc, victim: str) -> list[dict[str, Any]]:
+    envs = asyncio.run(node.query("history", types=["node_unregister"], limit=100))
+    return [e for e in envs if (e.get("data") or {}).get("node_id") == victim]
+
+
+def _kill_and_watch(nodes: list[NodeProc]) -> dict[str, float]:
+    """kill -9 the last node; returns when each survivor removed it (seconds after the kill),
+    checking at every sample that its views agree."""
+    *survivors, victim = nodes
+    _formed(nodes)
+    t_kill = time.monotonic()
+    victim.kill9()
+    removed: dict[str, float] = {}
+    while len(removed) < len(survivors):
+        for s in survivors:
+            if s.node_id in removed:
+                continue
+            st = _status(s)
+            _consistent(st)
+            listed = _listed(st)
+            if victim.node_id not in listed:
+                removed[s.node_id] = time.monotonic() - t_kill
+                assert st["connected_nodes"] == len(survivors)
+        assert time.monotonic() - t_kill < BOUND, f"not removed within {BOUND:.1f} s: {removed}"
+        time.sleep(0.05)
+    for s in survivors:  # announced as today: node_unregister, with the reason
+        deadline = time.monotonic() + 10
+        while not (ev := _unregistered(s, victim.node_id)):
+            assert time.monotonic() < deadline, f"{s.node_id}: no node_unregister of the killed node stored"
+            time.sleep(0.1)
+        assert ev[-1]["data"]["reason"] == "unreachable"
+    return removed
+
+
+def test_kill9_at_default_heartbeat_is_removed_in_seconds() -> None:
+    nodes = _trio(f"ws{time.time_ns()}")
+    try:
+        removed = _kill_and_watch(nodes)
+        assert max(removed.values()) < BOUND < 3 * HB, removed
+        print(f"\nkill -9 at heartbeat {HB:g} s: removed after {removed} (bound {BOUND:.1f} s)")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_kill9_with_redis_too_is_removed_in_seconds() -> None:
+    """The nodes also share a Redis: a probe goes straight to the killed node's channel,
+    nobody answers, and it is removed in the same time."""
+    svc = services.redis()
+    require(svc.available, svc.missing)
+    tag = f"redis{time.time_ns()}"
+    nodes = _trio(tag, "--enable-redis", "--redis", svc.url, "--name", f"death-{tag}")
+    try:
+        removed = _kill_and_watch(nodes)
+        assert max(removed.values()) < BOUND, removed
+        print(f"\nkill -9 at heartbeat {HB:g} s, Redis too: removed after {removed} (bound {BOUND:.1f} s)")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_paused_node_is_not_declared_dead() -> None:
+    """SIGSTOP: the node's links stay open, so no suspicion; at a 30 s heartbeat it is
+    still listed (and counted) by both others after longer than the suspicion bound."""
+    nodes = _trio(f"pause{time.time_ns()}")
+    a, b, c = nodes
+    try:
+        _formed(nodes)
+        assert c.proc is not None
+        c.proc.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            while time.monotonic() - stopped < BOUND + 1.0:
+                for s in (a, b):
+                    st = _status(s)
+                    _consistent(st)
+                    node = _listed(st).get(c.node_id)
+                    assert node is not None and not node["suspect"], f"{s.node_id} dropped the paused node: {st}"
+                    assert st["connected_nodes"] == 3
+                time.sleep(0.25)
+        finally:
+            c.proc.send_signal(signal.SIGCONT)
+        _formed(nodes)  # and it carries on as before
+        assert not _unregistered(a, c.node_id) and not _unregistered(b, c.node_id)
+    finally:
+        for n in nodes:
+            n.stop()
