@@ -987,6 +987,7 @@ class EventLog:
         self.last_batch = 0
         self.metrics_written = 0
         self.purged = 0
+        self.samples = 0  # metric samples taken
         self.capped = 0  # events removed by the size cap
         self.capped_metrics = 0  # metric rows removed by the size cap
         self.size_bytes = 0  # the store's size at the last cap check
@@ -1326,6 +1327,7 @@ class EventLog:
         ``uptime``, wait for the next full sample)."""
         values = self.metric_values()
         now = time.monotonic()
+        self.samples += 1
         if self._keyframe_at is None or now - self._keyframe_at >= self.metrics_keyframe_s:
             self._keyframe_at = now
             self._metric_values = dict(values)
@@ -1429,6 +1431,7 @@ class EventLog:
             "batches": self.batches,
             "last_batch": self.last_batch,
             "metrics_written": self.metrics_written,
+            "metric_samples": self.samples,
             "purged": self.purged,
             "capped": self.capped,
             "capped_metrics": self.capped_metrics,
