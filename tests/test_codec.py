@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
 import msgspec
@@ -116,7 +115,9 @@ def test_accepts_memoryview_and_bytearray(codec_impl: Any) -> None:
     assert codec_impl.decode_frame(memoryview(frame)) == codec_impl.decode_frame(bytearray(frame))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+# deadline=None throughout: Hypothesis' per-example time limit is a wall-clock bound that a
+# loaded machine breaks; how fast the codec is, perf/ and the bench gate measure.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_round_trip_and_twins_identical(batch: list[tuple[int, int, bytes, bytes, bytes]]) -> None:
     frames = {impl.COMPILED: impl.encode_batch(batch) for impl in IMPLS}
@@ -126,7 +127,7 @@ def test_round_trip_and_twins_identical(batch: list[tuple[int, int, bytes, bytes
         assert [m.as_tuple() for m in impl.decode_frame(frame)] == batch
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_random_bytes_only_raise_frame_error(data: bytes) -> None:
     outcomes = []
@@ -138,7 +139,7 @@ def test_random_bytes_only_raise_frame_error(data: bytes) -> None:
     assert all(o == outcomes[0] for o in outcomes)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches.filter(bool), st.data())
 def test_mutated_frames_only_raise_frame_error(batch: Any, data: st.DataObject) -> None:
     frame = bytearray(_codec_py.encode_batch(batch))
@@ -169,7 +170,7 @@ def test_decode_payload_maps_every_failure_to_frame_error() -> None:
         codec.decode_payload(schema.KIND_HEARTBEAT, msgspec.msgpack.encode(["x"]))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.builds(
         schema.Event,
@@ -195,7 +196,6 @@ def test_event_struct_round_trips_through_a_frame(ev: schema.Event) -> None:
 def test_every_kind_has_a_schema() -> None:
     kinds = {v for k, v in vars(schema).items() if k.startswith("KIND_") and isinstance(v, int)}
     assert kinds == set(schema.KIND_TYPES)
-    assert time.time() > 0
 
 
 def test_str_ids_encode_like_their_utf8_bytes(codec_impl: Any) -> None:
@@ -213,7 +213,7 @@ def test_invalid_utf8_in_a_payload_string_is_a_frame_error() -> None:
         codec.decode_payload(schema.KIND_LEAVE, bad)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches, st.data())
 def test_decode_payloads_matches_decode_frame(batch: Any, data: st.DataObject) -> None:
     frame = bytearray(_codec_py.encode_batch(batch))

@@ -95,7 +95,14 @@ CASES: dict[str, list[tuple[str, Callable[[ModuleType], Any]]]] = {
         ("pop empty", lambda m: m.Ring(4).pop()),
         ("bad policy", lambda m: m.Ring(4, overflow="zzz")),
         ("pop_many negative", lambda m: m.Ring(4).pop_many(-1)),
-        ("reject when full", lambda m: [m.Ring(2, overflow="reject").push(i) for i in range(3)]),
+        # One ring for all three pushes: the third meets a full ring and is rejected.
+        ("reject when full", lambda m: (lambda r: [r.push(i) for i in range(3)])(m.Ring(2, overflow="reject"))),
+        ("reject keeps what it holds", lambda m: (lambda r: (
+            [r.push(i) for i in range(2)], outcome(lambda: r.push(2)), len(r), r.rejected, r.pop_many(10)
+        ))(m.Ring(2, overflow="reject"))),
+        ("push_threadsafe when full", lambda m: (lambda r: (
+            [r.push(i) for i in range(2)], outcome(lambda: r.push_threadsafe(2)), r.rejected, r.pop_many(10)
+        ))(m.Ring(2, overflow="drop_oldest"))),
         ("drop oldest", lambda m: (lambda r: ([r.push(i) for i in range(5)], r.pop_many(10))[1])(
             m.Ring(2, overflow="drop_oldest"))),
     ],
