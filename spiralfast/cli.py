@@ -16,11 +16,12 @@ import asyncio
 import inspect
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
 import sys
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -43,7 +44,8 @@ app.add_typer(mesh_app, name="mesh")
 app.add_typer(ritual_app, name="ritual")
 app.add_typer(config_app, name="config")
 
-NODE_HELP = "WebSocket URL of the node to inspect (default: from the config file, else ws://127.0.0.1:8765)."
+NODE_HELP = ("WebSocket URL of the node to inspect (default: from the config file, else ws://127.0.0.1:8765); "
+             "a node without WebSocket links answers on its --observer-port.")
 TOKEN_HELP = "Shared mesh secret of the node (default: auth_token from the config file or environment)."
 CAFILE_HELP = ("CA bundle to check a wss:// node's certificate against (default: ssl_cafile from the config "
                "file, or SPIRALFAST_CAFILE).")
@@ -166,7 +168,7 @@ def _sentence(text: str) -> str:
 
 def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
     """One flag per MeshConfig field (from :func:`settings.field_specs`), plus
-    ``--config``, ``--no-db``, ``--log-level`` and ``--log-format``."""
+    ``--config``, ``--no-db``, ``--log-level``, ``--log-format`` and ``--data-dir``."""
     params: list[inspect.Parameter] = []
     flag_names: dict[str, str] = {}
     kw = inspect.Parameter.KEYWORD_ONLY
@@ -200,6 +202,12 @@ def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
         inspect.Parameter("log_format", kw, annotation=str | None, default=typer.Option(
             None, "--log-format", metavar="FORMAT", show_default=False,
             help="text or json (JSON lines carry node_id; default text).")),
+        inspect.Parameter("data_dir", kw, annotation=str | None, default=typer.Option(
+            None, "--data-dir", metavar="PATH", show_default=False,
+            help="The node's data directory: without --node-id the node keeps its id there (file node_id, "
+                 "made on the first start) and its default event log <node id>.db; one running node per id "
+                 "and directory (default $XDG_DATA_HOME/spiralfast, i.e. ~/.local/share/spiralfast; "
+                 "env SPIRALFAST_DATA_DIR).")),
         inspect.Parameter("config", kw, annotation=str | None, default=typer.Option(
             None, "--config", "-c", metavar="PATH", show_default=False, help=CONFIG_HELP)),
     ]
@@ -250,7 +258,7 @@ def _resolve(kw: dict[str, Any]) -> settings.Resolved:
         flags["persistence_path"] = settings.NONE
         flags["persistence_url"] = settings.NONE
         flag_names["persistence_path"] = flag_names["persistence_url"] = "--no-db"
-    for k in ("log_level", "log_format"):
+    for k in ("log_level", "log_format", "data_dir"):
         if kw.get(k) is not None:
             flags[k] = kw[k]
     try:
@@ -300,7 +308,7 @@ def _check_port(host: str, port: int) -> None:
                 raise CliError(f"cannot listen on {host}:{port}: {why}") from None
 
 
-def _banner(core: Any, res: settings.Resolved) -> list[str]:
+def _banner(core: Any, res: settings.Resolved, ident: Any = None) -> list[str]:
     """What really started: every line is read from the running node, not the config."""
     cfg = core.config
     rows: list[tuple[str, str]] = []
@@ -310,8 +318,10 @@ def _banner(core: Any, res: settings.Resolved) -> list[str]:
         ep = core.local_node.websocket_endpoint or ""
         tls = f"TLS on, certificate {cfg.ssl_certfile}" if ep.startswith("wss://") else "TLS off"
         rows.append(("websocket", f"{ep} ({tls})"))
+    elif getattr(core, "observer_ws", None) is not None:
+        rows.append(("websocket", f"off; observers (CLI, dashboard, HTTP) on {core.observer_ws.endpoint}"))
     else:
-        rows.append(("websocket", "off"))
+        rows.append(("websocket", "off (no CLI or HTTP access to this node: --observer-port PORT gives one)"))
     if cfg.peers:
         verify = f"verified against {cfg.ssl_cafile}" if cfg.ssl_cafile else "verified against the system CAs"
         tls_peers = any(p.startswith("wss://") for p in cfg.peers)
@@ -343,38 +353,66 @@ def _banner(core: Any, res: settings.Resolved) -> list[str]:
     eventlog = getattr(core, "eventlog", None)
     if eventlog is not None:
         where = cfg.persistence_url and settings.display_value("persistence_url", cfg.persistence_url)
-        rows.append(("persistence", f"on: {where or cfg.persistence_path}"))
+        error = getattr(eventlog, "error", None)
+        if error:  # the store as the running node found it, not as configured
+            rows.append(("persistence", f"NOT writing: {where or cfg.persistence_path}: {error} (the node runs "
+                                        "on; events are counted as dropped and it keeps retrying)"))
+        else:
+            rows.append(("persistence", f"on: {where or cfg.persistence_path}"))
     elif cfg.persistence_path or cfg.persistence_url:
         rows.append(("persistence", "NOT running"))
     else:
         rows.append(("persistence", "off"))
     rows.append(("build", _build_info()))
+    if ident is not None:
+        rows.append(("identity", _identity_row(ident, res)))
     rows.append(("config", res.file or "no file (defaults, environment and flags)"))
     return [f"spiralfast {__version__} node {core.node_id}"] + [f"  {k:<12}{v}" for k, v in rows]
 
 
+def _identity_row(ident: Any, res: settings.Resolved) -> str:
+    """Where the node id came from, so a restart's id is no surprise."""
+    if ident.origin == "setting":
+        return f"node_id from {res.sources.get('node_id', 'the settings')}"
+    if ident.origin == "file":
+        return f"kept in {ident.path}"
+    if ident.origin == "new":
+        return f"new, kept in {ident.path} (the same id at the next start)"
+    return "new at each start (not kept: see the warning above)"
+
+
 def _start_node(kw: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from . import cli_identity
     from ._log import setup_logging
     from .core import MeshCore
 
     try:
         res = _resolve(kw)
         cfg = res.config
+        # One identity per data directory: without node_id the node takes the id kept
+        # there, and a lock says whether a live node already holds it.
+        data_dir = Path(res.data_dir)
+        ident = cli_identity.establish(cfg.node_id, data_dir)
+        cfg.node_id = ident.node_id
+        lock = cli_identity.NodeLock.acquire(data_dir, ident.node_id, ident.path)
         if not kw.get("no_db") and cfg.persistence_path is None and cfg.persistence_url is None:
-            # The node keeps its mesh events by default: a file named after its id in the
-            # user's data directory (--db PATH elsewhere, --no-db for none).
-            from .persistence import default_db_path
-
-            cfg.node_id = cfg.node_id or str(uuid.uuid4())
-            cfg.persistence_path = str(default_db_path(cfg.node_id))
+            # The node keeps its mesh events by default: a file named after its id in its
+            # data directory (--db PATH elsewhere, --no-db for none).
+            cfg.persistence_path = str(data_dir / f"{cli_identity.safe_name(ident.node_id)}.db")
         formatter = setup_logging(res.log_level, res.log_format)
         for w in res.warnings:
             logging.getLogger("spiralfast.cli").warning("%s", w)
+        if ident.note:
+            logging.getLogger("spiralfast.cli").warning("%s", ident.note)
         _check_tls(cfg)
         if cfg.enable_websocket:
             _check_port(cfg.websocket_host, cfg.websocket_port)
     except CliError as exc:
         raise _fail(str(exc), exc.code) from None
+    except cli_identity.IdentityError as exc:
+        raise _fail(str(exc), 1) from None
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
 
@@ -416,14 +454,33 @@ def _start_node(kw: dict[str, Any]) -> None:
             sys.stderr.write(f"error: cannot listen on {cfg.websocket_host}:{cfg.websocket_port} "
                              "(port in use or not permitted)\n")
             return 1
-        for line in _banner(core, res):
+        if lock is not None:
+            lock.describe(core.local_node.websocket_endpoint or (f"nats {settings.display_value('nats_url', cfg.nats_url)}"
+                                                                  if cfg.nats_url else None))
+        for line in _banner(core, res, ident):
             print(line, flush=True)
-        await stop.wait()
+
+        async def id_watch() -> None:
+            # The mesh says another live process holds this id (see NodeHost.id_conflict).
+            while core.id_taken is None:
+                await asyncio.sleep(0.1)
+
+        stopping = asyncio.ensure_future(stop.wait())
+        watching = asyncio.ensure_future(id_watch())
+        await asyncio.wait((stopping, watching), return_when=asyncio.FIRST_COMPLETED)
+        for t in (stopping, watching):
+            t.cancel()
         ticker.cancel()
+        taken = core.id_taken
         try:
             await asyncio.wait_for(core.stop(), STOP_TIMEOUT)
         except TimeoutError:
             sys.stderr.write(f"error: node did not stop within {STOP_TIMEOUT:g}s; exiting without a clean stop\n")
+            return 1
+        if taken is not None:
+            sys.stderr.write(f"error: node id {core.node_id} is already held by a live node ({_one_line(taken)}); "
+                             "give this node its own --node-id or --data-dir\n")
+            sys.stderr.flush()
             return 1
         print("stopped", flush=True)
         return 0
@@ -521,7 +578,8 @@ def _inspect_defaults(node: str | None, token: str | None, cafile: str | None) -
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         scheme = "wss" if cfg.ssl_certfile else "ws"
-        node = f"{scheme}://{host}:{cfg.websocket_port}"
+        port = cfg.observer_port if not cfg.enable_websocket and cfg.observer_port else cfg.websocket_port
+        node = f"{scheme}://{host}:{port}"
     return node, token if token is not None else cfg.auth_token, cafile if cafile is not None else cfg.ssl_cafile
 
 
@@ -689,49 +747,115 @@ def mesh_events(
     token: str | None = _token_opt(),
     cafile: str | None = _cafile_opt(),
     timeout: float = _timeout_opt(),
-    follow: bool = typer.Option(False, "--follow", "-f", help="After the recent events, keep printing new ones."),
-    types: list[str] = typer.Option([], "--type", metavar="TYPE", help="Only this event type (repeatable)."),
-    count: int = typer.Option(0, "--count", min=0, metavar="N",
-                              help="Without --follow: recent events to show (default 50). "
-                                   "With --follow: stop after N new events (default: never)."),
+    follow: bool = typer.Option(False, "--follow", "-f",
+                                help="After the recent events, keep printing new ones; when the node goes away "
+                                     "(a restart), reconnect with back-off until Ctrl-C."),
+    types: list[str] = typer.Option([], "--type", metavar="TYPE",
+                                    help="Only this event type (repeatable; commas separate types)."),
+    count: int | None = typer.Option(None, "--count", metavar="N", show_default=False,
+                                     help="Without --follow: recent events to show (default 50). "
+                                          "With --follow: stop after N new events (default: never)."),
     recent: int = typer.Option(10, "--recent", min=0, metavar="N",
                                help="With --follow: recent events shown first (0: none)."),
 ) -> None:
     """Recent events, then (with --follow) new ones as they happen."""
+    types = split_types(types)
+    if count is not None and count < 1:
+        raise _fail(f"--count must be at least 1, got {count}", 2)
+    node, token, cafile = _inspect_defaults(node, token, cafile)
+    printed: dict[Any, None] = {}  # keys of the envelopes printed lately (insertion-ordered, bounded)
 
-    def out(env: dict[str, Any]) -> None:
+    def out(env: dict[str, Any]) -> bool:
+        """Print ``env`` unless it was printed already (the recent ones overlap the
+        stream, and a reconnect's recent ones what came before); True if printed."""
+        key = env.get("event_id") or (env.get("type"), env.get("source_node"), env.get("timestamp"),
+                                      env.get("target_node"))
+        if key in printed:
+            return False
+        printed[key] = None
+        if len(printed) > FOLLOW_DEDUP:
+            del printed[next(iter(printed))]
         if as_json:
             _emit_json(env)
         else:
             sys.stdout.write(_event_line(env) + "\n")
             sys.stdout.flush()
+        return True
 
     async def run(c: Any) -> None:
         if not follow:
             for env in await c.query("events", count=count or 50, types=types):
                 out(env)
             return
-        # Subscribe first, then fetch the recent ones: nothing falls between the two,
-        # and an event in both is printed once.
-        await c.subscribe(types)
-        shown: set[Any] = set()
-        if recent:
-            for env in await c.query("events", count=recent, types=types):
-                shown.add(env.get("event_id"))
-                out(env)
         seen = 0
-        while True:
-            env = await c.next_event()
-            eid = env.get("event_id")
-            if eid is not None and eid in shown:
-                shown.discard(eid)
-                continue
-            out(env)
-            seen += 1
-            if count and seen >= count:
-                return
+        lost_at: float | None = None
+        try:
+            while True:
+                try:
+                    # Subscribe first, then fetch the recent ones: nothing falls between the
+                    # two, and an event in both is printed once.  After a reconnect the recent
+                    # ones cover what happened while we were away (the new incarnation's).
+                    await c.subscribe(types)
+                    backfill = recent if lost_at is None else max(recent, FOLLOW_BACKFILL)
+                    if backfill:
+                        for env in await c.query("events", count=backfill, types=types):
+                            out(env)
+                    if lost_at is not None:
+                        _note(f"reconnected to {node} after {time.monotonic() - lost_at:.1f}s")
+                        lost_at = None
+                    while True:
+                        if out(await c.next_event()):
+                            seen += 1
+                            if count and seen >= count:
+                                return
+                except (LinkError, TimeoutError, OSError) as exc:
+                    c.close()
+                    lost_at = lost_at or time.monotonic()
+                    _note(f"lost the node at {node} ({reason(exc)}); reconnecting (Ctrl-C to stop)")
+                    c = await _reconnect(node, token, cafile, timeout)
+        finally:
+            c.close()
 
     _with_client(node, token, run, cafile, timeout)
+
+
+#: ``mesh events --follow``: envelopes remembered to print each once, recent ones asked
+#: for after a reconnect, and the reconnect back-off (first, longest delay in seconds).
+FOLLOW_DEDUP = 10_000
+FOLLOW_BACKFILL = 100
+FOLLOW_RETRY = (0.2, 5.0)
+
+
+def split_types(types: list[str]) -> list[str]:
+    """``--type a,b --type c`` -> ``["a", "b", "c"]`` (as the HTTP API reads commas)."""
+    out = [t.strip() for v in types for t in v.split(",") if t.strip()]
+    if types and not out:
+        raise _fail("--type needs an event type name", 2)
+    return out
+
+
+def _note(msg: str) -> None:
+    sys.stderr.write(f"{msg}\n")
+    sys.stderr.flush()
+
+
+async def _reconnect(node: str, token: str | None, cafile: str | None, timeout: float) -> Any:
+    """A new observer connection to ``node``, retried with back-off until it answers.
+    A refusal that a retry cannot fix (the token) ends the command."""
+    from .client import ObserverClient
+
+    delay, longest = FOLLOW_RETRY
+    while True:
+        await asyncio.sleep(delay * (0.75 + random.random() / 2))
+        try:
+            client = await ObserverClient.connect(node, token, timeout=min(timeout, 10.0), cafile=cafile)
+        except AuthError:
+            raise
+        except (LinkError, HandshakeError, TimeoutError, OSError):
+            delay = min(delay * 2, longest)
+            continue
+        client.default_timeout = timeout
+        return client
 
 
 def _read_data(data: str) -> Any:

@@ -16,7 +16,8 @@ def mesh_history(
     since: str | None = typer.Option(None, "--since", metavar="TIME",
                                      help="From this time on: ISO time, or 30s, 10m, 2h, 1d ago."),
     until: str | None = typer.Option(None, "--until", metavar="TIME", help="Up to this time (same forms)."),
-    types: list[str] = typer.Option([], "--type", metavar="TYPE", help="Only this event type (repeatable)."),
+    types: list[str] = typer.Option([], "--type", metavar="TYPE",
+                                    help="Only this event type (repeatable; commas separate types)."),
     source: str | None = typer.Option(None, "--source", metavar="NODE_ID", help="Only events from this node."),
     limit: int = typer.Option(1000, "--limit", min=1, metavar="N", help="The newest N events (printed oldest first)."),
     db: str | None = typer.Option(None, "--db", metavar="PATH", help="Read this SQLite file instead of asking a node."),
@@ -35,6 +36,7 @@ def mesh_history(
     from . import cli
     from .eventlog import parse_time, read_history
 
+    types = cli.split_types(types)
     try:
         parse_time(since)
         parse_time(until)

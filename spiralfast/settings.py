@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import tomllib
@@ -42,7 +43,16 @@ DEFAULT_FILE = "spiralfast.toml"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 #: Settings of the command line itself (not of ``MeshConfig``), with their defaults.
-CLI_SETTINGS: dict[str, Any] = {"log_level": "info", "log_format": "text"}
+#: ``data_dir`` (None: :func:`default_data_dir`) holds the node's id file and its default
+#: event log.
+CLI_SETTINGS: dict[str, Any] = {"log_level": "info", "log_format": "text", "data_dir": None}
+#: Help texts of the ``CLI_SETTINGS`` (``config show --toml`` writes them as comments).
+CLI_HELP: dict[str, str] = {
+    "log_level": "debug, info, warning, error or critical.",
+    "log_format": "text or json (JSON lines carry node_id).",
+    "data_dir": "the node's data directory: its id (file node_id) and its default event log "
+                "(default $XDG_DATA_HOME/spiralfast, ~/.local/share/spiralfast).",
+}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
@@ -80,7 +90,7 @@ FIELD_HELP: dict[str, str] = {
 }
 
 #: Fields holding file names: relative paths in a TOML file are taken relative to it.
-PATH_FIELDS = frozenset({"ssl_certfile", "ssl_keyfile", "ssl_cafile", "persistence_path"})
+PATH_FIELDS = frozenset({"ssl_certfile", "ssl_keyfile", "ssl_cafile", "persistence_path", "data_dir"})
 #: Fields never printed in clear.
 SECRET_FIELDS = frozenset({"auth_token"})
 #: Secrets embedded in URLs (``redis://user:password@host``) are masked too.
@@ -154,6 +164,11 @@ class Resolved:
     @property
     def log_format(self) -> str:
         return str(self.values["log_format"])
+
+    @property
+    def data_dir(self) -> str:
+        """The node's data directory (absolute)."""
+        return str(self.values["data_dir"])
 
     def show(self) -> list[tuple[str, str, str]]:
         """``(name, value as text, source)`` rows with secrets masked."""
@@ -268,7 +283,10 @@ def parse_text(spec: FieldSpec, raw: str, origin: str) -> Any:
         if kind == "int":
             return int(text.replace("_", ""))
         if kind == "float":
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if kind == "interop":
             low = text.lower()
             if low == "auto":
@@ -363,6 +381,8 @@ def read_file(path: str) -> dict[str, Any]:
         spec = specs.get(k)
         if spec is not None and spec.kind == "float" and isinstance(v, int) and not isinstance(v, bool):
             flat[k] = float(v)
+        elif spec is not None and spec.kind == "float" and isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config file {path}: {k} = {v!r} is not a valid {k} (expected a finite number)")
     return flat
 
 
@@ -437,6 +457,7 @@ def resolve(
         raise ConfigError(f"{_where(sources, 'log_format')}: log format must be text or json, "
                           f"got {values['log_format']!r}")
     values["log_level"], values["log_format"] = level, fmt
+    values["data_dir"] = _data_dir(values["data_dir"], sources, env)
     kw = {s.name: values[s.name] for s in specs}
     if isinstance(kw.get("peers"), tuple):
         kw["peers"] = list(kw["peers"])
@@ -447,6 +468,21 @@ def resolve(
     except TypeError as exc:  # a value of the wrong shape from a TOML file
         raise ConfigError(f"invalid configuration: {exc}") from None
     return Resolved(cfg, values, sources, path, warnings)
+
+
+def _data_dir(value: Any, sources: dict[str, str], env: Mapping[str, str]) -> str:
+    """The data directory as an absolute path; the default is the user's data directory
+    (``$SPIRALCODEX_DATA_DIR``, else ``$XDG_DATA_HOME/spiralfast``)."""
+    if value is None:
+        if env.get("SPIRALCODEX_DATA_DIR"):
+            sources["data_dir"] = "env SPIRALCODEX_DATA_DIR"
+            value = env["SPIRALCODEX_DATA_DIR"]
+        else:
+            base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+            value = os.path.join(base, "spiralfast")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{_where(sources, 'data_dir')}: data_dir must be a directory name, got {value!r}")
+    return os.path.abspath(os.path.expanduser(value.strip()))
 
 
 def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
@@ -527,8 +563,12 @@ def to_toml(res: Resolved) -> str:
         else:
             lines.append(f"{s.name} = {_toml_value(value)}")
         lines.append("")
+    lines.append(f"# {CLI_HELP['data_dir']}")
+    prefix = "# " if res.sources["data_dir"] == "default" else ""
+    lines.append(f"{prefix}data_dir = {_toml_value(res.values['data_dir'])}")
+    lines.append("")
     lines.append("[log]")
-    for key in CLI_SETTINGS:
+    for key in ("log_level", "log_format"):
         value = res.values[key]
         prefix = "# " if res.sources[key] == "default" else ""
         lines.append(f"{prefix}{key[len('log_'):]} = {_toml_value(value)}")
