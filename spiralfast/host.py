@@ -68,6 +68,8 @@ class NodeHost:
         self.origin_ends: dict[str, list[Any]] = {}
         self.replying: dict[Any, asyncio.Task[None]] = {}  # (link, peer) -> paced state reply on its way
         self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
+        #: (first, latest) monotonic time a member refused this node's id as taken.
+        self.id_refused: tuple[float, float] = (0.0, float("-inf"))
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -188,9 +190,34 @@ class NodeHost:
         link.close(str(exc))
 
     def handshake_expired(self, link: Any) -> None:
+        self.id_conflict(link, str(exc))
         s = link.session
         if s.state == HANDSHAKE:
             for k, o in s.handshake.expire():
+    def id_conflict(self, link: Any, text: str) -> None:
+        """Set ``node.id_taken`` when another live process holds this node's id: the node
+        we dialled answers with our own id (and we are in no mesh yet), or a member keeps
+        refusing us as "already in the mesh" for longer than a dead twin's stale link
+        could last there (the silence limit plus one heartbeat)."""
+        me = f"{self.node.node_id[:64]!r}"
+        hs = getattr(link.session, "handshake", None)
+        if self.node.id_taken is not None or me not in text or hs is None:
+            return
+        where = getattr(link, "name", "?")
+        now = time.monotonic()
+        if "duplicate node id" in text and hs.outbound and not self.node.outbox.links:
+            self.node.id_taken = f"{where} answers with this node's own id"
+        elif "already in the mesh" in text:
+            limit = self.node.membership.silence_limit + self.node.membership.heartbeat_interval
+            since, last = self.id_refused
+            if now - last > limit + 90.0:  # longer than a refused dial's longest back-off: it was resolved
+                since = now
+            self.id_refused = (since, now)
+            if now - since >= limit:
+                self.node.id_taken = f"{where} has refused it for {now - since:.0f}s: {text[:200]}"
+        if self.node.id_taken is not None:
+            log.error("node id %s is already held by another live process (%s)", me, self.node.id_taken)
+
                 link.send_frame(single_frame(k, o))
             self.refuse(link, s.handshake.error)
 
