@@ -72,11 +72,13 @@ API_PARAMS: dict[str, tuple[str, ...]] = {
     "/api/topology": (),
     "/api/snapshot": (),
 }
-#: What a node's state (a ``NodeStatus`` value) means for the topology and the dashboard:
+#: What a node's state means for the topology and the dashboard.  A node's state is its
+#: ``NodeStatus`` value, or ``suspected`` while its record says ``suspect`` (its link was
+#: closed by its side and it is probed before removal; its status is then ``disconnected``).
 #: ``live`` nodes are members we hear from, and only links between two of them are live
-#: links; a ``suspect`` node stopped answering (its link closed) and is being checked before
-#: it is removed, so a link to it is drawn apart (dashed), never as live; a ``down`` node
-#: (disconnected) and a state this version does not know (``unknown``) get no link at all.
+#: links; a ``suspect`` node's links are listed apart (drawn dashed), never as live; a
+#: ``down`` node (disconnected, not suspected) and a state this version does not know
+#: (``unknown``) get no link at all.
 LIVE_STATES = frozenset({"active", "initializing", "dormant", "ritual_mode"})
 SUSPECT_STATES = frozenset({"suspected", "suspect", "suspicious", "unreachable"})
 DOWN_STATES = frozenset({"disconnected", "dead", "failed", "left", "removed", "offline"})
@@ -277,6 +279,19 @@ def recent_events(core: MeshCore, query: dict[str, list[str]]) -> list[dict[str,
     return out
 
 
+#: The state a node shown as suspected is in (see :func:`node_state`).
+SUSPECTED = "suspected"
+
+
+def node_state(record: dict[str, Any]) -> str:
+    """The one state of a node record (``nodes_table``): ``suspected`` while it is
+    suspected, else its status."""
+    if record.get("suspect") is True:
+        return SUSPECTED
+    st = record.get("status")
+    return str(getattr(st, "value", st))
+
+
 def state_kind(status: Any) -> str:
     """``live``, ``suspect``, ``down`` or ``unknown`` for a node state (see ``LIVE_STATES``)."""
     st = str(getattr(status, "value", status) or "").lower()
@@ -290,16 +305,20 @@ def state_kind(status: Any) -> str:
 
 
 def node_states() -> dict[str, str]:
-    """Every state a node can be in (``NodeStatus``), with its kind (see :func:`state_kind`)."""
+    """Every state a node can be in (the ``NodeStatus`` values and ``suspected``), with its
+    kind (see :func:`state_kind`)."""
     from .enums import NodeStatus
 
-    return {s.value: state_kind(s.value) for s in NodeStatus}
+    out = {s.value: state_kind(s.value) for s in NodeStatus}
+    out.setdefault(SUSPECTED, state_kind(SUSPECTED))
+    return out
 
 
 def topology(core: MeshCore, links: list[dict[str, Any]] | None = None,
              table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The mesh as this node knows it: the nodes of its node table with their state,
-    and links as sorted id pairs.
+    """The mesh as this node knows it: the nodes of its node table with their status
+    (``NodeStatus`` value, as ``/api/nodes``) and their one ``state`` (:func:`node_state`:
+    ``suspected`` for a suspected node), and links as sorted id pairs.
 
     Links are this node's own open links (from its router) and the ``links`` list in
     each node's record metadata (gossiped).  ``links`` holds only links between two live
@@ -311,7 +330,8 @@ def topology(core: MeshCore, links: list[dict[str, Any]] | None = None,
     if table is None:
         table = nodes_table(core)
     status = {str(n["node_id"]): str(n.get("status")) for n in table}
-    kinds = {nid: state_kind(st) for nid, st in status.items()}
+    state = {str(n["node_id"]): node_state(n) for n in table}
+    kinds = {nid: state_kind(st) for nid, st in state.items()}
     live: set[tuple[str, str]] = set()
     suspect: set[tuple[str, str]] = set()
 
@@ -342,6 +362,7 @@ def topology(core: MeshCore, links: list[dict[str, Any]] | None = None,
         "local": core.node_id,
         "nodes": sorted(status),
         "status": dict(sorted(status.items())),
+        "state": dict(sorted(state.items())),
         "links": [list(p) for p in sorted(live)],
         "suspect_links": [list(p) for p in sorted(suspect)],
     }
@@ -554,8 +575,11 @@ class LiveFeed:
         table = nodes_table(core)
         nodes = []
         for n in table:
-            nodes.append({k: n.get(k) for k in ("node_id", "name", "status", "capabilities", "websocket_endpoint",
-                                                 "seconds_since_heartbeat", "local", "last_heartbeat")})
+            d = {k: n.get(k) for k in ("node_id", "name", "status", "capabilities", "websocket_endpoint",
+                                       "seconds_since_heartbeat", "local", "last_heartbeat")}
+            d["suspect"] = n.get("suspect") is True
+            d["state"] = node_state(n)
+            nodes.append(d)
         return _jsonable({
             "t": time.time(),
             "node_id": core.node_id,

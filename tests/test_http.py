@@ -119,7 +119,8 @@ async def test_api_events_honours_its_query(open_node: MeshCore) -> None:
         assert len([e for e in evs if e["type"] in ("x", "y")]) == 10
         topo = json.loads((await get(base(a) + "/api/topology"))[2])
         assert topo == {"local": "h-open", "nodes": ["h-b", "h-open"], "links": [["h-b", "h-open"]],
-                        "status": {"h-b": "active", "h-open": "active"}, "suspect_links": []}
+                        "status": {"h-b": "active", "h-open": "active"}, "suspect_links": [],
+                        "state": {"h-b": "active", "h-open": "active"}}
     finally:
         await b.stop()
 

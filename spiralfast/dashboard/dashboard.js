@@ -48,9 +48,9 @@
     initializing: ["live", "member still starting up; reachable"],
     dormant: ["live", "member, idle but reachable"],
     ritual_mode: ["live", "member in ritual mode; reachable"],
-    suspected: ["suspect", "its link closed and no one hears it: being checked, removed in seconds unless it answers; its links dashed"],
-    suspect: ["suspect", "its link closed and no one hears it: being checked, removed in seconds unless it answers; its links dashed"],
-    disconnected: ["down", "not reachable (or leaving); no link drawn, dropped once removed"],
+    suspected: ["suspect", "its side closed its link and no route hears it: probed, removed within seconds unless it answers; its links dashed"],
+    suspect: ["suspect", "its side closed its link and no route hears it: probed, removed within seconds unless it answers; its links dashed"],
+    disconnected: ["down", "link lost and not heard since; no link drawn; removed when silent for 3 heartbeats"],
   };
   const KIND_TEXT = {
     live: "member, reachable; its links are live",
@@ -59,6 +59,12 @@
     unknown: "a state this page does not know; no link drawn",
   };
   const KINDS = ["live", "suspect", "down", "unknown"];
+  // a node's one state: "suspected" while suspected (its status is then disconnected)
+  function stateOf(n) {
+    if (n.state !== undefined && n.state !== null) return String(n.state);
+    if (n.suspect === true) return "suspected";
+    return n.status === undefined || n.status === null ? "unknown" : String(n.status);
+  }
   let serverKinds = {};
   function kindOf(status) {
     const k = serverKinds[status] || (STATES[status] ? STATES[status][0] : "unknown");
@@ -144,8 +150,8 @@
 
   function renderTopology(s) {
     const topo = s.topology || { nodes: [], links: [] };
-    const status = Object.assign({}, topo.status || {});
-    for (const n of s.nodes || []) status[n.node_id] = n.status;
+    const status = Object.assign({}, topo.status || {}, topo.state || {});
+    for (const n of s.nodes || []) status[n.node_id] = stateOf(n);
     const ids = topo.nodes.slice().sort();
     const W = 400, H = 320, cx = W / 2, cy = H / 2;
     const R = ids.length > 1 ? Math.min(W, H) / 2 - 34 : 0;
@@ -202,7 +208,7 @@
     const ul = $("legend-states");
     const have = new Set([...ul.children].map((li) => li.dataset.state));
     const wanted = Object.keys(s.node_states || {});
-    for (const n of s.nodes || []) if (n.status !== undefined && n.status !== null) wanted.push(String(n.status));
+    for (const n of s.nodes || []) wanted.push(stateOf(n));
     const fallback = ul.querySelector('li[data-state="unknown"]');
     for (const st of wanted) {
       if (have.has(st)) continue;
@@ -225,10 +231,10 @@
 
   function renderNodes(s) {
     const nodes = (s.nodes || []).slice().sort((a, b) => (a.node_id < b.node_id ? -1 : 1));
-    const notLive = nodes.filter((n) => kindOf(n.status) !== "live").length;
+    const notLive = nodes.filter((n) => kindOf(stateOf(n)) !== "live").length;
     setText("nodes-count", nodes.length + " known" + (notLive ? ", " + notLive + " not live" : ""));
     fill($("nodes"), nodes.map((n) => {
-      const st = n.status === undefined || n.status === null ? "unknown" : String(n.status);
+      const st = stateOf(n);
       const tr = row([
         { text: short(n.node_id) + (n.local ? " ★" : ""), title: n.node_id },
         n.name || "",
@@ -238,7 +244,8 @@
       ], { "data-row-id": n.node_id, "data-state": st, "data-kind": kindOf(st), class: "row-" + kindOf(st) });
       const td = tr.children[2];
       td.className = "status-cell";
-      td.title = st + ": " + (STATES[st] ? STATES[st][1] : KIND_TEXT[kindOf(st)]);
+      td.title = st + (n.status !== undefined && String(n.status) !== st ? " (status " + n.status + ")" : "") + ": "
+        + (STATES[st] ? STATES[st][1] : KIND_TEXT[kindOf(st)]);
       td.appendChild(el("span", { class: "state " + stateClass(st) }, st));
       return tr;
     }));
