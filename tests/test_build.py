@@ -37,12 +37,32 @@ def test_purepython_switch_forces_the_twin() -> None:
     assert out.stdout.split() == ["False", "False", "False", "False"]
 
 
-def test_install_without_a_compiler_has_no_extensions() -> None:
-    """In CI's no-compiler job (.ci/run sets SPIRALFAST_NO_COMPILER=1 and CC=/bin/false),
-    the install must have gone on without building anything."""
-    if not os.environ.get("SPIRALFAST_NO_COMPILER"):
-        return
+EXTENSIONS = ("_codec", "_ring", "_fastpath", "_event", "links._wslistener")
+
+
+def test_extensions_exist_exactly_when_a_compiler_did() -> None:
+    """Asserts in each of CI's three runs (.ci/run): in the no-compiler job
+    (SPIRALFAST_NO_COMPILER=1, CC=/bin/false) the install went on without building
+    anything, and the node falls back to the twins even when nobody asks for them;
+    in the compiled runs (release and bounds-checked) every extension was built, as a
+    shared library next to its pure twin."""
     import importlib.util
 
-    for name in ("_codec", "_ring", "_fastpath", "_event", "links._wslistener"):
-        assert importlib.util.find_spec(f"spiralfast.{name}") is None, f"{name} was built"
+    specs = {name: importlib.util.find_spec(f"spiralfast.{name}") for name in EXTENSIONS}
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "from spiralfast import codec, event, fastpath, ring; "
+         "print(codec.COMPILED, ring.COMPILED, fastpath.COMPILED, event.COMPILED)"],
+        env={k: v for k, v in os.environ.items() if k != "SPIRALFAST_PUREPYTHON"},
+        capture_output=True, text=True, check=True,
+    )
+    if os.environ.get("SPIRALFAST_NO_COMPILER"):
+        assert [n for n, s in specs.items() if s is not None] == [], "built without a compiler?"
+        assert probe.stdout.split() == ["False"] * 4  # the fallback, unasked
+    else:
+        assert [n for n, s in specs.items() if s is None] == [], "extensions missing: not built"
+        for name, spec in specs.items():
+            assert spec is not None and spec.origin is not None and spec.origin.endswith(".so"), (name, spec)
+            twin = importlib.util.find_spec(f"spiralfast.{name}_py")
+            assert twin is not None and twin.origin is not None and twin.origin.endswith(".py"), name
+        assert probe.stdout.split() == ["True"] * 4  # compiled unless the switch says otherwise
