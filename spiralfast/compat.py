@@ -1,7 +1,9 @@
 """Opt-in aliasing for unchanged ``spiralcodex`` code.
 
-:func:`install` makes ``import spiralcodex.mesh`` load spiralfast, and makes the old
-logger names reach ours: ``logging.getLogger("spiralcodex.mesh")`` (and
+:func:`install` makes ``import spiralcodex.mesh`` load spiralfast (and
+``spiralcodex.persistence``, ``spiralcodex.hud`` our :mod:`spiralfast.persistence` and
+:mod:`spiralfast.hud`: ``from spiralcodex.hud import hud_config`` gives the settings our
+HUD follows), and makes the old logger names reach ours: ``logging.getLogger("spiralcodex.mesh")`` (and
 ``"spiralcodex"``) return the ``spiralfast`` logger, and loggers below them
 (``"spiralcodex.mesh.<x>"``) hang below it.  So old code that sets debug logging with
 ``logging.getLogger("spiralcodex.mesh").setLevel(logging.DEBUG)`` turns on ours.
@@ -9,39 +11,37 @@ logger names reach ours: ``logging.getLogger("spiralcodex.mesh")`` (and
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
 
+#: Old module names and the spiralfast modules they become.
+MODULE_ALIASES = {
+    "spiralcodex": "spiralfast",
+    "spiralcodex.mesh": "spiralfast.mesh",
+    "spiralcodex.persistence": "spiralfast.persistence",
+    "spiralcodex.hud": "spiralfast.hud",
+}
 #: Old logger names that become the ``spiralfast`` logger.
 LOGGER_ALIASES = ("spiralcodex", "spiralcodex.mesh")
 _installed_loggers: dict[str, logging.Logger] = {}
 
 
 def install() -> None:
-    """Register ``spiralcodex`` and ``spiralcodex.mesh`` as aliases of spiralfast, for
-    imports and for logger names.  Idempotent."""
-    import spiralfast
-    import spiralfast.mesh
-    import spiralfast.persistence
-
-    sys.modules["spiralcodex"] = spiralfast
-    sys.modules["spiralcodex.mesh"] = spiralfast.mesh
-    sys.modules["spiralcodex.persistence"] = spiralfast.persistence
+    """Register ``spiralcodex`` and its modules (:data:`MODULE_ALIASES`) as aliases of
+    spiralfast's, for imports and for logger names.  Idempotent."""
+    for old, ours in MODULE_ALIASES.items():
+        sys.modules[old] = importlib.import_module(ours)
     _alias_loggers()
 
 
 def uninstall() -> None:
     """Remove the aliases again (only those ``install`` made)."""
-    import spiralfast
-
-    if sys.modules.get("spiralcodex") is spiralfast:
-        del sys.modules["spiralcodex"]
-    if sys.modules.get("spiralcodex.mesh") is spiralfast.mesh:
-        del sys.modules["spiralcodex.mesh"]
-    persistence = sys.modules.get("spiralfast.persistence")
-    if persistence is not None and sys.modules.get("spiralcodex.persistence") is persistence:
-        del sys.modules["spiralcodex.persistence"]
+    for old_name, our_name in MODULE_ALIASES.items():
+        mod = sys.modules.get(our_name)
+        if mod is not None and sys.modules.get(old_name) is mod:
+            del sys.modules[old_name]
     manager = logging.Logger.manager
     with _lock():
         for name, ours in list(_installed_loggers.items()):

@@ -3,13 +3,34 @@
 Shows the node's rates, the nodes it knows, its links with their analytics (RTT,
 throughput in and out, drops, gaps) and the mesh topology as this node knows it
 (``hud_config.show_network_topology`` in the old library's words).
+
+:data:`hud_config` is the old library's ``spiralcodex.hud.hud_config`` (after
+:func:`spiralfast.compat.install`, ``from spiralcodex.hud import hud_config`` is this
+object): ``mesh_enabled = False`` leaves out the mesh panel (the nodes, links and
+topology: only the node's own line is shown), ``show_network_topology = False`` the
+topology section.  Both are read at every refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass
+class HUDConfig:
+    """What the HUD shows (the old ``spiralcodex.hud`` settings)."""
+
+    #: The mesh panel: nodes, links and topology.  False: the node's own line only.
+    mesh_enabled: bool = True
+    #: The topology section (under the mesh panel).
+    show_network_topology: bool = True
+
+
+#: The settings every :func:`render` (and so ``mesh status --watch``) uses unless given others.
+hud_config = HUDConfig()
 
 #: Counters the HUD turns into rates, and where they live in ``get_mesh_status()``.
 RATE_KEYS = {
@@ -119,7 +140,11 @@ def render(
     rates: dict[str, float],
     link_rates: dict[str, dict[str, float]] | None = None,
     show_topology: bool = True,
+    config: HUDConfig | None = None,
 ) -> Any:
+    """The HUD's view of one status.  ``show_topology=False`` or ``config`` (default:
+    :data:`hud_config`) with ``show_network_topology`` False leaves the topology out;
+    ``mesh_enabled`` False leaves out the nodes, the links and the topology."""
     from rich.console import Group
     from rich.table import Table
     from rich.tree import Tree
@@ -138,9 +163,12 @@ def render(
         nt.add_column(col)
     for n in nodes:
         nt.add_row(n["node_id"], n["name"], status_label(n), f"{n['seconds_since_heartbeat']:.1f}")
+    cfg = config if config is not None else hud_config
+    if not cfg.mesh_enabled:
+        return Group(head)
     lt = links_table(st, link_rates)
     parts: list[Any] = [head, nt, lt]
-    if show_topology:
+    if show_topology and cfg.show_network_topology:
         topo = topology_from_status(st)
         tree = Tree(f"topology: {len(topo['nodes'])} nodes, {len(topo['links'])} links")
         adj: dict[str, list[str]] = {n: [] for n in topo["nodes"]}
@@ -163,8 +191,11 @@ def _get(st: dict[str, Any], where: tuple[str, str]) -> float:
 
 
 async def run_hud(
-    client: Any, console: Any, iterations: int = 0, show_topology: bool = True, interval: float = 1.0
+    client: Any, console: Any, iterations: int = 0, show_topology: bool = True, interval: float = 1.0,
+    config: HUDConfig | None = None,
 ) -> None:
+    """Query ``client`` and redraw on ``console`` every ``interval`` seconds (``iterations``
+    times, 0: until cancelled); what is shown follows ``config`` (default :data:`hud_config`)."""
     from rich.live import Live
 
     prev: dict[str, float] | None = None
@@ -190,7 +221,7 @@ async def run_hud(
                     for k in LINK_RATE_KEYS if k in lk
                 }
             prev, prev_t, prev_links = cur, now, links
-            live.update(render(st, nodes, rates, link_rates, show_topology), refresh=True)
+            live.update(render(st, nodes, rates, link_rates, show_topology, config), refresh=True)
             n += 1
             if iterations and n >= iterations:
                 return
