@@ -64,6 +64,8 @@ _HOST_OK = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45
 #: /api/events: default and largest ``count``.
 EVENTS_DEFAULT = 100
 EVENTS_MAX = 1000
+#: Most query parameters a request may carry (more is answered 400).
+MAX_QUERY_FIELDS = 64
 #: Query parameters each ``/api/*`` path accepts; any other is answered 400, never ignored.
 API_PARAMS: dict[str, tuple[str, ...]] = {
     "/api/status": (),
@@ -109,7 +111,7 @@ def _split_target(target: bytes) -> tuple[str, dict[str, list[str]]]:
     raw = target.decode("latin-1", errors="replace")
     path, _, query = raw.partition("?")
     # blank values are kept so that ``count=`` is refused rather than silently ignored
-    return path, parse_qs(query, keep_blank_values=True, max_num_fields=64) if query else {}
+    return path, parse_qs(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS) if query else {}
 
 
 class BadQuery(ValueError):
@@ -217,7 +219,11 @@ class HttpEndpoints:
         return out
 
     def _route(self, request: Any) -> Any:
-        path, query = _split_target(request.path)
+        try:
+            path, query = _split_target(request.path)
+        except ValueError:  # more than MAX_QUERY_FIELDS parameters
+            path = request.path.decode("latin-1", errors="replace").partition("?")[0]
+            return self._json({"error": f"more than {MAX_QUERY_FIELDS} query parameters", "path": path}, 400)
         core = self.core
         if path in STATIC:
             return self.static(path, request.headers.get("Host"))

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from spiralfast import MeshCore
-from spiralfast.http import API_PARAMS, EVENTS_MAX
+from spiralfast.http import API_PARAMS, EVENTS_MAX, MAX_QUERY_FIELDS
 
 from .conftest import wait_for
 from .test_metrics import cfg, get
@@ -76,6 +76,11 @@ async def test_events_count_is_checked(node: MeshCore) -> None:
     msg = await bad(a, "/api/events?cout=5", "cout")
     assert "count" in msg and "type" in msg
     await bad(a, "/api/events?count", "count")  # a bare name is an empty value
+    # a flood of parameters is refused as such, not failed as an internal error
+    status, _, body = await get(base(a) + "/api/events?" + "&".join(f"type=t{i}" for i in range(MAX_QUERY_FIELDS + 1)))
+    assert status == 400 and str(MAX_QUERY_FIELDS) in json.loads(body)["error"]
+    status, _, body = await get(base(a) + "/api/events?" + "&".join(f"type=t{i}" for i in range(MAX_QUERY_FIELDS)))
+    assert status == 200 and json.loads(body) == []
     # nothing was lost: a good query still answers in full
     status, _, body = await get(base(a) + "/api/events?count=5&type=x")
     assert status == 200 and [e["data"]["i"] for e in json.loads(body)] == [0, 1, 2, 3, 4]
