@@ -66,6 +66,10 @@ class MeshConfig:
     :param nats_stream_max_age: seconds the stream keeps a broadcast (the oldest go first).
         A node away longer than this catches up on what is left and counts the rest lost.
     :param nats_stream_max_bytes: bytes the stream keeps (the oldest broadcasts go first).
+    :param observer_port: with enable_websocket off (a node on Redis or NATS alone), still
+        listen on this port of websocket_host for the CLI, the dashboard and the HTTP API
+        (observers only, with the token as on the mesh port; peers are refused); 0: any free
+        port; None: no port at all.
     """
 
     node_id: str | None = None
@@ -107,6 +111,7 @@ class MeshConfig:
     nats_stream: bool = False
     nats_stream_max_age: float = 3600.0
     nats_stream_max_bytes: int = 256 * 1024 * 1024
+    observer_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.peers is None:
@@ -193,6 +198,8 @@ class MeshConfig:
                                       "with a host and a port 1-65535)")
         _check_positive("nats_stream_max_age", self.nats_stream_max_age)
         _check_int("nats_stream_max_bytes", self.nats_stream_max_bytes, 1024, 1 << 50)
+        if self.observer_port is not None:
+            _check_int("observer_port", self.observer_port, 0, 65535)
         _check_positive("handshake_timeout", self.handshake_timeout)
         _check_positive("suspicion_timeout", self.suspicion_timeout)  # finite, > 0
         _check_positive("tombstone_ttl", self.tombstone_ttl)

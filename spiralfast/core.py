@@ -94,6 +94,7 @@ class MeshCore:
         self.ws: Any = None
         self.redis: Any = None
         self.nats: Any = None  # links.nats.NatsTransport while NATS is enabled
+        self.observer_ws: Any = None  # links.ws.WebSocketTransport for observers alone (observer_port)
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
         from .tasks import TaskManager

@@ -145,6 +145,8 @@ class NodeHost:
         out = hs.receive(kind, obj)
         if hs.state == "ready" and (dup := self.duplicate(hs)) is not None:
             out = hs.fail(dup)  # before our proof goes out: the newcomer never believes it joined
+        elif hs.state == "ready" and hs.peer_role != "observer" and getattr(link, "observers_only", False):
+            out = hs.fail(HandshakeError("this port serves observers only (the node has no WebSocket links)"))
         for k, o in out:
             link.send_frame(single_frame(k, o))
         if hs.state == "failed":

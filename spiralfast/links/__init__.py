@@ -30,6 +30,8 @@ async def start_links(node: MeshCore) -> None:
             node.ws = ws
             cfg.websocket_port = ws.port
             node.local_node.websocket_endpoint = ws.endpoint
+    elif cfg.observer_port is not None:
+        await _start_observer_port(node)
     if cfg.enable_redis:
         from .redis import RedisSettings, RedisTransport
 
@@ -76,6 +78,31 @@ async def stop_links(node: MeshCore) -> None:
     if node.ws is not None:
         await node.ws.stop()
         node.ws = None
+    if node.observer_ws is not None:
+        await node.observer_ws.stop()
+        node.observer_ws = None
+
+
+async def _start_observer_port(node: MeshCore) -> None:
+    """No WebSocket links, but a port for the CLI, the dashboard and the HTTP API
+    (``observer_port``): observers only, authenticated as on the mesh port.  It is not
+    the node's ``websocket_endpoint``: no peer is told to dial it."""
+    from .ws import WebSocketTransport, WSSettings
+
+    cfg = node.config
+    st = WSSettings.from_config(cfg)
+    st.port = cfg.observer_port or 0
+    obs = WebSocketTransport(node.host, st, http=_http(node), observers_only=True)
+    try:
+        await obs.start()
+    except OSError as exc:
+        log.warning("observer port %s:%s unavailable (%s); running without one (no CLI or HTTP access)",
+                    cfg.websocket_host, cfg.observer_port, exc)
+        cfg.observer_port = None
+        return
+    node.observer_ws = obs
+    cfg.observer_port = obs.port
+    log.info("observers (CLI, dashboard, HTTP) on %s", obs.endpoint)
 
 
 def _http(node: MeshCore) -> Any:

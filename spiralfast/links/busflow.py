@@ -9,6 +9,14 @@ writable (senders wait) until the lag is under ``resume_lag_bytes``.  A receiver
 whose acks stop advancing for ``ACK_STALL_TIMEOUT`` is ignored until it acks again,
 so one dead node cannot stall the mesh.
 
+Meeting on a bus: once its subscriptions are in place a node announces itself (its
+gossip) and says ``join`` on the control channel; every member hearing a join answers
+the joiner at once, directly, with its own record (at most ``JOIN_ANSWERS_PER_SECOND``
+answers a second, one per joiner every ``JOIN_ANSWER_GAP``).  Two nodes started in the
+same second know each other within a round trip instead of at the next heartbeat.
+The join is said again after ``JOIN_REPEAT`` (in a NATS cluster a new subscription
+reaches the other servers a moment later).
+
 Rate limits ride on the same acks: a sender over this node's ``rate_limit`` gets its
 acks held back (``hold_acks``, at most ``MAX_ACK_HOLD`` at a time, well under
 ``ACK_STALL_TIMEOUT``), so its lag grows and it waits; nothing it sent is dropped.
@@ -20,17 +28,26 @@ import asyncio
 import time
 from typing import Any
 
+from .. import schema
 from ..codec import FrameWriter
 from ..limits import MAX_ACK_HOLD
 
 ACK_STALL_TIMEOUT = 3.0
+#: Joins answered per second at most (over all joiners), and per joiner at most once in
+#: this many seconds: an outsider naming many senders cannot make us publish much.
+JOIN_ANSWERS_PER_SECOND = 50
+JOIN_ANSWER_GAP = 0.25
+#: The joiner says ``join`` again this long after the first time.
+JOIN_REPEAT = 0.5
+#: Joiners remembered for JOIN_ANSWER_GAP.
+MAX_JOINERS = 4096
 
 
 class BusFlow:
     """Mixin for a bus ``Link``.  The link provides ``host``, ``node_id``, ``sealer``,
     ``stats``, ``connected``, ``sf_nodes``, ``pending`` / ``pending_bytes`` and the
     flow-control state (``tx_offset``, ``acked``, ``ack_progress``, ``rx_offsets``,
-    ``ack_sent``, ``ack_holds``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
+    ``ack_sent``, ``ack_holds``, ``join_answered``, ``join_window``, ``stopping``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
     ``_direct_channel(target)``, ``_queue(channel, payload)`` and ``_send_acks()``."""
 
     #: Limits (the link sets its own).
@@ -56,6 +73,9 @@ class BusFlow:
     rx_offsets: dict[str, int]
     ack_sent: dict[str, int]
     ack_holds: dict[str, float]
+    join_answered: dict[str, float]
+    join_window: list[float]
+    stopping: bool
     congested: bool
     _direct: dict[str, Any]
     _direct_scheduled: bool
@@ -69,6 +89,47 @@ class BusFlow:
     def _send_acks(self) -> None:
         raise NotImplementedError
 
+    def _publish_join(self) -> None:
+        """Say ``join`` on the link's control channel (sealed like the acks)."""
+        raise NotImplementedError
+
+    # -- meeting ---------------------------------------------------------------------
+
+    def _join(self, again: bool = True) -> None:
+        """Our subscriptions are in place: announce us (gossip) and ask the members
+        to answer with their records; said once more after JOIN_REPEAT."""
+        if not self.connected or self.stopping:
+            return
+        self.host.bus_up(self)  # (again) on the bus, and our gossip out
+        self._publish_join()
+        self.stats["joins_sent"] += 1
+        if again:
+            asyncio.get_running_loop().call_later(JOIN_REPEAT, self._join, False)
+
+    def _on_join(self, sender: str) -> None:
+        """A node joined the bus: answer it at once, directly, with our own record."""
+        if sender == self.node_id:
+            return
+        now = time.monotonic()
+        answered = self.join_answered
+        last = answered.get(sender)
+        if last is not None and now - last < JOIN_ANSWER_GAP:
+            return
+        window = self.join_window
+        if now - window[0] >= 1.0:
+            window[0], window[1] = now, 0
+        if window[1] >= JOIN_ANSWERS_PER_SECOND:
+            self.stats["joins_unanswered"] += 1
+            return
+        window[1] += 1
+        answered.pop(sender, None)
+        answered[sender] = now
+        while len(answered) > MAX_JOINERS:
+            del answered[next(iter(answered))]
+        self.sf_nodes.add(sender)  # it reads its own channel
+        self.stats["joins_answered"] += 1
+        self._add_direct(sender, schema.KIND_GOSSIP, 0, b"", schema.Gossip([self.host.local_record()]))
+
     # -- sending -------------------------------------------------------------------
 
     def can_reach(self, node_id: str) -> bool:
@@ -77,13 +138,16 @@ class BusFlow:
 
     def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
         """Queue a message for one node's channel; batched per loop iteration."""
+        self.stats["direct"] += 1
+        self._add_direct(target, kind, etype, msg_id, obj)
+
+    def _add_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
         w = self._direct.get(target)
         if w is None:
             w = self._direct[target] = FrameWriter()
         if w.full:
             self._flush_direct()
         w.add(kind, etype, target, msg_id, obj)
-        self.stats["direct"] += 1
         if not self._direct_scheduled:
             self._direct_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_direct)

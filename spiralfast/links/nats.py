@@ -4,8 +4,9 @@ Subjects (``M`` = the mesh name, escaped to a subject token: meshes sharing a NA
 never see each other's frames):
 - ``spiralfast.M.bcast``: broadcast frames (heartbeats, events, state, gossip);
 - ``spiralfast.M.node.<node_id>``: frames for one node (direct messages, repairs);
-- ``spiralfast.M.members``: the bus membership: flow-control acks and leave notices,
-  which tell the others who reads its own subject (``can_reach``).
+- ``spiralfast.M.members``: the bus membership: flow-control acks, joins (answered
+  at once by every member with its record: busflow.py) and leave notices, which tell
+  the others who reads its own subject (``can_reach``).
 
 Every payload is sealed by ``busauth.BusSealer`` exactly as on Redis (sender, and with
 a mesh token a MAC and a replay counter); this link only moves payloads and the
@@ -226,6 +227,8 @@ class NatsTransport(BusFlow):
         self.ack_sent: dict[str, int] = {}
         self.congested = False
         self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
+        self.join_answered: dict[str, float] = {}  # joiner -> when we last answered it
+        self.join_window: list[float] = [0.0, 0]  # (start of this second, answers in it)
         self._direct: dict[str, Any] = {}
         self._direct_scheduled = False
         self.sf_nodes: set[str] = set()
@@ -244,7 +247,7 @@ class NatsTransport(BusFlow):
         self.stats = {"published": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0, "reconnects": 0,
                       "paced": 0, "acks_sent": 0, "direct": 0, "too_large": 0, "slow_consumer": 0,
                       "catchups": 0, "caught_up_frames": 0, "caught_up_events": 0, "held_dropped": 0,
-                      "stream_refused": 0}
+                      "stream_refused": 0, "joins_sent": 0, "joins_answered": 0, "joins_unanswered": 0}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -296,13 +299,15 @@ class NatsTransport(BusFlow):
                     inline[sub._id] = (subject, self._on_data)
             if self.stream_on:
                 await self._ensure_stream()
+            # The server has our subscriptions before anyone answers our join.
+            await asyncio.wait_for(nc.flush(CONNECT_TIMEOUT), CONNECT_TIMEOUT + 0.5)
         except Exception as exc:
             self.errlog("down", logging.WARNING, "NATS subscribe failed (%s); will retry", mask_url(str(exc)))
             await self._close_nc()
             return False
         self.connected = self.ever_connected = True
         self.last_rx_wall = time.time()
-        self.host.bus_up(self)
+        self._join()  # on the bus: our gossip out, and the members' records asked for
         self._kick()
         return True
 
@@ -414,7 +419,7 @@ class NatsTransport(BusFlow):
             t = asyncio.ensure_future(self._catch_up(self.last_rx_wall - CATCHUP_MARGIN))
             self._tasks.append(t)
             t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-        self.host.bus_up(self)
+        self._join()
         self._kick()
 
     # -- sending -------------------------------------------------------------------
@@ -540,6 +545,9 @@ class NatsTransport(BusFlow):
         self._tasks.append(t)
         t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
+    def _publish_join(self) -> None:
+        self._publish_ctl({"join": 1})
+
     async def _publish_now(self, subject: str, payload: bytes) -> None:
         try:
             await self.nc.publish(subject, payload)
@@ -618,6 +626,8 @@ class NatsTransport(BusFlow):
             self.sf_nodes.discard(sender)
             self.acked.pop(sender, None)
             return
+        if obj.get("join"):
+            return self._on_join(sender)
         acks = obj.get("acks")
         self._acked(sender, acks.get(self.node_id) if isinstance(acks, dict) else None)
 

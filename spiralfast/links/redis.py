@@ -4,7 +4,8 @@ Channels (``C`` = ``ritual_channel``, ``M`` = the mesh name: meshes sharing a Re
 never see each other's frames):
 - ``C:sf:M``: spiralfast broadcast frames (heartbeats, events, state, gossip);
 - ``C:sf:M:<node_id>``: spiralfast frames for one node;
-- ``C:sf:M:ack``: flow-control acks;
+- ``C:sf:M:ack``: flow-control acks, and joins (answered at once by every member
+  with its record: busflow.py);
 - ``C`` and ``node_<id>``: the old JSON format, for ``spiralcodex.mesh`` nodes (only
   when interop is on: ``"auto"`` publishes JSON copies only while an old node was
   heard within 3 heartbeat intervals).
@@ -116,6 +117,8 @@ class RedisTransport(BusFlow):
         self.ack_sent: dict[str, int] = {}
         self.congested = False
         self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
+        self.join_answered: dict[str, float] = {}  # joiner -> when we last answered it
+        self.join_window: list[float] = [0.0, 0]  # (start of this second, answers in it)
         self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
         self._direct_scheduled = False
         self.legacy_nodes: dict[str, float] = {}  # old-format node -> monotonic time last heard
@@ -126,7 +129,8 @@ class RedisTransport(BusFlow):
         self.errlog = RateLimitedLog(log)
         self.stopping = False
         self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0,
-                      "reconnects": 0, "paced": 0, "acks_sent": 0, "direct": 0, "legacy_out": 0}
+                      "reconnects": 0, "paced": 0, "acks_sent": 0, "direct": 0, "legacy_out": 0, "joins_sent": 0,
+                      "joins_answered": 0, "joins_unanswered": 0}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -306,7 +310,9 @@ class RedisTransport(BusFlow):
                     if not self.ever_connected:
                         self.ever_connected = True
                         log.info("Redis at %s is reachable now; connected", self.settings.url)
-                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                # Subscribe confirmations are read: the one for our own channel says every
+                # channel is in place, and that is when we join (busflow.py).
+                self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
                 chans = [self.sf_channel, self.my_channel, self.ack_channel]
                 if self.settings.interop is not False:
                     chans += [self.channel, self.legacy_direct]
@@ -322,7 +328,10 @@ class RedisTransport(BusFlow):
                         asyncio.get_running_loop().call_soon(self._spawn_flush)
                 delay = 0.1
                 async for msg in self.pubsub.listen():
-                    if msg.get("type") != "message":
+                    kind = msg.get("type")
+                    if kind != "message":
+                        if kind == "subscribe" and _text(msg.get("channel")) == self.my_channel:
+                            self._join()
                         continue
                     try:
                         self._on_message(msg["channel"], msg["data"])
@@ -371,6 +380,8 @@ class RedisTransport(BusFlow):
             offsets = msgspec.msgpack.decode(body)
         except (msgspec.DecodeError, ValueError, RecursionError):
             return self._bad("malformed ack")
+        if isinstance(offsets, dict) and offsets.get(0) == "join":  # an int key: never a node id
+            return self._on_join(sender)
         mine = offsets.get(self.node_id) if isinstance(offsets, dict) else None
         if not isinstance(mine, int) or sender == self.node_id:
             return
@@ -382,8 +393,15 @@ class RedisTransport(BusFlow):
             return
         self.ack_sent.update(todo)
         self.stats["acks_sent"] += 1
+        self._publish_ctl(todo)
+
+    def _publish_join(self) -> None:
+        self._publish_ctl({0: "join"})
+
+    def _publish_ctl(self, obj: dict[Any, Any]) -> None:
+        """Acks and joins on the ack channel, sealed with their own counter."""
         self.ack_counter += 1
-        payload = self.sealer.seal(self.ack_channel.encode(), self.ack_counter, msgspec.msgpack.encode(todo))
+        payload = self.sealer.seal(self.ack_channel.encode(), self.ack_counter, msgspec.msgpack.encode(obj))
         # Acks bypass the data outbox: they must not queue behind the data they pace.
         t = asyncio.ensure_future(self._publish_now(self.ack_channel, payload))
         self._tasks.append(t)
@@ -435,3 +453,7 @@ class RedisTransport(BusFlow):
     def _bad(self, why: str) -> None:
         self.stats["bad"] += 1
         self.errlog(("bad", why[:40]), logging.WARNING, "ignoring malformed Redis message: %s", why)
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)

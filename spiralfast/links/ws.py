@@ -119,6 +119,7 @@ class WSLink:
         self.disconnected_event = asyncio.Event()
         self.following = False
         self.follow_types: set[str] = set()
+        self.observers_only = False  # on an observer port: the handshake refuses nodes
 
     # -- called by the listener ---------------------------------------------------
 
@@ -300,10 +301,15 @@ class WebSocketTransport:
 
     :param host: the node (``LinkHost``).
     :param http: makes the responder for plain HTTP requests on the port (or None).
+    :param observers_only: a port for observers (CLI, dashboard) and HTTP alone, for a
+        node without WebSocket links (``MeshConfig.observer_port``): a peer joining as a
+        node is refused, and nothing is dialled.
     """
 
-    def __init__(self, host: Any, settings: WSSettings, http: Callable[[], Any] | None = None) -> None:
+    def __init__(self, host: Any, settings: WSSettings, http: Callable[[], Any] | None = None,
+                 observers_only: bool = False) -> None:
         self.host = host
+        self.observers_only = observers_only
         self.settings = settings
         self.http_factory = http
         self.server: asyncio.base_events.Server | None = None
@@ -364,6 +370,7 @@ class WebSocketTransport:
         upgrade = (request.headers.get("Upgrade") or "").lower() == "websocket"
         if upgrade and path in MESH_PATHS:
             link = WSLink(self, outbound=False)
+            link.observers_only = self.observers_only
             return MeshListener(link, WSLink.received)
         if self.http is None and self.http_factory is not None:
             self.http = self.http_factory()
@@ -413,7 +420,7 @@ class WebSocketTransport:
 
     def dial(self, url: str, permanent: bool = False, expected_id: str | None = None) -> None:
         """Keep a link to ``url``: permanent peers forever, gossiped ones while known."""
-        if url == self.endpoint:
+        if url == self.endpoint or self.observers_only:
             return
         if expected_id is not None:
             self.expected[url] = expected_id
