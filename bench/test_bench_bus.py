@@ -65,8 +65,9 @@ class BaselineBus:
                 self.history = self.history[-1000:]
 
 
-async def _round(make_bus: Any) -> None:
-    """Publish N events through ``make_bus()`` and wait until a plain handler saw all."""
+async def _round(make_bus: Any) -> int:
+    """Publish N events through ``make_bus()`` and wait until a plain handler saw all;
+    returns how many it saw."""
     done = asyncio.get_running_loop().create_future()
     count = 0
 
@@ -92,19 +93,21 @@ async def _round(make_bus: Any) -> None:
         await bus.stop()
     else:
         runner.cancel()
+    return count
 
 
-async def _spiralfast_round() -> None:
-    await _round(lambda: EventBus("bench"))
+async def _spiralfast_round() -> int:
+    return await _round(lambda: EventBus("bench"))
 
 
-async def _baseline_round() -> None:
-    await _round(lambda: BaselineBus("bench"))
+async def _baseline_round() -> int:
+    return await _round(lambda: BaselineBus("bench"))
 
 
 @pytest.mark.benchmark(group=f"bus-{N}-events")
 @pytest.mark.parametrize("impl", ["spiralfast", "baseline"])
 def test_bus_throughput(benchmark: Any, impl: str) -> None:
     fn = _spiralfast_round if impl == "spiralfast" else _baseline_round
-    benchmark.pedantic(lambda: uvloop.run(fn()), rounds=5, iterations=1, warmup_rounds=1)
+    seen = benchmark.pedantic(lambda: uvloop.run(fn()), rounds=5, iterations=1, warmup_rounds=1)
+    assert seen == N  # every event published reached the handler, once
     benchmark.extra_info["events_per_s"] = N / benchmark.stats.stats.mean

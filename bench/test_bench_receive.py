@@ -109,6 +109,8 @@ def test_receive_path(benchmark: Any, kind: str) -> None:
     r = Receiver(kind)
     try:
         benchmark.pedantic(r.run, setup=lambda: ((r.batch(),), {}), rounds=5, iterations=1, warmup_rounds=1)
+        # The handler saw every event fed, once (a dropped or doubled event would show).
+        assert r.count == r.want == r.next_id and r.count % N == 0 and r.count > 0
         benchmark.extra_info["us_per_event"] = benchmark.stats.stats.median / N * 1e6
     finally:
         r.close()

@@ -49,6 +49,12 @@ def test_asyncio_queue(benchmark: Any) -> None:
             get()
 
     benchmark(run)
+    assert q.empty()
+    got = []  # the baseline does the same work, in order (checked outside the timed loop)
+    for i in range(N):
+        put(i)
+        got.append(get())
+    assert got == list(range(N))
     loop.close()
 
 
@@ -63,3 +69,9 @@ def test_deque(benchmark: Any) -> None:
             get()
 
     benchmark(run)
+    assert not d
+    got = []  # the baseline does the same work, in order (checked outside the timed loop)
+    for i in range(N):
+        put(i)
+        got.append(get())
+    assert got == list(range(N))
