@@ -1,14 +1,17 @@
 """Redis transport: frames over pub/sub, published in one pipeline per loop tick.
 
 Channels (``C`` = ``ritual_channel``, ``M`` = the mesh name: meshes sharing a Redis
-never see each other's frames):
+never see each other's frames; on a database other than 0, ``M`` is ``db<n>:<mesh name>``,
+because pub/sub ignores the database number: nodes on ``/0`` and ``/3`` are two meshes,
+as their keys would be.  Database 0 keeps the plain names earlier releases use):
 - ``C:sf:M``: spiralfast broadcast frames (heartbeats, events, state, gossip);
 - ``C:sf:M:<node_id>``: spiralfast frames for one node;
 - ``C:sf:M:ack``: flow-control acks, and joins (answered at once by every member
   with its record: busflow.py);
 - ``C`` and ``node_<id>``: the old JSON format, for ``spiralcodex.mesh`` nodes (only
   when interop is on: ``"auto"`` publishes JSON copies only while an old node was
-  heard within 3 heartbeat intervals).
+  heard within 3 heartbeat intervals).  These are the old library's names, whatever the
+  database: old nodes hear each other across databases, and so do we with them.
 
 Every payload on the spiralfast channels is sealed by ``busauth.BusSealer``: it names
 its sender and, with a mesh token, carries a MAC and a replay counter.  This link
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +59,8 @@ CONNECT_TIMEOUT = 2.0
 RECONNECT_MAX = 1.0
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
 #: An old-format node counts as present this many heartbeat intervals after it was heard.
 LEGACY_PRESENCE = 3
 
@@ -71,6 +77,23 @@ class RedisSettings:
     interop: bool | str = "auto"
     heartbeat_interval: float = 30.0
     replay_window: float = 120.0
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked (``user:****@``), for logs."""
+        return _URL_PASSWORD.sub(r"\1****@", self.url)
+
+    @property
+    def db(self) -> int:
+        """The database number the URL names (``/3``, ``?db=3``); 0 when it names none."""
+        return redis_db(self.url)
+
+    @property
+    def scope(self) -> str:
+        """What follows ``C:sf:`` in the channel names: the mesh name, after ``db<n>:``
+        on a database other than 0."""
+        db = self.db
+        return self.mesh_name if db == 0 else f"db{db}:{self.mesh_name}"
 
     @classmethod
     def from_config(cls, cfg: Any, node_id: str) -> RedisSettings:
@@ -94,7 +117,7 @@ class RedisTransport(BusFlow):
         self.node_id = st.node_id
         self.session: Any = None
         self.channel = st.channel
-        base = f"{st.channel}:sf:{st.mesh_name}"
+        base = f"{st.channel}:sf:{st.scope}"
         self.base = base
         self.sf_channel = base
         self.my_channel = f"{base}:{st.node_id}"
@@ -144,10 +167,15 @@ class RedisTransport(BusFlow):
         self.client = aioredis.from_url(
             st.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None, health_check_interval=0,
         )
+        if st.db:
+            log.info("Redis database %d: mesh %r uses channels %s* (pub/sub ignores the database number, so "
+                     "the channel names carry it; nodes on other databases are other meshes)", st.db,
+                     st.mesh_name, self.base)
         ok = await self._ping()
         if not ok:
             self.errlog("down", logging.WARNING,
-                        "Redis at %s unreachable; running without Redis (will connect when it appears)", st.url)
+                        "Redis at %s unreachable; running without Redis (will connect when it appears)",
+                        st.display_url)
         self.connected = ok
         self.ever_connected = ok
         if ok:
@@ -309,7 +337,7 @@ class RedisTransport(BusFlow):
                         raise ConnectionError("Redis unreachable")
                     if not self.ever_connected:
                         self.ever_connected = True
-                        log.info("Redis at %s is reachable now; connected", self.settings.url)
+                        log.info("Redis at %s is reachable now; connected", self.settings.display_url)
                 # Subscribe confirmations are read: the one for our own channel says every
                 # channel is in place, and that is when we join (busflow.py).
                 self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
@@ -319,7 +347,8 @@ class RedisTransport(BusFlow):
                 await self.pubsub.subscribe(*chans)
                 if not self.connected:
                     self.stats["reconnects"] += 1
-                    self.errlog.clear("down", logging.INFO, "Redis at %s reachable again", self.settings.url)
+                    self.errlog.clear("down", logging.INFO, "Redis at %s reachable again",
+                                      self.settings.display_url)
                     self.connected = True
                     self.host.bus_up(self)
                     self.announce()
@@ -457,3 +486,13 @@ class RedisTransport(BusFlow):
 
 def _text(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def redis_db(url: str) -> int:
+    """The database number of a Redis URL, read as redis-py reads it; 0 when it names none."""
+    from redis.connection import parse_url
+
+    try:
+        return int(parse_url(url).get("db") or 0)
+    except (ValueError, TypeError):
+        return 0
