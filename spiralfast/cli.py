@@ -799,7 +799,11 @@ def mesh_events(
                     backfill = recent if lost_at is None else max(recent, FOLLOW_BACKFILL)
                     if backfill:
                         for env in await c.query("events", count=backfill, types=types):
-                            out(env)
+                            # after a reconnect, what was not printed yet is new to the user
+                            if out(env) and lost_at is not None:
+                                seen += 1
+                                if count and seen >= count:
+                                    return
                     if lost_at is not None:
                         _note(f"reconnected to {node} after {time.monotonic() - lost_at:.1f}s")
                         lost_at = None

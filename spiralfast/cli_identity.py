@@ -59,6 +59,8 @@ def read_id_file(path: Path) -> str:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise
+    except NotADirectoryError:  # the data directory cannot exist (a file on its path)
+        raise FileNotFoundError(errno.ENOENT, "no id file", str(path)) from None
     except OSError as exc:
         raise IdentityError(f"cannot read node id file {path}: {_why(exc)} "
                             "(fix its permissions, or give --node-id or another --data-dir)") from None

@@ -1,0 +1,364 @@
+"""A node's identity across restarts, duplicate ids, and the CLI papercuts of issue 24,
+with the installed CLI run as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import free_port
+from .procs import NodeProc
+from .test_cli import cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
+        time.sleep(0.05)
+
+
+class Node:
+    """``spiralfast mesh start`` without --node-id (unless given), in its own data
+    directory; returns once the whole banner is out."""
+
+    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(self.port), "--no-redis",
+                     "--heartbeat-interval", "0.3", "--log-level", "warning", "--data-dir", str(data_dir), *extra]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1"))
+        self.banner: dict[str, str] = {}
+        self.node_id = ""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise RuntimeError(f"node exited ({self.proc.wait()}): {err}")
+            if line.startswith("spiralfast ") and " node " in line:
+                self.node_id = line.split(" node ", 1)[1].strip()
+                continue
+            key, _, rest = line.strip().partition(" ")
+            self.banner[key] = rest.strip()
+            if key == "config":
+                return
+        raise RuntimeError("node did not start")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+def start_fails(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A ``mesh start`` expected to exit by itself."""
+    return cli("mesh", "start", "--no-redis", "--heartbeat-interval", "0.3", "--log-level", "warning", *args,
+               timeout=timeout)
+
+
+def status(url: str) -> dict[str, Any]:
+    r = cli("mesh", "status", "--node", url, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def db_files(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir() if p.name.endswith(".db")}
+
+
+# -- a stable identity ----------------------------------------------------------------------
+
+
+def test_a_restart_keeps_the_id_and_the_event_log_and_node_id_wins(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Node(data)
+    try:
+        node_id = first.node_id
+        assert (data / "node_id").read_text().strip() == node_id
+        assert (data / "node_id").stat().st_mode & 0o777 == 0o600
+        assert first.banner["identity"].startswith("new, kept in")
+        assert first.banner["persistence"] == f"on: {data / (node_id + '.db')}"
+        assert status(first.url)["node_id"] == node_id
+    finally:
+        assert first.stop() == 0
+    files = db_files(data)
+    assert files == {f"{node_id}.db"}
+
+    again = Node(data, port=first.port)
+    try:
+        assert again.node_id == node_id  # the same node ...
+        assert again.banner["identity"] == f"kept in {data / 'node_id'}"
+        assert status(again.url)["node_id"] == node_id
+    finally:
+        assert again.stop() == 0
+    assert db_files(data) == files  # ... with the same event log: no new file
+
+    other = Node(data, "--node-id", "explicit-1")
+    try:
+        assert other.node_id == "explicit-1"
+        assert other.banner["identity"] == "node_id from flag --node-id"
+    finally:
+        assert other.stop() == 0
+    assert (data / "node_id").read_text().strip() == node_id  # untouched by --node-id
+    env_node = cli("config", "show", "--json", "--data-dir", str(data))
+    assert json.loads(env_node.stdout)["settings"]["data_dir"]["value"] == str(data)
+
+
+def test_no_db_keeps_the_id_when_it_can_else_a_fresh_one_with_a_note(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    a = Node(data, "--no-db")
+    a.stop()
+    b = Node(data, "--no-db")
+    try:
+        assert b.node_id == a.node_id and b.banner["persistence"] == "off"
+        assert db_files(data) == set()
+    finally:
+        b.stop()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    c = Node(blocker / "data", "--no-db")
+    try:
+        assert c.node_id and c.banner["identity"].startswith("new at each start")
+    finally:
+        c.stop()
+    assert c.proc.stderr is not None
+    warning = c.proc.stderr.read()
+    assert "cannot keep this node's id" in warning and "Traceback" not in warning
+
+
+@pytest.mark.parametrize("content", [b"", b"two words\n", b"\xff\xfe\x00", b"x" * 300])
+def test_a_corrupt_id_file_is_one_error_line(tmp_path: Path, content: bytes) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "node_id").write_bytes(content)
+    r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert error_lines(r.stderr) == [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(error_lines(r.stderr)) == 1 and "is corrupt" in r.stderr and str(data / "node_id") in r.stderr
+    assert (data / "node_id").read_bytes() == content  # nothing lost
+
+
+def test_an_unreadable_id_file_is_one_error_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "node_id").mkdir(parents=True)  # unreadable as a file, even for root
+    r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+    assert r.returncode == 1 and len(error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
+    assert "cannot read node id file" in r.stderr
+
+
+# -- one live node per id ---------------------------------------------------------------------
+
+
+def test_the_same_data_dir_twice_is_refused_and_the_first_runs_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Node(data)
+    try:
+        r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+        assert r.returncode == 1, r.stderr
+        lines = error_lines(r.stderr)
+        assert len(lines) == 1 and "Traceback" not in r.stderr
+        assert f"node id {first.node_id} is already held by a live node (pid {first.proc.pid} at {first.url})" \
+            in lines[0] and "--data-dir" in lines[0]
+        # the same explicit id in the same data directory too
+        r2 = start_fails("--data-dir", str(data), "--node-id", first.node_id, "--port", str(free_port()))
+        assert r2.returncode == 1 and len(error_lines(r2.stderr)) == 1 and "already held" in r2.stderr
+        assert first.alive() and status(first.url)["node_id"] == first.node_id
+    finally:
+        assert first.stop() == 0
+    after = Node(data)  # the lock went with the process
+    try:
+        assert after.node_id == first.node_id
+    finally:
+        after.stop()
+
+
+def test_a_duplicate_id_dialling_the_live_node_exits_nonzero(tmp_path: Path) -> None:
+    live = Node(tmp_path / "a", "--node-id", "dup-1")
+    try:
+        ok = Node(tmp_path / "b", "--node-id", "other-1", "--peer", live.url)  # the positive path: it joins
+        try:
+            until(lambda: len(status(live.url)["links"]) == 1, what="link to other-1")
+        finally:
+            ok.stop()
+        r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-1", "--port", str(free_port()),
+                        "--peer", live.url)
+        assert r.returncode == 1
+        lines = error_lines(r.stderr)
+        assert len(lines) == 1 and "Traceback" not in r.stderr
+        assert lines[0].startswith("error: node id dup-1 is already held by a live node") and live.url in lines[0]
+        assert live.alive() and status(live.url)["node_id"] == "dup-1"
+    finally:
+        assert live.stop() == 0
+
+
+def test_a_duplicate_id_refused_by_a_member_exits_nonzero(tmp_path: Path) -> None:
+    """Through a third node: it refuses the twin while the original's link is up; the
+    twin exits once that has lasted longer than a dead twin's stale link could (the
+    silence limit, 3 heartbeats of 0.3 s, plus one heartbeat: 1.2 s)."""
+    live = Node(tmp_path / "a", "--node-id", "dup-2")
+    hub = Node(tmp_path / "h", "--node-id", "hub-2", "--peer", live.url)
+    try:
+        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+              == {"dup-2", "hub-2"}, what="hub linked to dup-2")
+        r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-2", "--port", str(free_port()),
+                        "--peer", hub.url, timeout=120)
+        assert r.returncode == 1
+        lines = error_lines(r.stderr)
+        assert len(lines) == 1 and "Traceback" not in r.stderr
+        assert lines[0].startswith("error: node id dup-2 is already held by a live node")
+        assert "already in the mesh" in lines[0]
+        assert live.alive() and hub.alive()
+        assert {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)} \
+            == {"dup-2", "hub-2"}
+    finally:
+        hub.stop()
+        live.stop()
+
+
+# -- papercuts --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeProc]:
+    n = NodeProc("paper-1", "--persist-events", "all")
+    yield n
+    n.stop()
+
+
+def test_type_takes_commas_in_events_and_history(node: NodeProc) -> None:
+    for t in ("pc_a", "pc_b", "pc_c"):
+        assert cli("mesh", "publish", t, '{"x": 1}', "--node", node.url).returncode == 0
+
+    def types(*args: str) -> list[str]:
+        r = cli(*args, "--node", node.url, "--json")
+        assert r.returncode == 0, r.stderr
+        return sorted(json.loads(x)["type"] for x in r.stdout.splitlines())
+
+    assert types("mesh", "events", "--type", "pc_a") == ["pc_a"]  # the positive path
+    assert types("mesh", "events", "--type", "pc_a,pc_b") == ["pc_a", "pc_b"]
+    assert types("mesh", "events", "--type", "pc_a, pc_c", "--type", "pc_b") == ["pc_a", "pc_b", "pc_c"]
+    until(lambda: types("mesh", "history", "--type", "pc_a,pc_b") == ["pc_a", "pc_b"], what="history by types")
+    bad = cli("mesh", "events", "--type", ",", "--node", node.url)
+    assert bad.returncode == 2 and len(error_lines(bad.stderr)) == 1 and "--type" in bad.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_events_count_below_one_is_an_error(node: NodeProc, count: str) -> None:
+    assert cli("mesh", "publish", "pc_count", "{}", "--node", node.url).returncode == 0
+    ok = cli("mesh", "events", "--count", "1", "--node", node.url, "--json")
+    assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 1
+    r = cli("mesh", "events", "--count", count, "--node", node.url)
+    assert r.returncode == 2 and r.stdout == ""
+    assert error_lines(r.stderr) == [f"error: --count must be at least 1, got {count}"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_non_finite_float_settings_are_refused_in_every_layer(tmp_path: Path, value: str) -> None:
+    ok = cli("config", "show", "--json", "--heartbeat-interval", "5")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["settings"]["heartbeat_interval"]["value"] == 5.0
+    for args, env in (
+        (["--heartbeat-interval", value], {}),
+        (["--rate-limit", value], {}),
+        ([], {"SPIRALFAST_SYNC_INTERVAL": value}),
+    ):
+        r = subprocess.run([sys.executable, "-m", "spiralfast", "config", "show", *args], capture_output=True,
+                           text=True, env=dict(os.environ, **env), cwd=tmp_path, timeout=60)
+        assert r.returncode == 2, (args, env, r.stdout)
+        assert len(error_lines(r.stderr)) == 1 and "finite" in r.stderr and "Traceback" not in r.stderr
+    toml = tmp_path / "inf.toml"
+    toml.write_text(f"persist_retention_days = {value.lower().replace('infinity', 'inf')}\n")
+    r = cli("config", "show", "--config", str(toml))
+    assert r.returncode == 2 and len(error_lines(r.stderr)) == 1 and "finite" in r.stderr
+    assert "persist_retention_days" in r.stderr
+
+
+def test_the_banner_says_when_the_event_log_cannot_be_written(tmp_path: Path) -> None:
+    good = Node(tmp_path / "data", "--db", str(tmp_path / "events.db"))
+    try:
+        assert good.banner["persistence"] == f"on: {tmp_path / 'events.db'}"
+    finally:
+        good.stop()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    bad = Node(tmp_path / "data", "--db", str(blocker / "events.db"))  # a file where a directory should be
+    try:
+        text = bad.banner["persistence"]
+        assert text.startswith(f"NOT writing: {blocker / 'events.db'}") and "on:" not in text
+        st = status(bad.url)
+        assert st["persistence"]["error"]  # what the running node says, as the banner
+    finally:
+        bad.stop()
+
+
+def test_rate_limit_and_rate_burst_have_their_own_help() -> None:
+    from spiralfast import settings
+
+    specs = settings.specs_by_name()
+    assert specs["rate_limit"].help != specs["rate_burst"].help
+    helps = [s.help for s in settings.field_specs()]
+    assert len(helps) == len(set(helps)), "two settings share one help text"
+    r = subprocess.run([sys.executable, "-m", "spiralfast", "mesh", "start", "--help"], capture_output=True,
+                       text=True, env=dict(os.environ, COLUMNS="400", NO_COLOR="1"), timeout=60)
+    assert r.returncode == 0
+    lines = {ln.split()[0]: " ".join(ln.split()) for ln in r.stdout.splitlines() if ln.strip().startswith("--rate")}
+    assert "events one peer link" in lines["--rate-burst"].lower()
+    assert "events per second" in lines["--rate-limit"].lower() and "burst" not in lines["--rate-limit"].lower()
+    assert "--data-dir" in r.stdout
+
+
+def test_follow_survives_a_node_restart(tmp_path: Path) -> None:
+    n = NodeProc("follow-1")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "spiralfast", "mesh", "events", "--follow", "--type", "pc_tick", "--count", "2",
+         "--recent", "0", "--json", "--node", n.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        until(lambda: status(n.url)["followers"] >= 1, what="follower subscribed")
+        assert cli("mesh", "publish", "pc_tick", '{"n": 1}', "--node", n.url).returncode == 0
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert first["data"] == {"n": 1}
+        n.stop()
+        n.start()  # a new incarnation, same id and port
+        until(lambda: status(n.url)["followers"] >= 1, timeout=60, what="follower back")
+        assert cli("mesh", "publish", "pc_tick", '{"n": 2}', "--node", n.url).returncode == 0
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert [json.loads(x)["data"] for x in out.splitlines()] == [{"n": 2}]
+        assert "reconnecting" in err and "reconnected" in err and "Traceback" not in err
+        assert not error_lines(err)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        n.stop()
