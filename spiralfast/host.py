@@ -200,7 +200,7 @@ class NodeHost:
         """Set ``node.id_taken`` when another live process holds this node's id: the node
         we dialled answers with our own id (and we are in no mesh yet), or a member keeps
         refusing us as "already in the mesh" for longer than a dead twin's stale link
-        could last there (the silence limit plus one heartbeat)."""
+        could last there (the silence limit, one heartbeat and the suspicion timeout)."""
         me = f"{self.node.node_id[:64]!r}"
         hs = getattr(link.session, "handshake", None)
         if self.node.id_taken is not None or me not in text or hs is None:
@@ -210,7 +210,8 @@ class NodeHost:
         if "duplicate node id" in text and hs.outbound and not self.node.outbox.links:
             self.node.id_taken = f"{where} answers with this node's own id"
         elif "already in the mesh" in text:
-            limit = self.node.membership.silence_limit + self.node.membership.heartbeat_interval
+            ms = self.node.membership
+            limit = ms.silence_limit + ms.heartbeat_interval + float(getattr(ms, "suspicion_timeout", 0.0))
             since, last = self.id_refused
             if now - last > limit + 90.0:  # longer than a refused dial's longest back-off: it was resolved
                 since = now
