@@ -223,7 +223,7 @@ def test_a_duplicate_id_dialling_the_live_node_exits_nonzero(tmp_path: Path) -> 
 def test_a_duplicate_id_refused_by_a_member_exits_nonzero(tmp_path: Path) -> None:
     """Through a third node: it refuses the twin while the original's link is up; the
     twin exits once that has lasted longer than a dead twin's stale link could (the
-    silence limit, 3 heartbeats of 0.3 s, plus one heartbeat: 1.2 s)."""
+    silence limit, 3 heartbeats of 0.3 s, one heartbeat and the suspicion timeout)."""
     live = Node(tmp_path / "a", "--node-id", "dup-2")
     hub = Node(tmp_path / "h", "--node-id", "hub-2", "--peer", live.url)
     try:
