@@ -48,6 +48,8 @@ REPLY_PACE_BYTES = 4 * 1024 * 1024
 MAX_PACED_REPLIES = 8
 #: Origins whose node names are remembered (the dedupe windows keep at most 4,096 origins).
 MAX_ORIGIN_NAMES = 8192
+#: A suspect is judged this long after its suspicion timeout (timers of the loop run a little early or late).
+SUSPICION_SLACK = 0.02
 
 
 class NodeHost:
@@ -389,11 +391,22 @@ class NodeHost:
                 self.node.outbox.send(e[1], schema.KIND_ACK, 0, b"", schema.Ack(e[2], e[3]))
             elif e[0] == "suspect":
                 self.node.counts["suspected"] += 1
-                log.info("node %s suspected (its link closed): probing it for %.1f s", e[1],
-                         self.node.membership.suspicion_timeout)
+                timeout = self.node.membership.suspicion_timeout
+                log.info("node %s suspected (its link closed): probing it for %.1f s", e[1], timeout)
+                # judged when its time is up, not at the next sweep tick (up to 0.5 s later)
+                due = time.monotonic() + timeout + SUSPICION_SLACK
+                asyncio.get_running_loop().call_later(timeout + SUSPICION_SLACK, self.judge_suspects, due)
             elif e[0] == "refuted":
                 self.node.counts["suspicions_refuted"] += 1
                 log.info("node %s is alive (%s)", e[1], e[2])
+
+    def judge_suspects(self, due: float) -> None:
+        """A suspicion's time is up: sweep now.  Not when this timer itself ran late (our
+        loop was blocked, and the answers may be waiting unread): the sweep loop, which
+        moves the clocks on by our own stall first, decides then."""
+        now = time.monotonic()
+        if self.node.running and now - due < SUSPICION_SLACK + 0.1:
+            self.apply(self.node.membership.sweep(now))
 
     def probe(self, target: str, nonce: int, any_route: bool) -> None:
         """Ping ``target``: over a bus that reaches it (``any_route`` False: the direct
