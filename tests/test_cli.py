@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, require
 from .procs import NodeProc
+from .waiting import wait_until_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,12 +32,12 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 def pair() -> Iterator[tuple[NodeProc, NodeProc]]:
     a = NodeProc("A")
     b = NodeProc("B", "--peer", a.url)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def both() -> bool:
         r = cli("mesh", "nodes", "--node", a.url, "--json")
-        if r.returncode == 0 and len(json.loads(r.stdout)) == 2:
-            break
-        time.sleep(0.2)
+        return r.returncode == 0 and len(json.loads(r.stdout)) == 2
+
+    wait_until_sync(both, "A lists A and B", interval=0.2)
     yield a, b
     a.stop()
     b.stop()
@@ -68,10 +69,8 @@ def test_events_follow_and_publish(pair: tuple[NodeProc, NodeProc]) -> None:
         [*exe, "mesh", "events", "--follow", "--count", "2", "--json", "--type", "cli_evt", "--node", b.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 20
-    while json.loads(cli("mesh", "status", "--node", b.url, "--json").stdout)["followers"] < 1:
-        assert time.monotonic() < deadline, "follower never subscribed"
-        time.sleep(0.1)
+    wait_until_sync(lambda: json.loads(cli("mesh", "status", "--node", b.url, "--json").stdout)["followers"] >= 1,
+                    "the follower subscribed on B", interval=0.1)
     assert cli("mesh", "publish", "other_evt", "{}", "--node", a.url).returncode == 0
     r1 = cli("mesh", "publish", "cli_evt", '{"n": 1}', "--node", a.url, "--json")
     assert r1.returncode == 0 and json.loads(r1.stdout)["sent"] is True
@@ -185,8 +184,7 @@ def test_shell_completion() -> None:
     r = cli("completion", "bash")
     assert r.returncode == 0 and "_SPIRALFAST_COMPLETE" in r.stdout and "complete" in r.stdout
     exe = os.path.join(BIN, "spiralfast")
-    if not os.path.exists(exe):
-        pytest.skip("console script not installed")
+    require(os.path.exists(exe), "the installed console script (pip install -e .)")
     env = dict(os.environ, _SPIRALFAST_COMPLETE="complete_bash", COMP_WORDS="spiralfast me", COMP_CWORD="1")
     done = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=30)
     assert "mesh" in done.stdout.split()
@@ -358,7 +356,10 @@ def test_repeated_conditions_do_not_flood_the_log() -> None:
         assert p.stdout is not None
         while not p.stdout.readline().strip().startswith("config"):
             pass
-        time.sleep(6)  # retries happen many times a second without back-off
+        # A window that means time: retries happen many times a second without back-off.
+        # The bound below follows from _log.BACKOFF_INITIAL (1 s, doubling): lines at about
+        # 0, 1, 3 s (and 7) in a 6 s window; <= 6 is the margin (a loaded machine logs fewer).
+        time.sleep(6)
         p.send_signal(2)
         _, err = p.communicate(timeout=60)
     finally:
@@ -488,13 +489,11 @@ def test_tls_from_the_command_line(tmp_path: Any, pair: tuple[NodeProc, NodeProc
         assert "wss://" in plain and "within 2s" in plain
         # a peer dialling wss:// verifies with SPIRALFAST_CAFILE
         b = NodeProc("TLS-B", "--peer", s.url, env={"SPIRALFAST_CAFILE": cert})
-        deadline = time.monotonic() + 15
-        while True:
+        def joined() -> bool:
             r = cli("mesh", "nodes", "--node", b.url, "--json")
-            if r.returncode == 0 and {n["node_id"] for n in json.loads(r.stdout)} == {"TLS-A", "TLS-B"}:
-                break
-            assert time.monotonic() < deadline, r.stdout + r.stderr
-            time.sleep(0.2)
+            return r.returncode == 0 and {n["node_id"] for n in json.loads(r.stdout)} == {"TLS-A", "TLS-B"}
+
+        wait_until_sync(joined, "TLS-B joined TLS-A over wss:// (verified with SPIRALFAST_CAFILE)", interval=0.2)
     finally:
         if b is not None:
             b.stop()
@@ -514,12 +513,11 @@ def test_bench_redis_down_leaves_no_process_and_parent_death_reaps_child() -> No
     parent = subprocess.Popen([sys.executable, "-m", "spiralfast", "bench", "--events", "100000000", "--rate", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        children: list[Any] = []
-        while not children:
-            assert time.monotonic() < deadline and parent.poll() is None, "bench child never started"
-            children = psutil.Process(parent.pid).children()
-            time.sleep(0.1)
+        def started() -> list[Any]:
+            assert parent.poll() is None, "the bench parent exited"
+            return psutil.Process(parent.pid).children()  # type: ignore[no-any-return]
+
+        children: list[Any] = wait_until_sync(started, "the bench child started", interval=0.1)
         parent.kill()
         parent.wait()
         gone, alive = psutil.wait_procs(children, timeout=30)
@@ -538,13 +536,8 @@ def test_status_table_of_a_node_with_a_bus_link() -> None:
     url = nats_or_fail()
     node = NodeProc("BUS", "--nats", url, "--name", f"cli_bus_{os.getpid()}")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            st = json.loads(cli("mesh", "status", "--node", node.url, "--json").stdout)
-            if st.get("nats") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert st.get("nats") is True
+        wait_until_sync(lambda: json.loads(cli("mesh", "status", "--node", node.url, "--json").stdout).get("nats"),
+                        "the node's NATS link is up", interval=0.2)
         r = cli("mesh", "status", "--node", node.url)
         assert r.returncode == 0, r.stderr
         assert "nats(" in r.stdout and "nats" in r.stdout
