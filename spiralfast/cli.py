@@ -391,24 +391,25 @@ def _start_node(kw: dict[str, Any]) -> None:
     try:
         res = _resolve(kw)
         cfg = res.config
-        # One identity per data directory: without node_id the node takes the id kept
-        # there, and a lock says whether a live node already holds it.
+        formatter = setup_logging(res.log_level, res.log_format)
+        for w in res.warnings:
+            logging.getLogger("spiralfast.cli").warning("%s", w)
+        _check_tls(cfg)
+        if cfg.enable_websocket:
+            _check_port(cfg.websocket_host, cfg.websocket_port)
+        # One identity per data directory (only once the checks above passed, so a start
+        # refused for them leaves nothing behind): without node_id the node takes the id
+        # kept there, and a lock says whether a live node already holds it.
         data_dir = Path(res.data_dir)
         ident = cli_identity.establish(cfg.node_id, data_dir)
         cfg.node_id = ident.node_id
         lock = cli_identity.NodeLock.acquire(data_dir, ident.node_id, ident.path)
+        if ident.note:
+            logging.getLogger("spiralfast.cli").warning("%s", ident.note)
         if not kw.get("no_db") and cfg.persistence_path is None and cfg.persistence_url is None:
             # The node keeps its mesh events by default: a file named after its id in its
             # data directory (--db PATH elsewhere, --no-db for none).
             cfg.persistence_path = str(data_dir / f"{cli_identity.safe_name(ident.node_id)}.db")
-        formatter = setup_logging(res.log_level, res.log_format)
-        for w in res.warnings:
-            logging.getLogger("spiralfast.cli").warning("%s", w)
-        if ident.note:
-            logging.getLogger("spiralfast.cli").warning("%s", ident.note)
-        _check_tls(cfg)
-        if cfg.enable_websocket:
-            _check_port(cfg.websocket_host, cfg.websocket_port)
     except CliError as exc:
         raise _fail(str(exc), exc.code) from None
     except cli_identity.IdentityError as exc:

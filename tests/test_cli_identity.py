@@ -192,6 +192,10 @@ def test_the_same_data_dir_twice_is_refused_and_the_first_runs_on(tmp_path: Path
         r2 = start_fails("--data-dir", str(data), "--node-id", first.node_id, "--port", str(free_port()))
         assert r2.returncode == 1 and len(error_lines(r2.stderr)) == 1 and "already held" in r2.stderr
         assert first.alive() and status(first.url)["node_id"] == first.node_id
+        # a start refused before it began (its port is taken) leaves no data directory behind
+        fresh = tmp_path / "fresh"
+        r3 = start_fails("--data-dir", str(fresh), "--port", str(first.port))
+        assert r3.returncode == 1 and "cannot listen" in r3.stderr and not fresh.exists()
     finally:
         assert first.stop() == 0
     after = Node(data)  # the lock went with the process
