@@ -187,6 +187,15 @@ def _meta_offer(md: dict[str, Any], ttype: str) -> tuple[int | None, int | None]
         return None, None
 
 
+def _check_limits(timeout: Any, retries: Any) -> None:
+    """A clear error for a timeout or retries of the wrong type or range (the per-task
+    path only compares them)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+
+
 def _percentiles(samples: Iterable[float]) -> tuple[float | None, float | None]:
     s = sorted(samples)
     if not s:
@@ -248,7 +257,7 @@ class TaskManager:
             raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
         if not callable(handler):
             raise ValueError(f"handler for {task_type!r} is not callable")
-        if not isinstance(capacity, int) or capacity < 1:
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
         offer = self._offers.get(task_type)
         if offer is None:
@@ -296,6 +305,7 @@ class TaskManager:
             worker was lost with no retries left (``type_name == "WorkerLost"``).
         :raises TaskTimeout: no result within ``timeout`` on the last attempt.
         """
+        _check_limits(timeout, retries)
         p = self._start(task_type, payload, timeout, retries, target_node)
         if p.state == 0:
             try:
@@ -315,8 +325,9 @@ class TaskManager:
         The first failed task raises its error at its place in the order; the tasks
         still in flight are then abandoned (their results are dropped).
         """
-        if not isinstance(concurrency, int) or concurrency < 1:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        _check_limits(timeout, retries)
         return self._map(task_type, payloads, concurrency, timeout, retries)
 
     async def _map(self, task_type: str, payloads: Iterable[Any], concurrency: int, timeout: float,
@@ -399,8 +410,8 @@ class TaskManager:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
         if (pinned is not None or ttype not in self._cands) and not self._has_candidates(ttype, pinned, ()):
-            where = f"node {pinned}" if pinned else "no node of the mesh"
-            raise NoNodeForTask(f"{where} serves task type {ttype!r}")
+            raise NoNodeForTask(f"node {pinned} does not serve task type {ttype!r}" if pinned
+                                else f"no node of the mesh serves task type {ttype!r}")
         st = self._stats.get(ttype)
         if st is None:
             st = self._stats[ttype] = _Stats()
