@@ -81,7 +81,7 @@ def start_node(node_id: str, db: Path, mesh: str, data_home: str, peers: list[st
     raise RuntimeError(f"node {node_id} did not start")
 
 
-def snapshot(db: Path, pid: int) -> dict[str, Any]:
+def snapshot(db: Path, pid: int, since_rowid: int = 0) -> dict[str, Any]:
     wal = Path(str(db) + "-wal")
     out: dict[str, Any] = {"t": time.monotonic(), "db": db.stat().st_size if db.exists() else 0,
                            "wal": wal.stat().st_size if wal.exists() else 0, "salt": None, "write_bytes": None}
@@ -103,6 +103,12 @@ def snapshot(db: Path, pid: int) -> dict[str, Any]:
                 out[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             except sqlite3.OperationalError:
                 out[table] = 0
+        try:
+            out["metric_rowid"] = conn.execute("SELECT coalesce(max(rowid), 0) FROM system_metrics").fetchone()[0]
+            out["metric_names"] = sorted({r[0] for r in conn.execute(
+                "SELECT metric_name FROM system_metrics WHERE rowid > ?", (since_rowid,))})
+        except sqlite3.OperationalError:
+            out["metric_rowid"], out["metric_names"] = 0, []
         try:
             out["metric_bytes"] = conn.execute(
                 "SELECT coalesce(sum(length(metric_id) + length(timestamp) + length(metric_name) + 8 "
@@ -144,7 +150,7 @@ def main() -> None:
         time.sleep(a.warmup)  # the start-up and the first full sample (a day has one start)
         s0 = snapshot(db, pa.pid)
         time.sleep(a.minutes * 60)
-        s1 = snapshot(db, pa.pid)
+        s1 = snapshot(db, pa.pid, s0["metric_rowid"])
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"a node exited during the run: {p.stderr.read() if p.stderr else ''}")
@@ -181,7 +187,7 @@ def main() -> None:
             "process_write_bytes": None if wb is None else round(wb * per_day),
             "metric_rows": round(rows["system_metrics"] * per_day),
         },
-        "full_sample_rows": full_rows, "warmup_wal_appended_bytes": startup,
+        "metrics_changed": s1["metric_names"], "full_sample_rows": full_rows, "warmup_wal_appended_bytes": startup,
         "db_bytes_end": s1["db"], "wal_bytes_end": s1["wal"],
     }
     d = result["per_day"]
@@ -194,6 +200,7 @@ def main() -> None:
     if wb is not None:
         print(f"  process write_bytes {wb} bytes  -> {mb(d['process_write_bytes'])} / day")
     print(f"  rows added          {rows}  -> {d['metric_rows']} metric rows / day")
+    print(f"  metrics stored      {', '.join(s1['metric_names']) or '-'}")
     print(json.dumps(result))
 
 

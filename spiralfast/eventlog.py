@@ -534,34 +534,37 @@ class SQLiteStore(Store):
         target = int(budget * CAP_TARGET)
         events = metrics = 0
         while used > target:
-            got = self._drop_oldest(c, used - target)
+            got = self._drop_oldest(c, used - target, used)
             if got is None:
                 break
             events += got[0]
             metrics += got[1]
             used = self._used_bytes(c)
-        self._reclaim()
+        # Pages freed under the budget are reused by the next batches (moving pages to
+        # shrink the file, only to grow it again, would cost a write of each); only what
+        # lies beyond the budget (a lowered cap) goes back to the disk.
+        self._reclaim(budget // self._page_size)
         return events, metrics, self.file_bytes()
 
-    def _drop_oldest(self, c: sqlite3.Connection, excess: int) -> tuple[int, int] | None:
+    def _drop_oldest(self, c: sqlite3.Connection, excess: int, used: int) -> tuple[int, int] | None:
         """Delete the oldest rows (about ``excess`` bytes, at most CAP_CHUNK_BYTES) in one
         transaction: the oldest batches and every row of the other tables up to their time;
-        with no batches left, the oldest rows of the other tables.  None: nothing left."""
-        rows = c.execute("SELECT batch_id, last_ts, count, length(events) FROM mesh_event_batches "
-                         "ORDER BY batch_id LIMIT 4096").fetchall()
+        with no batches left, the oldest rows of the other tables.  None: nothing left.
+
+        (The share of batches to delete is the share of bytes to free: reading the batches'
+        sizes would read every batch's events.)"""
         want = min(max(excess, 1), CAP_CHUNK_BYTES)
+        nbatches = int(c.execute("SELECT count(*) FROM mesh_event_batches").fetchone()[0])
         events = 0
         last_id: int | None = None
         cutoff: str | None = None
-        if rows:
-            acc = 0
-            for bid, last_ts, count, length in rows:
-                acc += int(length or 0) + 100
-                events += int(count)
-                last_id = bid
-                cutoff = last_ts if cutoff is None or last_ts > cutoff else cutoff
-                if acc >= want:
-                    break
+        if nbatches:
+            k = min(nbatches, max(1, math.ceil(nbatches * want / max(used, 1))))
+            last_id = int(c.execute("SELECT batch_id FROM mesh_event_batches ORDER BY batch_id LIMIT 1 OFFSET ?",
+                                    (k - 1,)).fetchone()[0])
+            n, cutoff = c.execute("SELECT sum(count), max(last_ts) FROM mesh_event_batches WHERE batch_id <= ?",
+                                  (last_id,)).fetchone()
+            events = int(n or 0)
         else:
             stamps = []
             for table in ("ritual_events", "system_metrics"):
@@ -588,14 +591,19 @@ class SQLiteStore(Store):
             raise
         return events, metrics
 
-    def _reclaim(self) -> None:
-        """Return freed pages to the disk (incremental vacuum) and checkpoint, so the
-        file shrinks; a file without incremental vacuum reuses them instead."""
+    def _reclaim(self, keep_pages: int = 0) -> None:
+        """Return freed pages to the disk (incremental vacuum) so the file shrinks to
+        ``keep_pages`` at most (0: every free page goes), and checkpoint; a file
+        without incremental vacuum reuses them instead."""
         c = self._conn
         if c is None:
             return
-        if self._auto_vacuum == 2 and c.execute("PRAGMA freelist_count").fetchone()[0]:
-            c.executescript("PRAGMA incremental_vacuum;")  # (execute() would free one page per step)
+        if self._auto_vacuum == 2:
+            free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
+            if keep_pages:
+                free = min(free, int(c.execute("PRAGMA page_count").fetchone()[0]) - keep_pages)
+            if free > 0:  # (execute() would free one page per step)
+                c.executescript(f"PRAGMA incremental_vacuum({free});")
         c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _reader(self) -> sqlite3.Connection:
@@ -991,6 +999,7 @@ class EventLog:
         self.capped = 0  # events removed by the size cap
         self.capped_metrics = 0  # metric rows removed by the size cap
         self.size_bytes = 0  # the store's size at the last cap check
+        self._cap_failing = False
         self.stalls = 0
         self.stall_seconds = 0.0
         self.in_flight = 0
@@ -1276,9 +1285,15 @@ class EventLog:
             return
         try:
             events, metrics, size = self.store.enforce_cap(self.max_bytes)
-        except Exception as exc:  # noqa: BLE001 - the cap failed this time: say so, keep writing
-            log.warning("event log: size cap on %s failed: %s", self.store.where, exc)
+        except Exception as exc:  # noqa: BLE001 - the cap failed this time: say so (once), keep writing
+            if not self._cap_failing:
+                log.warning("event log: size cap on %s failed: %s (tried again after each write)",
+                            self.store.where, exc)
+            self._cap_failing = True
             return
+        if self._cap_failing:
+            log.warning("event log: size cap on %s works again", self.store.where)
+            self._cap_failing = False
         self.size_bytes = size
         if events or metrics:
             if not self.capped and not self.capped_metrics:
