@@ -205,6 +205,31 @@ def test_the_same_data_dir_twice_is_refused_and_the_first_runs_on(tmp_path: Path
         after.stop()
 
 
+def test_two_first_starts_at_once_agree_on_one_id_and_one_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(p), "--no-redis", "--log-level",
+         "warning", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    ) for p in ports]
+    try:
+        loser = until(lambda: [p for p in procs if p.poll() is not None], timeout=60, what="one start refused")
+        assert len(loser) == 1 and loser[0].returncode == 1
+        err = loser[0].stderr.read() if loser[0].stderr else ""
+        node_id = (data / "node_id").read_text().strip()
+        assert error_lines(err) and error_lines(err)[0].startswith(f"error: node id {node_id} is already held")
+        winner = procs[1 - procs.index(loser[0])]
+        url = f"ws://127.0.0.1:{ports[procs.index(winner)]}"
+        assert until(lambda: cli("mesh", "status", "--node", url, "--json").returncode == 0, timeout=60)
+        assert status(url)["node_id"] == node_id and winner.poll() is None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(20)
+
+
 def test_a_duplicate_id_dialling_the_live_node_exits_nonzero(tmp_path: Path) -> None:
     live = Node(tmp_path / "a", "--node-id", "dup-1")
     try:
