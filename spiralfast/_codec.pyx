@@ -146,7 +146,8 @@ cdef class FrameWriter:
         cdef Py_ssize_t plen = size - payload_start
         if plen > MAX_MESSAGE_SIZE or size > MAX_FRAME_SIZE:
             PyByteArray_Resize(self._buf, start)
-            raise FrameError(f"message payload of {plen} bytes exceeds the limits")
+            raise FrameError(_limits.too_large("message payload", plen, MAX_MESSAGE_SIZE) if plen > MAX_MESSAGE_SIZE
+                             else _limits.too_large("frame", size, MAX_FRAME_SIZE))
         _put_u32(PyByteArray_AS_STRING(self._buf) + start + 4, <uint32_t>plen)
         self._count += 1
         return 0
@@ -171,7 +172,7 @@ cdef class FrameWriter:
         try:
             if view.len > MAX_MESSAGE_SIZE:
                 PyByteArray_Resize(self._buf, start)
-                raise FrameError(f"message payload of {view.len} bytes exceeds the limits")
+                raise FrameError(_limits.too_large("message payload", view.len, MAX_MESSAGE_SIZE))
             PyByteArray_Resize(self._buf, payload_start + view.len)
             memcpy(PyByteArray_AS_STRING(self._buf) + payload_start, view.buf, view.len)
         finally:

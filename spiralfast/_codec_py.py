@@ -27,6 +27,7 @@ from .limits import (
     MAX_MESSAGES_PER_FRAME,
     MESSAGE_HEADER_SIZE,
     PROTOCOL_VERSION,
+    too_large,
 )
 
 _FRAME_HDR = struct.Struct("<BH")
@@ -115,8 +116,10 @@ class FrameWriter:
         buf = self._buf
         plen = len(buf) - payload_start
         if plen > MAX_MESSAGE_SIZE or len(buf) > MAX_FRAME_SIZE:
+            size = len(buf)
             del buf[start:]
-            raise FrameError(f"message payload of {plen} bytes exceeds the limits")
+            raise FrameError(too_large("message payload", plen, MAX_MESSAGE_SIZE) if plen > MAX_MESSAGE_SIZE
+                             else too_large("frame", size, MAX_FRAME_SIZE))
         struct.pack_into("<I", buf, start + 4, plen)
         self._count += 1
 

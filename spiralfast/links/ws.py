@@ -323,6 +323,7 @@ class WebSocketTransport:
         self.slow_drops = 0
         self.frame_errors = 0
         self.refused_connections = 0
+        self.tls_failures = 0  # dials whose TLS handshake failed (the peer's certificate refused)
         self.errlog = RateLimitedLog(log)
         self._slow_task: asyncio.Task[None] | None = None
         self.http: Any = None
@@ -477,9 +478,16 @@ class WebSocketTransport:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.errlog(("dial", url), logging.INFO, "cannot reach %s: %s", url, exc)
+                if isinstance(exc, ssl.SSLError):
+                    # Its certificate refused (or no TLS there): an operator must act, and
+                    # retrying quickly changes nothing.
+                    self.tls_failures += 1
+                    self.errlog(("tls", url), logging.WARNING, "cannot reach %s: %s", url, tls_reason(exc))
+                    delay = min(max(delay, REFUSED_BACKOFF_INITIAL) * 2, REFUSED_BACKOFF_MAX)
+                else:
+                    self.errlog(("dial", url), logging.INFO, "cannot reach %s: %s", url, exc)
+                    delay = min(delay * 2, BACKOFF_MAX)
                 await asyncio.sleep(delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER)))
-                delay = min(delay * 2, BACKOFF_MAX)
                 continue
             await link.disconnected_event.wait()
             peer = link.peer_id
@@ -568,13 +576,37 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
         return
 
     def handler(lp: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
-        if "out of system resource" in str(ctx.get("message", "")):
+        message = str(ctx.get("message", ""))
+        if "out of system resource" in message:
             _ACCEPT_LOG("emfile", logging.ERROR, "out of file descriptors: not accepting connections for now (%s)",
                         ctx.get("exception"))
+            return
+        if message.startswith("SSL handshake failed"):
+            # A peer closing our TLS handshake: most often it refused our certificate.
+            exc = ctx.get("exception")
+            why = exc.__name__ if isinstance(exc, type) else tls_reason(exc) if exc is not None else "closed"
+            try:
+                peer = ctx["transport"].get_extra_info("peername")
+                who = f"{peer[0]}:{peer[1]}"
+            except Exception:
+                who = "a peer"
+            _ACCEPT_LOG("tls-in", logging.WARNING, "TLS handshake from %s failed (%s): a peer that refuses our "
+                        "certificate ends it so; its ssl_cafile (--cafile) must name the CA that signed ours",
+                        who, why)
             return
         lp.default_exception_handler(ctx)
 
     loop.set_exception_handler(handler)
+
+
+def tls_reason(exc: BaseException) -> str:
+    """A TLS failure in one line, with what to do about a refused certificate."""
+    text = str(exc)
+    verify = getattr(exc, "verify_message", None)
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS certificate refused ({verify or getattr(exc, 'reason', None) or 'not verified'}; {text}): "
+                "set ssl_cafile (--cafile) to the CA that signed the peer's certificate")
+    return f"TLS failed ({text or type(exc).__name__})"
 
 
 def _raise_fd_limit() -> int:
