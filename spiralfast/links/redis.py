@@ -369,7 +369,11 @@ class RedisTransport(BusFlow):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.errlog("down", logging.WARNING, "Redis connection lost or unreachable (%s); reconnecting", exc)
+                if self.ever_connected:
+                    self.errlog("down", logging.WARNING, "Redis connection lost or unreachable (%s); reconnecting", exc)
+                else:  # never reached since start: the same condition start() reported
+                    self.errlog("down", logging.WARNING, "Redis at %s still unreachable; retrying",
+                                self.settings.display_url)
                 if self.connected:
                     self.connected = False
                     self.host.bus_down(self)
