@@ -32,6 +32,9 @@ async def start_links(node: MeshCore) -> None:
             node.local_node.websocket_endpoint = ws.endpoint
     elif cfg.observer_port is not None:
         await _start_observer_port(node)
+    if node.ws is not None and cfg.observer_port is not None:
+        log.info("observer_port %s not used: observers and HTTP are served on the WebSocket port %s",
+                 cfg.observer_port, cfg.websocket_port)
     if cfg.enable_redis:
         from .redis import RedisSettings, RedisTransport
 
