@@ -55,8 +55,8 @@ class MeshConfig:
     :param persist_retention_days: stored events older than this are removed.
     :param persist_max_bytes: size cap of the event log in bytes (default 1 GiB); past it
         the oldest events are removed first (counted as ``capped``).  SQLite: the file and
-        its WAL, space freed is returned to the disk; PostgreSQL: an estimate of the live
-        rows' bytes (tables and indexes), checked every 30 s.
+        its WAL, checked after every write; PostgreSQL: an estimate of the live rows' bytes
+        (tables and indexes), checked every 30 s.
     :param persist_metrics_retention_hours: the node's own metric samples
         (``system_metrics``: changed values only, all of them once an hour) older than this
         are removed.

@@ -26,12 +26,14 @@ Bounded storage (all on the writer thread, never on the event loop):
 - Retention: events older than ``persist_retention_days`` are deleted (checked every
   hour at most), the node's metric samples older than ``persist_metrics_retention_hours``.
 - Size cap: past ``persist_max_bytes`` the oldest events (and metric samples, in time
-  order) are deleted until the log is back under :data:`CAP_TARGET` of the cap; they are
+  order) are deleted until the log is back under :data:`CAP_TARGET` of the cap (or
+  :data:`CAP_CHUNK_BYTES` under it, whichever is closer, so one pass stays short); they are
   counted as ``capped`` (``spiralfast_persist_capped_total``).  SQLite measures its used
-  pages after every commit; the file and its WAL stay under the cap plus about one batch
-  (new files are created with ``auto_vacuum=INCREMENTAL``, so freed pages are returned
-  to the disk; an older file of at most :data:`VACUUM_CONVERT_MAX` bytes is converted
-  once at start, a larger one keeps its size and reuses the freed pages).  PostgreSQL
+  pages after every commit; the file and its WAL stay under the cap plus about one batch.
+  The next batches reuse the freed pages; pages beyond the cap (a lowered cap) and those
+  freed by retention are returned to the disk (new files are created with
+  ``auto_vacuum=INCREMENTAL``; an older file of at most :data:`VACUUM_CONVERT_MAX` bytes
+  is converted once at start, a larger one keeps its size and reuses the freed pages).  PostgreSQL
   estimates the live bytes (rows counted, or the statistics' live-row count on large
   tables, times their average size plus index overhead) every :data:`PG_CAP_EVERY_S`;
   its freed space is reused after autovacuum, not returned to the disk.
@@ -93,7 +95,8 @@ ERROR_RETRY_S = 2.0
 #: Rows deleted per retention transaction (keeps the write lock short).
 RETENTION_CHUNK = 50_000
 #: Past the size cap, the oldest rows are deleted until the log is under this fraction
-#: of the cap (so the cap is not hit again by the next batch).
+#: of the cap (so the cap is not hit again by the next batch), or CAP_CHUNK_BYTES under
+#: it when that is closer (a large cap: one pass stays one short transaction).
 CAP_TARGET = 0.9
 #: Most bytes of event batches deleted in one cap transaction (keeps the lock short).
 CAP_CHUNK_BYTES = 32 * 1024 * 1024
@@ -531,7 +534,7 @@ class SQLiteStore(Store):
         used = self._used_bytes(c)
         if used <= budget:
             return 0, 0, self.file_bytes()
-        target = int(budget * CAP_TARGET)
+        target = max(int(budget * CAP_TARGET), budget - CAP_CHUNK_BYTES)
         events = metrics = 0
         while used > target:
             got = self._drop_oldest(c, used - target, used)
