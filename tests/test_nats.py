@@ -24,6 +24,11 @@ from spiralfast.outbox import single_frame
 from .conftest import wait_for
 from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup
 from .procs import NodeProc
+from .waiting import wait_until, wait_until_async, wait_until_sync
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records if r.name.startswith("spiralfast"))
 
 TOKEN = "nats-test-token-0123456789abcdef"
 
@@ -62,12 +67,8 @@ class Node:
                 self.proc.wait()
 
 
-def _wait(cond: Any, timeout: float = 15.0, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+def _wait(cond: Any, timeout: float = 15.0, interval: float = 0.1, what: str = "the awaited condition") -> None:
+    wait_until_sync(cond, what, timeout=timeout, interval=interval)
 
 
 def _mesh() -> str:
@@ -103,7 +104,9 @@ def test_three_nodes_on_three_servers_exactly_once_and_a_server_dies_mid_stream(
         b.proc.stdin.write("send 3000 1500\n")  # type: ignore[union-attr]
         a.proc.stdin.flush()  # type: ignore[union-attr]
         b.proc.stdin.flush()  # type: ignore[union-attr]
-        time.sleep(0.8)
+        # Mid-stream: nc (not sending, so it answers) has events from both senders.
+        _wait(lambda: all(c.ask("report")["got"]["t"].get(s, 0) >= 1 for s in ("na", "nb")),
+              what="nc received events from both streams")
         cluster.kill(1)
         for n in (a, b):
             assert json.loads(n.proc.stdout.readline()) == {"sent": 3000}  # type: ignore[union-attr]
@@ -151,7 +154,8 @@ def test_a_node_away_longer_than_the_retransmit_window_catches_up_from_jetstream
             assert (await a.aask("send 500 1000"))["sent"] == 600
             await asyncio.sleep(2.5)  # > retransmit window: sa's buffer no longer holds them
             await proxy.restore()
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(_wait, lambda: c.ask("report")["nats"]["state"] == "open",
+                                    what="sc reconnected after the cut")
             assert (await a.aask("send 100 0"))["sent"] == 700
             await asyncio.to_thread(_wait, lambda: c.ask("report")["got"]["t"].get("sa") == 700, 20)
             await asyncio.sleep(1.5)  # anything late (a second copy, a give-up) would show now
@@ -212,10 +216,8 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
                 link = [x for x in st["links"] if x["transport"] == "nats"][0]
                 return bool(link["refused"] >= 200 and st["router"]["frame_errors"] >= 1)
 
-            deadline = time.monotonic() + 10
-            while not await counted():
-                assert time.monotonic() < deadline, st
-                await asyncio.sleep(0.2)
+            await wait_until_async(counted, "the victim refused 200 bus messages and counted a frame error",
+                                   interval=0.2)
             link = [x for x in st["links"] if x["transport"] == "nats"][0]
             assert st["counters"]["bus_refused"] == link["refused"]
             auth = link["auth"]
@@ -260,15 +262,8 @@ def test_in_process_mesh_state_and_tasks_over_nats_only() -> None:
             a.state.update_local_state("agents", "k", {"v": 1})
             await wait_for(lambda: b.state.get_local_state("agents", "k") == {"v": 1})
             b.register_task_handler("double", lambda x: x * 2)
-            deadline = time.monotonic() + 10
-            while True:  # until pb's capability has reached pa
-                try:
-                    assert await a.submit_task("double", 21, timeout=5) == 42
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.2)
+            await wait_until(lambda: "double" in a.tasks.status()["nodes"].get("pb", {}), "pb's 'double' reached pa")
+            assert await a.submit_task("double", 21, timeout=5) == 42
             await b.stop()
             await wait_for(lambda: "pb" not in a.nodes, 5)
         finally:
@@ -301,7 +296,7 @@ def test_unreachable_nats_warns_once_the_node_runs_on_and_connects_when_nats_app
             assert time.monotonic() - t < 5
             assert n.nats is not None and not n.nats.connected and n.get_mesh_status()["nats"] is False
             await n.broadcast_event("x", {"still": "running"})
-            await asyncio.sleep(1.0)
+            await wait_until(lambda: _logged(caplog, "unreachable"), "the node said NATS is unreachable")
             server = await asyncio.to_thread(NatsCluster, 1, False, [port])
             await wait_for(lambda: n.nats.connected, 10)
             assert n.get_mesh_status()["nats"] is True
@@ -336,7 +331,8 @@ def test_tls_url_against_a_plain_server_does_not_connect(caplog: pytest.LogCaptu
         try:
             assert time.monotonic() - t < 6
             assert n.nats is not None and not n.nats.connected and n.get_mesh_status()["nats"] is False
-            await asyncio.sleep(0.5)
+            # The dial happened and was refused for the reason under test, then: not connected.
+            await wait_until(lambda: _logged(caplog, "offers no TLS"), "the node refused the plain-text server")
             assert not n.nats.connected
         finally:
             await n.stop()
@@ -423,7 +419,7 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
             real = time.time
             with mock.patch.object(busauth, "time", SimpleNamespace(time=lambda: real() - 70)):
                 await s.broadcast_event("payment", {"id": "old"})
-                await asyncio.sleep(0.3)
+                await wait_until(lambda: captured, "the listener captured S's old frame")  # sealed under the mock
             await sub.unsubscribe()
             assert captured
             await v.start()
@@ -441,13 +437,15 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
 
             v.nats._catch_up = gated  # type: ignore[method-assign]
             await proxy.cut()  # V is away: the attacker republishes the captured frames into the stream
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: not v.nats.connected, "V noticed it is cut off")
             for d in captured:
                 await att.publish(bcast, d)
+            published = s.nats.stats["published"]  # type: ignore[union-attr]
             for i in range(3):
                 await s.broadcast_event("payment", {"id": f"away-{i}"})
             await att.flush()
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: s.nats.stats["published"] > published,  # type: ignore[union-attr]
+                             "S published the events made while V was away")
             await proxy.restore()
             await wait_for(lambda: v.nats.connected and v.nats.held is not None, 10)
             # during the catch-up: an outsider floods the broadcast subject with junk...
@@ -464,14 +462,15 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
             monkeypatch.setattr(nats_link, "MAX_HELD_BYTES", 8 * 1024)
             for i in range(12):
                 await s.broadcast_event("payment", {"id": f"held-{i}", "pad": "x" * 2000})
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # a pause that means time: one frame per event, not one batch
             await wait_for(lambda: v.nats.stats["held_dropped"] >= 1, 5)
             assert v.nats.held is not None and v.nats.held_bytes <= 8 * 1024
             gate.set()
             want = ["live-0"] + [f"away-{i}" for i in range(3)] + [f"held-{i}" for i in range(12)]
             await wait_for(lambda: sorted(got) == sorted(want), 15)  # dropped ones repaired from S
-            await asyncio.sleep(0.5)
-            assert sorted(got) == sorted(want), got  # once each, and never "old"
+            await s.broadcast_event("payment", {"id": "fence"})  # after everything: what came late shows first
+            await wait_for(lambda: "fence" in got, 15)
+            assert sorted(got) == sorted([*want, "fence"]), got  # once each, and never "old"
             st = v.nats.stats
             assert st["catchups"] == 1 and st["stream_refused"] >= 1 and st["caught_up_events"] >= 3, st
         finally:
@@ -506,7 +505,7 @@ async def test_a_dialled_peer_also_on_nats_does_not_relink_forever(caplog: pytes
         with caplog.at_level(logging.INFO, logger="spiralfast"):
             await b.start()
             await wait_for(lambda: "B" in a.nodes and "A" in b.nodes, timeout=10)
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # a window that means time: links must stay put in it, not flap
         closes = [r for r in caplog.records if "duplicate link" in r.getMessage()]
         assert len(closes) <= 4, f"{len(closes)} duplicate-link closes in 3 s"
         assert "A" in b.outbox.links and "B" in a.outbox.links  # one link each way survives
