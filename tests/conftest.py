@@ -81,6 +81,7 @@ def _guard_redis() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _guard_redis()
+    services.install_sigterm_handler()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

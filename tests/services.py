@@ -16,13 +16,16 @@ variable, so node processes the tests start inherit it.
 A service that cannot be had (binary or server missing) is reported by ``missing``;
 tests call ``require(svc.available, svc.missing)``: a failure in CI, a skip elsewhere.
 Servers are started with a parent-death signal, so even a ``kill -9`` of pytest leaves
-none behind; the temporary folders go with the session.
+none behind; SIGTERM stops them and drops the database before the process ends.  What a
+killed session left (its database, its temporary folders, named after its pid) is removed
+by the next session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import glob
 import os
 import shutil
 import signal
@@ -62,7 +65,7 @@ class Service:
         return not self.missing
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the SIGTERM handler may run while get() holds it
 _FROM_MAIN_THREAD = True
 _services: dict[str, Service] = {}
 
@@ -71,6 +74,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prefix(kind: str) -> str:
+    return f"spiralfast-test-{kind}-{os.getpid()}-"
+
+
+def _remove_dead_folders() -> None:
+    """Temporary folders of sessions whose process is gone (killed before cleaning up)."""
+    for kind in ("redis", "nats", "jetstream"):
+        for path in glob.glob(os.path.join(tempfile.gettempdir(), f"spiralfast-test-{kind}-*-*")):
+            pid = os.path.basename(path).split("-")[3]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -90,7 +116,8 @@ def _spawn(kind: str, args: list[str], ready: Callable[[int], bool], port_flag: 
     free port may be taken between choosing and binding it)."""
     global _FROM_MAIN_THREAD
     _FROM_MAIN_THREAD = threading.current_thread() is threading.main_thread()
-    tmp = tempfile.mkdtemp(prefix=f"spiralfast-test-{kind}-")
+    _remove_dead_folders()
+    tmp = tempfile.mkdtemp(prefix=_prefix(kind))
     last = ""
     for _ in range(3):
         port = free_port()
@@ -163,7 +190,7 @@ def _start_nats() -> Service:
     if exe is None:
         return Service("nats", _NOWHERE["nats"],
                        missing=f"the nats-server binary (or {NATS_ENV} naming a NATS server the tests may use)")
-    store = tempfile.mkdtemp(prefix="spiralfast-test-jetstream-")
+    store = tempfile.mkdtemp(prefix=_prefix("jetstream"))
     try:
         svc = _spawn("nats", [exe, "-a", "127.0.0.1", "-js", "-sd", store], _nats_answers, "-p")
     except BaseException:
@@ -197,11 +224,16 @@ def _create_pg() -> Service:
         import asyncpg
     except ImportError:
         return Service("pg", _NOWHERE["pg"], missing="asyncpg (pip install -e '.[test]')")
-    name = "spiralfast_test_" + uuid.uuid4().hex[:12]
+    name = f"spiralfast_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
     async def create() -> None:
         conn = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=3)
         try:
+            # databases of sessions killed before dropping theirs (the server is local: pids are ours)
+            for row in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'spiralfast\\_test\\_%'"):
+                parts = row["datname"].split("_")
+                if len(parts) == 4 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
@@ -283,6 +315,20 @@ def stop_all() -> None:
                 print(f"spiralfast tests: cleaning up the {kind} service failed: {exc}", file=sys.stderr)
         if svc.tmpdir:
             shutil.rmtree(svc.tmpdir, ignore_errors=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def install_sigterm_handler() -> None:
+    """Clean up on SIGTERM too (``timeout``, a CI runner cancelling the job); only when
+    nobody else handles it and from the main thread."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 atexit.register(stop_all)
