@@ -29,6 +29,11 @@ from spiralfast.testing import LoopbackHub
 from .conftest import require, wait_for
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
+from .waiting import wait_until, wait_until_async
+
+
+async def _knows(p: NodeProc, nid: str) -> bool:
+    return nid in await p.node_ids()
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +145,7 @@ async def test_history_filters_and_replay(tmp_path: Path) -> None:
         order: list[int] = []
 
         async def slow(env: dict[str, Any]) -> None:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a handler that suspends (what is under test), not a wait
             order.append(env["data"]["i"])
 
         a.register_event_handler("other", got.append)
@@ -209,7 +214,7 @@ class SlowStore(SQLiteStore):
     """A real file on a disk slower than the event rate."""
 
     def write(self, events: Any, metrics: Any) -> None:
-        time.sleep(0.05)
+        time.sleep(0.05)  # time itself: a slow disk
         super().write(events, metrics)
 
 
@@ -253,7 +258,8 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
                 for _ in range(500):
                     await b.broadcast_event("fill", {"i": i, "pad": blob})
                     i += 1
-                await asyncio.sleep(0.02)
+                await wait_until(lambda: a.eventlog.status()["pending"] == 0 or a.eventlog.status()["error"],
+                                 "the writer took the burst (or failed)")
                 assert i < 200_000, "the 1 MB disk never filled"
             for _ in range(2000):  # the node goes on receiving after the error
                 await b.broadcast_event("after", {"pad": blob})
@@ -298,15 +304,13 @@ async def test_three_nodes_joins_and_kill9_stored_as_lost(tmp_path: Path) -> Non
         async def known() -> bool:
             return await a.node_ids() >= {"node-a", "node-b", "node-c"}
 
-        deadline = time.monotonic() + 20
-        while not await known():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until_async(known, "node-a knows node-b and node-c", interval=0.05)
         c.kill9()
-        deadline = time.monotonic() + 20
-        while not [e for e in await a.query("history", types=["node_unregister"]) if e["source_node"] == "node-c"]:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+
+        async def c_gone_logged() -> bool:
+            return any(e["source_node"] == "node-c" for e in await a.query("history", types=["node_unregister"]))
+
+        await wait_until_async(c_gone_logged, "node-a's history shows node-c's removal", interval=0.1)
     finally:
         for p in (c, b):
             if p is not None:
@@ -350,13 +354,12 @@ async def test_kill9_mid_stream_loses_at_most_one_batch(tmp_path: Path) -> None:
     s = None
     try:
         s = Sender(a.url, 3_000_000)
-        deadline = time.monotonic() + 60
-        while True:
-            st = (await a.query("status"))["persistence"]
-            if st["written"] > 3 * BATCH_MAX_EVENTS:
-                break
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        async def written() -> dict[str, Any] | None:
+            p: dict[str, Any] = (await a.query("status"))["persistence"]
+            return p if p["written"] > 3 * BATCH_MAX_EVENTS else None
+
+        st = await wait_until_async(written, f"more than {3 * BATCH_MAX_EVENTS} events written", timeout=60,
+                                    interval=0.05)
         recorded = st["recorded"]  # accepted by the event log before the kill
         a.kill9()
     finally:
@@ -376,10 +379,7 @@ async def test_history_command_against_a_node(tmp_path: Path) -> None:
     b = None
     try:
         b = NodeProc("node-b", "--peer", a.url, "--no-db")
-        deadline = time.monotonic() + 20
-        while "node-a" not in await b.node_ids():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: _knows(b, "node-a"), "node-b knows node-a", interval=0.05)
         for i in range(3):
             await b.query("publish", type="ping", data={"i": i})
         await b.query("publish", type="pong", data={})
@@ -388,15 +388,13 @@ async def test_history_command_against_a_node(tmp_path: Path) -> None:
             return subprocess.run([sys.executable, "-m", "spiralfast", "mesh", "history", *args],
                                   capture_output=True, text=True, cwd=ROOT, timeout=60)
 
-        deadline = time.monotonic() + 20
-        while True:
+        def three() -> list[dict[str, Any]] | None:
             out = cli("--node", a.url, "--type", "ping", "--since", "5m", "--json")
             assert out.returncode == 0, out.stderr
             envs = [json.loads(x) for x in out.stdout.splitlines()]
-            if len(envs) == 3:
-                break
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+            return envs if len(envs) == 3 else None
+
+        envs = await wait_until(three, "the history command shows the three pings", interval=0.1)
         assert [e["data"]["i"] for e in envs] == [0, 1, 2] and {e["source_node"] for e in envs} == {"node-b"}
         assert "node_register from node-b" in cli("--node", a.url, "--source", "node-b").stdout
         assert cli("--node", a.url, "--type", "pong").stdout == ""  # not persisted
@@ -418,10 +416,7 @@ async def test_read_only_disk_one_error_node_keeps_running(tmp_path: Path) -> No
             assert st["error"] is not None and st["written"] == 0
             b = NodeProc("node-b", "--peer", a.url, "--no-db")
             try:
-                deadline = time.monotonic() + 20
-                while "node-b" not in await a.node_ids():
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
+                await wait_until_async(lambda: _knows(a, "node-b"), "node-a knows node-b", interval=0.05)
             finally:
                 b.stop()
         finally:
@@ -437,10 +432,10 @@ async def test_full_disk_in_a_node_process(tmp_path: Path) -> None:
         try:
             s = Sender(a.url, 400_000)
             s.wait_sent()
-            deadline = time.monotonic() + 30
-            while (await a.query("status"))["persistence"]["dropped"] == 0:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+            async def dropping() -> bool:
+                return bool((await a.query("status"))["persistence"]["dropped"] > 0)
+
+            await wait_until_async(dropping, "node-a counts dropped events on the full disk", timeout=30)
             st = await a.query("status")
             assert st["status"] == "active" and st["persistence"]["failures"] >= 1
         finally:
