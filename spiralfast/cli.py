@@ -397,11 +397,12 @@ def _start_node(kw: dict[str, Any]) -> None:
         _check_tls(cfg)
         if cfg.enable_websocket:
             _check_port(cfg.websocket_host, cfg.websocket_port)
-        # One identity per data directory (only once the checks above passed, so a start
-        # refused for them leaves nothing behind): without node_id the node takes the id
-        # kept there, and a lock says whether a live node already holds it.
+        # One identity per data directory and port (only once the checks above passed, so a
+        # start refused for them leaves nothing behind): without node_id the node takes the
+        # id kept there for its port, and a lock says whether a live node already holds it.
         data_dir = Path(res.data_dir)
-        ident = cli_identity.establish(cfg.node_id, data_dir)
+        slot = str(cfg.websocket_port) if cfg.enable_websocket and cfg.websocket_port else None
+        ident = cli_identity.establish(cfg.node_id, data_dir, slot)
         cfg.node_id = ident.node_id
         lock = cli_identity.NodeLock.acquire(data_dir, ident.node_id, ident.path)
         if ident.note:

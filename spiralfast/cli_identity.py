@@ -1,8 +1,10 @@
 """A node's identity across restarts, for ``spiralfast mesh start``.
 
 Without ``--node-id`` (or ``node_id`` in the file or environment), a node takes the id kept
-in its data directory (``<data dir>/node_id``, made on its first start), so a restart is
-the same node with the same event log.  While a node runs it holds an exclusive lock on
+in its data directory for the port it listens on (``<data dir>/node_id.<port>``; a node on
+no fixed port — no WebSocket, or port 0 — uses ``<data dir>/node_id``), made on its first
+start, so a restart is the same node with the same event log, and two nodes of one machine
+on different ports (the README's two-node example) are two nodes without further flags.  While a node runs it holds an exclusive lock on
 ``<data dir>/<node id>.lock`` (``flock``, released by the kernel when the process ends,
 however it ends): a second process with that id and data directory is refused at once,
 naming the first one.
@@ -18,8 +20,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The id file inside the data directory.
+#: The id file inside the data directory (``node_id.<port>`` for a node on a fixed port).
 ID_FILE = "node_id"
+
+
+def id_file_name(slot: str | None) -> str:
+    """The id file's name for a node listening on port ``slot`` (None: no fixed port)."""
+    return f"{ID_FILE}.{slot}" if slot else ID_FILE
 #: Longest node id (as MeshConfig allows).
 MAX_ID_BYTES = 200
 
@@ -83,7 +90,7 @@ def _create_id_file(path: Path) -> str:
     place): two nodes starting at once agree on the one that got there first."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     new_id = str(uuid.uuid4())
-    tmp = path.parent / f".{ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -106,14 +113,14 @@ def _create_id_file(path: Path) -> str:
     return new_id
 
 
-def establish(node_id: str | None, data_dir: Path) -> Identity:
+def establish(node_id: str | None, data_dir: Path, slot: str | None = None) -> Identity:
     """The node's id: ``node_id`` when the settings give one, else the one kept in
-    ``data_dir`` (made now on a first start).  A data directory where no id file can
+    ``data_dir`` for ``slot`` (the port the node listens on; made now on a first start).  A data directory where no id file can
     be made gives a fresh id with a note; an unreadable or corrupt id file is an
     :class:`IdentityError`."""
     if node_id is not None:
         return Identity(node_id, "setting")
-    path = data_dir / ID_FILE
+    path = data_dir / id_file_name(slot)
     try:
         return Identity(read_id_file(path), "file", path)
     except FileNotFoundError:
@@ -174,7 +181,7 @@ class NodeLock:
 
     def describe(self, endpoint: str | None) -> None:
         """Write who holds the lock (this process, and where it listens)."""
-        if self.path.name == ID_FILE:
+        if not self.path.name.endswith(".lock"):
             return  # the id file itself: never rewritten
         text = f"pid {os.getpid()}" + (f" at {endpoint}" if endpoint else "") + "\n"
         with contextlib.suppress(OSError):

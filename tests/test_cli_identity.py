@@ -103,8 +103,9 @@ def test_a_restart_keeps_the_id_and_the_event_log_and_node_id_wins(tmp_path: Pat
     first = Node(data)
     try:
         node_id = first.node_id
-        assert (data / "node_id").read_text().strip() == node_id
-        assert (data / "node_id").stat().st_mode & 0o777 == 0o600
+        id_file = data / f"node_id.{first.port}"
+        assert id_file.read_text().strip() == node_id
+        assert id_file.stat().st_mode & 0o777 == 0o600
         assert first.banner["identity"].startswith("new, kept in")
         assert first.banner["persistence"] == f"on: {data / (node_id + '.db')}"
         assert status(first.url)["node_id"] == node_id
@@ -116,7 +117,7 @@ def test_a_restart_keeps_the_id_and_the_event_log_and_node_id_wins(tmp_path: Pat
     again = Node(data, port=first.port)
     try:
         assert again.node_id == node_id  # the same node ...
-        assert again.banner["identity"] == f"kept in {data / 'node_id'}"
+        assert again.banner["identity"] == f"kept in {id_file}"
         assert status(again.url)["node_id"] == node_id
     finally:
         assert again.stop() == 0
@@ -128,7 +129,7 @@ def test_a_restart_keeps_the_id_and_the_event_log_and_node_id_wins(tmp_path: Pat
         assert other.banner["identity"] == "node_id from flag --node-id"
     finally:
         assert other.stop() == 0
-    assert (data / "node_id").read_text().strip() == node_id  # untouched by --node-id
+    assert id_file.read_text().strip() == node_id  # untouched by --node-id
     env_node = cli("config", "show", "--json", "--data-dir", str(data))
     assert json.loads(env_node.stdout)["settings"]["data_dir"]["value"] == str(data)
 
@@ -137,7 +138,7 @@ def test_no_db_keeps_the_id_when_it_can_else_a_fresh_one_with_a_note(tmp_path: P
     data = tmp_path / "data"
     a = Node(data, "--no-db")
     a.stop()
-    b = Node(data, "--no-db")
+    b = Node(data, "--no-db", port=a.port)
     try:
         assert b.node_id == a.node_id and b.banner["persistence"] == "off"
         assert db_files(data) == set()
@@ -159,18 +160,21 @@ def test_no_db_keeps_the_id_when_it_can_else_a_fresh_one_with_a_note(tmp_path: P
 def test_a_corrupt_id_file_is_one_error_line(tmp_path: Path, content: bytes) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "node_id").write_bytes(content)
-    r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+    port = free_port()
+    id_file = data / f"node_id.{port}"
+    id_file.write_bytes(content)
+    r = start_fails("--data-dir", str(data), "--port", str(port))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert error_lines(r.stderr) == [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(error_lines(r.stderr)) == 1 and "is corrupt" in r.stderr and str(data / "node_id") in r.stderr
-    assert (data / "node_id").read_bytes() == content  # nothing lost
+    assert len(error_lines(r.stderr)) == 1 and "is corrupt" in r.stderr and str(id_file) in r.stderr
+    assert id_file.read_bytes() == content  # nothing lost
 
 
 def test_an_unreadable_id_file_is_one_error_line(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    (data / "node_id").mkdir(parents=True)  # unreadable as a file, even for root
-    r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+    port = free_port()
+    (data / f"node_id.{port}").mkdir(parents=True)  # unreadable as a file, even for root
+    r = start_fails("--data-dir", str(data), "--port", str(port))
     assert r.returncode == 1 and len(error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
     assert "cannot read node id file" in r.stderr
 
@@ -178,19 +182,26 @@ def test_an_unreadable_id_file_is_one_error_line(tmp_path: Path) -> None:
 # -- one live node per id ---------------------------------------------------------------------
 
 
-def test_the_same_data_dir_twice_is_refused_and_the_first_runs_on(tmp_path: Path) -> None:
+def test_one_data_dir_two_ports_are_two_nodes_and_one_id_runs_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = Node(data)
     try:
-        r = start_fails("--data-dir", str(data), "--port", str(free_port()))
+        # The README's two-node example: another port in the same (default) data directory
+        # is another node, with an id of its own kept for that port.
+        second = Node(data, "--peer", first.url)
+        try:
+            assert second.node_id != first.node_id
+            assert (data / f"node_id.{second.port}").read_text().strip() == second.node_id
+            assert status(second.url)["node_id"] == second.node_id
+        finally:
+            assert second.stop() == 0
+        # The same id in the same data directory is refused, naming the live holder.
+        r = start_fails("--data-dir", str(data), "--node-id", first.node_id, "--port", str(free_port()))
         assert r.returncode == 1, r.stderr
         lines = error_lines(r.stderr)
         assert len(lines) == 1 and "Traceback" not in r.stderr
         assert f"node id {first.node_id} is already held by a live node (pid {first.proc.pid} at {first.url})" \
             in lines[0] and "--data-dir" in lines[0]
-        # the same explicit id in the same data directory too
-        r2 = start_fails("--data-dir", str(data), "--node-id", first.node_id, "--port", str(free_port()))
-        assert r2.returncode == 1 and len(error_lines(r2.stderr)) == 1 and "already held" in r2.stderr
         assert first.alive() and status(first.url)["node_id"] == first.node_id
         # a start refused before it began (its port is taken) leaves no data directory behind
         fresh = tmp_path / "fresh"
@@ -198,21 +209,31 @@ def test_the_same_data_dir_twice_is_refused_and_the_first_runs_on(tmp_path: Path
         assert r3.returncode == 1 and "cannot listen" in r3.stderr and not fresh.exists()
     finally:
         assert first.stop() == 0
-    after = Node(data)  # the lock went with the process
+    after = Node(data, port=first.port)  # the lock went with the process
     try:
         assert after.node_id == first.node_id
     finally:
         after.stop()
 
 
+def _websocket_url(proc: subprocess.Popen[str]) -> str:
+    """The ws:// URL from a starting node's banner (``websocket   ws://host:port ...``)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip().startswith("websocket "):
+            return line.split()[1]
+    raise AssertionError("no websocket line in the banner")
+
+
 def test_two_first_starts_at_once_agree_on_one_id_and_one_runs(tmp_path: Path) -> None:
+    # Nodes on no fixed port (port 0) share the data directory's one id file: two first
+    # starts at once race to make it, agree on its id, and only one of them runs.
     data = tmp_path / "data"
-    ports = [free_port(), free_port()]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "spiralfast", "mesh", "start", "--port", str(p), "--no-redis", "--log-level",
+        [sys.executable, "-m", "spiralfast", "mesh", "start", "--port", "0", "--no-redis", "--log-level",
          "warning", "--data-dir", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    ) for p in ports]
+    ) for _ in range(2)]
     try:
         loser = until(lambda: [p for p in procs if p.poll() is not None], timeout=60, what="one start refused")
         assert len(loser) == 1 and loser[0].returncode == 1
@@ -220,7 +241,7 @@ def test_two_first_starts_at_once_agree_on_one_id_and_one_runs(tmp_path: Path) -
         node_id = (data / "node_id").read_text().strip()
         assert error_lines(err) and error_lines(err)[0].startswith(f"error: node id {node_id} is already held")
         winner = procs[1 - procs.index(loser[0])]
-        url = f"ws://127.0.0.1:{ports[procs.index(winner)]}"
+        url = _websocket_url(winner)
         assert until(lambda: cli("mesh", "status", "--node", url, "--json").returncode == 0, timeout=60)
         assert status(url)["node_id"] == node_id and winner.poll() is None
     finally:
