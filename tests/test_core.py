@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,20 @@ from spiralfast.codec import decode_frame
 from spiralfast.testing import LocalMesh, wait_for
 
 from .conftest import run_on
+from .waiting import wait_until
+
+
+async def fence(sender: MeshCore, receivers: list[MeshCore]) -> None:
+    """Broadcast a marker from ``sender`` and wait until every receiver handled it: what
+    the sender sent before it on the same links has arrived by then (links are FIFO), so
+    a negative checked after it had its chance to fail."""
+    mark = "fence-" + uuid.uuid4().hex[:8]
+    seen: set[str] = set()
+    for r in receivers:
+        r.register_event_handler(mark, lambda env, r=r: seen.add(r.node_id))
+    await sender.broadcast_event(mark, {})
+    want = {r.node_id for r in receivers}
+    await wait_until(lambda: seen == want, f"{mark} from {sender.node_id} reached {sorted(want)}")
 
 
 def isolated(**kw: Any) -> MeshConfig:
@@ -111,8 +126,8 @@ def test_broadcast_reaches_others_not_sender(loop_kind: str) -> None:
                 n.register_event_handler("ping", lambda env, n=n: got.append((n.node_id, env)))
             await a.broadcast_event("ping", {"k": 1})
             await wait_for(lambda: len(got) == 2)
-            await asyncio.sleep(0.02)
-            assert sorted(x for x, _ in got) == ["node-1", "node-2"]
+            await fence(a, [b, c])
+            assert sorted(x for x, _ in got) == ["node-1", "node-2"]  # never the sender, never twice
             env = got[0][1]
             assert env["type"] == "ping" and env["source_node"] == "node-0" and env["data"] == {"k": 1}
             datetime.fromisoformat(env["timestamp"])
@@ -133,7 +148,7 @@ def test_send_to_node_direct_and_unknown(caplog: Any) -> None:
             with caplog.at_level(logging.WARNING, logger="spiralfast"):
                 assert await a.send_to_node("ghost", "d", {}) is False
             assert "ghost" in caplog.text
-            await asyncio.sleep(0.02)
+            await fence(a, [mesh.nodes[1], mesh.nodes[2]])
             assert got == ["node-2"]
 
     asyncio.run(main())
@@ -146,7 +161,7 @@ def test_direct_envelope_has_target_and_async_handler_works() -> None:
             box: list[dict[str, Any]] = []
 
             async def h(env: dict[str, Any]) -> None:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # an async handler that suspends (what is under test)
                 box.append(env)
 
             b.register_event_handler("d", h)
@@ -261,8 +276,9 @@ def test_mesh_bus_reaches_every_node_and_target() -> None:
             got.clear()
             await a.event_bus.publish(EventType.AGENT_SPAWN, {}, target_node="node-2")
             await wait_for(lambda: len(got) == 1)
-            await asyncio.sleep(0.02)
-            assert [x for x, _ in got] == ["node-2"]
+            await a.event_bus.publish(EventType.AGENT_SPAWN, {"fence": 1})  # after it, to everyone
+            await wait_until(lambda: len([ev for _, ev in got if ev.data.get("fence")]) == 3, "the bus fence everywhere")
+            assert [x for x, ev in got if not ev.data.get("fence")] == ["node-2"]
 
     asyncio.run(main())
 
@@ -276,7 +292,8 @@ def test_standalone_bus_stays_local_and_nodes_without_hub_are_isolated() -> None
         got: list[Any] = []
         b.register_event_handler("x", got.append)
         await a.broadcast_event("x", {})
-        await asyncio.sleep(0.05)
+        # No hub: nothing could carry it (no link at all), so no wait can change the answer.
+        assert not a.outbox.links and not b.outbox.links
         assert got == [] and set(a.nodes) == {"a"}
         await a.stop()
         await b.stop()
@@ -383,7 +400,8 @@ def test_state_converges_over_loopback(n: int) -> None:
             await wait_for(lambda: all(x.state.get_local_state("agents", "k") == 2 for x in mesh.nodes))
             mesh.nodes[1].state.delete_local_state("agents", "k")
             await wait_for(lambda: all(x.state.get_local_state("agents", "k") is None for x in mesh.nodes))
-            await asyncio.sleep(0.02)
+            # The later 'agents' changes reached every node: a 'user_data' change made before
+            # them would have too, had it been sent.
             assert all(x.state.get_local_state("user_data", "private") is None for x in mesh.nodes[1:])
 
     asyncio.run(main())
@@ -561,7 +579,7 @@ def test_a_member_cannot_make_others_drop_a_live_nodes_events() -> None:
             m.host.broadcast(schema.KIND_ORIGIN_END, schema.OriginEnd(origin, 10_000_000))
             # and an origin asked for sequences it has not sent yet never calls them gone
             m.outbox.send(a.node_id, schema.KIND_REPAIR_REQUEST, 0, b"", schema.RepairRequest(origin, [5, 6, 7]))
-            await asyncio.sleep(1.0)
+            await fence(m, [a, b])  # the claim and the request have arrived and were handled
             assert not b.host.origin_ends  # a is a member: the claim was dropped
             for i in range(1, 101):
                 await a.broadcast_event("seq", {"i": i})
