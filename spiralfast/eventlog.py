@@ -607,6 +607,10 @@ class SQLiteStore(Store):
                 free = min(free, int(c.execute("PRAGMA page_count").fetchone()[0]) - keep_pages)
             if free > 0:  # (execute() would free one page per step)
                 c.executescript(f"PRAGMA incremental_vacuum({free});")
+                # The moved pages are in the WAL now: copy them back and empty it (waits
+                # for readers, which are short), or the WAL would hold them until reused.
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                return
         c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _reader(self) -> sqlite3.Connection:

@@ -142,6 +142,36 @@ async def test_sqlite_cap_oldest_first_counted_file_stops_growing(tmp_path: Path
     assert rows(db, "PRAGMA freelist_count")[0][0] * 8192 <= batch_bytes
 
 
+async def test_sqlite_lowered_cap_shrinks_the_file(tmp_path: Path) -> None:
+    """Space beyond the cap goes back to the disk (incremental vacuum): a log filled under
+    a 4 MiB cap shrinks under 1 MiB (+ one batch) when the node comes back with a 1 MiB cap."""
+    db = tmp_path / "a.db"
+    log_ = EventLog(node(db, persist_max_bytes=4 * MIB))
+    await log_.start()
+    n = 0
+    try:
+        while log_.capped == 0:
+            await feed(log_, n, 200)
+            n += 200
+            assert n < 20 * MIB // len(PAD), "the cap was never reached"
+        big = log_.store.file_bytes()  # type: ignore[attr-defined]
+        assert 3 * MIB < big <= 4 * MIB + 200 * len(PAD) * 1.2
+    finally:
+        await log_.stop()
+    log_ = EventLog(node(db, persist_max_bytes=MIB))
+    await log_.start()
+    try:
+        await feed(log_, n, 1)  # the next write applies the new cap
+        small = log_.store.file_bytes()  # type: ignore[attr-defined]
+        assert small <= MIB + 200 * len(PAD) * 1.2, small
+        assert log_.capped > 0
+        kept = [e["data"]["seq"] for e in log_.history(limit=10**6)]
+        assert kept == list(range(n + 1 - len(kept), n + 1))
+    finally:
+        await log_.stop()
+    assert (db.stat().st_size + Path(f"{db}-wal").stat().st_size) <= MIB + 200 * len(PAD) * 1.2
+
+
 async def test_sqlite_cap_removes_metrics_and_old_rows_in_time_order(tmp_path: Path) -> None:
     """Metric rows and old-API rows older than the removed batches go with them; newer ones stay."""
     db = tmp_path / "a.db"
