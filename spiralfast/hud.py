@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .nodestate import node_state, state_kind
+
 
 @dataclass
 class HUDConfig:
@@ -49,14 +51,18 @@ def link_key(lk: dict[str, Any]) -> str:
 
 def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
     """Node ids and links (sorted id pairs) as the inspected node knows them: its own
-    links, plus the ``links`` each node's record carries in its metadata."""
+    links, plus the ``links`` each node's record carries in its metadata.  As on the
+    dashboard, a link is drawn only between two live nodes (see :mod:`.nodestate`): a
+    suspected or disconnected node is listed, never shown linked."""
     local = str(st.get("node_id"))
     known = {str(n.get("node_id")) for n in st.get("nodes") or []}
     known.add(local)
+    live = {local} | {str(n.get("node_id")) for n in st.get("nodes") or []
+                      if state_kind(node_state(n)) == "live"}
     pairs: set[tuple[str, str]] = set()
 
     def add(a: str, b: str) -> None:
-        if a != b and a in known and b in known:
+        if a != b and a in live and b in live:
             pairs.add((a, b) if a < b else (b, a))
 
     for lk in st.get("links") or []:
