@@ -109,7 +109,9 @@ async def test_a_bus_sender_over_its_rate_is_counted_slowed_and_loses_nothing(ki
                                else dict(redis_url=url, ritual_channel=mesh))
         return MeshConfig(node_id=nid, mesh_name=mesh, enable_websocket=False, heartbeat_interval=0.5, **bus, **kw)
 
-    rate, burst, n = 4000, 500, 6000
+    # Sent in well under (n - burst) / rate = 5.8 s: over the rate.  On a bus the sender is
+    # slowed once it is a lag window ahead of b's held-back acks (it sends that much at once).
+    rate, burst, n = 1000, 200, 6000
     b = MeshCore(cfg("rlc-bus-b", rate_limit=rate, rate_burst=burst))
     a = MeshCore(cfg("rlc-bus-a"))
     got: list[int] = []
@@ -118,14 +120,18 @@ async def test_a_bus_sender_over_its_rate_is_counted_slowed_and_loses_nothing(ki
     await a.start()
     try:
         await wait_for(lambda: "rlc-bus-a" in b.nodes and "rlc-bus-b" in a.nodes, timeout=15)
-        for i in range(n):
-            await a.broadcast_event("r", {"i": i, "pad": "x" * 400})
+        for i in range(n):  # 9 MB, more than the bus's lag window (2 MiB Redis, 4 MiB NATS)
+            await a.broadcast_event("r", {"i": i, "pad": "x" * 1500})
+            if i % 50 == 0:  # a sender that lets its loop run (b shares it here) hears b's acks
+                await asyncio.sleep(0.005)
         await wait_for(lambda: len(got) == n, timeout=60)
         assert sorted(got) == list(range(n))  # slowed, never dropped (Redis does not promise order)
         st = b.get_mesh_status()
         assert st["counters"]["rate_limited"] > 0
         assert st["router"]["rate_limited_bus"] == st["counters"]["rate_limited"]
         assert "rlc-bus-a" in b.nodes
+        bus = a.nats if kind == "nats" else a.redis
+        assert bus is not None and bus.stats["paced"] >= 1  # the sender waited for b's held-back acks
     finally:
         await a.stop()
         await b.stop()

@@ -204,6 +204,11 @@ class BusFlow:
         """``sender`` is over our rate limit: ack none of its frames for ``seconds``
         (at most ``MAX_ACK_HOLD``), so its flow control slows it down."""
         holds = self.ack_holds
+        if not self._ack_held(sender):
+            # First ack what came before, so the sender counts us (a sender paces only on
+            # receivers that have acked) and sees its lag grow from there.
+            self.rx_offsets.setdefault(sender, 0)
+            self._send_acks()
         holds[sender] = max(holds.get(sender, 0.0), time.monotonic() + min(seconds, MAX_ACK_HOLD))
 
     def _ack_held(self, sender: str) -> bool:
