@@ -26,7 +26,7 @@ def test_publish_delivers_async_with_sync_and_async_handlers(loop_kind: str) -> 
         got: list[tuple[str, RitualEvent]] = []
 
         async def ah(ev: RitualEvent) -> None:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # an async handler that suspends (what is under test)
             got.append(("async", ev))
 
         bus.subscribe(EventType.AGENT_SPAWN, lambda ev: got.append(("sync", ev)))
@@ -262,10 +262,7 @@ def test_foreign_item_on_the_queue_is_dropped_and_the_bus_keeps_running() -> Non
         await bus.start()
         bus.event_queue.push("not an event")
         await bus.publish(EventType.CUSTOM, {"x": 1})
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(got))  # the good event after the bad one is delivered
         assert len(got) == 1 and bus.running and bus.dropped == 1
         assert bus.processor_task is not None and not bus.processor_task.done()
         await bus.stop()

@@ -50,14 +50,14 @@ def test_handlers_that_need_a_task_and_failing_coroutines() -> None:
             async def with_timeout(env: dict[str, Any]) -> None:
                 async with asyncio.timeout(5):  # needs a running task in its first step
                     got.append(env["data"]["i"])
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # a handler that suspends (what is under test)
                     tasks.append(asyncio.current_task())
 
             async def fails_at_once(env: dict[str, Any]) -> None:
                 raise ValueError("boom")
 
             async def fails_later(env: dict[str, Any]) -> None:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # fails after suspending once (what is under test)
                 raise ValueError("later")
 
             b.register_event_handler("t", with_timeout)
@@ -88,7 +88,7 @@ def test_slow_plain_handlers_never_starve_the_loop() -> None:
             seen: list[int] = []
 
             def slow(env: dict[str, Any]) -> None:
-                time.sleep(0.002)
+                time.sleep(0.002)  # time itself: a handler that holds the loop
                 seen.append(env["data"]["i"])
 
             b.register_event_handler("s", slow)
@@ -97,7 +97,7 @@ def test_slow_plain_handlers_never_starve_the_loop() -> None:
             async def ticker() -> None:
                 last = time.monotonic()
                 while True:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.005)  # time itself: a ticker measuring the loop's gaps
                     now = time.monotonic()
                     gaps.append(now - last)
                     last = now

@@ -18,6 +18,7 @@ from spiralfast.sync import StateSynchronizer
 from spiralfast.testing import LocalMesh, wait_for
 
 from .procs import NodeProc
+from .waiting import wait_until_async
 
 # -- model-based property test ---------------------------------------------------------
 
@@ -118,7 +119,7 @@ def test_tombstone_blocks_older_write_then_is_collected() -> None:
     s.delete_local_state("agents", "k")
     assert s.apply_entries([StateEntry("agents", "k", 1, old, "x", 1)]) == 0  # not undone
     assert s.get_local_state("agents", "k") is None
-    time.sleep(0.1)
+    time.sleep(0.1)  # time itself: the tombstone's 0.05 s TTL must lapse
     assert s.collect_tombstones() == 1 and s.collected_upto > old
 
 
@@ -154,7 +155,8 @@ def test_long_partition_gets_full_resync_not_resurrection() -> None:
             mesh.hub.heal(b)
             await wait_for(lambda: a.state.get_local_state("agents", "written_while_away") == 2)
             await wait_for(lambda: b.state.get_local_state("agents", "doomed") is None)
-            await asyncio.sleep(0.3)
+            # Converged: any resurrection would have to come through the sync that made them equal.
+            await wait_for(lambda: a.state.digests() == b.state.digests())
             assert a.state.get_local_state("agents", "doomed") is None  # not resurrected
             assert b.state.get_local_state("agents", "kept") == 1
             assert b.state.stats["full_resyncs"] == 1
@@ -222,12 +224,8 @@ async def _all_know(procs: list[NodeProc], ids: set[str]) -> bool:
     return True
 
 
-async def poll(cond: Any, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
+async def poll(cond: Any, timeout: float = 15, what: str = "the nodes' states agree") -> None:
+    await wait_until_async(cond, what, timeout=timeout, interval=0.1)
 
 
 async def test_converges_over_redis_alone() -> None:
