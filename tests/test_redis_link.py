@@ -175,7 +175,7 @@ async def test_interop_auto_publishes_json_copies_only_while_an_old_node_is_hear
         await a.broadcast_event("probe", {"n": 1})
         await drain(0.3)
         assert [c["data"]["n"] for c in copies] == [1]  # an old node is heard: copies on
-        await asyncio.sleep(3 * 0.3 + 0.2)  # silent for 3 heartbeat intervals
+        await wait_for(lambda: "old" not in a.nodes)  # silent for 3 heartbeat intervals: forgotten
         await a.broadcast_event("probe", {"n": 2})
         await drain(0.3)
         assert [c["data"]["n"] for c in copies] == [1]  # gone: copies off again
@@ -205,7 +205,11 @@ async def test_old_heartbeats_and_registers_are_delivered_once_with_their_time()
         for t, d in (("node_register", {"name": "old node"}), ("heartbeat", {"status": "active", "recursion_depth": 2})):
             await r.publish(ch, json.dumps({"type": t, "source_node": "old1", "timestamp": now.isoformat(), "data": d}))
         await wait_for(lambda: len([e for e in seen if e["source_node"] == "old1"]) >= 2)
-        await asyncio.sleep(0.3)  # (a negative: any second copy would have arrived by now)
+        # A fence: Redis hands a subscriber its messages in publishing order, so a second copy
+        # of old1's two would have arrived before this later heartbeat from another old node.
+        await r.publish(ch, json.dumps({"type": "heartbeat", "source_node": "old2", "timestamp": now.isoformat(),
+                                        "data": {"status": "active"}}))
+        await wait_for(lambda: any(e["source_node"] == "old2" for e in seen))
         mine = [e for e in seen if e["source_node"] == "old1"]
         assert sorted(e["type"] for e in mine) == ["heartbeat", "node_register"]  # once each (was twice)
         for e in mine:
