@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any
 
+from tests.waiting import wait_until
+
 ETYPE = "load"
 
 
@@ -67,7 +69,7 @@ class Watch:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # time itself: the sampling period
             self.sample()
 
     def sample(self) -> None:
@@ -148,7 +150,7 @@ async def recv_main(hb: float, blocks: str, window: float | None) -> None:
         h = tally["handled"]
         for every, secs in pattern:
             if h % every == 0:
-                time.sleep(secs)
+                time.sleep(secs)  # time itself: a handler blocking the loop (synchronous I/O)
                 tally["blocked_s"] += secs
 
     alerts: dict[str, int] = {}
@@ -183,8 +185,7 @@ async def send_main(url: str, n: int, rate: float, hb: float, window: float | No
 
     core = MeshCore(_config(hb, window, [url]))
     await core.start()
-    while len(core.nodes) < 2:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(core.nodes) >= 2, "the sender joined the receiver", timeout=60)
     watch = Watch(core)
     watch.sample()
     wt = asyncio.ensure_future(watch.run())
@@ -205,12 +206,12 @@ async def send_main(url: str, n: int, rate: float, hb: float, window: float | No
         if rate > 0:
             delay = t0 + i / rate - time.perf_counter()
             if delay > 0.001:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # time itself: pacing at `rate`
         await core.broadcast_event(ETYPE, {"i": i})
         progress["sent"] = i + 1
         if core.sender.retx_bytes > progress["retx_peak_bytes"]:
             progress["retx_peak_bytes"] = core.sender.retx_bytes
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a grace for the last batch to leave; settle() judges by conditions
     print(f"sent {n} {time.perf_counter() - t0:.3f}", flush=True)
     await cmd
     wt.cancel()
@@ -262,7 +263,7 @@ class Proc:
         """The worker's thread stacks (SIGUSR1, faulthandler) and whatever else it logged."""
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGUSR1)
-            time.sleep(0.5)
+            time.sleep(0.5)  # diagnostics on a failure path: give faulthandler time to write
         return self.stderr()[-8000:]
 
     def send(self, cmd: str) -> None:
@@ -343,7 +344,7 @@ def settle(pair: Pair, timeout: float, quiet: float = 2.5) -> tuple[dict[str, An
         done = s["sent"] >= pair.n and acc >= pair.n and r["counters"]["events_missing"] == 0
         if done or now > deadline or (s["sent"] >= pair.n and now - still > quiet + 6.0):
             return r, s
-        time.sleep(0.25)
+        time.sleep(0.25)  # the poll interval (the condition and the deadline are above)
 
 
 def summary(r: dict[str, Any], s: dict[str, Any], origin: str) -> dict[str, Any]:
