@@ -95,8 +95,8 @@ MAX_ACK_HOLD = 1.5
 
 def too_large(what: str, size: int, limit: int) -> str:
     """The error text for ``size`` bytes over ``limit``: both figures, in bytes and MiB
-    (``message payload of 10,485,799 bytes (10.0 MiB) is over the limit of 8,388,608
+    (``message payload of 10,485,799 bytes (10.0 MiB) exceeds the limit of 8,388,608
     bytes (8.0 MiB) per message``)."""
     mib = 1024 * 1024
-    return (f"{what} of {size:,} bytes ({size / mib:.1f} MiB) is over the limit of {limit:,} bytes "
+    return (f"{what} of {size:,} bytes ({size / mib:.1f} MiB) exceeds the limit of {limit:,} bytes "
             f"({limit / mib:.1f} MiB) per {what.split()[0]}")

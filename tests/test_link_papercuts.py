@@ -36,7 +36,7 @@ async def test_a_node_refuses_a_10_mib_payload_saying_the_limit() -> None:
     await n.start()
     try:
         await n.broadcast_event("x", "y" * 1000)  # the positive path
-        with pytest.raises(FrameError, match=r"10,485,\d+ bytes \(10\.0 MiB\) is over the limit of 8,388,608 bytes"):
+        with pytest.raises(FrameError, match=r"10,485,\d+ bytes \(10\.0 MiB\) exceeds the limit of 8,388,608 bytes"):
             await n.broadcast_event("x", "y" * (10 << 20))
         await n.broadcast_event("x", "y" * 1000)  # and the node goes on
     finally:
