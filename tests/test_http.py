@@ -129,7 +129,7 @@ def _raw(port: int, request: bytes | list[bytes]) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         for i, part in enumerate([request] if isinstance(request, bytes) else request):
             if i:
-                time.sleep(0.05)
+                time.sleep(0.05)  # time itself: a client that sends its request in pieces
             s.sendall(part)
         out = b""
         while chunk := s.recv(65536):
@@ -202,7 +202,9 @@ async def test_live_feed_keeps_history_for_the_next_page(open_node: MeshCore) ->
     tr.disconnect()
     await wait_for(lambda: lst.closed, timeout=5)
     seen = len(lst.msgs[-1]["history"])
-    await asyncio.sleep(1.5)  # nobody watching: rates are still sampled
+    assert open_node.ws is not None and open_node.ws.http is not None
+    live = open_node.ws.http.live
+    await wait_for(lambda: not live.clients and len(live.history) > seen, timeout=10)  # nobody watching: still sampled
     tr, lst = await _live(open_node)
     try:
         await wait_for(lambda: bool(lst.msgs), timeout=5)
