@@ -135,13 +135,15 @@ class TcpProxy:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port, reuse_address=True)
 
     async def cut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        # connections first: since Python 3.12, wait_closed() waits for them to end
         for w in list(self.writers):
             w.transport.abort()
         self.writers.clear()
+        if server is not None:
+            await server.wait_closed()
 
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
