@@ -66,7 +66,7 @@ async def main() -> None:
                 if rate:
                     delay = start + k / rate - time.perf_counter()
                     if delay > 0:
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(delay)  # time itself: pacing at `rate`
                 await core.broadcast_event("t", {"src": a.node_id, "i": sent})
                 sent += 1
             out: Any = {"sent": sent}

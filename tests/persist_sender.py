@@ -14,6 +14,7 @@ import time
 
 from spiralfast.config import MeshConfig
 from spiralfast.core import MeshCore
+from tests.waiting import wait_until
 
 #: Heartbeat interval (s) of the sender; the streaming tests give their receivers the same.
 HEARTBEAT = 1.0
@@ -24,8 +25,8 @@ async def main(url: str, n: int, etype: str, rate: float) -> None:
     # 3 intervals, and a receiver writing as fast as its disk allows may pause its loop.
     core = MeshCore(MeshConfig(enable_redis=False, websocket_port=0, peers=[url], heartbeat_interval=HEARTBEAT))
     await core.start()
-    while len(core.nodes) < 2:  # the target is known: the handshake is done
-        await asyncio.sleep(0.02)
+    # the target is known: the handshake is done
+    await wait_until(lambda: len(core.nodes) >= 2, "the sender joined its target", timeout=60)
     print("connected", flush=True)
     t0 = time.perf_counter()
     if rate > 0:
@@ -33,12 +34,12 @@ async def main(url: str, n: int, etype: str, rate: float) -> None:
             due = t0 + i / rate
             delay = due - time.perf_counter()
             if delay > 0.001:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # time itself: pacing at `rate`
             await core.broadcast_event(etype, {"seq": i})
     else:
         for i in range(n):
             await core.broadcast_event(etype, {"seq": i})
-    await asyncio.sleep(0)  # the last frame goes out on the next loop iteration
+    await asyncio.sleep(0)  # one loop turn: the last frame goes out on the next iteration
     print(f"sent {n} {time.perf_counter() - t0:.6f}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

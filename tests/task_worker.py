@@ -41,7 +41,7 @@ def main() -> None:
         me = args.node_id
 
         async def work(p: Any) -> Any:
-            await asyncio.sleep(p.get("s", 0.01))
+            await asyncio.sleep(p.get("s", 0.01))  # time itself: a task that takes a while
             return [p["i"], me]
 
         def echo(p: Any) -> Any:

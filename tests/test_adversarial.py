@@ -211,7 +211,7 @@ async def test_preauth_memory_and_floods_are_bounded(pair: Any) -> None:
         if raw.closed.is_set():
             break
         raw.send(empty)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn per frame: lets the node's close reach us
     await asyncio.wait_for(raw.closed.wait(), 5)
     assert (await status(a))["node_id"] == "A"  # still answers (how fast is perf/'s business)
     await legit_roundtrip(a, b)

@@ -23,6 +23,7 @@ from spiralfast.client import ObserverClient
 
 from .conftest import require
 from .procs import NodeProc
+from .waiting import wait_until_sync
 
 CHROMIUM = os.environ.get("SPIRALFAST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -92,11 +93,8 @@ def row_ids(page: Page) -> set[str]:
 
 
 def wait_nodes(node: NodeProc, ids: set[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while arun(node.node_ids()) != ids:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{node.node_id} did not see {ids}")
-        time.sleep(0.1)
+    wait_until_sync(lambda: arun(node.node_ids()) == ids, f"{node.node_id} lists exactly {sorted(ids)}",
+                    timeout=timeout, interval=0.1)
 
 
 def _burst(node: NodeProc, n: int, done: threading.Event) -> None:

@@ -4,7 +4,6 @@ uses a schema of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from .conftest import require, wait_for
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
 from .test_eventlog import Sender, events_in
+from .waiting import wait_until_async
 
 PG_BASE = services.postgres().url
 
@@ -121,10 +121,10 @@ async def test_pg_two_node_processes_share_one_log(pg_url: str) -> None:
 
         # Each node stores what it receives: node-a all of them (the sender's peer),
         # node-b those sent after gossip joined it to the sender.
-        deadline = asyncio.get_running_loop().time() + 60
-        while (await stored())[0] < n:
-            assert asyncio.get_running_loop().time() < deadline, await stored()
-            await asyncio.sleep(0.2)
+        async def all_stored() -> bool:
+            return (await stored())[0] >= n
+
+        await wait_until_async(all_stored, f"{n} distinct events stored", timeout=60, interval=0.2)
         distinct, total = await stored()
         assert distinct == n and total > n
         rows = await _fetch(pg_url, "SELECT DISTINCT agent_id FROM ritual_events WHERE event_type = 'node_register'")

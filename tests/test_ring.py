@@ -110,7 +110,7 @@ def test_wait_policy_put_waits_for_space(ring_impl: Any, loop_kind: str) -> None
         with pytest.raises(RingFull):
             r.push(3)
         task = asyncio.ensure_future(r.put(3))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the put has run up to its wait
         assert not task.done()
         got = [r.pop()]
         await asyncio.wait_for(task, 2)

@@ -267,7 +267,7 @@ async def test_retry_racing_late_reply_gives_one_result() -> None:
         def make(name: str, delay: float) -> Any:
             async def h(x: int) -> list[Any]:
                 calls.append(name)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # time itself: a slow handler
                 return [x, name]
 
             return h
@@ -396,7 +396,7 @@ async def test_local_async_handler_capacity_and_pinned_wait() -> None:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # time itself: a handler that takes a while
             running -= 1
             return x * 2
 

@@ -105,7 +105,7 @@ class Worker:
             nxt += period
             delay = nxt - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # time itself: pacing at the configured rate
             elif delay < -1.0:
                 nxt = time.monotonic()  # we were stopped or starved: do not burst to catch up
             if not self.sending:
