@@ -181,7 +181,7 @@ class Redis:
                 socket.create_connection((self.host, self.port), 0.2).close()
                 return
             except OSError:
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll interval (condition and deadline around it)
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
@@ -359,7 +359,7 @@ class Cluster:
                     ok = False
             if ok:
                 return time.monotonic() - t0
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval (condition and deadline around it)
         raise AssertionError(f"mesh not formed within {timeout}s: {last}")
 
     def traffic(self, send: bool | None = None, state: bool | None = None,
@@ -379,8 +379,7 @@ class Cluster:
             digests = [json.dumps(w.report()["digests"], sort_keys=True) for w in ws]
             if len(set(digests)) == 1:
                 return time.monotonic() - t0
-            time.sleep(0.05)
-        return None
+            time.sleep(0.05)  # poll interval: the time to converge is measured
 
     def wait_quiet(self, timeout: float) -> dict[str, dict[str, Any]]:
         """With sending stopped: wait until no node has gaps still being repaired and
@@ -394,7 +393,7 @@ class Cluster:
             if prev == counts and all(r["events_missing"] == 0 for r in reps.values()):
                 return reps
             prev = counts
-            time.sleep(0.6)
+            time.sleep(0.6)  # the quiet period: counts unchanged across it
         return reps
 
 
