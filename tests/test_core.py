@@ -196,7 +196,7 @@ def test_remote_nodes_appear_by_themselves_and_leave() -> None:
             assert set(a.nodes) == {"node-0", "node-1"}
             rb = a.nodes["node-1"]
             assert rb.name == "codex_node_node-1" and "state_sync" in rb.capabilities
-            assert a.registry.get_node("node-1") is not None
+            assert a.registry.get_node("node-1") is rb  # one table: the registry's record is the node's
             events: list[dict[str, Any]] = []
             a.register_event_handler("node_unregister", events.append)
             c = await mesh.add(2)
