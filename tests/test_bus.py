@@ -8,7 +8,8 @@ from typing import Any
 
 from spiralfast import EventBus, EventType, RitualEvent
 
-from .conftest import run_on, wait_for
+from .conftest import run_on
+from .waiting import wait_until
 
 
 def test_attributes_and_defaults() -> None:
@@ -33,7 +34,7 @@ def test_publish_delivers_async_with_sync_and_async_handlers(loop_kind: str) -> 
         bus.subscribe(EventType.AGENT_SPAWN, ah)
         eid = await bus.publish(EventType.AGENT_SPAWN, {"a": 1}, metadata={"m": 2})
         assert isinstance(eid, str) and got == []  # delivery happens after publish returns
-        await wait_for(lambda: len(got) == 2)
+        await wait_until(lambda: len(got) == 2, 'len(got) == 2')
         assert [k for k, _ in got] == ["sync", "async"]
         ev = got[0][1]
         assert (ev.event_id, ev.event_type, ev.source_node, ev.data, ev.metadata) == (
@@ -58,7 +59,7 @@ def test_unsubscribe_and_unknown_handler_noop() -> None:
         bus.unsubscribe(EventType.CUSTOM, print)  # unknown: no-op
         bus.unsubscribe(EventType.RITUAL_END, print)
         await bus.publish(EventType.CUSTOM, {})
-        await wait_for(lambda: bus.delivered == 1)
+        await wait_until(lambda: bus.delivered == 1, 'bus.delivered == 1')
         assert got == []
         await bus.stop()
 
@@ -75,7 +76,7 @@ def test_helper_publishers() -> None:
         await bus.publish_agent_message("ag", "hi", target_agent="t2", target_node=None)
         await bus.publish_ritual_event("spiral", {"extra": 1}, recursion_depth=3)
         await bus.publish_system_alert("high", "boom", {"d": 1})
-        await wait_for(lambda: len(got) == 3)
+        await wait_until(lambda: len(got) == 3, 'len(got) == 3')
         await bus.stop()
         return got
 
@@ -93,7 +94,7 @@ def test_backlog_priority_order_and_fifo_within_priority() -> None:
         for i, p in enumerate([1, 5, 9, 5, 1, 9, 5]):
             await bus.publish(EventType.CUSTOM, {"i": i}, priority=p)
         await bus.start()  # the backlog exists before the processor runs
-        await wait_for(lambda: len(got) == 7)
+        await wait_until(lambda: len(got) == 7, 'len(got) == 7')
         await bus.stop()
         return got
 
@@ -111,7 +112,7 @@ def test_ttl_expiry_and_ttl_zero() -> None:
         await bus.publish(EventType.CUSTOM, {"i": 3})
         await asyncio.sleep(0.1)  # let ttl=0.05 lapse while undelivered
         await bus.start()
-        await wait_for(lambda: bus.expired + bus.delivered == 4)
+        await wait_until(lambda: bus.expired + bus.delivered == 4, 'bus.expired + bus.delivered == 4')
         await bus.stop()
         return got, bus
 
@@ -127,7 +128,7 @@ def test_ttl_zero_expires_even_when_processor_is_idle() -> None:
         bus.subscribe(EventType.CUSTOM, got.append)
         await bus.start()
         await bus.publish(EventType.CUSTOM, {}, ttl=0)
-        await wait_for(lambda: bus.expired == 1)
+        await wait_until(lambda: bus.expired == 1, 'bus.expired == 1')
         assert got == []
         await bus.stop()
         return bus
@@ -152,7 +153,7 @@ def test_raising_handler_is_isolated_and_counted(caplog: Any) -> None:
         await bus.start()
         for i in range(3):
             await bus.publish(EventType.CUSTOM, {"i": i})
-        await wait_for(lambda: len(got) == 3)
+        await wait_until(lambda: len(got) == 3, 'len(got) == 3')
         await bus.stop()
         return got, bus
 
@@ -171,7 +172,7 @@ def test_history_bounded_and_stats_shape() -> None:
         for i in range(25):
             await bus.publish(EventType.CUSTOM, {"i": i})
         await bus.publish(EventType.RITUAL_END, {"i": 99})
-        await wait_for(lambda: bus.delivered == 26)
+        await wait_until(lambda: bus.delivered == 26, 'bus.delivered == 26')
         await bus.stop()
         return bus
 
@@ -211,7 +212,7 @@ def test_publish_from_threads(loop_kind: str) -> None:
         threads = [threading.Thread(target=worker, args=(k * 10000,)) for k in range(2)]
         for t in threads:
             t.start()
-        await wait_for(lambda: len(got) == 4000)
+        await wait_until(lambda: len(got) == 4000, 'len(got) == 4000')
         for t in threads:
             t.join()
         await bus.stop()
@@ -262,7 +263,7 @@ def test_foreign_item_on_the_queue_is_dropped_and_the_bus_keeps_running() -> Non
         await bus.start()
         bus.event_queue.push("not an event")
         await bus.publish(EventType.CUSTOM, {"x": 1})
-        await wait_for(lambda: bool(got))  # the good event after the bad one is delivered
+        await wait_until(lambda: bool(got), 'bool(got)')  # the good event after the bad one is delivered
         assert len(got) == 1 and bus.running and bus.dropped == 1
         assert bus.processor_task is not None and not bus.processor_task.done()
         await bus.stop()

@@ -19,7 +19,9 @@ import pytest
 from spiralfast import schema
 from spiralfast.schema import StateEntry
 from spiralfast.sync import StateSynchronizer, hlc_wall
-from spiralfast.testing import LocalMesh, wait_for
+from spiralfast.testing import LocalMesh
+
+from .waiting import wait_until
 
 SKEW = 120.0
 
@@ -175,12 +177,11 @@ def test_skew_over_the_mesh_logs_once_and_converges(caplog: pytest.LogCaptureFix
             skewed(b.state, SKEW)
             for i in range(20):
                 b.state.update_local_state("agents", f"k{i}", i)
-            await wait_for(lambda: all(len(n.state.get_local_state("agents") or {}) == 20 for n in (a, c)),
-                           timeout=10)
+            await wait_until(lambda: all(len(n.state.get_local_state("agents") or {}) == 20 for n in (a, c)), 'all(len(n.state.get_local_state("agents") or {}) == 20 for n in (a, c))', timeout=10)
             assert b.state.stats["clock_corrections"] >= 1
             a.state.update_local_state("agents", "k0", "from-a")  # a later write elsewhere replaces b's
-            await wait_for(lambda: b.state.get_local_state("agents", "k0") == "from-a")
-            await wait_for(lambda: a.state.digests() == b.state.digests() == c.state.digests(), timeout=5)
+            await wait_until(lambda: b.state.get_local_state("agents", "k0") == "from-a", 'b.state.get_local_state("agents", "k0") == "from-a"')
+            await wait_until(lambda: a.state.digests() == b.state.digests() == c.state.digests(), 'a.state.digests() == b.state.digests() == c.state.digests()', timeout=5)
             before = sum(n.state.stats["repairs"] for n in mesh.nodes)
             await asyncio.sleep(1.0)  # a window that means time: ten rounds in which no repair loop may start
             assert sum(n.state.stats["repairs"] for n in mesh.nodes) - before <= 2
@@ -188,13 +189,13 @@ def test_skew_over_the_mesh_logs_once_and_converges(caplog: pytest.LogCaptureFix
 
             fixed(b.state)
             b.state.update_local_state("agents", "late", 1)
-            await wait_for(lambda: a.state.get_local_state("agents", "late") == 1)
+            await wait_until(lambda: a.state.get_local_state("agents", "late") == 1, 'a.state.get_local_state("agents", "late") == 1')
             a.state.delete_local_state("agents", "late")
-            await wait_for(lambda: b.state.get_local_state("agents", "late") is None)
-            await wait_for(lambda: a.state.digests() == b.state.digests() == c.state.digests(), timeout=5)
+            await wait_until(lambda: b.state.get_local_state("agents", "late") is None, 'b.state.get_local_state("agents", "late") is None')
+            await wait_until(lambda: a.state.digests() == b.state.digests() == c.state.digests(), 'a.state.digests() == b.state.digests() == c.state.digests()', timeout=5)
             a.state.update_local_state("agents", "fence", 1)  # a later write: rounds have passed once it is everywhere
-            await wait_for(lambda: all(n.state.get_local_state("agents", "fence") == 1 for n in (b, c)))
-            await wait_for(lambda: a.state.digests() == b.state.digests() == c.state.digests(), timeout=5)
+            await wait_until(lambda: all(n.state.get_local_state("agents", "fence") == 1 for n in (b, c)), 'all(n.state.get_local_state("agents", "fence") == 1 for n in (b, c))')
+            await wait_until(lambda: a.state.digests() == b.state.digests() == c.state.digests(), 'a.state.digests() == b.state.digests() == c.state.digests()', timeout=5)
             assert b.state.get_local_state("agents", "late") is None  # not resurrected
 
     with caplog.at_level(logging.ERROR, logger="spiralfast.sync"):
@@ -232,10 +233,10 @@ def test_malformed_or_absurd_notices_change_nothing() -> None:
             w = FrameWriter()
             w.add(schema.KIND_CLOCK_SKEW, 0, b"", b"", [-(2**62), 0])
             link.send_frame(bytes(w.finish()))
-            await wait_for(lambda: a.gate.stats["frame_errors"] == before + 1)  # it arrived and was refused
+            await wait_until(lambda: a.gate.stats["frame_errors"] == before + 1, 'a.gate.stats["frame_errors"] == before + 1')  # it arrived and was refused
             assert a.state.correction_ms == 0
             a.state.update_local_state("agents", "after", 1)
-            await wait_for(lambda: m.state.get_local_state("agents", "after") == 1)
+            await wait_until(lambda: m.state.get_local_state("agents", "after") == 1, 'm.state.get_local_state("agents", "after") == 1')
             assert a.gate.stats["frame_errors"] == before + 1  # counted (metric: bad_messages_total)
             assert m.node_id in a.nodes  # and the link is still up
 

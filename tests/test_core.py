@@ -25,7 +25,7 @@ from spiralfast import (
 )
 from spiralfast.codec import decode_frame
 from spiralfast.membership import SILENCE_FACTOR
-from spiralfast.testing import LocalMesh, wait_for
+from spiralfast.testing import LocalMesh
 
 from .conftest import run_on
 from .waiting import wait_until
@@ -126,7 +126,7 @@ def test_broadcast_reaches_others_not_sender(loop_kind: str) -> None:
             for n in mesh.nodes:
                 n.register_event_handler("ping", lambda env, n=n: got.append((n.node_id, env)))
             await a.broadcast_event("ping", {"k": 1})
-            await wait_for(lambda: len(got) == 2)
+            await wait_until(lambda: len(got) == 2, 'len(got) == 2')
             await fence(a, [b, c])
             assert sorted(x for x, _ in got) == ["node-1", "node-2"]  # never the sender, never twice
             env = got[0][1]
@@ -145,7 +145,7 @@ def test_send_to_node_direct_and_unknown(caplog: Any) -> None:
             for n in mesh.nodes:
                 n.register_event_handler("d", lambda env, n=n: got.append(n.node_id))
             assert await a.send_to_node("node-2", "d", {"x": 1}) is True
-            await wait_for(lambda: got == ["node-2"])
+            await wait_until(lambda: got == ["node-2"], 'got == ["node-2"]')
             with caplog.at_level(logging.WARNING, logger="spiralfast"):
                 assert await a.send_to_node("ghost", "d", {}) is False
             assert "ghost" in caplog.text
@@ -167,7 +167,7 @@ def test_direct_envelope_has_target_and_async_handler_works() -> None:
 
             b.register_event_handler("d", h)
             await a.send_to_node("node-1", "d", {"x": 1})
-            await wait_for(lambda: box != [])
+            await wait_until(lambda: box != [], 'box != []')
             return box[0]
 
     env = asyncio.run(main())
@@ -183,7 +183,7 @@ def test_failing_handler_does_not_stop_others() -> None:
             b.register_event_handler("e", lambda env: got.append("b"))
             c.register_event_handler("e", lambda env: got.append("c"))
             await a.broadcast_event("e", {})
-            await wait_for(lambda: len(got) == 2)
+            await wait_until(lambda: len(got) == 2, 'len(got) == 2')
             return got, b.counters["handler_errors"]
 
     got, errors = asyncio.run(main())
@@ -201,10 +201,10 @@ def test_remote_nodes_appear_by_themselves_and_leave() -> None:
             events: list[dict[str, Any]] = []
             a.register_event_handler("node_unregister", events.append)
             c = await mesh.add(2)
-            await wait_for(lambda: "node-2" in a.nodes and "node-2" in b.nodes)
+            await wait_until(lambda: "node-2" in a.nodes and "node-2" in b.nodes, '"node-2" in a.nodes and "node-2" in b.nodes')
             await c.stop()
-            await wait_for(lambda: "node-2" not in a.nodes and "node-2" not in b.nodes, timeout=2)
-            await wait_for(lambda: any(e["data"]["node_id"] == "node-2" for e in events))
+            await wait_until(lambda: "node-2" not in a.nodes and "node-2" not in b.nodes, '"node-2" not in a.nodes and "node-2" not in b.nodes', timeout=2)
+            await wait_until(lambda: any(e["data"]["node_id"] == "node-2" for e in events), 'any(e["data"]["node_id"] == "node-2" for e in events)')
             assert a.registry.get_node("node-2") is None
 
     asyncio.run(main())
@@ -221,7 +221,7 @@ def test_silent_node_removed_after_three_heartbeats() -> None:
             link = a.outbox.links.get("node-1")
             assert link is None
             t0 = asyncio.get_running_loop().time()
-            await wait_for(lambda: "node-1" not in a.nodes, timeout=20)
+            await wait_until(lambda: "node-1" not in a.nodes, '"node-1" not in a.nodes', timeout=20)
             elapsed = asyncio.get_running_loop().time() - t0
             # The silence rule: SILENCE_FACTOR intervals of 0.1 s since the last heartbeat,
             # which came at most one interval before the cut: never before (SILENCE_FACTOR - 1)
@@ -229,7 +229,7 @@ def test_silent_node_removed_after_three_heartbeats() -> None:
             # sweep, with a margin of 1.5 s for a shared, noisy machine.
             hb = 0.1
             assert (SILENCE_FACTOR - 1) * hb - 0.05 <= elapsed <= SILENCE_FACTOR * hb + hb / 2 + 1.5, elapsed
-            await wait_for(lambda: bool(lost))
+            await wait_until(lambda: bool(lost), 'bool(lost)')
             assert lost[0]["data"]["reason"] == "silent"
 
     asyncio.run(main())
@@ -241,7 +241,7 @@ def test_heartbeats_refresh_registry() -> None:
             a, b = mesh.nodes
             b.local_node.recursion_depth = 7
             b.local_node.status = NodeStatus.RITUAL_MODE
-            await wait_for(lambda: a.nodes["node-1"].recursion_depth == 7)
+            await wait_until(lambda: a.nodes["node-1"].recursion_depth == 7, 'a.nodes["node-1"].recursion_depth == 7')
             assert a.registry.get_node("node-1").status == NodeStatus.RITUAL_MODE  # type: ignore[union-attr]
             assert a.registry.get_node_metrics("node-1")["heartbeat_count"] >= 1  # type: ignore[index]
 
@@ -260,7 +260,7 @@ def test_register_and_unregister_node_announce() -> None:
             assert a.nodes["ext"] is ext and a.registry.get_node("ext") is ext
             await a.unregister_node("ext")
             assert "ext" not in a.nodes
-            await wait_for(lambda: len(seen) == 2)
+            await wait_until(lambda: len(seen) == 2, 'len(seen) == 2')
             assert seen[0]["data"] == ext.to_dict() and seen[1]["data"] == {"node_id": "ext"}
 
     asyncio.run(main())
@@ -274,12 +274,12 @@ def test_mesh_bus_reaches_every_node_and_target() -> None:
                 n.event_bus.subscribe(EventType.AGENT_SPAWN, lambda ev, n=n: got.append((n.node_id, ev)))
             a = mesh.nodes[0]
             eid = await a.event_bus.publish(EventType.AGENT_SPAWN, {"a": 1}, priority=6, metadata={"m": 1})
-            await wait_for(lambda: len(got) == 3)
+            await wait_until(lambda: len(got) == 3, 'len(got) == 3')
             assert sorted(x for x, _ in got) == ["node-0", "node-1", "node-2"]
             assert all(ev.event_id == eid and ev.priority == 6 and ev.metadata == {"m": 1} for _, ev in got)
             got.clear()
             await a.event_bus.publish(EventType.AGENT_SPAWN, {}, target_node="node-2")
-            await wait_for(lambda: len(got) == 1)
+            await wait_until(lambda: len(got) == 1, 'len(got) == 1')
             await a.event_bus.publish(EventType.AGENT_SPAWN, {"fence": 1})  # after it, to everyone
             await wait_until(lambda: len([ev for _, ev in got if ev.data.get("fence")]) == 3, "the bus fence everywhere")
             assert [x for x, ev in got if not ev.data.get("fence")] == ["node-2"]
@@ -399,11 +399,11 @@ def test_state_converges_over_loopback(n: int) -> None:
             a = mesh.nodes[0]
             a.state.update_local_state("agents", "k", 1)
             a.state.update_local_state("user_data", "private", 1)
-            await wait_for(lambda: all(x.state.get_local_state("agents", "k") == 1 for x in mesh.nodes))
+            await wait_until(lambda: all(x.state.get_local_state("agents", "k") == 1 for x in mesh.nodes), 'all(x.state.get_local_state("agents", "k") == 1 for x in mesh.nodes)')
             mesh.nodes[-1].state.update_local_state("agents", "k", 2)
-            await wait_for(lambda: all(x.state.get_local_state("agents", "k") == 2 for x in mesh.nodes))
+            await wait_until(lambda: all(x.state.get_local_state("agents", "k") == 2 for x in mesh.nodes), 'all(x.state.get_local_state("agents", "k") == 2 for x in mesh.nodes)')
             mesh.nodes[1].state.delete_local_state("agents", "k")
-            await wait_for(lambda: all(x.state.get_local_state("agents", "k") is None for x in mesh.nodes))
+            await wait_until(lambda: all(x.state.get_local_state("agents", "k") is None for x in mesh.nodes), 'all(x.state.get_local_state("agents", "k") is None for x in mesh.nodes)')
             # The later 'agents' changes reached every node: a 'user_data' change made before
             # them would have too, had it been sent.
             assert all(x.state.get_local_state("user_data", "private") is None for x in mesh.nodes[1:])
@@ -436,7 +436,7 @@ def test_oversized_event_is_refused_with_a_clear_error_and_the_node_goes_on() ->
                 await a.send_to_node("node-1", "e", {"blob": "x" * (9 * 1024 * 1024)})
             await a.broadcast_event("e", {"ok": 1})
             assert await a.send_to_node("node-1", "e", {"ok": 2})
-            await wait_for(lambda: len(got) == 2)
+            await wait_until(lambda: len(got) == 2, 'len(got) == 2')
             assert [g["data"] for g in got] == [{"ok": 1}, {"ok": 2}]
 
     asyncio.run(main())
@@ -451,7 +451,7 @@ def test_replacing_the_event_handlers_dict_is_honoured() -> None:
             got: list[Any] = []
             b.event_handlers = defaultdict(list, {"e": [got.append]})  # old code may do this
             await a.broadcast_event("e", {"n": 1})
-            await wait_for(lambda: len(got) == 1)
+            await wait_until(lambda: len(got) == 1, 'len(got) == 1')
             assert b.event_handlers["e"] == [got.append]
 
     asyncio.run(main())
@@ -467,7 +467,7 @@ def test_internal_protocol_events_stay_out_of_logs_and_link_listeners_hear_links
             b.register_event_handler("_sf.probe", got.append)
             await a.broadcast_event("_sf.probe", {"x": 1})
             await a.broadcast_event("visible", {"x": 2})
-            await wait_for(lambda: len(got) == 1 and any(e["type"] == "visible" for e in seen))
+            await wait_until(lambda: len(got) == 1 and any(e["type"] == "visible" for e in seen), 'len(got) == 1 and any(e["type"] == "visible" for e in seen)')
             types = {getattr(e, "event_type", None) or e["type"] for e in list(a.recent_events) + list(b.recent_events)}
             assert "_sf.probe" not in types and "visible" in types  # delivered, never logged
             assert b.get_mesh_status()["router"]["bytes_in"] > 0  # (once stuck at 0)
@@ -475,7 +475,7 @@ def test_internal_protocol_events_stay_out_of_logs_and_link_listeners_hear_links
             changes: list[tuple[str, bool]] = []
             a.add_link_listener(lambda peer, up: changes.append((peer, up)))
             mesh.hub.partition(b)
-            await wait_for(lambda: (b.node_id, False) in changes)
+            await wait_until(lambda: (b.node_id, False) in changes, '(b.node_id, False) in changes')
 
     asyncio.run(main())
 
@@ -516,9 +516,9 @@ def _lossy_pair_run(retransmit_bytes: int) -> tuple[list[int], dict[str, Any], l
                 await asyncio.sleep(0)  # one frame per event
             await a.send_to_node(b.node_id, "seq", {"i": 99})  # direct ids do not count as gaps
             if retransmit_bytes:
-                await wait_for(lambda: sorted(got) == [0, 1, 2, 3, 4, 5, 99], timeout=10)
+                await wait_until(lambda: sorted(got) == [0, 1, 2, 3, 4, 5, 99], 'sorted(got) == [0, 1, 2, 3, 4, 5, 99]', timeout=10)
             else:
-                await wait_for(lambda: b.get_mesh_status()["counters"]["events_lost"] == 2 and bool(alerts), timeout=10)
+                await wait_until(lambda: b.get_mesh_status()["counters"]["events_lost"] == 2 and bool(alerts), 'b.get_mesh_status()["counters"]["events_lost"] == 2 and bool(alerts)', timeout=10)
             return got, b.get_mesh_status(), alerts, a
     return asyncio.run(main())
 
@@ -552,14 +552,14 @@ def test_a_dead_origins_tail_seen_by_some_is_counted_lost_by_the_others() -> Non
             c.register_event_handler("seq", lambda env: got_c.append(env["data"]["i"]))
             for i in range(7):
                 await a.broadcast_event("seq", {"i": i})
-            await wait_for(lambda: len(got_c) == 7)
+            await wait_until(lambda: len(got_c) == 7, 'len(got_c) == 7')
             a.outbox.links[c.node_id].send_frame = lambda frame: True  # c hears nothing more from a
             for i in range(7, 10):
                 await a.broadcast_event("seq", {"i": i})
-            await wait_for(lambda: len(got_b) == 10)
+            await wait_until(lambda: len(got_b) == 10, 'len(got_b) == 10')
             mesh.hub.partition(a)  # a is gone without a word (no leave, no gossip)
             mesh.nodes.remove(a)
-            await wait_for(lambda: c.get_mesh_status()["counters"]["events_lost"] == 3, timeout=15)
+            await wait_until(lambda: c.get_mesh_status()["counters"]["events_lost"] == 3, 'c.get_mesh_status()["counters"]["events_lost"] == 3', timeout=15)
             assert sorted(got_c) == list(range(7))
             assert c.get_mesh_status()["delivery"]["by_node"][a.node_id]["lost"] == 3
             assert b.get_mesh_status()["counters"]["events_lost"] == 0  # b got everything
@@ -578,7 +578,7 @@ def test_a_member_cannot_make_others_drop_a_live_nodes_events() -> None:
             got: list[int] = []
             b.register_event_handler("seq", lambda env: got.append(env["data"]["i"]))
             await a.broadcast_event("seq", {"i": 0})
-            await wait_for(lambda: got == [0])
+            await wait_until(lambda: got == [0], 'got == [0]')
             origin = a.local_node.metadata["origin"]
             m.host.broadcast(schema.KIND_ORIGIN_END, schema.OriginEnd(origin, 10_000_000))
             # and an origin asked for sequences it has not sent yet never calls them gone
@@ -588,7 +588,7 @@ def test_a_member_cannot_make_others_drop_a_live_nodes_events() -> None:
             await wait_until(lambda: not b.host.origin_ends, "b dropped the claim about a live member's origin")  # a is a member: the claim was dropped
             for i in range(1, 101):
                 await a.broadcast_event("seq", {"i": i})
-            await wait_for(lambda: len(got) == 101)
+            await wait_until(lambda: len(got) == 101, 'len(got) == 101')
             assert sorted(got) == list(range(101))
             st = b.get_mesh_status()["counters"]
             assert st["events_lost"] == 0 and st["events_missing"] == 0

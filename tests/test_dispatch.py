@@ -9,7 +9,7 @@ from typing import Any
 
 from spiralfast.testing import LocalMesh
 
-from .conftest import wait_for
+from .waiting import wait_until
 
 
 def test_order_holds_when_some_handlers_suspend() -> None:
@@ -32,7 +32,7 @@ def test_order_holds_when_some_handlers_suspend() -> None:
             b.register_event_handler("o", second)
             for i in range(300):
                 await a.broadcast_event("o", {"i": i})
-            await wait_for(lambda: len(seen) == 900)
+            await wait_until(lambda: len(seen) == 900, 'len(seen) == 900')
             expected = [(k, i) for i in range(300) for k in ("first-start", "first-end", "second")]
             assert seen == expected  # exactly as if each handler were awaited in turn
             assert b.counters["handler_errors"] == 0
@@ -67,7 +67,7 @@ def test_handlers_that_need_a_task_and_failing_coroutines() -> None:
                 await a.broadcast_event("t", {"i": i})
             await a.broadcast_event("f", {})
             await a.broadcast_event("g", {})
-            await wait_for(lambda: len(got) == 20 and b.counters["handler_errors"] == 2)
+            await wait_until(lambda: len(got) == 20 and b.counters["handler_errors"] == 2, 'len(got) == 20 and b.counters["handler_errors"] == 2')
             assert got == list(range(20))  # each once, in order (re-run in a task the first time)
             assert len(tasks) == 20 and all(isinstance(t, asyncio.Task) for t in tasks)  # each ran in a task
 
@@ -105,7 +105,7 @@ def test_slow_plain_handlers_never_starve_the_loop() -> None:
             t = asyncio.ensure_future(ticker())
             for i in range(400):  # 0.8 s of handler work
                 await a.broadcast_event("s", {"i": i})
-            await wait_for(lambda: len(seen) == 400, timeout=10)
+            await wait_until(lambda: len(seen) == 400, 'len(seen) == 400', timeout=10)
             t.cancel()
             assert seen == list(range(400))  # every event once, in order
             assert max(gaps) < TURN_BUDGET + 0.25, max(gaps)  # 0.8 s (all of it) when the loop starves

@@ -26,7 +26,7 @@ from spiralfast.eventlog import BATCH_MAX_EVENTS, EventLog, SQLiteStore, parse_t
 from spiralfast.persistence import PersistenceManager, RitualEventRecord, SystemMetricRecord
 from spiralfast.testing import LoopbackHub
 
-from .conftest import require, wait_for
+from .conftest import require
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
 from .waiting import wait_until, wait_until_async
@@ -49,7 +49,7 @@ async def pair(db: Path, **cfg: Any) -> tuple[MeshCore, MeshCore]:
     b = MeshCore(MeshConfig(node_id="B", enable_redis=False, enable_websocket=False), loopback=hub)
     await a.start()
     await b.start()
-    await wait_for(lambda: "B" in a.nodes and "A" in b.nodes)
+    await wait_until(lambda: "B" in a.nodes and "A" in b.nodes, '"B" in a.nodes and "A" in b.nodes')
     return a, b
 
 
@@ -130,7 +130,7 @@ async def test_history_filters_and_replay(tmp_path: Path) -> None:
         for i in range(300):
             await b.broadcast_event("hello" if i % 3 else "other", {"i": i})
         await a.broadcast_event("mine", {"x": 1})
-        await wait_for(lambda: events_in(a) >= 300)
+        await wait_until(lambda: events_in(a) >= 300, 'events_in(a) >= 300')
         hello = a.history(types=["hello"], limit=10_000)
         assert [e["data"]["i"] for e in hello] == [i for i in range(300) if i % 3]
         assert all(e["source_node"] == "B" and e["event_id"] for e in hello)
@@ -167,10 +167,10 @@ async def test_mesh_mode_persists_membership_and_listed_types(tmp_path: Path) ->
         await b.broadcast_event("chosen", {"k": 1})
         await b.broadcast_event("ignored", {"k": 2})
         await b.broadcast_event("system_alert", {"level": "high"})
-        await wait_for(lambda: events_in(a) >= 3)
+        await wait_until(lambda: events_in(a) >= 3, 'events_in(a) >= 3')
     finally:
         await b.stop()
-        await wait_for(lambda: "B" not in a.nodes)
+        await wait_until(lambda: "B" not in a.nodes, '"B" not in a.nodes')
         await a.stop()
     envs = read_history(str(tmp_path / "a.db"))
     assert [e["type"] for e in envs] == ["node_register", "chosen", "system_alert", "node_unregister"]
@@ -198,9 +198,9 @@ async def test_metrics_every_sync_interval_and_retention(tmp_path: Path) -> None
     store.close()
     a, b = await pair(db, sync_interval=0.2, persist_retention_days=1)
     try:
-        await wait_for(lambda: a.eventlog.status()["purged"] == 3)
+        await wait_until(lambda: a.eventlog.status()["purged"] == 3, 'a.eventlog.status()["purged"] == 3')
         assert a.history(types=["x"]) == []
-        await wait_for(lambda: a.eventlog.status()["metrics_written"] >= 20)
+        await wait_until(lambda: a.eventlog.status()["metrics_written"] >= 20, 'a.eventlog.status()["metrics_written"] >= 20')
     finally:
         await b.stop()
         await a.stop()
@@ -249,7 +249,7 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
         b = MeshCore(MeshConfig(node_id="B", enable_redis=False, enable_websocket=False), loopback=hub)
         await a.start()
         await b.start()
-        await wait_for(lambda: "B" in a.nodes)
+        await wait_until(lambda: "B" in a.nodes, '"B" in a.nodes')
         caplog.set_level(logging.ERROR, "spiralfast.eventlog")
         try:
             blob = "x" * 500
@@ -263,8 +263,8 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
                 assert i < 200_000, "the 1 MB disk never filled"
             for _ in range(2000):  # the node goes on receiving after the error
                 await b.broadcast_event("after", {"pad": blob})
-            await wait_for(lambda: events_in(a) >= i + 2000)
-            await wait_for(lambda: a.eventlog.status()["dropped"] > 0)
+            await wait_until(lambda: events_in(a) >= i + 2000, 'events_in(a) >= i + 2000')
+            await wait_until(lambda: a.eventlog.status()["dropped"] > 0, 'a.eventlog.status()["dropped"] > 0')
             assert a.running and a.get_mesh_status()["status"] == "active"
         finally:
             await b.stop()
@@ -331,8 +331,7 @@ async def test_100k_events_all_queryable(tmp_path: Path) -> None:
     try:
         s = Sender(a.url, n)
         s.wait_sent()
-        await wait_for(lambda: rows(db, "SELECT count(*) FROM mesh_events WHERE event_type='load'")[0][0] >= n,
-                       timeout=60, interval=0.2)
+        await wait_until(lambda: rows(db, "SELECT count(*) FROM mesh_events WHERE event_type='load'")[0][0] >= n, 'rows(db, "SELECT count(*) FROM mesh_events WHERE event_type=\'load\'")[0][0] >= n', timeout=60, interval=0.2)
         newest = await a.query("history", types=["load"], limit=3)
         assert [e["data"]["seq"] for e in newest] == [n - 3, n - 2, n - 1]
         st = (await a.query("status"))["persistence"]

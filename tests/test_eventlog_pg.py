@@ -16,11 +16,11 @@ from spiralfast.eventlog import EVENT_COLUMNS, read_history
 from spiralfast.testing import LoopbackHub
 
 from . import services
-from .conftest import require, wait_for
+from .conftest import require
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
 from .test_eventlog import Sender, events_in
-from .waiting import wait_until_async
+from .waiting import wait_until, wait_until_async
 
 PG_BASE = services.postgres().url
 
@@ -73,12 +73,12 @@ async def test_pg_history_replay_metrics_old_tables(pg_url: str) -> None:
     await a.start()
     await b.start()
     try:
-        await wait_for(lambda: "B" in a.nodes)
+        await wait_until(lambda: "B" in a.nodes, '"B" in a.nodes')
         n = 20_000
         for i in range(n):
             await b.broadcast_event("load", {"seq": i})
         await b.send_to_node("A", "direct", {"x": 1})
-        await wait_for(lambda: events_in(a) >= n + 1, timeout=30)
+        await wait_until(lambda: events_in(a) >= n + 1, 'events_in(a) >= n + 1', timeout=30)
         hist = a.history(types=["load"], limit=n)
         assert [e["data"]["seq"] for e in hist] == list(range(n))
         assert a.history(types="direct")[0]["target_node"] == "A"
@@ -87,7 +87,7 @@ async def test_pg_history_replay_metrics_old_tables(pg_url: str) -> None:
         a.register_event_handler("load", lambda env: got.append(env["data"]["seq"]) if env.get("replayed") else None)
         assert await a.replay("1h", types=["load"]) == n
         assert got == list(range(n))
-        await wait_for(lambda: a.eventlog.status()["metrics_written"] > 0)
+        await wait_until(lambda: a.eventlog.status()["metrics_written"] > 0, 'a.eventlog.status()["metrics_written"] > 0')
         st = a.get_mesh_status()["persistence"]
         assert st["backend"] == "postgresql" and st["dropped"] == 0 and st["error"] is None
     finally:

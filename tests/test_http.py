@@ -16,8 +16,8 @@ import pytest
 
 from spiralfast import MeshCore
 
-from .conftest import wait_for
 from .test_metrics import cfg, get, peers
+from .waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,11 +100,11 @@ async def test_api_events_honours_its_query(open_node: MeshCore) -> None:
     b = MeshCore(cfg("h-b", peers=[f"ws://127.0.0.1:{a.config.websocket_port}"]))
     await b.start()
     try:
-        await wait_for(lambda: "h-b" in peers(a))
+        await wait_until(lambda: "h-b" in peers(a), '"h-b" in peers(a)')
         for i in range(5):
             await b.broadcast_event("x", {"i": i})
             await b.broadcast_event("y", {"i": i})
-        await wait_for(lambda: a.get_mesh_status()["counters"]["events_in"] >= 10)
+        await wait_until(lambda: a.get_mesh_status()["counters"]["events_in"] >= 10, 'a.get_mesh_status()["counters"]["events_in"] >= 10')
         evs = json.loads((await get(base(a) + "/api/events?count=1&type=x"))[2])
         assert [(e["type"], e["data"]) for e in evs] == [("x", {"i": 4})]
         evs = json.loads((await get(base(a) + "/api/events?type=y"))[2])
@@ -184,7 +184,7 @@ async def _live(node: MeshCore) -> tuple[Any, _Live]:
 async def test_live_feed_open(open_node: MeshCore) -> None:
     tr, lst = await _live(open_node)
     try:
-        await wait_for(lambda: len(lst.msgs) >= 2, timeout=5)
+        await wait_until(lambda: len(lst.msgs) >= 2, 'len(lst.msgs) >= 2', timeout=5)
         s = lst.msgs[-1]
         assert s["node_id"] == "h-open"
         assert {n["node_id"] for n in s["nodes"]} == {"h-open"}
@@ -198,16 +198,16 @@ async def test_live_feed_open(open_node: MeshCore) -> None:
 
 async def test_live_feed_keeps_history_for_the_next_page(open_node: MeshCore) -> None:
     tr, lst = await _live(open_node)
-    await wait_for(lambda: len(lst.msgs) >= 3, timeout=6)
+    await wait_until(lambda: len(lst.msgs) >= 3, 'len(lst.msgs) >= 3', timeout=6)
     tr.disconnect()
-    await wait_for(lambda: lst.closed, timeout=5)
+    await wait_until(lambda: lst.closed, 'lst.closed', timeout=5)
     seen = len(lst.msgs[-1]["history"])
     assert open_node.ws is not None and open_node.ws.http is not None
     live = open_node.ws.http.live
-    await wait_for(lambda: not live.clients and len(live.history) > seen, timeout=10)  # nobody watching: still sampled
+    await wait_until(lambda: not live.clients and len(live.history) > seen, 'not live.clients and len(live.history) > seen', timeout=10)  # nobody watching: still sampled
     tr, lst = await _live(open_node)
     try:
-        await wait_for(lambda: bool(lst.msgs), timeout=5)
+        await wait_until(lambda: bool(lst.msgs), 'bool(lst.msgs)', timeout=5)
         assert len(lst.msgs[0]["history"]) > seen  # the new page starts with the chart filled
         assert set(lst.msgs[0]["health"]) >= {"dropped", "lost", "handler_errors", "auth_failures"}
     finally:
@@ -216,18 +216,18 @@ async def test_live_feed_keeps_history_for_the_next_page(open_node: MeshCore) ->
 
 async def test_live_feed_needs_the_token(locked_node: MeshCore) -> None:
     tr, lst = await _live(locked_node)
-    await wait_for(lambda: bool(lst.msgs), timeout=5)
+    await wait_until(lambda: bool(lst.msgs), 'bool(lst.msgs)', timeout=5)
     assert lst.msgs == [{"auth": "required"}]
     tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": "wrong"}))
-    await wait_for(lambda: lst.closed, timeout=5)
+    await wait_until(lambda: lst.closed, 'lst.closed', timeout=5)
     assert lst.msgs[-1] == {"error": "unauthorized"}
     assert not any("node_id" in m for m in lst.msgs)
 
     tr, lst = await _live(locked_node)
     try:
-        await wait_for(lambda: bool(lst.msgs), timeout=5)
+        await wait_until(lambda: bool(lst.msgs), 'bool(lst.msgs)', timeout=5)
         tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": TOKEN}))
-        await wait_for(lambda: any("node_id" in m for m in lst.msgs), timeout=5)
+        await wait_until(lambda: any("node_id" in m for m in lst.msgs), 'any("node_id" in m for m in lst.msgs)', timeout=5)
         assert lst.msgs[-1]["node_id"] == "h-locked"
     finally:
         tr.disconnect()
@@ -237,9 +237,9 @@ async def test_live_clients_closed_when_node_stops() -> None:
     a = MeshCore(cfg("h-stop"))
     await a.start()
     tr, lst = await _live(a)
-    await wait_for(lambda: bool(lst.msgs), timeout=5)
+    await wait_until(lambda: bool(lst.msgs), 'bool(lst.msgs)', timeout=5)
     await a.stop()
-    await wait_for(lambda: lst.closed, timeout=5)
+    await wait_until(lambda: lst.closed, 'lst.closed', timeout=5)
 
 
 
@@ -250,14 +250,14 @@ async def test_live_unauthenticated_connections_are_capped(locked_node: MeshCore
     try:
         for _ in range(LIVE_MAX_PENDING + 3):
             tr, lst = await _live(locked_node)
-            await wait_for(lambda lst=lst: bool(lst.msgs), timeout=5)
+            await wait_until(lambda lst=lst: bool(lst.msgs), 'bool(lst.msgs)', timeout=5)
             conns.append((tr, lst))
         # the oldest unauthenticated ones were dropped; the newest wait for their token
-        await wait_for(lambda: sum(lst.closed for _, lst in conns) == 3, timeout=5)
+        await wait_until(lambda: sum(lst.closed for _, lst in conns) == 3, 'sum(lst.closed for _, lst in conns) == 3', timeout=5)
         assert [lst.closed for _, lst in conns[:3]] == [True] * 3
         tr, lst = conns[-1]
         tr.send(picows.WSMsgType.TEXT, orjson.dumps({"token": TOKEN}))
-        await wait_for(lambda: any("node_id" in m for m in lst.msgs), timeout=5)
+        await wait_until(lambda: any("node_id" in m for m in lst.msgs), 'any("node_id" in m for m in lst.msgs)', timeout=5)
     finally:
         for tr, _ in conns:
             tr.disconnect()
@@ -304,7 +304,7 @@ async def test_server_with_head(open_node: MeshCore) -> None:
 
         tr, _ = await picows.ws_connect(_Client, f"ws://127.0.0.1:{port}/echo")
         tr.send(picows.WSMsgType.TEXT, b"hi")
-        await wait_for(lambda: got == [b"echo:hi"], timeout=5)
+        await wait_until(lambda: got == [b"echo:hi"], 'got == [b"echo:hi"]', timeout=5)
         tr.disconnect()
     finally:
         server.close()
@@ -323,10 +323,10 @@ async def test_mesh_node_on_server_with_head(monkeypatch: pytest.MonkeyPatch) ->
     try:
         got: list[Any] = []
         a.register_event_handler("hs", lambda env: got.append(env["data"]))
-        await wait_for(lambda: "hs-b" in peers(a) and "hs-a" in peers(b))
+        await wait_until(lambda: "hs-b" in peers(a) and "hs-a" in peers(b), '"hs-b" in peers(a) and "hs-a" in peers(b)')
         for i in range(100):
             await b.broadcast_event("hs", i)
-        await wait_for(lambda: len(got) == 100)
+        await wait_until(lambda: len(got) == 100, 'len(got) == 100')
         assert got == list(range(100))
         out = await asyncio.to_thread(_raw, a.config.websocket_port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")

@@ -22,7 +22,7 @@ from spiralfast.metrics import (
     bounded_peers,
 )
 
-from .conftest import wait_for
+from .waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,7 +77,7 @@ async def pair() -> AsyncIterator[tuple[MeshCore, MeshCore]]:
     b = MeshCore(cfg("m-b", peers=[f"ws://127.0.0.1:{a.config.websocket_port}"]))
     await b.start()
     try:
-        await wait_for(lambda: "m-b" in peers(a) and "m-a" in peers(b))
+        await wait_until(lambda: "m-b" in peers(a) and "m-a" in peers(b), '"m-b" in peers(a) and "m-a" in peers(b)')
         yield a, b
     finally:
         await b.stop()
@@ -126,9 +126,9 @@ async def test_metrics_parse_and_move(pair: tuple[MeshCore, MeshCore]) -> None:
     before_in = a.get_mesh_status()["counters"]["events_in"]
     for i in range(n):
         await b.broadcast_event("metric_test", {"i": i})
-    await wait_for(lambda: a.get_mesh_status()["counters"]["events_in"] >= before_in + n)
+    await wait_until(lambda: a.get_mesh_status()["counters"]["events_in"] >= before_in + n, 'a.get_mesh_status()["counters"]["events_in"] >= before_in + n')
     b.state.update_local_state("agents", "a1", {"status": "busy"})
-    await wait_for(lambda: a.state.get_local_state("agents", "a1") is not None)
+    await wait_until(lambda: a.state.get_local_state("agents", "a1") is not None, 'a.state.get_local_state("agents", "a1") is not None')
 
     after_a, _ = await scrape(a)
     after_b, _ = await scrape(b)

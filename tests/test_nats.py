@@ -21,7 +21,6 @@ from spiralfast.busauth import BusSealer
 from spiralfast.links.nats import server_list, subject_token
 from spiralfast.outbox import single_frame
 
-from .conftest import wait_for
 from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup
 from .procs import NodeProc
 from .waiting import wait_until, wait_until_async, wait_until_sync
@@ -189,7 +188,7 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
         helper.register_event_handler("ping", got.append)
         await helper.start()
         try:
-            await wait_for(lambda: "victim" in helper.nodes, 10)
+            await wait_until(lambda: "victim" in helper.nodes, '"victim" in helper.nodes', timeout=10)
             # a heartbeat speaking for the victim (a forged departure/ghost if it passed)
             hb = single_frame(schema.KIND_HEARTBEAT, schema.Heartbeat("victim", "active", 0, 0.0, time.time()))
             good = BusSealer("intruder", mesh, TOKEN)
@@ -233,7 +232,7 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
                 await c.query("publish", type="ping", data={"ok": 1})
             finally:
                 c.close()
-            await wait_for(lambda: bool(got), 10)
+            await wait_until(lambda: bool(got), 'bool(got)', timeout=10)
         finally:
             await helper.stop()
             await nc.close()
@@ -257,15 +256,15 @@ def test_in_process_mesh_state_and_tasks_over_nats_only() -> None:
         await a.start()
         await b.start()
         try:
-            await wait_for(lambda: "pb" in a.nodes and "pa" in b.nodes)
+            await wait_until(lambda: "pb" in a.nodes and "pa" in b.nodes, '"pb" in a.nodes and "pa" in b.nodes')
             assert a.get_mesh_status()["nats"] is True
             a.state.update_local_state("agents", "k", {"v": 1})
-            await wait_for(lambda: b.state.get_local_state("agents", "k") == {"v": 1})
+            await wait_until(lambda: b.state.get_local_state("agents", "k") == {"v": 1}, 'b.state.get_local_state("agents", "k") == {"v": 1}')
             b.register_task_handler("double", lambda x: x * 2)
             await wait_until(lambda: "double" in a.tasks.status()["nodes"].get("pb", {}), "pb's 'double' reached pa")
             assert await a.submit_task("double", 21, timeout=5) == 42
             await b.stop()
-            await wait_for(lambda: "pb" not in a.nodes, 5)
+            await wait_until(lambda: "pb" not in a.nodes, '"pb" not in a.nodes', timeout=5)
         finally:
             await b.stop()
             await a.stop()
@@ -298,12 +297,12 @@ def test_unreachable_nats_warns_once_the_node_runs_on_and_connects_when_nats_app
             await n.broadcast_event("x", {"still": "running"})
             await wait_until(lambda: _logged(caplog, "unreachable"), "the node said NATS is unreachable")
             server = await asyncio.to_thread(NatsCluster, 1, False, [port])
-            await wait_for(lambda: n.nats.connected, 10)
+            await wait_until(lambda: n.nats.connected, 'n.nats.connected', timeout=10)
             assert n.get_mesh_status()["nats"] is True
             rows = [line.split(None, 1) for line in _banner(n, SimpleNamespace(file=None))[1:]]
             assert dict(rows)["nats"] == f"connected 127.0.0.1:{port}", rows  # not the whole list
             server.kill(0)  # "connection lost; reconnecting (servers ...)"
-            await wait_for(lambda: not n.nats.connected, 10)
+            await wait_until(lambda: not n.nats.connected, 'not n.nats.connected', timeout=10)
         finally:
             await n.stop()
             if server is not None:
@@ -424,9 +423,9 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
             assert captured
             await v.start()
             assert v.nats is not None
-            await wait_for(lambda: "S" in v.nodes, 10)
+            await wait_until(lambda: "S" in v.nodes, '"S" in v.nodes', timeout=10)
             await s.broadcast_event("payment", {"id": "live-0"})
-            await wait_for(lambda: got == ["live-0"], 5)
+            await wait_until(lambda: got == ["live-0"], 'got == ["live-0"]', timeout=5)
 
             gate = asyncio.Event()
             orig = v.nats._catch_up
@@ -447,14 +446,14 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
             await wait_until(lambda: s.nats.stats["published"] > published,  # type: ignore[union-attr]
                              "S published the events made while V was away")
             await proxy.restore()
-            await wait_for(lambda: v.nats.connected and v.nats.held is not None, 10)
+            await wait_until(lambda: v.nats.connected and v.nats.held is not None, 'v.nats.connected and v.nats.held is not None', timeout=10)
             # during the catch-up: an outsider floods the broadcast subject with junk...
             refused = v.nats.stats["refused"]
             junk = b"\x01" + os.urandom(256 * 1024)
             for _ in range(40):
                 await att.publish(bcast, junk)
             await att.flush()
-            await wait_for(lambda: v.nats.stats["refused"] >= refused + 40, 10)
+            await wait_until(lambda: v.nats.stats["refused"] >= refused + 40, 'v.nats.stats["refused"] >= refused + 40', timeout=10)
             held = v.nats.held
             assert held is not None and all(h[0] == "S" for h in held), [h[:2] for h in held]  # none of it held
             assert v.nats.held_bytes < 256 * 1024, v.nats.held_bytes
@@ -463,13 +462,13 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
             for i in range(12):
                 await s.broadcast_event("payment", {"id": f"held-{i}", "pad": "x" * 2000})
                 await asyncio.sleep(0.02)  # a pause that means time: one frame per event, not one batch
-            await wait_for(lambda: v.nats.stats["held_dropped"] >= 1, 5)
+            await wait_until(lambda: v.nats.stats["held_dropped"] >= 1, 'v.nats.stats["held_dropped"] >= 1', timeout=5)
             assert v.nats.held is not None and v.nats.held_bytes <= 8 * 1024
             gate.set()
             want = ["live-0"] + [f"away-{i}" for i in range(3)] + [f"held-{i}" for i in range(12)]
-            await wait_for(lambda: sorted(got) == sorted(want), 15)  # dropped ones repaired from S
+            await wait_until(lambda: sorted(got) == sorted(want), 'sorted(got) == sorted(want)', timeout=15)  # dropped ones repaired from S
             await s.broadcast_event("payment", {"id": "fence"})  # after everything: what came late shows first
-            await wait_for(lambda: "fence" in got, 15)
+            await wait_until(lambda: "fence" in got, '"fence" in got', timeout=15)
             assert sorted(got) == sorted([*want, "fence"]), got  # once each, and never "old"
             st = v.nats.stats
             assert st["catchups"] == 1 and st["stream_refused"] >= 1 and st["caught_up_events"] >= 3, st
@@ -504,7 +503,7 @@ async def test_a_dialled_peer_also_on_nats_does_not_relink_forever(caplog: pytes
     try:
         with caplog.at_level(logging.INFO, logger="spiralfast"):
             await b.start()
-            await wait_for(lambda: "B" in a.nodes and "A" in b.nodes, timeout=10)
+            await wait_until(lambda: "B" in a.nodes and "A" in b.nodes, '"B" in a.nodes and "A" in b.nodes', timeout=10)
             await asyncio.sleep(3.0)  # a window that means time: links must stay put in it, not flap
         closes = [r for r in caplog.records if "duplicate link" in r.getMessage()]
         assert len(closes) <= 4, f"{len(closes)} duplicate-link closes in 3 s"

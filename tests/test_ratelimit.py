@@ -8,7 +8,7 @@ from typing import Any
 from spiralfast import MeshConfig, MeshCore
 from spiralfast.client import ObserverClient
 
-from .conftest import wait_for
+from .waiting import wait_until
 
 
 async def test_member_over_its_rate_is_slowed_not_dropped() -> None:
@@ -20,10 +20,10 @@ async def test_member_over_its_rate_is_slowed_not_dropped() -> None:
     got: list[int] = []
     b.register_event_handler("r", lambda env: got.append(env["data"]["i"]))
     try:
-        await wait_for(lambda: "rl-a" in b.nodes and "rl-b" in a.nodes)
+        await wait_until(lambda: "rl-a" in b.nodes and "rl-b" in a.nodes, '"rl-a" in b.nodes and "rl-b" in a.nodes')
         for i in range(4000):
             await a.broadcast_event("r", {"i": i})
-        await wait_for(lambda: len(got) == 4000, timeout=30)
+        await wait_until(lambda: len(got) == 4000, 'len(got) == 4000', timeout=30)
         assert got == list(range(4000))
         assert b.get_mesh_status()["counters"]["rate_limited"] > 0
         assert "rl-a" in b.nodes and a.outbox.links  # slowed, never dropped

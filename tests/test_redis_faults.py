@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 from spiralfast import MeshConfig, MeshCore
 
-from .conftest import free_port, require, wait_for
-from .waiting import wait_until_sync
+from .conftest import free_port, require
+from .waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -72,11 +72,11 @@ async def test_node_connects_when_redis_appears(server: RedisServer) -> None:
     try:
         assert a.running and a.config.enable_redis is False
         server.start()
-        await wait_for(lambda: a.redis.connected and a.config.enable_redis, timeout=15)
+        await wait_until(lambda: a.redis.connected and a.config.enable_redis, 'a.redis.connected and a.config.enable_redis', timeout=15)
         b = MeshCore(_cfg("late-b", server.url, ch))
         await b.start()
         try:
-            await wait_for(lambda: "late-b" in a.nodes and "late-a" in b.nodes, timeout=5)
+            await wait_until(lambda: "late-b" in a.nodes and "late-a" in b.nodes, '"late-b" in a.nodes and "late-a" in b.nodes', timeout=5)
         finally:
             await b.stop()
     finally:
@@ -103,28 +103,28 @@ async def test_restart_and_client_kill_recovery(server: RedisServer) -> None:
     stop = asyncio.Event()
     streamer = asyncio.ensure_future(_stream(a, stop))
     try:
-        await wait_for(lambda: len(got) > 20, timeout=5)
+        await wait_until(lambda: len(got) > 20, 'len(got) > 20', timeout=5)
         # 1. restart Redis mid-stream
         server.stop()
-        await wait_for(lambda: not b.redis.connected, timeout=5)
+        await wait_until(lambda: not b.redis.connected, 'not b.redis.connected', timeout=5)
         server.start()
         n = len(got)
-        await wait_for(lambda: len(got) > n + 20, timeout=15)
+        await wait_until(lambda: len(got) > n + 20, 'len(got) > n + 20', timeout=15)
         # a's own subscription may still be in its reconnect backoff: wait, bounded
-        await wait_for(lambda: a.redis.stats["reconnects"] >= 1 and b.redis.stats["reconnects"] >= 1, timeout=15)
+        await wait_until(lambda: a.redis.stats["reconnects"] >= 1 and b.redis.stats["reconnects"] >= 1, 'a.redis.stats["reconnects"] >= 1 and b.redis.stats["reconnects"] >= 1', timeout=15)
         # 2. CLIENT KILL TYPE pubsub: both subscriptions are dropped by the server
         r = aioredis.from_url(server.url)
         killed = await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await r.aclose()
         assert int(killed) >= 2
         n = len(got)
-        await wait_for(lambda: len(got) > n + 20, timeout=15)
-        await wait_for(lambda: b.redis.stats["reconnects"] >= 2, timeout=15)
+        await wait_until(lambda: len(got) > n + 20, 'len(got) > n + 20', timeout=15)
+        await wait_until(lambda: b.redis.stats["reconnects"] >= 2, 'b.redis.stats["reconnects"] >= 2', timeout=15)
         stop.set()
         sent = await streamer
         await a.broadcast_event("tick", {"i": sent})  # after the outages: b sees the gap's end
         # What the outages cost is repaired from a's retransmit buffer: every event once.
-        await wait_for(lambda: len(got) == sent + 1, timeout=20)
+        await wait_until(lambda: len(got) == sent + 1, 'len(got) == sent + 1', timeout=20)
         ids = [e["data"]["i"] for e in got]
         assert sorted(ids) == list(range(sent + 1))  # each exactly once, nothing lost
         assert b.get_mesh_status()["counters"]["events_lost"] == 0
@@ -153,13 +153,13 @@ async def test_burst_is_paced_under_a_tight_output_buffer_limit(server: RedisSer
 
     b.register_event_handler("burst", handler)
     try:
-        await wait_for(lambda: "pb" in a.nodes and "pa" in b.nodes, timeout=5)
-        await wait_for(lambda: "pb" in a.redis.acked, timeout=5)  # b's acks are flowing
+        await wait_until(lambda: "pb" in a.nodes and "pa" in b.nodes, '"pb" in a.nodes and "pa" in b.nodes', timeout=5)
+        await wait_until(lambda: "pb" in a.redis.acked, '"pb" in a.redis.acked', timeout=5)  # b's acks are flowing
         data = {"payload": "x" * 20}
         for _ in range(n):
             await a.broadcast_event("burst", data)
         try:
-            await wait_for(lambda: count == n, timeout=60)
+            await wait_until(lambda: count == n, 'count == n', timeout=60)
         except AssertionError:
             raise AssertionError(f"{count=} a={a.redis.stats} b={b.redis.stats} acked={a.redis.acked} tx={a.redis.tx_offset}") from None
         assert b.redis.stats["reconnects"] == 0  # never cut off by Redis
@@ -181,7 +181,7 @@ async def test_acl_user_and_password_in_the_url(server: RedisServer) -> None:
     try:
         assert a.config.enable_redis and b.config.enable_redis
         assert c.config.enable_redis is False and c.running  # refused: one warning, runs on
-        await wait_for(lambda: "acl-b" in a.nodes and "acl-a" in b.nodes, timeout=5)
+        await wait_until(lambda: "acl-b" in a.nodes and "acl-a" in b.nodes, '"acl-b" in a.nodes and "acl-a" in b.nodes', timeout=5)
         assert "acl-c" not in a.nodes
     finally:
         for n in (c, b, a):

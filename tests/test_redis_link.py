@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from spiralfast import MeshConfig, MeshCore
 
 from . import services
-from .conftest import require, wait_for
+from .conftest import require
+from .waiting import wait_until
 
 REDIS_URL = services.redis().url
 
@@ -45,7 +46,7 @@ async def test_redis_only_mesh_membership_broadcast_direct_and_failure() -> None
     await b.start()
     try:
         assert a.redis is not None and b.redis is not None
-        await wait_for(lambda: "rb" in a.nodes and "ra" in b.nodes)
+        await wait_until(lambda: "rb" in a.nodes and "ra" in b.nodes, '"rb" in a.nodes and "ra" in b.nodes')
         got: list[dict[str, Any]] = []
         b.register_event_handler("rx", got.append)
         a.register_event_handler("rx", got.append)
@@ -54,14 +55,14 @@ async def test_redis_only_mesh_membership_broadcast_direct_and_failure() -> None
         for i in range(100):
             await a.broadcast_event("rx", {"i": i})
         await a.broadcast_event("rx_end", {})  # a barrier: sent after, so delivered after
-        await wait_for(lambda: bool(ends))
+        await wait_until(lambda: bool(ends), 'bool(ends)')
         assert [e["data"]["i"] for e in got] == list(range(100))  # once each, not the sender
         assert await a.send_to_node("rb", "rx", {"direct": True})
-        await wait_for(lambda: len(got) == 101)
+        await wait_until(lambda: len(got) == 101, 'len(got) == 101')
         assert got[-1]["target_node"] == "rb"
         assert a.redis.stats["direct"] == 1  # on rb's own channel, not the broadcast one
         await b.stop()
-        await wait_for(lambda: "rb" not in a.nodes, timeout=3)
+        await wait_until(lambda: "rb" not in a.nodes, '"rb" not in a.nodes', timeout=3)
     finally:
         await b.stop()
         await a.stop()
@@ -89,7 +90,7 @@ async def test_interop_with_old_json_node_and_bad_input() -> None:
         await r.publish(ch, b'{"no": "type"}')
         await r.publish(ch, env("legacy_evt", {"v": 1}))
         await r.publish(f"node_{'new'}", env("legacy_evt", {"v": 2}, target_node="new"))
-        await wait_for(lambda: len(got) == 2)
+        await wait_until(lambda: len(got) == 2, 'len(got) == 2')
         assert [e["data"]["v"] for e in got] == [1, 2] and "old" in a.nodes
         assert a.redis is not None and a.redis.stats["bad"] >= 2
         # spiralfast -> old node: broadcast as JSON on the ritual channel, direct on node_<id>
@@ -125,7 +126,7 @@ async def test_malformed_frames_on_the_spiralfast_channel_are_counted_and_ignore
     await a.start()
     await b.start()
     try:
-        await wait_for(lambda: "jb" in a.nodes)
+        await wait_until(lambda: "jb" in a.nodes, '"jb" in a.nodes')
         from spiralfast.busauth import BusSealer
 
         chan = f"{ch}:sf:spiral_codex_mesh"
@@ -135,9 +136,9 @@ async def test_malformed_frames_on_the_spiralfast_channel_are_counted_and_ignore
             await r.publish(chan, junk if i < 2 else evl.seal(chan.encode(), i, junk))
         got: list[Any] = []
         a.register_event_handler("after", got.append)
-        await wait_for(lambda: a.gate.stats["frame_errors"] + a.redis.stats["bad"] + a.redis.stats["refused"] >= 4)
+        await wait_until(lambda: a.gate.stats["frame_errors"] + a.redis.stats["bad"] + a.redis.stats["refused"] >= 4, 'a.gate.stats["frame_errors"] + a.redis.stats["bad"] + a.redis.stats["refused"] >= 4')
         await b.broadcast_event("after", {})
-        await wait_for(lambda: len(got) == 1)  # still serving
+        await wait_until(lambda: len(got) == 1, 'len(got) == 1')  # still serving
         assert a.redis.connected
     finally:
         await r.aclose()
@@ -171,11 +172,11 @@ async def test_interop_auto_publishes_json_copies_only_while_an_old_node_is_hear
         old = json.dumps({"type": "heartbeat", "source_node": "old", "timestamp": datetime.now().isoformat(),
                           "data": {"status": "active"}})
         await r.publish(ch, old)
-        await wait_for(lambda: "old" in a.nodes)
+        await wait_until(lambda: "old" in a.nodes, '"old" in a.nodes')
         await a.broadcast_event("probe", {"n": 1})
         await drain(0.3)
         assert [c["data"]["n"] for c in copies] == [1]  # an old node is heard: copies on
-        await wait_for(lambda: "old" not in a.nodes)  # silent for 3 heartbeat intervals: forgotten
+        await wait_until(lambda: "old" not in a.nodes, '"old" not in a.nodes')  # silent for 3 heartbeat intervals: forgotten
         await a.broadcast_event("probe", {"n": 2})
         await drain(0.3)
         assert [c["data"]["n"] for c in copies] == [1]  # gone: copies off again
@@ -204,12 +205,12 @@ async def test_old_heartbeats_and_registers_are_delivered_once_with_their_time()
         now = datetime.now()
         for t, d in (("node_register", {"name": "old node"}), ("heartbeat", {"status": "active", "recursion_depth": 2})):
             await r.publish(ch, json.dumps({"type": t, "source_node": "old1", "timestamp": now.isoformat(), "data": d}))
-        await wait_for(lambda: len([e for e in seen if e["source_node"] == "old1"]) >= 2)
+        await wait_until(lambda: len([e for e in seen if e["source_node"] == "old1"]) >= 2, 'len([e for e in seen if e["source_node"] == "old1"]) >= 2')
         # A fence: Redis hands a subscriber its messages in publishing order, so a second copy
         # of old1's two would have arrived before this later heartbeat from another old node.
         await r.publish(ch, json.dumps({"type": "heartbeat", "source_node": "old2", "timestamp": now.isoformat(),
                                         "data": {"status": "active"}}))
-        await wait_for(lambda: any(e["source_node"] == "old2" for e in seen))
+        await wait_until(lambda: any(e["source_node"] == "old2" for e in seen), 'any(e["source_node"] == "old2" for e in seen)')
         mine = [e for e in seen if e["source_node"] == "old1"]
         assert sorted(e["type"] for e in mine) == ["heartbeat", "node_register"]  # once each (was twice)
         for e in mine:

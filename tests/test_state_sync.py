@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from spiralfast import MeshConfig, MeshCore
 from spiralfast.schema import StateEntry
 from spiralfast.sync import StateSynchronizer
-from spiralfast.testing import LocalMesh, wait_for
+from spiralfast.testing import LocalMesh
 
 from .procs import NodeProc
-from .waiting import wait_until_async
+from .waiting import wait_until, wait_until_async
 
 # -- model-based property test ---------------------------------------------------------
 
@@ -132,11 +132,11 @@ def test_restarted_empty_node_receives_the_whole_state() -> None:
             a, b = mesh.nodes
             for i in range(500):
                 a.state.update_local_state("agents", f"k{i}", i)
-            await wait_for(lambda: len(b.state.get_local_state("agents")) == 500)
+            await wait_until(lambda: len(b.state.get_local_state("agents")) == 500, 'len(b.state.get_local_state("agents")) == 500')
             await b.stop()
             mesh.nodes.remove(b)
             fresh = await mesh.add(1)  # same id, empty state
-            await wait_for(lambda: len(fresh.state.get_local_state("agents") or {}) == 500)
+            await wait_until(lambda: len(fresh.state.get_local_state("agents") or {}) == 500, 'len(fresh.state.get_local_state("agents") or {}) == 500')
 
     asyncio.run(main())
 
@@ -147,16 +147,16 @@ def test_long_partition_gets_full_resync_not_resurrection() -> None:
             a, b = mesh.nodes
             a.state.update_local_state("agents", "doomed", 1)
             a.state.update_local_state("agents", "kept", 1)
-            await wait_for(lambda: b.state.get_local_state("agents", "doomed") == 1)
+            await wait_until(lambda: b.state.get_local_state("agents", "doomed") == 1, 'b.state.get_local_state("agents", "doomed") == 1')
             mesh.hub.partition(b)
             a.state.delete_local_state("agents", "doomed")
             b.state.update_local_state("agents", "written_while_away", 2)
-            await wait_for(lambda: a.state.stats["tombstones_collected"] >= 1, timeout=5)
+            await wait_until(lambda: a.state.stats["tombstones_collected"] >= 1, 'a.state.stats["tombstones_collected"] >= 1', timeout=5)
             mesh.hub.heal(b)
-            await wait_for(lambda: a.state.get_local_state("agents", "written_while_away") == 2)
-            await wait_for(lambda: b.state.get_local_state("agents", "doomed") is None)
+            await wait_until(lambda: a.state.get_local_state("agents", "written_while_away") == 2, 'a.state.get_local_state("agents", "written_while_away") == 2')
+            await wait_until(lambda: b.state.get_local_state("agents", "doomed") is None, 'b.state.get_local_state("agents", "doomed") is None')
             # Converged: any resurrection would have to come through the sync that made them equal.
-            await wait_for(lambda: a.state.digests() == b.state.digests())
+            await wait_until(lambda: a.state.digests() == b.state.digests(), 'a.state.digests() == b.state.digests()')
             assert a.state.get_local_state("agents", "doomed") is None  # not resurrected
             assert b.state.get_local_state("agents", "kept") == 1
             assert b.state.stats["full_resyncs"] == 1
@@ -171,7 +171,7 @@ def test_lost_delta_healed_by_anti_entropy() -> None:
             a.state.emit = lambda entry: None  # this change's delta is lost
             a.state.update_local_state("system", "x", 1)
             a.state.emit = None
-            await wait_for(lambda: all(n.state.get_local_state("system", "x") == 1 for n in mesh.nodes), timeout=5)
+            await wait_until(lambda: all(n.state.get_local_state("system", "x") == 1 for n in mesh.nodes), 'all(n.state.get_local_state("system", "x") == 1 for n in mesh.nodes)', timeout=5)
             assert any(n.state.stats["repairs"] for n in mesh.nodes)
 
     asyncio.run(main())
@@ -242,14 +242,14 @@ async def test_converges_over_redis_alone() -> None:
     a.state.update_local_state("agents", "before_b", 1)  # b must catch up on this
     await b.start()
     try:
-        await wait_for(lambda: "sb" in a.nodes and "sa" in b.nodes)
+        await wait_until(lambda: "sb" in a.nodes and "sa" in b.nodes, '"sb" in a.nodes and "sa" in b.nodes')
         a.state.update_local_state("agents", "x", 1)
         a.state.update_local_state("user_data", "private", 1)
         b.state.update_local_state("agents", "y", 2)
-        await wait_for(lambda: b.state.get_local_state("agents", "before_b") == 1, timeout=5)
-        await wait_for(lambda: b.state.get_local_state("agents", "x") == 1 and a.state.get_local_state("agents", "y") == 2)
+        await wait_until(lambda: b.state.get_local_state("agents", "before_b") == 1, 'b.state.get_local_state("agents", "before_b") == 1', timeout=5)
+        await wait_until(lambda: b.state.get_local_state("agents", "x") == 1 and a.state.get_local_state("agents", "y") == 2, 'b.state.get_local_state("agents", "x") == 1 and a.state.get_local_state("agents", "y") == 2')
         b.state.delete_local_state("agents", "x")
-        await wait_for(lambda: a.state.get_local_state("agents", "x") is None)
+        await wait_until(lambda: a.state.get_local_state("agents", "x") is None, 'a.state.get_local_state("agents", "x") is None')
         assert b.state.get_local_state("user_data", "private") is None
     finally:
         await b.stop()
@@ -289,10 +289,10 @@ def test_large_state_travels_in_chunks_and_a_too_large_value_is_refused() -> Non
                         early.append(f"synced with {len(b.state.get_local_state('agents') or {})} keys")
                     return complete() and b.state.sync_status.value == "synced"
 
-                await wait_for(watch, timeout=60)
+                await wait_until(watch, 'watch', timeout=60)
                 assert not early, early[:3]
                 a.state.update_local_state("agents", "after", 1)  # small keys still flow afterwards
-                await wait_for(lambda: b.state.get_local_state("agents", "after") == 1)
+                await wait_until(lambda: b.state.get_local_state("agents", "after") == 1, 'b.state.get_local_state("agents", "after") == 1')
                 assert "big-a" in b.nodes and b.outbox.links  # the link was never torn down
             finally:
                 await b.stop()
@@ -336,7 +336,7 @@ def test_whole_state_answers_are_bounded() -> None:
             assert len(a.host.replying) == MAX_PACED_REPLIES
             for lk in ws:
                 lk.paused = False
-            await wait_for(lambda: not a.host.replying)
+            await wait_until(lambda: not a.host.replying, 'not a.host.replying')
             assert sum(lk.sent for lk in ws) == MAX_PACED_REPLIES * len(msgs)
 
     asyncio.run(main())

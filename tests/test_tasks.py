@@ -23,7 +23,8 @@ from spiralfast import MeshConfig, MeshCore, NoNodeForTask, TaskError, TaskTimeo
 from spiralfast.client import ObserverClient
 from spiralfast.testing import LocalMesh
 
-from .conftest import free_port, wait_for
+from .conftest import free_port
+from .waiting import wait_until
 
 WORKER = str(Path(__file__).with_name("task_worker.py"))
 HB = 0.3
@@ -96,7 +97,7 @@ async def submitter(workers: list[WorkerProc], types: dict[str, int]) -> MeshCor
             for t, n in types.items()
         )
 
-    await wait_for(ready, 20)
+    await wait_until(ready, 'ready', timeout=20)
     return mesh
 
 
@@ -136,8 +137,8 @@ async def test_ten_thousand_tasks_exactly_once_spread_by_capacity(
     st = mesh.get_mesh_status()["tasks"]["submitted"]["work"]
     assert st["done"] == n and st["failed"] == 0 and st["in_flight"] == 0 and st["retried"] == 0
     # what each worker ran reaches the submitter's view of the nodes (load adverts)
-    await wait_for(lambda: all(mesh.get_mesh_status()["tasks"]["nodes"][nid]["work"].get("done") == shares[nid]
-                               for nid in CAPS), 10)
+    await wait_until(lambda: all(mesh.get_mesh_status()["tasks"]["nodes"][nid]["work"].get("done") == shares[nid]
+                               for nid in CAPS), 'all(mesh.get_mesh_status()["tasks"]["nodes"][nid]["work"].get("done") == shares[nid] for nid in CAPS)', timeout=10)
 
 
 async def query(p: WorkerProc, what: str) -> Any:
@@ -161,7 +162,7 @@ async def test_kill9_worker_mid_run_every_task_completes_exactly_once(
             got.append(r)
 
     task = asyncio.ensure_future(consume())
-    await wait_for(lambda: len(got) >= n // 4 or task.done(), 30)
+    await wait_until(lambda: len(got) >= n // 4 or task.done(), 'len(got) >= n // 4 or task.done()', timeout=30)
     victim.kill9()
     await asyncio.wait_for(task, 60)
     assert [r[0] for r in got] == list(range(n))
@@ -188,7 +189,7 @@ async def test_frozen_worker_failure_detection_moves_its_tasks(
             got.append(r)
 
     task = asyncio.ensure_future(consume())
-    await wait_for(lambda: len(got) >= n // 10 or task.done(), 30)
+    await wait_until(lambda: len(got) >= n // 10 or task.done(), 'len(got) >= n // 10 or task.done()', timeout=30)
     victim.proc.send_signal(signal.SIGSTOP)
     try:
         await asyncio.wait_for(task, 60)
@@ -437,7 +438,7 @@ async def test_offers_travel_in_node_metadata() -> None:
     await a.start()
     await b.start()
     try:
-        await wait_for(lambda: "meta-a" in b.nodes)
+        await wait_until(lambda: "meta-a" in b.nodes, '"meta-a" in b.nodes')
         assert b.nodes["meta-a"].metadata["tasks"]["x"][0] == 7
         assert "x" in b.nodes["meta-a"].capabilities
         assert await b.submit_task("x", [1]) == [1]

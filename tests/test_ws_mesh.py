@@ -16,7 +16,7 @@ from spiralfast.errors import AuthError, HandshakeError
 from spiralfast.links.ws import BACKOFF_JITTER, MAX_OUTBOX_BYTES, REFUSED_BACKOFF_INITIAL, WSLink
 from spiralfast.membership import DEFAULT_SUSPICION_TIMEOUT, SILENCE_FACTOR
 
-from .conftest import require, wait_for
+from .conftest import require
 from .procs import NodeProc
 from .waiting import wait_until, wait_until_async
 
@@ -80,7 +80,7 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
     for i in range(200):
         await a.query("publish", type="bx", data={"i": i})
     await a.query("publish", type="bx", data={"barrier": 1})  # sent after: seen after the rest
-    await wait_for(lambda: all(any(e["data"].get("barrier") for e in got[n]) for n in ("B", "C")), timeout=10)
+    await wait_until(lambda: all(any(e["data"].get("barrier") for e in got[n]) for n in ("B", "C")), 'all(any(e["data"].get("barrier") for e in got[n]) for n in ("B", "C"))', timeout=10)
     for n in ("B", "C"):
         got[n] = [e for e in got[n] if not e["data"].get("barrier")]
     after = {p.node_id: await _count(p) - (1 if p.node_id != "A" else 0) for p in chain}
@@ -94,9 +94,9 @@ async def test_chain_join_broadcast_direct_kill_and_leave(chain: list[NodeProc])
     got["B"].clear()
     got["C"].clear()
     await a.query("publish", type="bx", data={"direct": 1}, target="C")
-    await wait_for(lambda: len(got["C"]) == 1)
+    await wait_until(lambda: len(got["C"]) == 1, 'len(got["C"]) == 1')
     await a.query("publish", type="bx", data={"barrier": 2})  # B would have had the direct one first
-    await wait_for(lambda: any(e["data"].get("barrier") == 2 for e in got["B"]), timeout=10)
+    await wait_until(lambda: any(e["data"].get("barrier") == 2 for e in got["B"]), 'any(e["data"].get("barrier") == 2 for e in got["B"])', timeout=10)
     assert [e for e in got["B"] if not e["data"].get("barrier")] == [] and got["C"][0]["target_node"] == "C"
     for t in tasks:
         t.cancel()
@@ -226,15 +226,15 @@ async def test_bus_events_and_state_over_real_websockets() -> None:
     b = MeshCore(MeshConfig(node_id="b", peers=[a.local_node.websocket_endpoint], **cfg))  # type: ignore[arg-type]
     await b.start()
     try:
-        await wait_for(lambda: "b" in a.nodes and "a" in b.nodes)
+        await wait_until(lambda: "b" in a.nodes and "a" in b.nodes, '"b" in a.nodes and "a" in b.nodes')
         got: list[tuple[str, Any]] = []
         for n in (a, b):
             n.event_bus.subscribe(EventType.AGENT_MESSAGE, lambda ev, n=n: got.append((n.node_id, ev.data)))
         await a.event_bus.publish_agent_message("ag1", "hello")
-        await wait_for(lambda: len(got) == 2)
+        await wait_until(lambda: len(got) == 2, 'len(got) == 2')
         assert sorted(x for x, _ in got) == ["a", "b"]
         b.state.update_local_state("agents", "k", 42)
-        await wait_for(lambda: a.state.get_local_state("agents", "k") == 42)
+        await wait_until(lambda: a.state.get_local_state("agents", "k") == 42, 'a.state.get_local_state("agents", "k") == 42')
     finally:
         await b.stop()
         await a.stop()
@@ -309,11 +309,11 @@ async def test_wss_with_a_verified_certificate(tmp_path: Any, caplog: pytest.Log
     await b.start()
     await c.start()
     try:
-        await wait_for(lambda: "tls-b" in a.nodes and "tls-a" in b.nodes)
+        await wait_until(lambda: "tls-b" in a.nodes and "tls-a" in b.nodes, '"tls-b" in a.nodes and "tls-a" in b.nodes')
         got: list[Any] = []
         b.register_event_handler("secret", got.append)
         await a.broadcast_event("secret", {"x": 1})
-        await wait_for(lambda: got != [])
+        await wait_until(lambda: got != [], 'got != []')
 
         def c_refused() -> bool:  # c dialled a and its TLS handshake failed verification
             return any(r.getMessage().startswith(f"cannot reach {ep}") and "CERTIFICATE_VERIFY_FAILED" in r.getMessage()
@@ -342,7 +342,7 @@ async def test_links_measure_their_round_trip() -> None:
             links = [lk for lk in b.get_mesh_status()["links"] if lk["peer"] == "rtt-a"]
             return links[0].get("rtt_ms") if links else None
 
-        await wait_for(lambda: rtt() is not None, timeout=5)
+        await wait_until(lambda: rtt() is not None, 'rtt() is not None', timeout=5)
         assert 0 < rtt() < 1000
     finally:
         await b.stop()
@@ -358,7 +358,7 @@ async def test_a_second_process_with_an_existing_node_id_is_refused_clearly() ->
     await b.start()
     twin = MeshCore(MeshConfig(node_id="dup-b", peers=[ep], **base))  # type: ignore[arg-type]
     try:
-        await wait_for(lambda: "dup-b" in a.nodes)
+        await wait_until(lambda: "dup-b" in a.nodes, '"dup-b" in a.nodes')
         started = time.monotonic()
         await twin.start()
         # Refused, and refused again after a back-off (it keeps trying, without flapping).
