@@ -15,7 +15,7 @@ from spiralfast import MeshConfig, MeshCore
 
 from . import services
 from .conftest import require
-from .waiting import wait_until
+from .waiting import wait_until, wait_until_async
 
 REDIS_URL = services.redis().url
 
@@ -154,8 +154,10 @@ async def test_interop_auto_publishes_json_copies_only_while_an_old_node_is_hear
     ps = r.pubsub()
     await ps.subscribe(ch)
     copies: list[dict[str, Any]] = []
+    witnessed: list[str] = []
 
     async def drain(seconds: float) -> None:
+        """A window (time itself): collect a's JSON copies of 'probe' published in it."""
         end = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < end:
             msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.05)
@@ -163,8 +165,19 @@ async def test_interop_auto_publishes_json_copies_only_while_an_old_node_is_hear
                 env = json.loads(msg["data"])
                 if env.get("_sf") and env["type"] == "probe":
                     copies.append(env)
+                elif env.get("type") == "witness":
+                    witnessed.append(env["type"])
 
     try:
+        # The witness subscription is live before any negative is judged: it sees a message
+        # published on the channel after it.
+        await r.publish(ch, json.dumps({"type": "witness"}))
+
+        async def live() -> bool:
+            await drain(0.05)
+            return bool(witnessed)
+
+        await wait_until_async(live, "the witness subscription received a message on the channel")
         assert a.config.interop == "auto"
         await a.broadcast_event("probe", {"n": 0})
         await drain(0.3)
