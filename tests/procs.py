@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from .conftest import free_port
 
 #: Nodes started by the tests keep their default event log here, not in the home folder.
 _DATA_HOME = tempfile.mkdtemp(prefix="spiralfast-test-data-")
+atexit.register(shutil.rmtree, _DATA_HOME, True)
 
 
 class NodeProc:
