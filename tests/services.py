@@ -271,7 +271,13 @@ def get(kind: str) -> Service:
         if svc is None:
             env, start = _STARTERS[kind]
             given = os.environ.get(env, "").strip()
-            svc = Service(kind, given) if given else start()
+            if given:
+                svc = Service(kind, given)
+            else:
+                try:
+                    svc = start()
+                except (OSError, RuntimeError) as exc:  # the binary is there but no server came up
+                    svc = Service(kind, _NOWHERE[kind], missing=f"a {kind} server of the suite's own ({exc})")
             if svc.available:
                 os.environ[env] = svc.url  # node processes started by the tests inherit it
             _services[kind] = svc
