@@ -101,9 +101,9 @@ class MeshCore:
 
         self.tasks = TaskManager(self)
         self.eventlog: Any = None  # an EventLog while persistence is on
-
         #: Why another live process holds this node's id, once the mesh says so (``mesh start`` exits).
         self.id_taken: str | None = None
+
     @property
     def counters(self) -> dict[str, int]:
         """Every counter of the node, read from its parts (``get_mesh_status()["counters"]``)."""

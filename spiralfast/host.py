@@ -68,10 +68,10 @@ class NodeHost:
         self.origin_names: dict[str, str] = {}
         #: origin -> [last sequence a peer saw of it, when to take that] (``OriginEnd``)
         self.origin_ends: dict[str, list[Any]] = {}
-        self.replying: dict[Any, asyncio.Task[None]] = {}  # (link, peer) -> paced state reply on its way
-        self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
         #: (first, latest) monotonic time a member refused this node's id as taken.
         self.id_refused: tuple[float, float] = (0.0, float("-inf"))
+        self.replying: dict[Any, asyncio.Task[None]] = {}  # (link, peer) -> paced state reply on its way
+        self.frames_seen: dict[Any, Any] = {}  # member link -> frames it had delivered at the last sweep
 
     def broadcast(self, kind: int, obj: Any) -> None:
         self.node.outbox.broadcast(kind, 0, b"", obj)
@@ -190,14 +190,10 @@ class NodeHost:
         # Keyed by the reason, not the peer: every outsider's connection is a new peer.
         self.refusals(("refused", str(exc)[:48]), logging.WARNING, "handshake with %s failed: %s",
                       getattr(link, "name", "?"), str(exc)[:200])
+        self.id_conflict(link, str(exc))
         s.state = CLOSED
         link.close(str(exc))
 
-    def handshake_expired(self, link: Any) -> None:
-        self.id_conflict(link, str(exc))
-        s = link.session
-        if s.state == HANDSHAKE:
-            for k, o in s.handshake.expire():
     def id_conflict(self, link: Any, text: str) -> None:
         """Set ``node.id_taken`` when another live process holds this node's id: the node
         we dialled answers with our own id (and we are in no mesh yet), or a member keeps
@@ -223,6 +219,10 @@ class NodeHost:
         if self.node.id_taken is not None:
             log.error("node id %s is already held by another live process (%s)", me, self.node.id_taken)
 
+    def handshake_expired(self, link: Any) -> None:
+        s = link.session
+        if s.state == HANDSHAKE:
+            for k, o in s.handshake.expire():
                 link.send_frame(single_frame(k, o))
             self.refuse(link, s.handshake.error)
 
