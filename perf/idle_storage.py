@@ -136,15 +136,16 @@ def main() -> None:
     ap.add_argument("--pythonpath", default=None, help="run the nodes from this source tree")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="spiralfast-idle-")
-    mesh = "idle_" + uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex[:8]
+    mesh = "idle_" + run  # node ids and mesh of this run's own: other runs on one Redis stay apart
     procs: list[subprocess.Popen[str]] = []
     db = Path(tmp) / "A.db"
     try:
-        pa, port = start_node("A", db, mesh, tmp, [], a.no_redis, a.pythonpath)
+        pa, port = start_node(f"A-{run}", db, mesh, tmp, [], a.no_redis, a.pythonpath)
         procs.append(pa)
         s_start = snapshot(db, pa.pid)
         for i in range(1, a.nodes):
-            p, _ = start_node(f"N{i}", Path(tmp) / f"N{i}.db", mesh, tmp, [f"ws://127.0.0.1:{port}"], a.no_redis,
+            p, _ = start_node(f"N{i}-{run}", Path(tmp) / f"N{i}.db", mesh, tmp, [f"ws://127.0.0.1:{port}"], a.no_redis,
                               a.pythonpath)
             procs.append(p)
         time.sleep(a.warmup)  # the start-up and the first full sample (a day has one start)
