@@ -73,6 +73,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from .cursor import META as CURSOR_META
+from .cursor import Cursor
 from .fastpath import iso_from_epoch
 from .persistence import open_sqlite
 
@@ -269,6 +271,12 @@ class Store(ABC):
     max_bytes: int | None = None
     #: Seconds between cap checks (0: after every write).
     cap_every = 0.0
+    #: Delivery cursor rows committed with the next write (stores that keep a cursor).
+    cursor_rows: list[tuple[str, int, str, float]] = []
+
+    def read_cursor(self) -> list[tuple[str, int, str, float]]:
+        """The stored delivery cursor rows (a store without one: [])."""
+        return []
 
     @abstractmethod
     def open(self) -> None: ...
@@ -314,6 +322,13 @@ _SQLITE_BATCH_SCHEMA = (
         events TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS idx_mesh_event_batches_last_ts ON mesh_event_batches(last_ts)",
+    # The delivery cursor (spiralfast/cursor.py), written with the batches.
+    """CREATE TABLE IF NOT EXISTS delivery_cursor (
+        origin TEXT PRIMARY KEY,
+        done INTEGER NOT NULL,
+        ahead TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
     # Every stored event as a row, for SQL tools.
     # Events are envelope objects, or wire-form arrays [event_id, event_type,
     # source_node, epoch seconds, data, target_node, ...] (what record_event() keeps).
@@ -486,6 +501,9 @@ class SQLiteStore(Store):
                 c.executemany(_INSERT_ROW, [event_row(e) for e in special])
             if metrics:
                 c.executemany("INSERT OR REPLACE INTO system_metrics VALUES (?, ?, ?, ?, ?)", metrics)
+            if self.cursor_rows:
+                c.executemany("INSERT OR REPLACE INTO delivery_cursor VALUES (?, ?, ?, ?)", self.cursor_rows)
+                self.cursor_rows = []
             c.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -613,6 +631,17 @@ class SQLiteStore(Store):
                 return
         c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    def read_cursor(self) -> list[tuple[str, int, str, float]]:
+        """The stored delivery cursor rows ([] when there are none)."""
+        if str(self.path) == ":memory:" or not self.path.exists():
+            return []
+        try:
+            return [tuple(r) for r in self._reader().execute(  # type: ignore[misc]
+                "SELECT origin, done, ahead, at FROM delivery_cursor").fetchall()]
+        except sqlite3.Error:
+            self._local.conn = None
+            return []
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -738,12 +767,10 @@ def split_pg_url(url: str) -> tuple[str, str | None]:
 
 
 def mask_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    """The URL without its secrets (``safetext.mask_secrets``: password, secret query parameters)."""
+    from .safetext import mask_secrets
+
+    return mask_secrets(url)
 
 
 class PostgresStore(Store):
@@ -984,6 +1011,8 @@ class EventLog:
         self._metric_prefix = uuid.uuid4().hex[:12] + "-"
         self._metric_seq = 0
         self._buf: list[Any] = []  # envelopes (dicts) or wire events (schema.Event)
+        #: The delivery cursor (spiralfast/cursor.py), fed and stored by the writer thread.
+        self.cursor = Cursor(skip=[str(mesh.local_node.metadata.get("origin"))])
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a batch of events is in the writer's hands: at most one is.
         self._writer_free = threading.Semaphore(1)
@@ -1187,8 +1216,8 @@ class EventLog:
             except queue.Empty:
                 item = None
             if isinstance(item, _Stop):
-                if metrics:
-                    self._write([], metrics)
+                self.store.cursor_rows = [*self.cursor.take(), (CURSOR_META, 1, "[]", time.time())]  # clean
+                self._write([], metrics)
                 break
             wrote = False
             if isinstance(item, threading.Event):
@@ -1239,6 +1268,11 @@ class EventLog:
         if self.error is not None and now < self._next_retry:
             self.dropped += n
             return
+        if envs:
+            cur, wall = self.cursor, time.time()
+            for e in envs:
+                cur.note(e.get("event_id") if type(e) is dict else getattr(e, "event_id", None), wall)
+            self.store.cursor_rows = [*self.cursor.take(), (CURSOR_META, 0, "[]", wall)]
         try:
             self.store.write(envs, metrics)
         except Exception as exc:  # noqa: BLE001 - sqlite3/OS/asyncpg errors alike

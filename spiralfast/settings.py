@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import safetext
 from .config import MeshConfig
 from .errors import ConfigError
 
@@ -94,7 +95,6 @@ PATH_FIELDS = frozenset({"ssl_certfile", "ssl_keyfile", "ssl_cafile", "persisten
 #: Fields never printed in clear.
 SECRET_FIELDS = frozenset({"auth_token"})
 #: Secrets embedded in URLs (``redis://user:password@host``) are masked too.
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -244,9 +244,9 @@ def display_value(name: str, value: Any) -> str:
     if name in SECRET_FIELDS:
         return "********"
     if isinstance(value, (list, tuple)):
-        return ",".join(_URL_PASSWORD.sub(r"\1****@", str(v)) for v in value) or "(empty)"
+        return ",".join(safetext.mask_secrets(v) for v in value) or "(empty)"
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1****@", value)
+        return safetext.mask_secrets(value)
     return str(value)
 
 
@@ -257,7 +257,7 @@ def jsonable_value(name: str, value: Any) -> Any:
     if name in SECRET_FIELDS:
         return "********"
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1****@", value)
+        return safetext.mask_secrets(value)
     if isinstance(value, (list, tuple)):
         return [jsonable_value(name, v) for v in value]
     return value
@@ -555,7 +555,8 @@ def to_toml(res: Resolved) -> str:
             lines.append(f'# {s.name} = "..."    # better: {s.env} in the environment')
         elif value is None:
             lines.append(f"# {s.name} =")
-        elif any(isinstance(v, str) and _URL_PASSWORD.search(v) for v in (value if isinstance(value, list) else [value])):
+        elif any(isinstance(v, str) and safetext.mask_secrets(v) != v
+                 for v in (value if isinstance(value, list) else [value])):
             lines.append(f"# {s.name} = {_toml_value(jsonable_value(s.name, value))}"
                          f"    # password masked: better {s.env} in the environment")
         elif res.sources[s.name] == "default":

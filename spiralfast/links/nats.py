@@ -80,8 +80,10 @@ _SEALED_SENT = struct.Struct("<Q")  # busauth: flag, sender length, sender, epoc
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the password of every URL in it masked (``user:****@``)."""
-    return _URL_PASSWORD.sub(r"\1****@", str(text))
+    """``text`` with the secrets of every URL in it masked (``safetext.mask_secrets``)."""
+    from ..safetext import mask_secrets
+
+    return mask_secrets(text)
 
 
 def _sealed_sent(data: bytes) -> float:

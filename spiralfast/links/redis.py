@@ -5,7 +5,9 @@ never see each other's frames; on a database other than 0, ``M`` is ``db<n>:<mes
 because pub/sub ignores the database number: nodes on ``/0`` and ``/3`` are two meshes,
 as their keys would be.  Database 0 keeps the plain names earlier releases use):
 - ``C:sf:M``: spiralfast broadcast frames (heartbeats, events, state, gossip);
-- ``C:sf:M:<node_id>``: spiralfast frames for one node;
+- ``C:sf:M:<node_id>``: spiralfast frames for one node (in ``M`` and ``<node_id>``,
+  ``%`` and ``:`` are escaped as ``%25`` and ``%3a``, and a node id ``ack`` as ``%61ck``:
+  no mesh/node name pair can name another pair's channel - ``channel_part``);
 - ``C:sf:M:ack``: flow-control acks, and joins (answered at once by every member
   with its record: busflow.py);
 - ``C`` and ``node_<id>``: the old JSON format, for ``spiralcodex.mesh`` nodes (only
@@ -80,8 +82,10 @@ class RedisSettings:
 
     @property
     def display_url(self) -> str:
-        """The URL with its password masked (``user:****@``), for logs."""
-        return _URL_PASSWORD.sub(r"\1****@", self.url)
+        """The URL with its secrets masked (``safetext.mask_secrets``), for logs."""
+        from ..safetext import mask_secrets
+
+        return mask_secrets(self.url)
 
     @property
     def db(self) -> int:
@@ -93,7 +97,8 @@ class RedisSettings:
         """What follows ``C:sf:`` in the channel names: the mesh name, after ``db<n>:``
         on a database other than 0."""
         db = self.db
-        return self.mesh_name if db == 0 else f"db{db}:{self.mesh_name}"
+        mesh = channel_part(self.mesh_name)
+        return mesh if db == 0 else f"db{db}:{mesh}"
 
     @classmethod
     def from_config(cls, cfg: Any, node_id: str) -> RedisSettings:
@@ -120,7 +125,7 @@ class RedisTransport(BusFlow):
         base = f"{st.channel}:sf:{st.scope}"
         self.base = base
         self.sf_channel = base
-        self.my_channel = f"{base}:{st.node_id}"
+        self.my_channel = f"{base}:{node_part(st.node_id)}"
         self.ack_channel = f"{base}:ack"
         self.legacy_direct = f"node_{st.node_id}"
         self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window)
@@ -250,7 +255,7 @@ class RedisTransport(BusFlow):
         return True
 
     def _direct_channel(self, target: str) -> str:
-        return f"{self.base}:{target}"
+        return f"{self.base}:{node_part(target)}"
 
     def _queue(self, channel: str, payload: bytes) -> None:
         if not self.ever_connected:
@@ -490,6 +495,22 @@ class RedisTransport(BusFlow):
 
 def _text(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def channel_part(name: str) -> str:
+    """``name`` as one part of a channel name: ``%`` and ``:`` escaped (``%25``, ``%3a``), so
+    distinct names stay distinct and none adds a part (mesh ``m:x`` is not node ``x`` of mesh
+    ``m``).  Names without either keep the plain channel names of earlier releases."""
+    if "%" not in name and ":" not in name:
+        return name
+    return name.replace("%", "%25").replace(":", "%3a")
+
+
+def node_part(node_id: str) -> str:
+    """A node id as the last part of its direct channel: ``channel_part``, and the id
+    ``ack`` escaped too (``%61ck``) so that no node's channel is the mesh's ack channel."""
+    part = channel_part(node_id)
+    return "%61ck" if part == "ack" else part
 
 
 def redis_db(url: str) -> int:
