@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from .safetext import clean, mask_secrets
+
 #: First delay before a repeated condition is logged again (seconds).
 BACKOFF_INITIAL = 1.0
 #: The delay doubles up to this (seconds).
@@ -178,11 +180,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "node_id": getattr(record, "node_id", None) or self.node_id,
-            "msg": record.getMessage(),
+            "msg": mask_secrets(record.getMessage()),
         }
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+            out["exc"] = mask_secrets(self.formatException(record.exc_info))
+        return json.dumps(out, default=str)  # JSON escapes control characters
 
 
 class TextFormatter(logging.Formatter):
@@ -194,8 +196,14 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         nid = getattr(record, "node_id", None) or self.node_id
-        record.node_tag = f" [{nid}]" if nid else ""
-        return super().format(record)
+        record.node_tag = f" [{clean(nid)}]" if nid else ""
+        return mask_secrets(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # One line per message: control characters a member chose (in a node id, an event
+        # type) are shown as escapes, never written to the operator's terminal.
+        record.message = clean(record.message)
+        return super().formatMessage(record)
 
 
 def setup_logging(level: str = "info", fmt: str = "text", node_id: str | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 from .config import MeshConfig
 from .core import MeshCore
 from .errors import ConfigError, LinkError
+from .safetext import mask_secrets
 
 
 def _free_port() -> int:
@@ -198,12 +199,12 @@ def check_redis(redis_url: str, timeout: float = 3.0) -> None:
     try:
         client = redis_sync.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
     except ValueError as exc:
-        raise ConfigError(f"bad Redis URL {redis_url!r}: {exc}") from None
+        raise ConfigError(f"bad Redis URL {mask_secrets(redis_url)!r}: {mask_secrets(exc)}") from None
     try:
         client.ping()
     except Exception as exc:  # redis raises its own ConnectionError/AuthenticationError/...
         why = " ".join(str(exc).split()) or type(exc).__name__
-        raise LinkError(f"Redis at {redis_url} unreachable: {why}") from None
+        raise LinkError(f"Redis at {mask_secrets(redis_url)} unreachable: {mask_secrets(why)}") from None
     finally:
         client.close()
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import typer
 
-from . import settings
+from . import safetext, settings
 from ._version import __version__
 from .cli_history import mesh_history
 from .cli_tasks import mesh_submit, mesh_tasks
@@ -66,6 +66,8 @@ class CliError(Exception):
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
+    # Secrets masked; control characters (from a node's answer, a URL) shown as escapes.
+    msg = "\n".join(safetext.clean(line) for line in safetext.mask_secrets(msg).split("\n"))
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
@@ -101,7 +103,8 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 def _emit_json(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, default=str).decode() + "\n")
+    # Exact JSON (C0 escaped by orjson; DEL, C1 and bidi controls as \u escapes: same values).
+    sys.stdout.write(safetext.json_safe(orjson.dumps(obj, default=str).decode()) + "\n")
     sys.stdout.flush()
 
 
@@ -325,7 +328,7 @@ def _banner(core: Any, res: settings.Resolved, ident: Any = None) -> list[str]:
     if cfg.peers:
         verify = f"verified against {cfg.ssl_cafile}" if cfg.ssl_cafile else "verified against the system CAs"
         tls_peers = any(p.startswith("wss://") for p in cfg.peers)
-        rows.append(("peers", ", ".join(cfg.peers) + " (dialling" + (f"; wss:// {verify}" if tls_peers else "")
+        rows.append(("peers", ", ".join(safetext.mask_secrets(p) for p in cfg.peers) + " (dialling" + (f"; wss:// {verify}" if tls_peers else "")
                      + ")"))
     redis = core.redis
     if redis is not None and getattr(redis, "connected", False):
@@ -627,21 +630,22 @@ def _with_client(node: str | None, token: str | None, fn: Callable[[Any], Awaita
 def _status_table(st: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"node {st['node_id']}")
+    mk = safetext.markup  # everything a member chose: no control characters, markup shown as text
+    t = Table(title=f"node {mk(st['node_id'])}")
     t.add_column("field")
     t.add_column("value")
     for k in ("status", "mesh_name", "connected_nodes", "uptime", "total_recursion_depth", "average_entropy",
               "websocket_endpoint", "redis", "nats"):
         v = st.get(k)
-        t.add_row(k, f"{v:.1f}" if isinstance(v, float) else str(v))
+        t.add_row(k, f"{v:.1f}" if isinstance(v, float) else mk(safetext.mask_secrets(v)))
     c = st.get("counters", {})
     r = st.get("router", {})
     t.add_row("events in/out", f"{c.get('events_in', 0)}/{c.get('events_out', 0)}")
     t.add_row("frames in/out", f"{r.get('frames_in', 0)}/{r.get('frames_out', 0)}")
-    t.add_row("links", ", ".join(f"{(lk.get('peer') or lk.get('transport') or '?')[:8]}({lk.get('state')})"
+    t.add_row("links", ", ".join(f"{mk(str(lk.get('peer') or lk.get('transport') or '?')[:8])}({mk(lk.get('state'))})"
                                  for lk in st.get("links", [])) or "-")
     sync = st.get("sync", {})
-    t.add_row("sync", f"{sync.get('sync_status')} v{sync.get('state_version')} items={sync.get('total_items')}")
+    t.add_row("sync", mk(f"{sync.get('sync_status')} v{sync.get('state_version')} items={sync.get('total_items')}"))
     return t
 
 
@@ -651,10 +655,12 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
     t = Table(title="mesh nodes")
     for col in ("node_id", "name", "status", "capabilities", "endpoint", "last seen (s)"):
         t.add_column(col)
+    mk = safetext.markup  # names, capabilities, endpoints: chosen by members
     for n in nodes:
         t.add_row(
-            n["node_id"] + (" *" if n.get("local") else ""), n["name"], n["status"],
-            ",".join(n["capabilities"]), n.get("websocket_endpoint") or "-", f"{n['seconds_since_heartbeat']:.1f}",
+            mk(n["node_id"]) + (" *" if n.get("local") else ""), mk(n["name"]), mk(n["status"]),
+            mk(",".join(str(c) for c in n["capabilities"])), mk(n.get("websocket_endpoint") or "-"),
+            f"{n['seconds_since_heartbeat']:.1f}",
         )
     return t
 
@@ -737,9 +743,13 @@ def mesh_nodes(
 
 
 def _event_line(env: dict[str, Any]) -> str:
-    ts = str(env.get("timestamp", ""))[11:23]
-    tgt = f" -> {env['target_node']}" if env.get("target_node") else ""
-    return f"{ts} {env.get('type')} from {env.get('source_node')}{tgt} {orjson.dumps(env.get('data'), default=str).decode()}"
+    """One event as a line of text: every part (chosen by the member that sent it) with its
+    control characters shown as escapes - an ESC sequence or OSC 52 is printed, not run."""
+    c = safetext.clean
+    ts = c(str(env.get("timestamp", ""))[11:23])
+    tgt = f" -> {c(env['target_node'])}" if env.get("target_node") else ""
+    data = safetext.json_safe(orjson.dumps(env.get("data"), default=str).decode())
+    return f"{ts} {c(env.get('type'))} from {c(env.get('source_node'))}{tgt} {data}"
 
 
 @mesh_app.command("events")
@@ -913,7 +923,7 @@ def mesh_publish(
     if as_json:
         _emit_json(res)
     else:
-        print(f"published {event_type}" + (f" to {target}" if target else " to the mesh"))
+        print(f"published {safetext.clean(event_type)}" + (f" to {safetext.clean(target)}" if target else " to the mesh"))
 
 
 @mesh_app.command("state")
@@ -965,7 +975,7 @@ def mesh_state(
     if as_json or not sys.stdout.isatty():
         _emit_json(res)
     else:
-        _console().print_json(orjson.dumps(res, default=str).decode())
+        _console().print_json(safetext.json_safe(orjson.dumps(res, default=str).decode()))
 
 
 @app.command("bench")
@@ -1011,7 +1021,7 @@ def bench(
         _emit_json(res)
     else:
         for k, v in res.items():
-            print(f"{k:>16}: {v}")
+            print(f"{k:>16}: {safetext.clean(safetext.mask_secrets(v))}")
 
 
 @app.command("completion")

@@ -70,8 +70,12 @@ def mesh_history(
 
 
 def _line(env: dict[str, Any]) -> str:
+    """One stored event as text: control characters (chosen by the member that sent it)
+    shown as escapes (``safetext.clean``), the data as terminal-safe JSON."""
     import orjson
 
-    tgt = f" -> {env['target_node']}" if env.get("target_node") else ""
-    data = orjson.dumps(env.get("data"), default=str).decode()
-    return f"{env.get('timestamp', '')} {env.get('type')} from {env.get('source_node')}{tgt} {data}"
+    from .safetext import clean, json_safe
+
+    tgt = f" -> {clean(env['target_node'])}" if env.get("target_node") else ""
+    data = json_safe(orjson.dumps(env.get("data"), default=str).decode())
+    return f"{clean(env.get('timestamp', ''))} {clean(env.get('type'))} from {clean(env.get('source_node'))}{tgt} {data}"

@@ -39,6 +39,8 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
     node's served and submitted counts (empty sections are left out)."""
     from rich.table import Table
 
+    from .safetext import markup  # node ids and task types are chosen by members
+
     def ms(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
@@ -49,7 +51,7 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
         offers.add_column(col)
     for nid, types in sorted((st.get("nodes") or {}).items()):
         for ttype, o in sorted(types.items()):
-            offers.add_row(nid, ttype, str(o.get("capacity")), str(o.get("load")), str(o.get("in_flight")),
+            offers.add_row(markup(nid), markup(ttype), str(o.get("capacity")), str(o.get("load")), str(o.get("in_flight")),
                            str(o.get("done", "-")), str(o.get("failed", "-")), ms(o.get("p50_ms")),
                            ms(o.get("p99_ms")))
     out.append(offers)
@@ -58,7 +60,7 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
         for col in ("task type", "capacity", "running", "queued", "done", "failed", "p50 ms", "p99 ms"):
             served.add_column(col)
         for ttype, o in sorted(st["offered"].items()):
-            served.add_row(ttype, str(o["capacity"]), str(o["running"]), str(o["queued"]), str(o["done"]),
+            served.add_row(markup(ttype), str(o["capacity"]), str(o["running"]), str(o["queued"]), str(o["done"]),
                            str(o["failed"]), ms(o["p50_ms"]), ms(o["p99_ms"]))
         out.append(served)
     if st.get("submitted"):
@@ -66,7 +68,7 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
         for col in ("task type", "in flight", "waiting", "done", "failed", "retried", "timeouts", "p50 ms", "p99 ms"):
             sub.add_column(col)
         for ttype, o in sorted(st["submitted"].items()):
-            sub.add_row(ttype, str(o["in_flight"]), str(o["waiting"]), str(o["done"]), str(o["failed"]),
+            sub.add_row(markup(ttype), str(o["in_flight"]), str(o["waiting"]), str(o["done"]), str(o["failed"]),
                         str(o["retried"]), str(o["timeouts"]), ms(o["p50_ms"]), ms(o["p99_ms"]))
         out.append(sub)
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .nodestate import node_state, state_kind
+from .safetext import markup
 
 
 @dataclass
@@ -120,7 +121,7 @@ def links_table(st: dict[str, Any], link_rates: dict[str, dict[str, float]] | No
         key = link_key(lk)
         rtt = lk.get("rtt_ms")
         gaps = lk.get("gaps", lk.get("lost"))
-        row = [key, str(lk.get("transport", "?")), str(lk.get("state")),
+        row = [markup(key), markup(lk.get("transport", "?")), markup(lk.get("state")),
                f"{float(rtt):.2f} ms" if isinstance(rtt, (int, float)) else "-"]
         if link_rates is not None:
             lr = link_rates.get(key, {})
@@ -155,7 +156,7 @@ def render(
     from rich.table import Table
     from rich.tree import Tree
 
-    head = Table(title=f"spiralfast {st['node_id']}  ({st['status']}, up {st['uptime']:.0f}s)")
+    head = Table(title=f"spiralfast {markup(st['node_id'])}  ({markup(st['status'])}, up {st['uptime']:.0f}s)")
     for col in ("events in/s", "events out/s", "frames in/s", "frames out/s", "sync", "redis", "nats"):
         head.add_column(col)
     sync = st.get("sync", {})
@@ -168,7 +169,8 @@ def render(
     for col in ("node_id", "name", "status", "last seen (s)"):
         nt.add_column(col)
     for n in nodes:
-        nt.add_row(n["node_id"], n["name"], status_label(n), f"{n['seconds_since_heartbeat']:.1f}")
+        nt.add_row(markup(n["node_id"]), markup(n["name"]), markup(status_label(n)),
+                   f"{n['seconds_since_heartbeat']:.1f}")
     cfg = config if config is not None else hud_config
     if not cfg.mesh_enabled:
         return Group(head)
@@ -182,10 +184,10 @@ def render(
             adj[a].append(b)
             adj[b].append(a)
         for n in topo["nodes"]:
-            label = f"[bold]{n}[/bold] (this node)" if n == topo["local"] else n
+            label = f"[bold]{markup(n)}[/bold] (this node)" if n == topo["local"] else markup(n)
             branch = tree.add(label)
             for peer in sorted(adj[n]):
-                branch.add(f"── {peer}")
+                branch.add(f"── {markup(peer)}")
             if not adj[n]:
                 branch.add("[dim](no known links)[/dim]")
         parts.append(tree)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["SECRET_PARAMS", "clean", "markup", "mask_secrets", "mask_url"]
+__all__ = ["SECRET_PARAMS", "clean", "json_safe", "markup", "mask_secrets", "mask_url"]
 
 #: Query parameters whose values are secrets (compared case-insensitively).
 SECRET_PARAMS = frozenset({
@@ -93,3 +93,14 @@ def markup(text: Any) -> str:
     from rich.markup import escape
 
     return escape(clean(text))
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_safe(text: str) -> str:
+    """JSON text (from ``orjson.dumps``, which escapes C0 already) with DEL, C1 and the
+    bidirectional controls escaped too (``\\u009b``): the same JSON value, read back
+    exactly, and nothing in it a terminal would act on.  These characters only occur
+    inside JSON strings, where ``\\uXXXX`` is their exact equivalent."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
