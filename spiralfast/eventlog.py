@@ -76,7 +76,7 @@ import msgspec
 from .cursor import META as CURSOR_META
 from .cursor import Cursor
 from .fastpath import iso_from_epoch
-from .persistence import open_sqlite
+from .persistence import open_sqlite, private_file
 
 if TYPE_CHECKING:
     from .core import MeshCore
@@ -407,6 +407,7 @@ class SQLiteStore(Store):
         if str(self.path) == ":memory:" or (self.path.exists() and self.path.stat().st_size > 0):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # 0600, before SQLite creates it (and its -wal/-shm) world-readable
         pre = sqlite3.connect(str(self.path), isolation_level=None)
         try:
             pre.execute("PRAGMA page_size=8192")

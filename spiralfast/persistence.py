@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -313,8 +314,32 @@ class PersistenceBackend(ABC):
         """Release the backend's resources (idempotent)."""
 
 
+def private_file(path: str | Path) -> None:
+    """Make the database file at ``path`` readable by its owner only (0600), creating it
+    empty if it does not exist: events and state are nobody else's business.  SQLite
+    gives its ``-wal`` and ``-shm`` files the database file's mode; those that exist
+    already (and a file of an earlier release) are tightened too.  Files of another
+    owner are left alone (chmod is refused), as are ``:memory:`` and special files."""
+    p = Path(path)
+    if str(p) == ":memory:":
+        return
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.close(fd)
+    except OSError:
+        return  # not writable: sqlite3 says why when it opens it
+    for f in (p, Path(f"{p}-wal"), Path(f"{p}-shm"), Path(f"{p}-journal")):
+        try:
+            st = f.stat()
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(f, stat.S_IMODE(st.st_mode) & 0o700)
+        except OSError:
+            pass
+
+
 def open_sqlite(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) a database file in WAL mode with the old tables.
+    """Open (creating if needed, mode 0600: ``private_file``) a database file in WAL mode
+    with the old tables.
 
     :raises sqlite3.Error: the file cannot be opened or written (read-only, full disk).
     :raises OSError: its directory cannot be created.
@@ -322,6 +347,7 @@ def open_sqlite(path: str | Path) -> sqlite3.Connection:
     p = Path(path)
     if str(p) != ":memory:":
         p.parent.mkdir(parents=True, exist_ok=True)
+        private_file(p)
     conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     try:
         if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
@@ -804,4 +830,5 @@ __all__ = [
     "default_data_dir",
     "default_db_path",
     "open_sqlite",
+    "private_file",
 ]
