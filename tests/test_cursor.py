@@ -1,0 +1,81 @@
+"""The delivery cursor's rules (spiralfast/cursor.py): no event loop, the clock passed in."""
+
+from __future__ import annotations
+
+import json
+
+from spiralfast.cursor import MAX_AHEAD, Cursor, is_redelivery, parse_id
+
+ORIGIN = "0123456789abs"
+
+
+def test_parse_id_takes_broadcast_ids_only() -> None:
+    assert parse_id(f"{ORIGIN}-42") == (ORIGIN, 42)
+    assert parse_id("0123456789abx-42") is None  # a direct message's sequence
+    assert parse_id("plain-uuid") is None
+    assert parse_id(f"{ORIGIN}-") is None
+    assert parse_id(f"{ORIGIN}-1e3") is None
+    assert parse_id(f"{ORIGIN}-" + "9" * 18) is None
+    assert parse_id(None) is None
+    assert parse_id(42) is None
+
+
+def test_in_order_moves_done_and_marks_dirty() -> None:
+    c = Cursor()
+    for seq in range(5, 11):
+        c.note(f"{ORIGIN}-{seq}", now=100.0 + seq)
+    assert c.done == {ORIGIN: 10}  # counted from the first seen (joined at 5)
+    rows = c.take()
+    assert rows == [(ORIGIN, 10, "[]", 110.0)]
+    assert c.take() == []  # nothing changed since
+    c.note(f"{ORIGIN}-9", now=200.0)  # older: nothing to do
+    assert c.take() == []
+
+
+def test_out_of_order_waits_for_the_hole() -> None:
+    c = Cursor()
+    c.note(f"{ORIGIN}-1", 1.0)
+    c.note(f"{ORIGIN}-3", 2.0)
+    c.note(f"{ORIGIN}-4", 3.0)
+    assert c.done[ORIGIN] == 1
+    assert c.handled(ORIGIN, 3) and c.handled(ORIGIN, 1) and not c.handled(ORIGIN, 2)
+    origin, done, ahead, _ = c.take()[0]
+    assert (origin, done, json.loads(ahead)) == (ORIGIN, 1, [3, 4])
+    c.note(f"{ORIGIN}-2", 4.0)  # the hole is filled: done jumps over what was ahead
+    assert c.done[ORIGIN] == 4 and not c.ahead[ORIGIN]
+
+
+def test_a_hole_that_never_fills_is_skipped_past_the_bound() -> None:
+    c = Cursor()
+    c.note(f"{ORIGIN}-1", 0.0)
+    for seq in range(3, 3 + MAX_AHEAD + 1):
+        c.note(f"{ORIGIN}-{seq}", 0.0)
+    assert c.done[ORIGIN] == 2 + MAX_AHEAD + 1  # 2 given up, everything above it contiguous
+    assert not c.ahead[ORIGIN]
+
+
+def test_own_origin_is_skipped() -> None:
+    c = Cursor(skip=[ORIGIN])
+    c.note(f"{ORIGIN}-1", 0.0)
+    assert c.done == {} and c.take() == []
+
+
+def test_load_round_trip_and_wants() -> None:
+    c = Cursor()
+    c.note(f"{ORIGIN}-7", 5.0)
+    c.note(f"{ORIGIN}-9", 6.0)
+    rows = c.take() + [("", 1, "[]", 9.0)]  # the meta row is skipped
+    d = Cursor()
+    d.load(rows)
+    assert d.wants() == {ORIGIN: 7}
+    assert d.handled(ORIGIN, 9) and not d.handled(ORIGIN, 8)
+    d.load([("bad0s", 3, "not json", 1.0)])  # a damaged ahead list loses only that list
+    assert d.wants()["bad0s"] == 3
+
+
+def test_redelivery_rule() -> None:
+    # A clean stop: the cursor is exact, nothing is a redelivery.
+    assert not is_redelivery(99.0, clean=True, alive_at=100.0, interval=0.1, margin=1.0)
+    # Unclean: what was stamped up to the last alive time plus interval and margin may have been handled.
+    assert is_redelivery(101.0, clean=False, alive_at=100.0, interval=0.1, margin=1.0)
+    assert not is_redelivery(101.2, clean=False, alive_at=100.0, interval=0.1, margin=1.0)
