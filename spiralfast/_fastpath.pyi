@@ -20,6 +20,7 @@ class EventSink:
     duplicates: int
     bad_events: int
     events_in: int
+    reserved_refused: int
     handlers: dict[str, list[Any]]
     turn_deadline: float
     def __init__(self, dispatcher: Any, node_id: bytes, dedupe: Dedupe) -> None: ...

@@ -104,6 +104,19 @@ cdef inline bint _internal(str etype):
     return PyUnicode_GET_LENGTH(etype) > 4 and PyUnicode_READ_CHAR(etype, 0) == 95 and etype.startswith("_sf.")
 
 
+cdef inline bint _membership(str etype):
+    """``node_register`` / ``node_unregister``: reserved to a node speaking about itself."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(etype)
+    return (n == 13 or n == 15) and PyUnicode_READ_CHAR(etype, 0) == 110 and (
+        etype == "node_register" or etype == "node_unregister")
+
+
+cdef bint _about_itself(object ev):
+    """A membership event is accepted only as its sender's own announcement about itself."""
+    data = ev.data
+    return isinstance(data, dict) and (<dict>data).get("node_id") == ev.source_node
+
+
 cdef class _Window:
     """The sequence numbers seen from one origin: the highest, and a bitmap of the
     ``SEQ_WINDOW`` below it; missing ranges that slid out of the bitmap in ``old``
@@ -400,6 +413,7 @@ cdef class EventSink:
     cdef public Py_ssize_t duplicates
     cdef public Py_ssize_t bad_events
     cdef public Py_ssize_t events_in
+    cdef public Py_ssize_t reserved_refused  # membership events about another node (refused)
     cdef public object handlers  # the dispatcher's handler table (kept current by the node)
     cdef dict _kinds
     cdef object _recent_append
@@ -419,6 +433,7 @@ cdef class EventSink:
         self.duplicates = 0
         self.bad_events = 0
         self.events_in = 0
+        self.reserved_refused = 0
         self._kinds = {}
         # These containers live as long as the dispatcher; caching them saves
         # attribute lookups per event.
@@ -445,6 +460,9 @@ cdef class EventSink:
     cpdef on_event(self, object ev):
         cdef str etype = ev.event_type
         self.events_in += 1
+        if _membership(etype) and not _about_itself(ev):
+            self.reserved_refused += 1  # another node's word on a membership change: refused
+            return
         if (self.events_in & 63) == 0 and self.dispatcher.sample_latency is not None:
             self.dispatcher.sample_latency(_now() - ev.timestamp)  # one event in 64: origin to here
         if not _internal(etype):  # the mesh's own protocol events (tasks) are not logged

@@ -292,6 +292,17 @@ class Dedupe:
 _SEQ_ID = re.compile(rb"(.+)-((?:0|[1-9][0-9]{0,16}))\Z", re.DOTALL)
 
 
+#: Membership event types: accepted only as a node's own announcement about itself
+#: (``register_node`` / ``unregister_node`` of its own record); another node's word on
+#: them is refused and counted (``reserved_refused``).
+_MEMBERSHIP = frozenset(("node_register", "node_unregister"))
+
+
+def _about_itself(ev: Event) -> bool:
+    data = ev.data
+    return isinstance(data, dict) and data.get("node_id") == ev.source_node
+
+
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -314,6 +325,7 @@ class EventSink:
         self.duplicates = 0
         self.bad_events = 0
         self.events_in = 0
+        self.reserved_refused = 0  # membership events about another node (refused)
         self.handlers: dict[str, list[Any]] = dispatcher.handlers  # kept current by the node
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
         self.turn_deadline = 0.0  # this loop turn's end for inline handlers (0.0: none; set by the gate)
@@ -329,6 +341,9 @@ class EventSink:
         d = self.dispatcher
         etype = ev.event_type
         self.events_in += 1
+        if etype in _MEMBERSHIP and not _about_itself(ev):
+            self.reserved_refused += 1  # another node's word on a membership change: refused
+            return
         if (self.events_in & 63) == 0 and d.sample_latency is not None:
             d.sample_latency(time.time() - ev.timestamp)  # one event in 64: origin to here
         if not etype.startswith("_sf."):  # the mesh's own protocol events (tasks) are not logged
