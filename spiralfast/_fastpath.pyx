@@ -39,6 +39,13 @@ cdef Py_ssize_t MAX_FRAME_SIZE = _limits.MAX_FRAME_SIZE
 cdef Py_ssize_t MAX_MESSAGES_PER_FRAME = _limits.MAX_MESSAGES_PER_FRAME
 cdef long long SEQ_WINDOW = _limits.SEQ_WINDOW
 cdef Py_ssize_t MAX_ORIGINS = _limits.MAX_ORIGINS
+# Origin ownership (see _fastpath_py.EventSink.receive): the same constants.
+STEM_SIZE = 12
+MAX_OWNERS = 16384
+MAX_FIRST_USES = 8
+cdef Py_ssize_t _STEM = STEM_SIZE
+cdef Py_ssize_t _MAX_OWNERS = MAX_OWNERS
+cdef Py_ssize_t _MAX_FIRST_USES = MAX_FIRST_USES
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 
@@ -422,6 +429,10 @@ cdef class EventSink:
     cdef Ring _cring  # the same ring when it is the compiled one: a C-level empty()
     cdef set _observers
     cdef public double turn_deadline  # this loop turn's end for inline handlers (0.0: none; set by the gate)
+    cdef public dict owners  # sequence-id stem -> the node owning it
+    cdef dict _claims
+    cdef public Py_ssize_t foreign
+    cdef public list relayed
 
     def __init__(self, dispatcher, bytes node_id, Dedupe dedupe):
         if dedupe is None:
@@ -444,6 +455,44 @@ cdef class EventSink:
         self._cring = dispatcher.inbox if isinstance(dispatcher.inbox, Ring) else None
         self._observers = dispatcher.observers
         self.turn_deadline = 0.0
+        self.owners = {}
+        self._claims = {}
+        self.foreign = 0
+        self.relayed = []
+
+    def claim(self, str origin, str node):
+        stem = origin.encode()[:_STEM]
+        if self.owners.get(stem) != node:
+            self._drop(stem)
+            self._evict()
+            self.owners[stem] = node
+
+    def release(self, str node):
+        for stem in [k for k, v in self.owners.items() if v == node]:
+            del self.owners[stem]
+        self._claims.pop(node, None)
+
+    cdef bint _first_use(self, bytes stem, object sender) except -1:
+        n = self._claims.get(sender, 0)
+        if n >= _MAX_FIRST_USES:
+            return False
+        self._claims[sender] = n + 1
+        self._evict()
+        self.owners[stem] = sender
+        return True
+
+    cdef int _drop(self, bytes stem) except -1:
+        old = self.owners.pop(stem, None)
+        if old is not None and old in self._claims:
+            self._claims[old] -= 1
+            if self._claims[old] <= 0:
+                del self._claims[old]
+        return 0
+
+    cdef int _evict(self) except -1:
+        while len(self.owners) >= _MAX_OWNERS:
+            self._drop(next(iter(self.owners)))
+        return 0
 
     cpdef bint sync_only(self, str etype, list handlers) except -1:
         c = self._kinds.get(etype)
@@ -541,18 +590,18 @@ cdef class EventSink:
             return
         self.dispatcher.queue(env)
 
-    cpdef list receive(self, object data, bint member):
+    cpdef list receive(self, object data, bint member, object sender=None):
         cdef Py_buffer view
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         except (TypeError, BufferError) as exc:
             raise FrameError("frame must be a contiguous bytes-like object") from exc
         try:
-            return self._receive(<const uint8_t*>view.buf, view.len, member)
+            return self._receive(<const uint8_t*>view.buf, view.len, member, sender)
         finally:
             PyBuffer_Release(&view)
 
-    cdef list _receive(self, const uint8_t* data, Py_ssize_t size, bint member):
+    cdef list _receive(self, const uint8_t* data, Py_ssize_t size, bint member, object sender):
         cdef Py_ssize_t count, i, pos, tlen, ilen, end
         cdef uint32_t plen
         cdef int kind, etype
@@ -560,6 +609,7 @@ cdef class EventSink:
         cdef bytes target, msg_id, payload
         count = validate_frame(data, size, MAX_FRAME_SIZE)
         self.last_messages = count
+        self.relayed = []
         pos = FRAME_HEADER_SIZE
         for i in range(count):
             kind = data[pos]
@@ -576,6 +626,17 @@ cdef class EventSink:
             if tlen and target != self.me:
                 rest.append(_message(kind, etype, target, msg_id, payload))
                 continue
+            if ilen and sender is not None:
+                stem = msg_id[:_STEM]
+                owner = self.owners.get(stem)
+                if owner is None and not self._first_use(stem, sender):
+                    owner = ""  # over its quota of origins: refused
+                if owner is not None and owner != sender:
+                    if tlen:
+                        self.relayed.append(_message(kind, etype, target, msg_id, payload))
+                    else:
+                        self.foreign += 1
+                    continue
             if ilen and not self.dedupe.first_time(msg_id):
                 self.duplicates += 1
                 continue
@@ -584,6 +645,9 @@ cdef class EventSink:
                     ev = _decode_event(payload)
                 except (_DecodeError, ValueError, RecursionError):  # ValueError: bad UTF-8 in a string
                     self.bad_events += 1
+                    continue
+                if sender is not None and ev.source_node != sender:
+                    self.foreign += 1
                     continue
                 self.on_event(ev)
                 continue

@@ -304,6 +304,13 @@ def _about_itself(ev: Event) -> bool:
 
 
 _decode_event = msgspec.msgpack.Decoder(Event).decode
+#: The part of a message id naming its origin (``uuid4().hex[:12]``, then "s-" or "x-").
+STEM_SIZE = 12
+#: Origins whose owner is remembered (beyond it the oldest is forgotten).
+MAX_OWNERS = 16384
+#: Origins one node may take by first use, before its own record names them (one per
+#: incarnation; a flood of made-up origins cannot push out the others' owners).
+MAX_FIRST_USES = 8
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -329,6 +336,15 @@ class EventSink:
         self.handlers: dict[str, list[Any]] = dispatcher.handlers  # kept current by the node
         self._kinds: dict[str, tuple[Any, int, bool]] = {}
         self.turn_deadline = 0.0  # this loop turn's end for inline handlers (0.0: none; set by the gate)
+        #: Sequence-id stem (the first 12 bytes of ``<origin>s-<n>`` / ``<origin>x-<n>``)
+        #: -> the node that owns it: ids are accepted only from their origin's own link.
+        self.owners: dict[bytes, str] = {}
+        self._claims: dict[str, int] = {}  # node -> origins it took by first use (bounded)
+        #: Messages (ids, or events' sources) refused as not from their origin.
+        self.foreign = 0
+        #: Messages for this node whose id belongs to another node than the link's
+        #: (relayed by a neighbour), left to the gate (reset by every ``receive``).
+        self.relayed: list[Any] = []
 
     def sync_only(self, etype: str, handlers: list[Any]) -> bool:
         c = self._kinds.get(etype)
@@ -385,21 +401,76 @@ class EventSink:
             return
         d.queue(env)
 
-    def receive(self, data: Any, member: bool) -> list[Any]:
+    def claim(self, origin: str, node: str) -> None:
+        """``node``'s own record names ``origin``: its ids are ``node``'s alone."""
+        stem = origin.encode()[:STEM_SIZE]
+        if self.owners.get(stem) != node:
+            self._drop(stem)
+            self._evict()
+            self.owners[stem] = node
+
+    def release(self, node: str) -> None:
+        """``node`` is gone: forget the origins it owned (a later one claims its own)."""
+        for stem in [k for k, v in self.owners.items() if v == node]:
+            del self.owners[stem]
+        self._claims.pop(node, None)
+
+    def _first_use(self, stem: bytes, sender: str) -> bool:
+        n = self._claims.get(sender, 0)
+        if n >= MAX_FIRST_USES:
+            return False
+        self._claims[sender] = n + 1
+        self._evict()
+        self.owners[stem] = sender
+        return True
+
+    def _drop(self, stem: bytes) -> None:
+        old = self.owners.pop(stem, None)
+        if old is not None and old in self._claims:
+            self._claims[old] -= 1
+            if self._claims[old] <= 0:
+                del self._claims[old]
+
+    def _evict(self) -> None:
+        while len(self.owners) >= MAX_OWNERS:
+            self._drop(next(iter(self.owners)))
+
+    def receive(self, data: Any, member: bool, sender: str | None = None) -> list[Any]:
         """Handle one frame; returns the messages the gate must still handle
         (targeted elsewhere, or not a member's event).  Raises ``FrameError`` for a
-        malformed frame; malformed event payloads are counted in ``bad_events``."""
+        malformed frame; malformed event payloads are counted in ``bad_events``.
+
+        ``sender``: the node the frame provably comes from (the link's peer, or a bus
+        frame's key-verified sender).  A message id is then accepted only from the node
+        owning its origin (the first to use it, or the one whose own record names it:
+        ``owners``), and an event only with that node as its source; others are refused
+        (counted in ``foreign``) before they can touch the de-duplication window, except
+        messages for this node relayed by a neighbour, left in ``relayed`` for the gate."""
         msgs = decode_frame(data)
         self.last_messages = len(msgs)
+        self.relayed = []
         me = self.me
         first_time = self.dedupe.first_time
+        owners = self.owners
         rest = []
         for m in msgs:
             target = m.target
             if target and target != me:
                 rest.append(m)
                 continue
-            if m.msg_id and not first_time(m.msg_id):
+            msg_id = m.msg_id
+            if msg_id and sender is not None:
+                stem = msg_id[:STEM_SIZE]
+                owner = owners.get(stem)
+                if owner is None and not self._first_use(stem, sender):
+                    owner = ""  # over its quota of origins: refused
+                if owner is not None and owner != sender:
+                    if target:
+                        self.relayed.append(m)
+                    else:
+                        self.foreign += 1
+                    continue
+            if msg_id and not first_time(msg_id):
                 self.duplicates += 1
                 continue
             if member and m.kind == KIND_EVENT:
@@ -407,6 +478,9 @@ class EventSink:
                     ev = _decode_event(m.payload)
                 except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: bad UTF-8
                     self.bad_events += 1
+                    continue
+                if sender is not None and ev.source_node != sender:
+                    self.foreign += 1
                     continue
                 self.on_event(ev)
                 continue

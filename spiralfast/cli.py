@@ -408,6 +408,8 @@ def _start_node(kw: dict[str, Any]) -> None:
         ident = cli_identity.establish(cfg.node_id, data_dir, slot)
         cfg.node_id = ident.node_id
         lock = cli_identity.NodeLock.acquire(data_dir, ident.node_id, ident.path)
+        if cfg.key_path is None:  # the node's own Ed25519 key, kept 0600 beside its identity
+            cfg.key_path = str(data_dir / f"{cli_identity.safe_name(ident.node_id)}.key")
         if ident.note:
             logging.getLogger("spiralfast.cli").warning("%s", ident.note)
         if not kw.get("no_db") and cfg.persistence_path is None and cfg.persistence_url is None:

@@ -70,6 +70,11 @@ class MeshConfig:
         listen on this port of websocket_host for the CLI, the dashboard and the HTTP API
         (observers only, with the token as on the mesh port; peers are refused); 0: any free
         port; None: no port at all.
+    :param key_path: file of the node's own Ed25519 key (created 0600 if missing), which
+        proves on every link and bus frame that the node speaks for itself; None: a new
+        key at each start (the CLI keeps it in the data directory as <node id>.key).
+    :param sign_bus_frames: sign every Redis/NATS frame batch with the node's key and
+        refuse frames not signed by the key pinned to their sender (off: membership only).
     """
 
     node_id: str | None = None
@@ -112,6 +117,8 @@ class MeshConfig:
     nats_stream_max_age: float = 3600.0
     nats_stream_max_bytes: int = 256 * 1024 * 1024
     observer_port: int | None = None
+    key_path: str | None = None
+    sign_bus_frames: bool = True
 
     def __post_init__(self) -> None:
         if self.peers is None:

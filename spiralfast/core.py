@@ -15,12 +15,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import schema
 from ._aio import cancel_all
 from ._version import __version__
 from .bus import EventBus
+from .busauth import KeyPins
 from .config import MeshConfig
 from .dispatch import Dispatcher, EnvelopeHandler
 from .fastpath import EventSender
@@ -32,6 +34,7 @@ from .metrics import LatencyHistogram
 from .observe import envelope, mesh_status, node_counters, push_follow
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
+from .signing import NodeKey
 from .sync import StateSynchronizer
 from .types import EventType, MeshNode, NodeStatus, RitualEvent
 
@@ -60,6 +63,11 @@ class MeshCore:
                       "incarnation": uuid.uuid4().hex[:16]},  # this process: tells a restart from a twin
             websocket_endpoint=None,
         )
+        # The node's own Ed25519 key (spiralfast.signing): proves on WebSocket handshakes
+        # and bus frames that it speaks for itself; its public key travels in its record.
+        self.key = NodeKey.load_or_create(Path(cfg.key_path)) if cfg.key_path else NodeKey.generate()
+        self.local_node.metadata["public_key"] = self.key.public.hex()
+        self.key_pins = KeyPins(self.node_id, self.key.public)  # bus senders' keys, by node id
         self.event_bus = EventBus(self.node_id)
         self.registry = MeshRegistry(self.node_id)
         self.membership = Membership(self.local_node, self.registry, cfg.heartbeat_interval, cfg.suspicion_timeout)
@@ -70,7 +78,8 @@ class MeshCore:
         self.counts: dict[str, int] = {"handshake_failures": 0, "auth_failures": 0, "rejected_by_peer": 0,
                                          "bad_messages": 0, "dropped_events": 0, "duplicate_ids": 0,
                                          "repair_requests": 0, "repaired_sent": 0, "state_replies_deferred": 0,
-                                         "suspected": 0, "suspicions_refuted": 0}
+                                         "suspected": 0, "suspicions_refuted": 0,
+                                         "impostors_refused": 0}
         self.dispatcher = Dispatcher(self._set_reading)
         self.dispatcher.push_follow = push_follow(self)
         self.recent_events = self.dispatcher.recent
@@ -83,10 +92,12 @@ class MeshCore:
                          on_query=host.on_query, relay=host.relay, rate_limit=cfg.rate_limit,
                          rate_burst=cfg.rate_burst, resume=self._resume_link)
         self.dispatcher.deliver_to = self.gate.sink.dispatch
+        self.gate.is_linked = self.outbox.links.__contains__
         # Event ids: "<origin>-<sequence>"; broadcasts' origin ends in "s" (a gapless
         # sequence every node sees, so gaps are losses), direct messages' in "x".
         origin = uuid.uuid4().hex[:12] + "s"
         self.local_node.metadata["origin"] = origin  # peers ask this node to repair gaps in it
+        self.gate.sink.claim(origin, self.node_id)  # our ids are ours alone (a copy from elsewhere is refused)
         self.sender = EventSender(self.outbox, self.dispatcher, self.node_id, origin + "-",
                                   schema.EVENT_TYPE_IDS, FLUSH_THRESHOLD_BYTES, YIELD_EVERY)
         self.links: set[Any] = set()  # every open link, any state

@@ -139,7 +139,11 @@ class Gate:
             "refused": 0, "preauth_refused": 0, "gate_errors": 0, "rate_limited": 0,
             # the same refusals by who went over: member links, bus senders, observers
             "rate_limited_members": 0, "rate_limited_bus": 0, "rate_limited_observers": 0,
+            # messages carrying another node's ids or source (not from their origin)
+            "impersonation_refused": 0,
         }
+        #: ``node_id -> bool``: this node has a link of its own to that node (set by the node).
+        self.is_linked: Callable[[str], bool] = lambda node_id: False
         #: Per sender on a shared bus (one link, many senders): its token bucket.
         self.bus_buckets: dict[str, TokenBucket] = {}
 
@@ -205,7 +209,7 @@ class Gate:
                 asyncio.get_running_loop().call_soon(self._new_turn)
             except RuntimeError:  # no loop (a test feeding frames by hand): every frame is a turn
                 sink.turn_deadline = 0.0
-        rest = sink.receive(data, True)
+        rest = sink.receive(data, True, sender)
         if time.monotonic() > deadline:
             self.dispatcher.defer()  # plain handlers held the loop long enough: queue the rest
         n = sink.last_messages
@@ -217,6 +221,11 @@ class Gate:
         if sink.bad_events:
             bad, sink.bad_events = sink.bad_events, 0
             self.link_error(link, FrameError(f"{bad} malformed event payload(s)"))
+        if sink.foreign:
+            self._foreign(link, sender, sink.foreign)
+            sink.foreign = 0
+        if sink.relayed:
+            self._relayed(link, sender, sink.relayed)
         bus = link.shared_bus
         me = self._me
         for m in rest:
@@ -257,6 +266,41 @@ class Gate:
                     self.count_rate_limited("members")
                     link.pause_reading()
                     asyncio.get_running_loop().call_later(min(wait, 5.0), self._resume_if_member, link)
+
+    def _foreign(self, link: Any, sender: str | None, n: int) -> None:
+        """Messages that claimed another node's ids or source: refused and counted."""
+        self.stats["impersonation_refused"] += n
+        self.stats["refused"] += n
+        self._errlog(("impersonation", _name(link)), logging.WARNING,
+                     "refused %d message(s) from %s carrying another node's event ids or source", n,
+                     sender or _name(link))
+
+    def _relayed(self, link: Any, sender: str | None, msgs: list[Any]) -> None:
+        """Messages for this node whose ids belong to another node than the link's: a
+        neighbour relays them when their origin has no link to us.  Accepted only on a
+        WebSocket link, only when the origin is not linked to us itself (it would have
+        sent them itself) and, for events, only with the origin as their source."""
+        owners = self.sink.owners
+        is_linked = self.is_linked
+        for m in msgs:
+            owner = owners.get(bytes(m.msg_id[:12]), "")
+            if link.shared_bus or not owner or is_linked(owner):
+                self._foreign(link, sender, 1)
+                continue
+            try:
+                obj = decode_payload(m.kind, m.payload)
+                if m.kind == schema.KIND_EVENT and getattr(obj, "source_node", None) != owner:
+                    self._foreign(link, sender, 1)
+                    continue
+                if not self.dedupe.first_time(bytes(m.msg_id)):
+                    self.stats["duplicates"] += 1
+                    continue
+                if admit(MEMBER, m.kind, bus=False, sender=owner) == DELIVER:
+                    self.on_message(link, owner, m.kind, obj)
+                else:
+                    self.stats["refused"] += 1
+            except FrameError as exc:
+                self.link_error(link, exc)
 
     def count_rate_limited(self, who: str) -> None:
         """One rate-limit refusal (``who``: members, bus or observers): counted in

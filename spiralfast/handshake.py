@@ -12,6 +12,12 @@ roles)``: it binds the whole transcript, so a proof computed on one connection i
 worthless on another (no reflection: the listener proves only after the dialler has,
 and never in the dialler's direction), and a captured handshake cannot be replayed
 (fresh nonces).  Without a token the same messages flow with empty proofs.
+
+The token proves membership only.  A node also proves *which* member it is: its
+``Auth`` carries its Ed25519 public key and its signature of the same transcript
+(``key_transcript``), checked by the receiver (``peer_key`` then holds the proven
+key).  The node keeping a link to a node id thus knows the key behind it, and a
+newcomer claiming that id and incarnation must prove the same key to replace it.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from typing import Any
 from . import schema
 from .errors import AuthError, HandshakeError
 from .limits import HANDSHAKE_VERSION
+from .signing import NodeKey, verify
 
 NONCE_SIZE = 16  # 128 bits: never repeats in practice
 #: The roles a peer may claim; anything else is refused.
 ROLES = ("node", "observer")
 _LABEL = b"spiralfast-handshake-v2\0"
+_KEY_LABEL = b"spiralfast-node-key-v1\0"
 
 
 #: PBKDF2 rounds for keys derived from the mesh token: a captured proof or sealed frame
@@ -54,6 +62,15 @@ def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonc
     return hmac.new(derive_key(token, "handshake"), msg, hashlib.sha256).digest()
 
 
+def key_transcript(direction: bytes, dialler_nonce: bytes, listener_nonce: bytes, dialler_id: str,
+                   listener_id: str, dialler_role: str, listener_role: str, public: bytes) -> bytes:
+    """What a node signs with its own key in its ``Auth`` (both nonces: never replayable)."""
+    return b"\0".join([
+        _KEY_LABEL, direction, dialler_nonce, listener_nonce, dialler_id.encode(), listener_id.encode(),
+        dialler_role.encode(), listener_role.encode(), public,
+    ])
+
+
 class Handshake:
     """One side of one link's handshake.
 
@@ -65,11 +82,13 @@ class Handshake:
     :param role: this side's role (``"node"``; the CLI and dashboard are ``"observer"``).
     :param record: this side's node record (or a function making it), sent once the peer
         is verified (nodes only).
+    :param node_key: this node's own key: its ``Auth`` proves it (``peer_key`` on the
+        other side).
     """
 
     def __init__(self, node_id: str, mesh_name: str, token: str | None, *, outbound: bool,
                  role: str = "node", record: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
-                 nonce: bytes | None = None) -> None:
+                 nonce: bytes | None = None, node_key: NodeKey | None = None) -> None:
         self.node_id = node_id
         self.mesh_name = mesh_name
         self.token = token
@@ -83,6 +102,9 @@ class Handshake:
         self.peer_role = "node"
         self.peer_nonce = b""
         self.peer_record: dict[str, Any] | None = None
+        self.node_key = node_key
+        #: The peer's Ed25519 public key, once it proved it (None: it sent none).
+        self.peer_key: bytes | None = None
 
     # -- protocol ------------------------------------------------------------------
 
@@ -122,7 +144,7 @@ class Handshake:
         self.peer_id, self.peer_nonce, self.peer_role = h.node_id, h.nonce, h.role
         self.state = "auth"
         if self.outbound:  # the dialling side proves first
-            return [(schema.KIND_AUTH, schema.Auth(self._proof(b"dial"), self._record()))]
+            return [(schema.KIND_AUTH, self._auth(b"dial"))]
         return []
 
     def _on_auth(self, a: schema.Auth) -> list[tuple[int, Any]]:
@@ -134,10 +156,34 @@ class Handshake:
         if self.token and not hmac.compare_digest(self._proof(theirs), a.proof):
             return self._fail(AuthError("wrong token"))
         self.peer_record = a.node if isinstance(a.node, dict) else None
+        if a.key or a.sig:
+            if not verify(a.key, self._transcript(theirs, a.key, peer=True), a.sig):
+                return self._fail(AuthError("bad node key signature (the peer does not hold the key it names)"))
+            md = self.peer_record.get("metadata") if self.peer_record is not None else None
+            named = md.get("public_key") if isinstance(md, dict) else None
+            if named is not None and named != a.key.hex():
+                return self._fail(AuthError("the peer's record names another key than the one it proved"))
+            self.peer_key = a.key
         self.state = "ready"
         if not self.outbound:
-            return [(schema.KIND_AUTH, schema.Auth(self._proof(b"listen"), self._record()))]
+            return [(schema.KIND_AUTH, self._auth(b"listen"))]
         return []
+
+    def _auth(self, direction: bytes) -> schema.Auth:
+        if self.node_key is None or self.role != "node":
+            return schema.Auth(self._proof(direction), self._record())
+        pub = self.node_key.public
+        sig = self.node_key.sign(self._transcript(direction, pub, peer=False))
+        return schema.Auth(self._proof(direction), self._record(), pub, sig)
+
+    def _transcript(self, direction: bytes, public: bytes, *, peer: bool) -> bytes:
+        """The key transcript of ``direction`` (signed by us, or by the peer: ``peer``)."""
+        assert self.peer_id is not None
+        if self.outbound:
+            return key_transcript(direction, self.nonce, self.peer_nonce, self.node_id, self.peer_id,
+                                  self.role, self.peer_role, public)
+        return key_transcript(direction, self.peer_nonce, self.nonce, self.peer_id, self.node_id,
+                              self.peer_role, self.role, public)
 
     def _record(self) -> dict[str, Any] | None:
         if self.role != "node":

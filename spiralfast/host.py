@@ -368,6 +368,7 @@ class NodeHost:
                         del self.origin_names[next(iter(self.origin_names))]
                 self.node.dispatcher.announce({"type": EventType.NODE_REGISTER.value, "source_node": node.node_id,
                                           "timestamp": datetime.now().isoformat(), "data": node.to_dict()})
+                self.node.tasks.node_joined(node.node_id)
             elif e[0] == "lost":
                 nid, reason = e[1], e[2]
                 log.info("node %s removed (%s)", nid, reason)
@@ -378,6 +379,7 @@ class NodeHost:
                     link.close(f"peer {reason}")
                 if self.node.ws is not None:
                     self.node.ws.forget(nid)
+                self.node.tasks.node_removed(nid, reason)  # worker loss: only this node's own decision
                 self.node.dispatcher.announce({"type": EventType.NODE_UNREGISTER.value, "source_node": nid,
                                           "timestamp": datetime.now().isoformat(),
                                           "data": {"node_id": nid, "reason": reason}})

@@ -149,7 +149,9 @@ class MeshCollector(Collector):
         }
         for key, reason in (("refused_messages", "refused"), ("preauth_refused", "preauth_refused"),
                             ("gate_errors", "gate_error"), ("unauthenticated", "unauthenticated"),
-                            ("wrong_mesh", "wrong_mesh"), ("replayed", "replayed")):
+                            ("wrong_mesh", "wrong_mesh"), ("replayed", "replayed"),
+                            ("impersonation_refused", "impersonation"), ("impostors_refused", "impostor"),
+                            ("bus_key_refused", "bus_key"), ("bus_future_epoch", "future_epoch")):
             if key in c:
                 reasons[reason] = c[key]
         for reason, v in reasons.items():

@@ -25,6 +25,14 @@ log = logging.getLogger("spiralfast.observe")
 
 #: qid of the replies that stream followed events.
 FOLLOW_QID = 0
+#: Event types only the node itself sends: membership announcements (another node may
+#: announce only itself; see the receive path) and the mesh's own ``_sf.*`` protocols.
+RESERVED_TYPES = frozenset(("node_register", "node_unregister"))
+
+
+def reserved_type(etype: str) -> bool:
+    """Whether an observer may not publish ``etype`` (refused and counted)."""
+    return etype in RESERVED_TYPES or etype.startswith("_sf.")
 
 
 def envelope(ev: Any) -> dict[str, Any]:
@@ -128,6 +136,8 @@ def node_counters(core: MeshCore) -> dict[str, int]:
              gate_errors=gate.stats["gate_errors"], bus_refused=sum(
                  link.stats.get("refused", 0) for link in core.outbox.bus_links if hasattr(link, "stats")),
              events_lost=sum(core.gate.dedupe.lost().values()),
+             # membership events about another node from members, reserved types from observers
+             reserved_refused=gate.sink.reserved_refused + c.pop("reserved_refused_observers", 0),
              events_missing=sum(core.gate.dedupe.gaps().values()))
     return c
 
@@ -219,6 +229,10 @@ def answer_query(core: MeshCore, link: Any, q: schema.Query) -> None:
             target = args.get("target")
             if not etype:
                 raise ValueError("event type must not be empty")
+            if reserved_type(etype):  # the node's own protocols and membership: never an observer's
+                core.counts["reserved_refused_observers"] = core.counts.get("reserved_refused_observers", 0) + 1
+                _reply(core, link, q.qid, False, f"event type {etype!r} is reserved to the node")
+                return
             core.dispatcher.spawn(_publish(core, link, q.qid, etype, data, target))
         else:
             _reply(core, link, q.qid, False, f"unknown query {q.what!r}")

@@ -9,11 +9,24 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ._log import RateLimitedLog
 from .types import MeshNode, NodeStatus
 
 log = logging.getLogger("spiralfast.registry")
+_warn = RateLimitedLog(log)
 
 DiscoveryCallback = Callable[[str, MeshNode], Any]
+
+#: Capabilities one node may list, and the longest capability name.  A record listing
+#: more keeps the first MAX_CAPABILITIES valid ones; the rest (and names that are not
+#: strings of 1..MAX_CAPABILITY_NAME characters) are refused and counted in
+#: ``capabilities_refused``.  (Task types are capabilities: the same bounds.)
+MAX_CAPABILITIES = 1024
+MAX_CAPABILITY_NAME = 256
+
+
+def _valid_capability(c: Any) -> bool:
+    return c.__class__ is str and 0 < len(c) <= MAX_CAPABILITY_NAME
 
 
 class MeshRegistry:
@@ -29,6 +42,10 @@ class MeshRegistry:
     ``[]`` / None / zeros until you do.  To see the mesh, use ``mesh.registry`` of a started
     ``MeshCore``.
 
+    Capabilities are indexed in sets (``node_capabilities``: capability -> node ids, and
+    per node), so adding, replacing or removing a node costs its own capabilities only;
+    a node lists at most MAX_CAPABILITIES (see there).
+
     ``heartbeat_timeout`` (seconds) decides which nodes count as active and which
     ``cleanup_stale_nodes`` removes.  A node whose status is ``disconnected`` (in the live
     registry: its link closed and nothing heard from it since, suspected or not) is not
@@ -42,6 +59,9 @@ class MeshRegistry:
         self.node_metrics: dict[str, dict[str, Any]] = {}
         self.discovery_callbacks: list[DiscoveryCallback] = []
         self.heartbeat_timeout = 90.0
+        self._caps_of: dict[str, frozenset[str]] = {}  # node id -> its indexed capabilities
+        #: Capabilities refused from records (over MAX_CAPABILITIES, or bad names).
+        self.capabilities_refused = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- membership ----------------------------------------------------------------
@@ -52,7 +72,9 @@ class MeshRegistry:
         if not is_new:
             self._unindex(node.node_id)
         self.nodes[node.node_id] = node
-        for cap in node.capabilities:
+        self._bound(node)
+        caps = self._caps_of[node.node_id] = frozenset(node.capabilities)
+        for cap in caps:
             self.node_capabilities.setdefault(cap, set()).add(node.node_id)
         if is_new:
             self.node_metrics[node.node_id] = {
@@ -77,12 +99,36 @@ class MeshRegistry:
         self._notify("node_lost", node)
         return True
 
+    def _bound(self, node: MeshNode) -> None:
+        """Keep at most MAX_CAPABILITIES valid capabilities in ``node``'s record."""
+        caps = node.capabilities
+        if not isinstance(caps, list):
+            caps = node.capabilities = list(caps) if isinstance(caps, (tuple, set, frozenset)) else []
+        if len(caps) <= MAX_CAPABILITIES and all(_valid_capability(c) for c in caps):
+            return
+        kept: list[str] = []
+        seen: set[str] = set()
+        for c in caps:
+            if len(kept) >= MAX_CAPABILITIES:
+                break
+            if _valid_capability(c) and c not in seen:
+                seen.add(c)
+                kept.append(c)
+        refused = len(caps) - len(kept)
+        self.capabilities_refused += refused
+        _warn(("capabilities", node.node_id), logging.WARNING, "node %s lists %d capabilities: %d refused (at most "
+              "%d, names of 1..%d characters)", node.node_id, len(caps), refused, MAX_CAPABILITIES,
+              MAX_CAPABILITY_NAME)
+        node.capabilities = kept
+
     def _unindex(self, node_id: str) -> None:
-        for cap in list(self.node_capabilities):
-            ids = self.node_capabilities[cap]
-            ids.discard(node_id)
-            if not ids:
-                del self.node_capabilities[cap]
+        index = self.node_capabilities
+        for cap in self._caps_of.pop(node_id, ()):
+            ids = index.get(cap)
+            if ids is not None:
+                ids.discard(node_id)
+                if not ids:
+                    del index[cap]
 
     def update_node_heartbeat(self, node_id: str, data: dict[str, Any]) -> bool:
         """Refresh a node's heartbeat, applying ``status``, ``recursion_depth``, ``entropy_level``."""

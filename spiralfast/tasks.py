@@ -39,8 +39,9 @@ node is full the task waits (without a node; its timeout runs) until one has
 room.  The waiting list holds only tasks whose submitters are awaiting them, so
 it is bounded by the callers (``map`` keeps ``concurrency`` tasks at most).
 
-Failover: a task whose worker leaves or is removed by failure detection
-(``node_unregister``), whose worker's link drops, or whose attempt times out is
+Failover: a task whose worker leaves or is removed by failure detection (the
+local membership's own decision, told by the node through :meth:`TaskManager.node_removed`;
+never a ``node_unregister`` event from another node), whose worker's link drops, or whose attempt times out is
 sent to another node (the same one if it is the only one), at most ``retries``
 times.  Each task has an id; the first result wins and later replies (a retry
 racing a slow worker) are counted and dropped, so the caller gets each result
@@ -48,6 +49,17 @@ exactly once.  Execution is at least once: a task may run twice when a retry
 races a worker that was slow rather than dead.  A dropped link is noticed by
 looking at the node's links every housekeeping tick (the core has no link
 up/down notification); a frozen node only by failure detection.
+
+Trust (SECURITY.md): members speak only for their own affairs.  Task ids are
+:data:`ID_BYTES` random bytes (unguessable); the submitter records the node(s) it sent
+each task to, and a result for it from any other node is refused and counted
+(``results_refused``).  A node offers at most :data:`MAX_TASK_TYPES` task types with
+names of at most :data:`MAX_TYPE_NAME` characters: a load or result message listing
+more is refused whole (``types_refused``), and everything is looked up in sets and
+dicts (no quadratic path).  A worker holds at most ``max(capacity * QUEUE_FACTOR,
+QUEUE_FLOOR)`` tasks per submitter (running and queued); beyond that a task is answered
+at once with a ``WorkerBusy`` failure the submitter sees as :class:`TaskError`
+(``busy_refused``).
 """
 
 from __future__ import annotations
@@ -55,13 +67,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._log import RateLimitedLog
 from .errors import NoNodeForTask, TaskError, TaskTimeout
+from .registry import MAX_CAPABILITIES, MAX_CAPABILITY_NAME
 
 if TYPE_CHECKING:
     from .core import MeshCore
@@ -88,6 +103,25 @@ DEFAULT_CAPACITY = 64
 MIN_TICK = 0.01
 #: Longest period of the housekeeping loop; also the timeout precision.
 MAX_TICK = 0.05
+#: Random bytes in a task id (96 bits: not guessable by another node).
+ID_BYTES = 12
+#: Task ids drawn from the system's random source at once (one read per this many tasks).
+ID_BATCH = 1024
+#: Task types one node may offer, and the longest name (the registry's capability
+#: bounds): a load or result message listing more types is refused whole.
+MAX_TASK_TYPES = MAX_CAPABILITIES
+MAX_TYPE_NAME = MAX_CAPABILITY_NAME
+#: A worker holds at most ``max(capacity * QUEUE_FACTOR, QUEUE_FLOOR)`` tasks of one
+#: type per submitter (running and queued); more are refused with ``WorkerBusy``.  A
+#: submitter keeps at most the capacity it believes (DEFAULT_CAPACITY before the
+#: advert) in flight at a node, so only one ignoring the advert ever meets the bound.
+QUEUE_FACTOR = 4
+QUEUE_FLOOR = 256
+#: Refusals (``WorkerBusy``) waiting to be sent to one submitter at most; a flood that
+#: does not read its replies gets no more buffered (counted in ``busy_refused`` too).
+MAX_BUSY_REPLIES = 8 * MAX_BATCH
+#: The error a refused task carries (type name, message).
+BUSY = "WorkerBusy"
 
 _perf = time.perf_counter
 #: Result types that are never awaitable (skips ``inspect.isawaitable``).
@@ -104,7 +138,7 @@ class _Offer:
         self.capacity = capacity
         self.is_async = inspect.iscoroutinefunction(handler)
         self.running = 0
-        self.queue: deque[tuple[str, int, Any]] = deque()
+        self.queue: deque[tuple[str, Any, Any]] = deque()
         self.by_src: dict[str, int] = {}
         self.done = 0
         self.failed = 0
@@ -113,6 +147,10 @@ class _Offer:
     @property
     def load(self) -> int:
         return self.running + len(self.queue)
+
+    def per_source(self) -> int:
+        """Tasks one submitter may have here at once (running and queued)."""
+        return max(self.capacity * QUEUE_FACTOR, QUEUE_FLOOR)
 
 
 class _Target:
@@ -143,9 +181,9 @@ class _Pending:
     """
 
     __slots__ = ("tid", "ttype", "payload", "fut", "target", "attempts", "timeout", "deadline", "t0", "pinned",
-                 "stats", "state", "value")
+                 "stats", "state", "value", "tried")
 
-    def __init__(self, tid: int, ttype: str, payload: Any, stats: _Stats, retries: int, timeout: float,
+    def __init__(self, tid: bytes, ttype: str, payload: Any, stats: _Stats, retries: int, timeout: float,
                  pinned: str | None) -> None:
         self.tid = tid
         self.ttype = ttype
@@ -160,6 +198,7 @@ class _Pending:
         self.pinned = pinned
         self.state = 0
         self.value: Any = None
+        self.tried: tuple[str, ...] = ()  # nodes of earlier attempts (their late result still counts)
 
 
 class _Stats:
@@ -215,15 +254,21 @@ class TaskManager:
         self._targets: dict[str, dict[str, _Target]] = {}  # task type -> node -> target
         self._cands: dict[str, list[_Target]] = {}  # task type -> targets (cached list)
         self._refused: set[tuple[str, str]] = set()  # (node, type) that answered "not served"
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[bytes, _Pending] = {}
         self._waiting: dict[str, deque[_Pending]] = {}
         self._stats: dict[str, _Stats] = {}
-        self._seq = 0
+        self._ids = b""  # random bytes for the next task ids
+        self._id_at = 0
         self._late = 0
+        self._results_refused = 0  # results from a node the task was not sent to (or a malformed id)
+        self._types_refused = 0  # load/result messages over the type bounds
+        self._busy_refused = 0  # tasks refused: their submitter's queue here was full
+        self._node_types: dict[str, set[str]] = {}  # node -> task types it has a target for
+        self._warn = RateLimitedLog(log)
         # node -> task type -> (ids, payloads) to send
-        self._out: dict[str, dict[str, tuple[list[int], list[Any]]]] = {}
-        # node -> (ids, values, failures) to send back
-        self._results: dict[str, tuple[list[int], list[Any], list[list[Any]]]] = {}
+        self._out: dict[str, dict[str, tuple[list[bytes], list[Any]]]] = {}
+        # node -> (ids, values, failures) to send back (ids as the submitter sent them)
+        self._results: dict[str, tuple[list[Any], list[Any], list[list[Any]]]] = {}
         self._hello: dict[str, bool] = {}  # nodes that get our load advert directly -> ask back
         self._advert_now = False
         self._wake = asyncio.Event()
@@ -259,6 +304,10 @@ class TaskManager:
             raise ValueError(f"handler for {task_type!r} is not callable")
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        if len(task_type) > MAX_TYPE_NAME:
+            raise ValueError(f"task_type is longer than {MAX_TYPE_NAME} characters")
+        if task_type not in self._offers and len(self._offers) >= MAX_TASK_TYPES:
+            raise ValueError(f"a node serves at most {MAX_TASK_TYPES} task types")
         offer = self._offers.get(task_type)
         if offer is None:
             offer = self._offers[task_type] = _Offer(handler, capacity)
@@ -269,6 +318,7 @@ class TaskManager:
         t = self._targets.setdefault(task_type, {}).get(me)
         if t is None:
             self._targets[task_type][me] = _Target(me, capacity, offer)
+            self._node_types.setdefault(me, set()).add(task_type)
         else:
             t.offer, t.capacity = offer, capacity
         self._refresh(task_type)
@@ -368,6 +418,15 @@ class TaskManager:
             for p in window:
                 self._abandon(p)
 
+    def _new_id(self) -> bytes:
+        """A fresh task id: ID_BYTES from the system's random source (read in batches)."""
+        at = self._id_at
+        if at >= len(self._ids):
+            self._ids, at = os.urandom(ID_BYTES * ID_BATCH), 0
+        self._id_at = at + ID_BYTES
+        tid = self._ids[at : at + ID_BYTES]
+        return tid if tid not in self._pending else self._new_id()
+
     async def _wait(self, p: _Pending) -> None:
         """Until ``p`` has its result or exception (``p.state`` != 0)."""
         p.fut = self._loop.create_future()
@@ -380,7 +439,7 @@ class TaskManager:
             return self._start_checked(ttype, payload, timeout, retries, pinned)
         # the common case: checked before, a node serves it
         st.submitted += 1
-        self._seq = tid = self._seq + 1
+        tid = self._new_id()
         p = self._pending[tid] = _Pending(tid, ttype, payload, st, retries, timeout, None)
         cands = self._cands[ttype]
         t: _Target | None = cands[0] if len(cands) == 1 else self._choose(ttype, None, ())
@@ -416,7 +475,7 @@ class TaskManager:
         if st is None:
             st = self._stats[ttype] = _Stats()
         st.submitted += 1
-        self._seq = tid = self._seq + 1
+        tid = self._new_id()
         p = self._pending[tid] = _Pending(tid, ttype, payload, st, retries, timeout, pinned)
         self._dispatch(p, ())
         return p
@@ -445,22 +504,19 @@ class TaskManager:
 
     def _learn_from_capabilities(self, ttype: str) -> None:
         """Targets for nodes listing ``ttype`` as a capability whose advert has not
-        arrived yet (a node that joined a moment ago)."""
+        arrived yet (a node that joined a moment ago); found in the registry's index."""
         me = self.mesh.node_id
-        added = False
-        for nid, node in list(self.mesh.nodes.items()):
-            if nid == me or nid in self._down or ttype not in node.capabilities or (nid, ttype) in self._refused:
+        nodes = self.mesh.nodes
+        tmap = self._targets.get(ttype) or {}
+        for nid in list(self.mesh.registry.node_capabilities.get(ttype, ())):
+            node = nodes.get(nid)
+            if node is None or nid == me or nid in self._down or nid in tmap or (nid, ttype) in self._refused:
                 continue
-            md = node.metadata or {}
+            md = node.metadata if isinstance(node.metadata, dict) else {}
             if md.get("implementation") != "spiralfast":
                 continue
-            tmap = self._targets.setdefault(ttype, {})
-            if nid not in tmap:
-                cap, _ = _meta_offer(md, ttype)
-                tmap[nid] = _Target(nid, cap or DEFAULT_CAPACITY, advertised=cap is not None)
-                added = True
-        if added:
-            self._refresh(ttype)
+            cap, _ = _meta_offer(md, ttype)
+            self._add_target(nid, ttype, cap or DEFAULT_CAPACITY, advertised=cap is not None)
 
     def _has_candidates(self, ttype: str, pinned: str | None, exclude: Iterable[str]) -> bool:
         cands = self._cands.get(ttype)
@@ -599,12 +655,18 @@ class TaskManager:
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    def _accept(self, src: str, tid: int, status: int, value: Any) -> None:
-        p = self._pending.get(tid)
+    def _accept(self, src: str, tid: Any, status: Any, value: Any) -> None:
+        p = self._pending.get(tid) if tid.__class__ is bytes else None
         if p is None:
-            self._late += 1
+            if tid.__class__ is bytes:
+                self._late += 1
+            else:
+                self._results_refused += 1
             return
         t = p.target
+        if (t is None or t.node != src) and src not in p.tried:
+            self._refuse_result(src, p)
+            return
         if status == REFUSED:
             if t is None or t.node != src:
                 return  # an earlier attempt's refusal
@@ -634,9 +696,17 @@ class TaskManager:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def _refuse_result(self, src: str, p: _Pending) -> None:
+        """A result for ``p`` from a node it was never sent to: refused, counted."""
+        self._results_refused += 1
+        self._warn(("forged", src), logging.WARNING, "refused a result for a %r task from node %s, which was "
+                   "not given that task", p.ttype, src)
+
     def _retry(self, p: _Pending, why: str) -> None:
         """Another attempt for ``p`` after a timeout or a lost worker."""
         old = p.target.node if p.target is not None else None
+        if old is not None and old not in p.tried:
+            p.tried += (old,)  # its result may still come, and counts (the first one wins)
         self._release(p)
         st = p.stats
         if p.attempts <= 0:
@@ -657,10 +727,13 @@ class TaskManager:
 
     # -- worker side -----------------------------------------------------------------
 
-    def _run(self, src: str, tid: int, ttype: str, payload: Any) -> None:
+    def _run(self, src: str, tid: Any, ttype: str, payload: Any) -> None:
         o = self._offers.get(ttype)
         if o is None:
             self._reply(src, tid, REFUSED, None)
+            return
+        if o.by_src and o.by_src.get(src, 0) >= o.per_source():
+            self._busy(src, tid, o, ttype)
             return
         if o.is_async:
             o.by_src[src] = o.by_src.get(src, 0) + 1
@@ -686,12 +759,25 @@ class TaskManager:
         o.latency.append(_perf() - t0)
         self._reply(src, tid, OK, r)
 
-    def _spawn_worker(self, o: _Offer, ttype: str, src: str, tid: int, payload: Any, aw: Any = None) -> None:
+    def _busy(self, src: str, tid: Any, o: _Offer, ttype: str) -> None:
+        """``src`` already has ``o.per_source()`` tasks here: this one is refused at once
+        with a ``WorkerBusy`` failure (the submitter's TaskError), and counted."""
+        self._busy_refused += 1
+        self._warn(("busy", src), logging.WARNING, "node %s sent more %r tasks than it may have queued here "
+                   "(%d): refused with %s", src, ttype, o.per_source(), BUSY)
+        if src != self.mesh.node_id:
+            buf = self._results.get(src)
+            if buf is not None and len(buf[2]) >= MAX_BUSY_REPLIES:
+                return  # a flood that does not take its replies: no more are buffered for it
+        self._reply(src, tid, FAILED, [BUSY, f"node {self.mesh.node_id} already holds {o.per_source()} "
+                                             f"{ttype!r} tasks of yours (capacity {o.capacity})"])
+
+    def _spawn_worker(self, o: _Offer, ttype: str, src: str, tid: Any, payload: Any, aw: Any = None) -> None:
         task = asyncio.ensure_future(self._work(o, ttype, src, tid, payload, aw))
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
 
-    async def _work(self, o: _Offer, ttype: str, src: str, tid: int, payload: Any, aw: Any) -> None:
+    async def _work(self, o: _Offer, ttype: str, src: str, tid: Any, payload: Any, aw: Any) -> None:
         """One of an offer's ``capacity`` slots: runs tasks until its queue is empty."""
         try:
             while True:
@@ -721,7 +807,7 @@ class TaskManager:
         finally:
             o.running -= 1
 
-    def _reply(self, src: str, tid: int, status: int, value: Any) -> None:
+    def _reply(self, src: str, tid: Any, status: int, value: Any) -> None:
         if src == self.mesh.node_id:
             self._accept(src, tid, status, value)
             return
@@ -759,7 +845,8 @@ class TaskManager:
         data = env.get("data")
         try:
             ttype, ids, payloads = data  # type: ignore[misc]
-            if not isinstance(src, str) or len(ids) != len(payloads) or src == self.mesh.node_id:
+            if not isinstance(src, str) or not isinstance(ttype, str) or len(ids) != len(payloads) \
+                    or src == self.mesh.node_id:
                 raise ValueError(data)
         except (TypeError, ValueError):
             log.warning("malformed task batch from %s", src)
@@ -770,7 +857,11 @@ class TaskManager:
                 self._run(src, tid, ttype, payload)
             return
         out = None
+        by_src = o.by_src
         for tid, payload in zip(ids, payloads, strict=True):
+            if by_src and by_src.get(src, 0) >= o.per_source():  # awaitables it left running here
+                self._busy(src, tid, o, ttype)
+                continue
             # a plain handler: run it now (the common, fast case inlined)
             sample = not o.done & 15
             if sample:
@@ -803,7 +894,7 @@ class TaskManager:
         if not isinstance(src, str) or not isinstance(data, dict):
             return
         loads = data.get("l")
-        if isinstance(loads, dict):
+        if isinstance(loads, dict) and self._types_ok(src, loads):
             for ttype, v in loads.items():
                 try:
                     cap, load, yours = int(v[0]), int(v[1]), int(v[2])
@@ -821,22 +912,37 @@ class TaskManager:
             self._accept(src, tid, status, value)
         ids = data.get("i") or ()
         values = data.get("v") or ()
-        if len(ids) != len(values):
+        try:
+            if len(ids) != len(values):
+                return
+        except TypeError:
             return
-        pop = pending.pop
+        get = pending.get
         late = 0
         for tid, value in zip(ids, values, strict=True):
-            p = pop(tid, None)
+            if tid.__class__ is not bytes:
+                self._results_refused += 1
+                continue
+            p = get(tid)
             if p is None:
                 late += 1  # its task already finished: a retry won, or it timed out
                 continue
             # (_accept's success path, inlined; also right for a result from an earlier
             # attempt's node: the first result wins and the current attempt is released)
             t = p.target
-            if t is not None:
+            if t is not None and t.node == src:
                 p.target = None
                 t.mine -= 1
                 freed = True
+            elif src in p.tried:
+                if t is not None:
+                    p.target = None
+                    t.mine -= 1
+                    freed = True
+            else:  # a node this task was never sent to
+                self._refuse_result(src, p)
+                continue
+            del pending[tid]
             st = p.stats
             st.done += 1
             st.latency.append(now - p.t0)
@@ -850,47 +956,84 @@ class TaskManager:
         if freed and self._waiting:
             self._schedule_drain()
 
+    def _types_ok(self, src: str, types: dict[Any, Any]) -> bool:
+        """A message listing task types (a load advert, a result's loads): refused whole
+        (counted) when it lists more than a node may offer."""
+        if len(types) <= MAX_TASK_TYPES:
+            return True
+        self._types_refused += 1
+        self._warn(("types", src), logging.WARNING, "refused a task-load message from %s listing %d task types "
+                   "(at most %d)", src, len(types), MAX_TASK_TYPES)
+        return False
+
     def _on_load_env(self, env: dict[str, Any]) -> None:
         src = env.get("source_node")
         data = env.get("data")
         if not isinstance(src, str) or src == self.mesh.node_id or not isinstance(data, dict):
             return
         offers = data.get("o")
-        if not isinstance(offers, dict):
+        if not isinstance(offers, dict) or not self._types_ok(src, offers):
             return
         if data.get("ask"):
             self._hello.setdefault(src, False)
             self._wake.set()
+        for ttype in [k for k in self._node_types.get(src, ()) if k not in offers]:
+            self._drop_target(src, ttype)
+        named: list[str] = []
         for ttype, v in offers.items():
             try:
                 cap, load = int(v[0]), int(v[1])
             except (TypeError, ValueError, IndexError):
                 continue
             t = self._update_target(src, ttype, cap, None)
-            t.others = max(0, load - t.mine)
-        for ttype in [k for k, tmap in self._targets.items() if src in tmap and k not in offers]:
-            self._drop_target(src, ttype)
+            if t is not None:
+                t.others = max(0, load - t.mine)
+                named.append(ttype)
         served = data.get("s")
-        if isinstance(served, dict):
-            self._peer_stats[src] = {str(k): v for k, v in served.items() if isinstance(v, list) and len(v) >= 4}
+        if isinstance(served, dict) and len(served) <= MAX_TASK_TYPES:
+            self._peer_stats[src] = {k: v for k, v in served.items()
+                                     if k in offers and isinstance(v, list) and len(v) >= 4}
         node = self.mesh.nodes.get(src)
-        if node is not None:  # capabilities of a node the core knew before it offered
-            new = [k for k in offers if k not in node.capabilities]
+        if node is not None and named:  # capabilities of a node the core knew before it offered
+            have = set(node.capabilities)
+            new = [k for k in named if k not in have]
             if new:
                 node.capabilities.extend(new)
-                self.mesh.registry.register_node(node)
+                self.mesh.registry.register_node(node)  # re-indexed (and bounded) by the registry
         if self._waiting:
             self._schedule_drain()
 
-    def _update_target(self, node: str, ttype: str, cap: int, others: int | None) -> _Target:
-        tmap = self._targets.get(ttype)
+    def _add_target(self, node: str, ttype: Any, cap: int, advertised: bool = True) -> _Target | None:
+        """The target (node, ttype), made if new; None (counted) for a bad name, or a
+        node that already has MAX_TASK_TYPES of them."""
+        tmap = self._targets.get(ttype) if ttype.__class__ is str else None
+        t = tmap.get(node) if tmap is not None else None
+        if t is not None:
+            return t
+        if ttype.__class__ is not str or not ttype or len(ttype) > MAX_TYPE_NAME:
+            self._types_refused += 1
+            return None
+        types = self._node_types.get(node)
+        if types is None:
+            types = self._node_types[node] = set()
+        if len(types) >= MAX_TASK_TYPES:
+            self._types_refused += 1
+            return None
         if tmap is None:
             tmap = self._targets[ttype] = {}
-        t = tmap.get(node)
+        t = tmap[node] = _Target(node, cap, advertised=advertised)
+        types.add(ttype)
+        self._refresh(ttype)
+        return t
+
+    def _update_target(self, node: str, ttype: Any, cap: int, others: int | None) -> _Target | None:
+        tmap = self._targets.get(ttype) if ttype.__class__ is str else None
+        t = tmap.get(node) if tmap is not None else None
         if t is None:
-            t = tmap[node] = _Target(node, cap)
+            t = self._add_target(node, ttype, cap)
+            if t is None:
+                return None
             self._refused.discard((node, ttype))
-            self._refresh(ttype)
         t.capacity = max(1, cap)
         t.advertised = True
         t.seen = time.monotonic()
@@ -902,26 +1045,30 @@ class TaskManager:
         tmap = self._targets.get(ttype)
         if tmap is not None and tmap.pop(node, None) is not None:
             self._refresh(ttype)
+        types = self._node_types.get(node)
+        if types is not None:
+            types.discard(ttype)
+            if not types:
+                del self._node_types[node]
         if refused:
             self._refused.add((node, ttype))
 
-    def _on_node_register(self, env: dict[str, Any]) -> None:
-        nid = env.get("source_node")
-        if isinstance(nid, str) and nid != self.mesh.node_id and self._offers:
+    def node_joined(self, nid: str) -> None:
+        """The local membership admitted ``nid`` (``NodeHost.apply``): it gets our offers."""
+        if self._started and nid != self.mesh.node_id and self._offers:
             self._hello.setdefault(nid, False)
             self._wake.set()
 
-    def _on_node_unregister(self, env: dict[str, Any]) -> None:
-        data = env.get("data")
-        nid = data.get("node_id") if isinstance(data, dict) else None
-        if not isinstance(nid, str):
-            nid = env.get("source_node")
-        if isinstance(nid, str) and nid != self.mesh.node_id:
-            self._node_lost(nid, "left the mesh")
+    def node_removed(self, nid: str, reason: str) -> None:
+        """The local membership removed ``nid`` (it left, or failure detection decided:
+        ``NodeHost.apply``).  The only way a worker is lost besides its link dropping: a
+        ``node_unregister`` event from another node never is."""
+        if self._started and nid != self.mesh.node_id:
+            self._node_lost(nid, f"was removed ({reason})")
 
     def _node_lost(self, nid: str, why: str) -> None:
         self._peer_stats.pop(nid, None)
-        for ttype in [k for k, tmap in self._targets.items() if nid in tmap]:
+        for ttype in list(self._node_types.get(nid, ())):
             self._drop_target(nid, ttype)
         self._refused = {r for r in self._refused if r[0] != nid}
         lost = [p for p in self._pending.values() if p.target is not None and p.target.node == nid]
@@ -973,13 +1120,13 @@ class TaskManager:
                             msg["ask"] = 1
                         await mesh.send_to_node(node, LOAD_EVENT, msg)
 
-    def _unsent(self, node: str, ids: list[int], why: str) -> None:
+    def _unsent(self, node: str, ids: list[Any], why: str) -> None:
         for tid in ids:
             p = self._pending.get(tid)
             if p is not None and p.target is not None and p.target.node == node:
                 self._retry(p, why)
 
-    async def _send_tasks(self, node: str, ttype: str, ids: list[int], payloads: list[Any]) -> None:
+    async def _send_tasks(self, node: str, ttype: str, ids: list[Any], payloads: list[Any]) -> None:
         """``[task type, ids, payloads]`` events, at most MAX_BATCH tasks each."""
         for i in range(0, len(ids), MAX_BATCH):
             cids, cpay = ids[i : i + MAX_BATCH], payloads[i : i + MAX_BATCH]
@@ -1000,7 +1147,7 @@ class TaskManager:
             if not ok:
                 self._unsent(node, cids, "is unreachable")
 
-    async def _send_results(self, node: str, ids: list[int], values: list[Any], errs: list[list[Any]]) -> None:
+    async def _send_results(self, node: str, ids: list[Any], values: list[Any], errs: list[list[Any]]) -> None:
         """``{"i": ids, "v": values, "x": failures, "l": load}`` events, at most
         MAX_BATCH results each; a result that cannot be sent becomes a failure."""
         loads = self._load_for(node)
@@ -1042,15 +1189,17 @@ class TaskManager:
         for nid, node in list(self.mesh.nodes.items()):
             md = node.metadata
             offers = md.get("tasks") if isinstance(md, dict) else None
-            if nid == me or nid in self._down or not isinstance(offers, dict):
+            if nid == me or nid in self._down or not isinstance(offers, dict) or not self._types_ok(nid, offers):
                 continue
             for ttype in offers:
                 cap, load = _meta_offer(md, ttype)
                 if cap is None or load is None or (nid, ttype) in self._refused:
                     continue
-                t = self._targets.get(ttype, {}).get(nid)
+                t = self._targets.get(ttype, {}).get(nid) if ttype.__class__ is str else None
                 if t is None:
                     t = self._update_target(nid, ttype, cap, None)
+                    if t is None:
+                        continue
                     t.seen = 0.0
                 elif now - t.seen < 2 * hb:
                     continue  # its own events (a load advert at least every hb) are fresher
@@ -1152,10 +1301,8 @@ class TaskManager:
         """Called by ``MeshCore.start()`` once the links are up."""
         if self._started:
             return
-        handlers = {
-            TASK_EVENT: self._on_task_env, RESULT_EVENT: self._on_result_env, LOAD_EVENT: self._on_load_env,
-            "node_register": self._on_node_register, "node_unregister": self._on_node_unregister,
-        }
+        # (Membership comes from the node itself: node_joined / node_removed.)
+        handlers = {TASK_EVENT: self._on_task_env, RESULT_EVENT: self._on_result_env, LOAD_EVENT: self._on_load_env}
         for etype, h in handlers.items():
             if h not in self.mesh.event_handlers.get(etype, ()):
                 self.mesh.register_event_handler(etype, h)
@@ -1174,6 +1321,7 @@ class TaskManager:
             self._wake.set()
         for k, o in self._offers.items():
             self._targets.setdefault(k, {}).setdefault(me, _Target(me, o.capacity, o))
+            self._node_types.setdefault(me, set()).add(k)
             self._refresh(k)
 
     async def stop(self) -> None:
@@ -1200,6 +1348,7 @@ class TaskManager:
             mine = self._targets[k].get(me)
             self._targets[k] = {me: mine} if mine is not None else {}
             self._refresh(k)
+        self._node_types = {me: set(self._offers)} if self._offers else {}
         self._refused.clear()
         self._linked.clear()
         self._down.clear()
@@ -1259,6 +1408,11 @@ class TaskManager:
         ``done``, ``failed``, ``p50_ms``/``p99_ms`` (as it last advertised, at most
         ``heartbeat_interval / 4`` old while it changes).  ``late_replies``:
         results that came after their task had already finished (dropped).
+        ``results_refused``: results from a node the task was not sent to (or with a
+        malformed id), refused.  ``types_refused``: task-load or result messages
+        listing more than MAX_TASK_TYPES types, and type names refused.
+        ``busy_refused``: tasks this node refused as a worker because their submitter
+        already had its bound here (answered with ``WorkerBusy``).
         """
         offered = {}
         for k, o in self._offers.items():
@@ -1287,4 +1441,6 @@ class TaskManager:
                 v = served.get(k) if t.offer is not None else self._peer_stats.get(nid, {}).get(k)
                 if v is not None:  # what that node ran, as it last advertised
                     row.update(done=v[0], failed=v[1], p50_ms=v[2], p99_ms=v[3])
-        return {"offered": offered, "submitted": submitted, "nodes": nodes, "late_replies": self._late}
+        return {"offered": offered, "submitted": submitted, "nodes": nodes, "late_replies": self._late,
+                "results_refused": self._results_refused, "types_refused": self._types_refused,
+                "busy_refused": self._busy_refused}

@@ -42,7 +42,7 @@ import msgspec
 from .. import schema
 from .._aio import cancel_all
 from .._log import RateLimitedLog
-from ..busauth import BusSealer
+from ..busauth import BusSealer, bus_identity
 from ..codec import FrameWriter, decode_frame
 from ..errors import AuthError, FrameError
 from .busflow import BusFlow
@@ -212,9 +212,9 @@ class NatsTransport(BusFlow):
         self.my_subject = self.direct_prefix + subject_token(st.node_id)
         self.members = f"{base}.members"
         self.stream_name = f"{st.prefix}_{subject_token(st.mesh_name)}"
-        self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window)
+        self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
         # Acks and leave notices count on their own (their own replay state on both sides).
-        self.msealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window)
+        self.msealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
         self.nc: Any = None
         self.connected = False
         self.ever_connected = False
@@ -666,7 +666,8 @@ class NatsTransport(BusFlow):
         # also have been stored (the stream's timestamp) within the live replay window of
         # its send time, and sent no earlier than ``since`` minus that window (``_replayed``).
         opener = BusSealer(self.node_id, self.settings.mesh_name, self.settings.token,
-                           self.settings.stream_max_age + self.settings.replay_window)
+                           self.settings.stream_max_age + self.settings.replay_window,
+                           **bus_identity(self.host, fresh_pins=True))
         sub = None
         try:
             js = self.nc.jetstream()

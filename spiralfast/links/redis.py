@@ -35,7 +35,7 @@ import msgspec
 from .. import legacy
 from .._aio import cancel_all
 from .._log import RateLimitedLog
-from ..busauth import BusSealer
+from ..busauth import BusSealer, bus_identity
 from ..errors import AuthError, FrameError
 from .busflow import BusFlow
 
@@ -128,7 +128,7 @@ class RedisTransport(BusFlow):
         self.my_channel = f"{base}:{node_part(st.node_id)}"
         self.ack_channel = f"{base}:ack"
         self.legacy_direct = f"node_{st.node_id}"
-        self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window)
+        self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
         self.client: Any = None
         self.pubsub: Any = None
         self.connected = False
