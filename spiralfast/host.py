@@ -79,7 +79,7 @@ class NodeHost:
     def link_opened(self, link: Any, outbound: bool) -> None:
         """A transport opened ``link``: start its handshake."""
         hs = Handshake(self.node.node_id, self.node.config.mesh_name, self.node.config.auth_token, outbound=outbound,
-                       record=self.node.membership.local_record)
+                       record=self.node.membership.local_record, node_key=self.node.key)
         link.session = Session(hs, time.monotonic())
         self.node.links.add(link)
         for kind, obj in hs.start():
@@ -130,6 +130,14 @@ class NodeHost:
             self.node.outbox.bus_links.remove(link)
         self.node.outbox.link_resumed(link)
 
+    def claim_origin(self, node_id: str, record: Any) -> None:
+        """``node_id``'s own record (from its authenticated handshake, or its key-signed bus
+        frame) names its broadcast origin: ids of that origin are accepted from it alone."""
+        md = record.get("metadata") if isinstance(record, dict) else None
+        origin = md.get("origin") if isinstance(md, dict) else None
+        if isinstance(origin, str) and origin:
+            self.node.gate.sink.claim(origin, node_id)
+
     def local_record(self) -> dict[str, Any]:
         return self.node.membership.local_record()
 
@@ -168,6 +176,13 @@ class NodeHost:
         theirs = (hs.peer_record or {}).get("metadata", {}).get("incarnation") if isinstance(
             (hs.peer_record or {}).get("metadata"), dict) else None
         mine = known.metadata.get("incarnation")
+        held = getattr(getattr(link.session, "handshake", None), "peer_key", None)
+        if held is not None and hs.peer_key != held:
+            # The live link's node proved a key: only that key may replace its link (same
+            # incarnation: a reconnect), whatever id and incarnation a newcomer names.
+            self.node.counts["duplicate_ids"] += 1
+            self.node.counts["impostors_refused"] += 1
+            return HandshakeError(f"node id {hs.peer_id!r} is already in the mesh (held by another key)")
         if theirs is None or mine is None or theirs == mine:
             return None
         self.node.counts["duplicate_ids"] += 1
@@ -254,6 +269,7 @@ class NodeHost:
             old.close("replaced by a newer link")
         if self.node.dispatcher.reading_paused:
             link.pause_reading()
+        self.claim_origin(pid, hs.peer_record)  # its ids are its own, from now on
         self.apply(self.node.membership.link_ready(pid, hs.peer_record, time.monotonic()))
         self.link_changed(pid, True)
         self.send_gossip()
@@ -278,6 +294,10 @@ class NodeHost:
             self.apply(self.node.membership.on_leave(m.node_id))
         elif kind == schema.KIND_GOSSIP:
             bus = link.shared_bus
+            if bus and sender is not None:  # a bus sender's own record (its frame is key-signed)
+                for rec in m.nodes:
+                    if isinstance(rec, dict) and rec.get("node_id") == sender:
+                        self.claim_origin(sender, rec)
             self.apply(self.node.membership.on_gossip(m, sender, now, learn=bus, dial=self.node.ws is not None))
             if not bus:
                 self.expect_upto(sender, m)
@@ -372,6 +392,9 @@ class NodeHost:
             elif e[0] == "lost":
                 nid, reason = e[1], e[2]
                 log.info("node %s removed (%s)", nid, reason)
+                # Declared gone: its id may now be taken by a new key, its origins by a new process.
+                self.node.key_pins.release(nid)
+                self.node.gate.sink.release(nid)
                 self.origin_ended(nid)
                 link = self.node.outbox.links.get(nid)
                 if link is not None:

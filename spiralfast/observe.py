@@ -138,8 +138,24 @@ def node_counters(core: MeshCore) -> dict[str, int]:
              events_lost=sum(core.gate.dedupe.lost().values()),
              # membership events about another node from members, reserved types from observers
              reserved_refused=gate.sink.reserved_refused + c.pop("reserved_refused_observers", 0),
-             events_missing=sum(core.gate.dedupe.gaps().values()))
+             events_missing=sum(core.gate.dedupe.gaps().values()),
+             impersonation_refused=gate.stats.get("impersonation_refused", 0),
+             **_bus_identity_counts(core))
     return c
+
+
+def _bus_identity_counts(core: MeshCore) -> dict[str, int]:
+    """Bus frames refused for their sender's key (``bus_key_refused``: unsigned, a bad
+    signature, another key than the one pinned to the sender) or an epoch beyond the
+    ceiling (``bus_future_epoch``), over the node's bus links."""
+    key = epoch = 0
+    for link in core.outbox.bus_links:
+        for sealer in (getattr(link, "sealer", None), getattr(link, "msealer", None)):
+            st = getattr(sealer, "stats", None)
+            if isinstance(st, dict):
+                key += st.get("key_unsigned", 0) + st.get("key_forged", 0) + st.get("key_mismatch", 0)
+                epoch += st.get("future_epoch", 0)
+    return {"bus_key_refused": key, "bus_future_epoch": epoch}
 
 
 def link_info(core: MeshCore) -> list[dict[str, Any]]:
