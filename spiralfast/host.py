@@ -57,6 +57,13 @@ class NodeHost:
 
     def __init__(self, node: MeshCore) -> None:
         self.node = node
+        # Endpoints are signed by the node they name, and gossiped ones dialled only then
+        # (issue 23 #7): our own claim signed with our key, others' checked against the
+        # key pinned to their node id (bus pins; else the key of their own record).
+        key, pins = getattr(node, "key", None), getattr(node, "key_pins", None)
+        if key is not None:
+            node.membership.enable_signed_endpoints(key.sign, node.config.mesh_name,
+                                                    pins.get if pins is not None else None)
         #: Refused handshakes: logged once per peer and reason, then rarely.
         self.refusals = BackoffLog(log, initial=60.0, maximum=3600.0)
         #: Lost events (sequence gaps), per origin: reported so far, and the log of them.
@@ -494,6 +501,7 @@ class NodeHost:
         md = self.node.local_node.metadata
         md["links"] = sorted(self.node.outbox.links)
         md["seq"] = self.node.sender.seq  # broadcast up to here: a receiver sees a gap at the end
+        self.node.membership.sign_local()  # the endpoint claim, signed (once per endpoint)
         records = [n.to_dict() for n in self.node.nodes.values() if n.websocket_endpoint or n is self.node.local_node]
         self.broadcast(schema.KIND_GOSSIP, schema.Gossip(records))
 

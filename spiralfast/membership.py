@@ -33,11 +33,13 @@ Failure detection reads only ``now`` (monotonic), by two rules:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from . import schema
 from .registry import MeshRegistry
+from .signing import self_record_bytes, verify
 from .types import MeshNode, NodeStatus
 
 Effect = tuple[Any, ...]
@@ -75,6 +77,17 @@ class Suspicion:
         self.next_probe = since
 
 
+def endpoint_claim(record: dict[str, Any], mesh: str) -> bytes:
+    """What a node signs about its endpoint (``signing.self_record_bytes``): its id, its
+    WebSocket endpoint, its incarnation and public key (from ``metadata``) and the mesh -
+    a claim replayed for another node id, key, process or mesh does not verify."""
+    meta = record.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    return self_record_bytes({"node_id": record.get("node_id"), "websocket_endpoint": record.get("websocket_endpoint"),
+                              "incarnation": meta.get("incarnation"), "public_key": meta.get("public_key"),
+                              "mesh": mesh})
+
+
 class Membership:
     """The node table of one node and the rules that change it.
 
@@ -101,6 +114,69 @@ class Membership:
         #: Probes run for others: our nonce -> (asker, the asker's nonce, target, expiry).
         self.forwards: dict[int, tuple[str, int, str, float]] = {}
         self.rng = rng if rng is not None else random.Random()
+        #: Signed endpoints (``enable_signed_endpoints``): this node signs its own
+        #: endpoint claim, and an endpoint learnt from someone else's gossip is kept and
+        #: dialled only when the node it names signed it.  None: unchecked (unit tests).
+        self.signer: Callable[[bytes], bytes] | None = None
+        self.mesh = ""
+        self.pinned: Callable[[str], bytes | None] = lambda nid: None
+        self.endpoints_refused = 0  # gossiped endpoints not signed by the node they name
+        self._signed_for: tuple[Any, ...] | None = None
+
+    def enable_signed_endpoints(self, sign: Callable[[bytes], bytes], mesh: str,
+                                pinned: Callable[[str], bytes | None] | None = None) -> None:
+        """Sign this node's endpoint with ``sign`` (its Ed25519 key) and accept a gossiped
+        endpoint only under a signature of the key pinned for its node id (``pinned``;
+        else the key its node's own record gave us; else the key the record carries)."""
+        self.signer, self.mesh = sign, mesh
+        if pinned is not None:
+            self.pinned = pinned
+        self._signed_for = None
+        self.sign_local()
+
+    def sign_local(self) -> None:
+        """(Re)sign this node's endpoint claim in its record's metadata (``endpoint_sig``)."""
+        if self.signer is None:
+            return
+        meta, ep = self.local.metadata, self.local.websocket_endpoint
+        what = (ep, meta.get("incarnation"), meta.get("public_key"), self.mesh)
+        if what == self._signed_for:
+            return
+        if ep:
+            meta["endpoint_sig"] = self.signer(endpoint_claim(self.local.to_dict(), self.mesh)).hex()
+        else:
+            meta.pop("endpoint_sig", None)
+        self._signed_for = what
+
+    def endpoint_ok(self, record: dict[str, Any]) -> bool:
+        """May the endpoint in ``record`` (second hand: gossip relayed by a member) be
+        kept and dialled?  Only when the node it names signed it (issue 23 #7)."""
+        if self.signer is None:
+            return True
+        nid = record.get("node_id")
+        meta = record.get("metadata")
+        if not isinstance(nid, str) or not isinstance(meta, dict):
+            self.endpoints_refused += 1
+            return False
+        pub_hex, sig_hex = meta.get("public_key"), meta.get("endpoint_sig")
+        try:
+            pub, sig = bytes.fromhex(pub_hex), bytes.fromhex(sig_hex)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.endpoints_refused += 1
+            return False
+        want = self.pinned(nid)
+        if want is None:
+            known = self.nodes.get(nid)
+            k = known.metadata.get("public_key") if known is not None else None
+            if isinstance(k, str):
+                try:
+                    want = bytes.fromhex(k)
+                except ValueError:
+                    want = None
+        if (want is not None and want != pub) or not verify(pub, endpoint_claim(record, self.mesh), sig):
+            self.endpoints_refused += 1
+            return False
+        return True
 
     @property
     def silence_limit(self) -> float:
@@ -127,6 +203,7 @@ class Membership:
 
     def local_record(self) -> dict[str, Any]:
         self.local.last_heartbeat = datetime.now()
+        self.sign_local()
         return self.local.to_dict()
 
     def heartbeat(self, wall: float) -> schema.Heartbeat:
@@ -158,7 +235,8 @@ class Membership:
         node.last_heartbeat = datetime.now()
         if authoritative:
             self._update(node, record)
-        elif record.get("websocket_endpoint") and isinstance(record["websocket_endpoint"], str):
+        elif (record.get("websocket_endpoint") and isinstance(record["websocket_endpoint"], str)
+              and self.endpoint_ok(record)):
             node.websocket_endpoint = record["websocket_endpoint"]
         if node.status == NodeStatus.DISCONNECTED:
             node.status = NodeStatus.ACTIVE
@@ -322,7 +400,8 @@ class Membership:
             elif learn:
                 effects += self.learn(rec, now)
             ep = rec.get("websocket_endpoint")
-            if dial and isinstance(ep, str) and ep and nid not in self.linked:
+            if (dial and isinstance(ep, str) and ep and nid not in self.linked
+                    and (nid == sender or self.endpoint_ok(rec))):  # signed by the node it names
                 effects.append(("dial", ep, nid))
         return effects
 
@@ -336,12 +415,14 @@ class Membership:
         node = self.nodes.get(nid)
         if node is not None:
             ep = record.get("websocket_endpoint")
-            if ep and isinstance(ep, str):
+            if ep and isinstance(ep, str) and self.endpoint_ok(record):
                 node.websocket_endpoint = ep
             return []
         gone = self.removed.get(nid)
         if gone is not None and now - gone < RELEARN_FACTOR * self.heartbeat_interval:
             return []
+        if record.get("websocket_endpoint") and not self.endpoint_ok(record):
+            record = {**record, "websocket_endpoint": None}  # known, never dialled: not signed by it
         return self.seen(record, now)
 
     def on_leave(self, node_id: str) -> list[Effect]:

@@ -58,6 +58,11 @@ BACKOFF_JITTER = 0.5
 #: likely refuse again until an operator fixes the token or mesh name).
 REFUSED_BACKOFF_INITIAL = 0.5
 REFUSED_BACKOFF_MAX = 60.0
+#: Gossiped endpoints (not configured peers) being connected to at once; beyond, dials
+#: wait their turn, and at most GOSSIP_DIAL_QUEUE more are kept (others are refused and
+#: counted): a member gossiping thousands of endpoints opens a handful of connections.
+GOSSIP_DIAL_CONCURRENCY = 8
+GOSSIP_DIAL_QUEUE = 56
 #: Paths the mesh protocol answers on (anything else is HTTP or 404).
 MESH_PATHS = (b"/", b"/mesh")
 #: WebSocket frames we send and accept are at most this big; larger mesh frames are
@@ -324,6 +329,9 @@ class WebSocketTransport:
         self.frame_errors = 0
         self.refused_connections = 0
         self.tls_failures = 0  # dials whose TLS handshake failed (the peer's certificate refused)
+        self.gossip_dials: set[str] = set()  # gossiped endpoints with a dial loop
+        self.gossip_dials_refused = 0  # beyond GOSSIP_DIAL_CONCURRENCY + GOSSIP_DIAL_QUEUE
+        self._dial_slots: asyncio.Semaphore | None = None
         self.errlog = RateLimitedLog(log)
         self._slow_task: asyncio.Task[None] | None = None
         self.http: Any = None
@@ -429,7 +437,20 @@ class WebSocketTransport:
         task = self.dialers.get(url)
         if task is not None and not task.done():
             return
-        self.dialers[url] = asyncio.ensure_future(self._dial_loop(url, permanent))
+        if not permanent:
+            if len(self.gossip_dials) >= GOSSIP_DIAL_CONCURRENCY + GOSSIP_DIAL_QUEUE:
+                self.gossip_dials_refused += 1
+                self.errlog(("dial-cap",), logging.WARNING, "gossip named more endpoints than %d dials at once "
+                            "and %d waiting: %s not dialled (%d so far)", GOSSIP_DIAL_CONCURRENCY,
+                            GOSSIP_DIAL_QUEUE, url[:200], self.gossip_dials_refused)
+                return
+            self.gossip_dials.add(url)
+        task = self.dialers[url] = asyncio.ensure_future(self._dial_loop(url, permanent))
+        if not permanent:
+            task.add_done_callback(lambda _t: self._gossip_dial_done(url))
+
+    def _gossip_dial_done(self, url: str) -> None:
+        self.gossip_dials.discard(url)
 
     def forget(self, node_id: str) -> None:
         """Stop redialling a gossiped endpoint of a node that is gone."""
@@ -462,6 +483,12 @@ class WebSocketTransport:
                 await asyncio.sleep(st.heartbeat_interval / 2)
                 continue
             link = WSLink(self, outbound=True, url=url)
+            slots = None
+            if not permanent:  # a gossiped endpoint: one of GOSSIP_DIAL_CONCURRENCY connect attempts
+                if self._dial_slots is None:
+                    self._dial_slots = asyncio.Semaphore(GOSSIP_DIAL_CONCURRENCY)
+                slots = self._dial_slots
+                await slots.acquire()
             try:
                 ssl_ctx = None
                 if url.startswith("wss://"):
@@ -476,8 +503,12 @@ class WebSocketTransport:
                     logger_name="spiralfast.ws.client",
                 )
             except asyncio.CancelledError:
+                if slots is not None:
+                    slots.release()
                 raise
             except Exception as exc:
+                if slots is not None:
+                    slots.release()
                 if isinstance(exc, ssl.SSLError):
                     # Its certificate refused (or no TLS there): an operator must act, and
                     # retrying quickly changes nothing.
@@ -489,6 +520,8 @@ class WebSocketTransport:
                     delay = min(delay * 2, BACKOFF_MAX)
                 await asyncio.sleep(delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER)))
                 continue
+            if slots is not None:
+                slots.release()
             await link.disconnected_event.wait()
             peer = link.peer_id
             if peer is not None:
