@@ -75,6 +75,10 @@ class MeshConfig:
         key at each start (the CLI keeps it in the data directory as <node id>.key).
     :param sign_bus_frames: sign every Redis/NATS frame batch with the node's key and
         refuse frames not signed by the key pinned to their sender (off: membership only).
+    :param allowed_hosts: ``Host`` names the port answers besides IP literals, localhost,
+        the listen host and the machine's name (DNS rebinding); ``["*"]``: any.
+    :param allowed_origins: browser origins (``https://ops.example:443``) allowed to open
+        WebSockets besides the page's own (same-origin); ``["*"]``: any.
     """
 
     node_id: str | None = None
@@ -119,6 +123,8 @@ class MeshConfig:
     observer_port: int | None = None
     key_path: str | None = None
     sign_bus_frames: bool = True
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.peers is None:
@@ -208,6 +214,11 @@ class MeshConfig:
         if self.observer_port is not None:
             _check_int("observer_port", self.observer_port, 0, 65535)
         _check_positive("handshake_timeout", self.handshake_timeout)
+        for name in ("allowed_hosts", "allowed_origins"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, str) and v.strip() for v in value):
+                raise ConfigError(f"{name} must be a list of non-empty strings, got {value!r}")
         _check_positive("suspicion_timeout", self.suspicion_timeout)  # finite, > 0
         _check_positive("tombstone_ttl", self.tombstone_ttl)
         _check_positive("max_clock_offset", self.max_clock_offset)

@@ -8,7 +8,10 @@ closes the connection (``Connection: close``), or, for ``/live``, upgrades it.
 With ``auth_token`` set, every path needs ``Authorization: Bearer <token>`` except
 ``GET /health`` (which then says only ``{"status": "ok"}``) and the dashboard's static
 shell (no node data in it).  The browser cannot set headers on a WebSocket, so a
-``/live`` client sends ``{"token": "..."}`` as its first message instead.
+``/live`` client sends ``{"token": "..."}`` as its first message instead.  Every frame
+a dashboard connection sends is counted, pings included: the page sends its token and
+nothing else, so past ``LIVE_MAX_FRAMES`` the connection is closed and counted
+(``side_door_refused_total{reason="live_flood"}``), like a guest on the mesh path.
 
 The live feed computes one snapshot per second while at least one client is
 connected, encodes it once and sends it to every client: rates, not events, so the
@@ -33,6 +36,7 @@ import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from ._log import RateLimitedLog
+from .limits import MAX_PREAUTH_FRAMES
 from .metrics import peer_label
 from .nodestate import node_state, node_states, state_kind
 from .observe import _jsonable, envelope, link_info, nodes_table
@@ -89,6 +93,10 @@ LIVE_MAX_PENDING = 8
 LIVE_AUTH_TIMEOUT = 10.0
 LIVE_MAX_MESSAGE = 4096
 LIVE_MAX_BUFFERED = 4 * 1024 * 1024
+#: Frames a dashboard connection may send in all (pings, pongs and close included): the
+#: page sends one, its token; past this it is closed and counted (``live_flood``), so an
+#: outsider cannot spin the node with frames (15.5 M pings in 8 s were once accepted).
+LIVE_MAX_FRAMES = MAX_PREAUTH_FRAMES
 #: Recent events shown, and the longest data preview (characters).
 RECENT_SHOWN = 25
 DATA_PREVIEW = 240
@@ -152,6 +160,20 @@ class HttpEndpoints:
         self._static: dict[str, bytes] = {}
         self._registry: Any = None
         self.live = LiveFeed(core)
+
+    @property
+    def doors(self) -> Any:
+        """The WebSocket transport serving this port (its side-door counts), or None."""
+        return self.live.doors
+
+    @doors.setter
+    def doors(self, value: Any) -> None:
+        self.live.doors = value
+
+    def refusals(self) -> dict[str, int]:
+        """Connections refused or closed at the port's side doors, by reason."""
+        doors = self.live.doors
+        return dict(doors.refusals) if doors is not None else {"live_flood": self.live.flood_closed}
 
     @property
     def auth_failures(self) -> int:
@@ -368,6 +390,8 @@ class LiveFeed:
         self.errlog = RateLimitedLog(log)
         self.auth_failures = 0  # dashboard connections refused for a wrong token
         self.http_refused = 0  # HTTP requests refused for a missing or wrong token
+        self.flood_closed = 0  # dashboard connections closed for sending too many frames
+        self.doors: Any = None  # the WebSocket transport (links.ws.WebSocketTransport), once serving
         self.last_client = 0.0  # when the last page left (monotonic)
         self._prev: dict[str, Any] | None = None
         self._prev_t = 0.0
@@ -584,11 +608,16 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
         self.feed = feed
         self.transport: Any = None
         self.admitted = False
+        self.closed = False
+        self.frames = 0
         self.since = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: Any) -> None:
         self.transport = transport
+        doors = self.feed.doors
+        if doors is not None:
+            doors.attach_live(transport.underlying_transport, self)
         if not self.feed.core.config.auth_token:
             self.admitted = True
             self.feed.admit(self)
@@ -602,13 +631,30 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
             self.close("authentication timeout")
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        if self.closed:
+            return  # what picows had buffered before we closed: not parsed further
+        self.frames += 1
+        if self.frames > LIVE_MAX_FRAMES:
+            feed = self.feed
+            feed.flood_closed += 1
+            if feed.doors is not None:
+                feed.doors.refusals["live_flood"] += 1
+            feed.errlog(("live-flood",), logging.WARNING, "dashboard connection closed: more than %d frames "
+                        "(the page sends one)", LIVE_MAX_FRAMES)
+            self.close("too many frames", picows.WSCloseCode.POLICY_VIOLATION)
+            return
         mt = frame.msg_type
         if mt == picows.WSMsgType.CLOSE:
+            self.closed = True
+            self.feed.drop(self)
             transport.send_close(frame.get_close_code())
             transport.disconnect()
             return
+        if mt == picows.WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())  # counted above, like every frame
+            return
         if mt not in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY):
-            return  # ping/pong/continuation: picows answers pings itself
+            return  # pong/continuation: the page sends neither
         if frame.payload_size > LIVE_MAX_MESSAGE:
             self.close("message too large")
             return
@@ -632,6 +678,7 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
         self.close("unauthorized", picows.WSCloseCode.POLICY_VIOLATION)
 
     def on_ws_disconnected(self, transport: Any) -> None:
+        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
         self.feed.drop(self)
@@ -649,9 +696,14 @@ class LiveClient(picows.WSListener):  # type: ignore[misc]
 
     def close(self, reason: str, code: Any = None) -> None:
         tr = self.transport
+        self.closed = True
         self.feed.drop(self)
         if tr is None or tr.is_disconnected:
             return
+        try:  # stop reading at once: a flood's buffered frames are not parsed
+            tr.underlying_transport.pause_reading()
+        except Exception:
+            pass
         try:
             tr.send_close(code if code is not None else picows.WSCloseCode.GOING_AWAY, reason.encode()[:120])
         finally:
@@ -675,22 +727,29 @@ class HeadShim(asyncio.BufferedProtocol):
     so a mesh link pays for it once, at connect.
     """
 
-    def __init__(self, inner: Any, factory: Any) -> None:
+    def __init__(self, inner: Any, factory: Any, doors: Any = None) -> None:
         self.inner = inner
         self.factory = factory
+        self.doors = doors  # counts the connection as a door (links.ws.WebSocketTransport.open_door)
         self.tr: Any = None
         self.buf = bytearray()
         self.mem = bytearray(HEAD_MAX)
         self.head = False
+        self.refused = True  # until connection_made: nothing reaches picows' protocol before it
 
     def connection_made(self, transport: Any) -> None:
         self.tr = transport
+        if self.doors is not None and self.doors.open_door(transport, False) is None:
+            return  # aborted: near the descriptor limit
+        self.refused = False
         self.inner.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self.mem)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.refused:
+            return
         self.buf += self.mem[:nbytes]
         if not self.head:
             if len(self.buf) < 5 and b"HEAD ".startswith(bytes(self.buf)):
@@ -737,16 +796,74 @@ class HeadShim(asyncio.BufferedProtocol):
         self.tr.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
+        if self.doors is not None:
+            self.doors.close_door(self.tr)
+        if not self.refused:
+            self.inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
+        if self.refused:
+            return None
         return self.inner.eof_received()  # type: ignore[no-any-return]
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if not self.refused:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if not self.refused:
+            self.inner.resume_writing()
+
+
+class TlsDoor(asyncio.Protocol):
+    """The first protocol of a ``wss://`` connection: counts it as a door from accept
+    (so sockets that never finish TLS count against the handshake cap and the descriptor
+    reserve), then runs the TLS handshake with ``handshake_timeout`` (not asyncio's 60 s)
+    and hands the decrypted stream to its :class:`HeadShim`.  A failed or timed-out
+    handshake is counted and logged in one rate-limited line, never a traceback."""
+
+    def __init__(self, shim: HeadShim, doors: Any, timeout: float) -> None:
+        self.shim = shim
+        self.doors = doors
+        self.timeout = timeout
+        self.task: asyncio.Task[None] | None = None
+        self.tr: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.tr = transport
+        door = self.doors.open_door(transport, True)
+        if door is None:
+            return
+        transport.pause_reading()  # the ClientHello waits for the TLS layer
+        self.task = asyncio.ensure_future(self._handshake(transport, door))
+
+    async def _handshake(self, transport: Any, door: Any) -> None:
+        import aiofastnet
+
+        doors = self.doors
+        try:
+            tls = await aiofastnet.start_tls(asyncio.get_running_loop(), transport, self.shim, doors.ssl_ctx,
+                                             server_side=True, ssl_handshake_timeout=self.timeout)
+        except asyncio.CancelledError:
+            doors.close_door(transport)
+            transport.abort()
+            raise
+        except Exception as exc:  # ssl.SSLError, ConnectionError, the timeout: all the peer's doing
+            doors.tls_failed(door, exc)
+            transport.abort()
+            return
+        if tls.is_closing() or tls.get_extra_info("socket") is None:
+            doors.close_door(transport)  # gone while its handshake completed (closed or evicted)
+            tls.abort()
+            return
+        doors.rekey_door(transport, tls)
+        self.shim.connection_made(tls)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # nothing arrives before start_tls takes the transport (reading is paused)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.doors.close_door(self.tr)
 
 
 async def ws_create_server(
@@ -758,18 +875,23 @@ async def ws_create_server(
     websocket_handshake_timeout: float | None = 5,
     logger_name: Any = None,
     read_buffer_init_size: int = 16 * 1024,
+    doors: Any = None,
     **kwargs: Any,
 ) -> Any:
     """``picows.ws_create_server`` (same arguments and listener factory) whose connections
     also answer ``HEAD`` (see :class:`HeadShim`).  Built from picows' own protocol class,
-    so it is tested against the installed picows (tests/test_http.py)."""
+    so it is tested against the installed picows (tests/test_http.py).
+
+    ``doors`` (the node's ``links.ws.WebSocketTransport``) counts every connection from
+    accept (``open_door``) and, when its ``ssl_ctx`` is set, serves TLS through
+    :class:`TlsDoor` with ``websocket_handshake_timeout`` as the TLS handshake timeout."""
     from picows import api as picows_api
     from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
     loop = asyncio.get_running_loop()
     logger = picows_api._resolve_logger(logger_name, "server")
 
-    def protocol() -> HeadShim:
+    def protocol() -> Any:
         inner = WSProtocol(
             None, None, False, factory, logger,
             True,  # disconnect_on_exception
@@ -778,7 +900,11 @@ async def ws_create_server(
             False,  # no auto pong: the link answers pings itself (a guest's count as pre-auth frames)
             max_frame_size, None, read_buffer_init_size,
         )
-        return HeadShim(inner, factory)
+        tls = doors is not None and doors.ssl_ctx is not None
+        shim = HeadShim(inner, factory, None if tls else doors)
+        if tls:
+            return TlsDoor(shim, doors, websocket_handshake_timeout or 5.0)
+        return shim
 
     if picows_api._HAS_AIOFASTNET:
         import aiofastnet

@@ -55,9 +55,15 @@ MAX_PREAUTH_FRAME_SIZE = 64 * 1024
 #: need two); beyond it the connection is closed, so no outsider can flood us.
 MAX_PREAUTH_FRAMES = 8
 
-#: Connections that have not completed the handshake, at most; the oldest is dropped
-#: first when another arrives, so a flood of idle sockets cannot lock peers out.
+#: Connections that have not completed the handshake (TLS, HTTP upgrade, mesh handshake
+#: or dashboard token), at most.  When another arrives, the oldest of the source address
+#: holding the most is dropped, so a flood of idle sockets from one address evicts only
+#: its own and never locks a peer from another address out.
 MAX_PREAUTH_CONNECTIONS = 64
+
+#: IPv6 sources are counted by their /64 prefix (one host can use a whole /64), IPv4
+#: sources by their address.
+PREAUTH_SOURCE_PREFIX_V6 = 64
 
 #: File descriptors kept free under RLIMIT_NOFILE: new connections are refused
 #: (not accepted and spun on) when fewer are left.

@@ -184,6 +184,14 @@ class MeshCollector(Collector):
         yield counter("auth_failures_total", "Peers, observers and HTTP clients refused for a missing or wrong token.",
                       _num(c.get("auth_failures")) + _num(http_refused))
         yield counter("handshake_failures_total", "Handshakes that failed for any reason.", c.get("handshake_failures"))
+        refusals = getattr(self.http, "refusals", None)
+        if callable(refusals):
+            side = CounterMetricFamily(f"{p}_side_door_refused_total",
+                                       "Connections refused or closed before authentication at the port, by reason.",
+                                       labels=["reason"])
+            for reason, v in sorted(refusals().items()):
+                side.add_metric([reason], _num(v))
+            yield side
         yield counter("bad_messages_total", "Malformed or unexpected messages.",
                       _num(c.get("bad_messages")) + _num(router.get("frame_errors")))
         yield counter("frames_received_total", "Frames read from all links.", router.get("frames_in"))

@@ -193,7 +193,7 @@ async def test_preauth_memory_and_floods_are_bounded(pair: Any) -> None:
     readers: list[Any] = []
     for _ in range(120):
         r, w = await asyncio.open_connection("127.0.0.1", a.port)
-        w.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         await w.drain()
         w.write(b"\x82\xff" + (16 * 1024 * 1024).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * (1024 * 1024))
@@ -469,7 +469,7 @@ asyncio.run(main())
     def serves() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
-                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
                 return c.recv(64).startswith(b"HTTP/1.1 101")
         except OSError:
@@ -503,7 +503,7 @@ async def test_an_outsider_flooding_pings_without_reading_stalls_nothing_and_hol
     ping = b"\x89\xfd" + b"\0\0\0\0" + b"p" * 125  # masked PING, 125 bytes
     for _ in range(16):  # never read what the node sends back
         r, w = await asyncio.open_connection("127.0.0.1", a.port)
-        w.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         for _ in range(200):
             w.write(ping * 50)

@@ -283,17 +283,17 @@ async def test_server_with_head(open_node: MeshCore) -> None:
     server = await ws_create_server(factory, "127.0.0.1", 0, max_frame_size=65536, websocket_handshake_timeout=2)
     port = server.sockets[0].getsockname()[1]
     try:
-        head = await asyncio.to_thread(_raw, port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        get_ = await asyncio.to_thread(_raw, port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.to_thread(_raw, port, b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        get_ = await asyncio.to_thread(_raw, port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n"), head
         body = get_.split(b"\r\n\r\n", 1)[1]
         assert json.loads(body)["node_id"] == "h-open"
         assert f"Content-Length: {len(body)}".encode() in head
         # HEAD of the dashboard, split over three reads
-        head2 = await asyncio.to_thread(_raw, port, [b"HE", b"AD / HTTP/1.1\r\n", b"Host: x\r\n\r\n"])
+        head2 = await asyncio.to_thread(_raw, port, [b"HE", b"AD / HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n\r\n"])
         assert head2.startswith(b"HTTP/1.1 200") and b"text/html" in head2 and head2.endswith(b"\r\n\r\n")
         # other methods: still refused by picows, no hang
-        assert (await asyncio.to_thread(_raw, port, b"POST /health HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+        assert (await asyncio.to_thread(_raw, port, b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")).startswith(
             b"HTTP/1.1 400")
 
         got: list[bytes] = []
@@ -328,7 +328,7 @@ async def test_mesh_node_on_server_with_head(monkeypatch: pytest.MonkeyPatch) ->
             await b.broadcast_event("hs", i)
         await wait_until(lambda: len(got) == 100, 'len(got) == 100')
         assert got == list(range(100))
-        out = await asyncio.to_thread(_raw, a.config.websocket_port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = await asyncio.to_thread(_raw, a.config.websocket_port, b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")
     finally:
         await b.stop()

@@ -61,7 +61,7 @@ class Raw:
     @classmethod
     async def open(cls, port: int) -> Raw:
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         self = cls(r, w)

@@ -10,15 +10,24 @@ Limits before authentication: picows refuses any WebSocket frame over
 ``MAX_PREAUTH_FRAME_SIZE`` (64 KiB) while parsing its header, before buffering it,
 so an outsider can make us hold at most that per connection.  Mesh frames larger
 than that travel as a fragmented message, which only an authenticated member's link
-reassembles (up to ``max_frame_size``).  At most ``MAX_PREAUTH_CONNECTIONS`` links
-may be mid-handshake (the oldest is dropped for a new one), and new connections are
-refused while fewer than ``FD_HEADROOM`` file descriptors are left.
+reassembles (up to ``max_frame_size``).
+
+Side doors: every accepted connection is a :class:`Door` until it is settled (an
+authenticated link, an admitted dashboard, or closed): its TLS handshake (bounded by
+``handshake_timeout``, never asyncio's 60 s), its HTTP upgrade and its mesh handshake.
+At most ``MAX_PREAUTH_CONNECTIONS`` doors may be open at once; when a new one finds them
+full, the oldest door of the source address holding the most is closed, so a flood from
+one address evicts only its own sockets, never a lone peer from another address.  New
+connections are refused while fewer than ``FD_HEADROOM`` file descriptors are left
+(open doors counted).  Upgrades and HTTP requests must name an allowed ``Host`` and,
+when a browser sends one, a same-origin ``Origin`` (:class:`Origins`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import random
@@ -30,13 +39,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import picows
 
 from .._aio import cancel_all
 from .._log import RateLimitedLog
 from .._native import load
-from ..limits import FD_HEADROOM, MAX_PREAUTH_CONNECTIONS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
+from ..limits import (
+    FD_HEADROOM,
+    MAX_PREAUTH_CONNECTIONS,
+    MAX_PREAUTH_FRAME_SIZE,
+    MAX_PREAUTH_FRAMES,
+    PREAUTH_SOURCE_PREFIX_V6,
+)
 
 log = logging.getLogger("spiralfast.ws")
 
@@ -83,11 +99,134 @@ class WSSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cafile: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # added to the defaults (see Origins)
+    allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> WSSettings:
         return cls(cfg.websocket_host, cfg.websocket_port, cfg.max_frame_size, cfg.handshake_timeout,
-                   cfg.heartbeat_interval, cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_cafile)
+                   cfg.heartbeat_interval, cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_cafile,
+                   tuple(getattr(cfg, "allowed_hosts", None) or ()),
+                   tuple(getattr(cfg, "allowed_origins", None) or ()))
+
+
+#: Host names every node answers to (besides IP literals, its own host and allowed_hosts).
+LOCAL_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+def _split_host(value: str) -> str:
+    """The host part of a ``Host`` header or an origin's netloc, lower case, no brackets."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:v.find("]")] if "]" in v else v
+    return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Origins:
+    """Which ``Host`` and ``Origin`` headers the port answers (DNS rebinding and
+    cross-site pages).
+
+    A ``Host`` is allowed when it is an IP literal (a rebinding attack always carries the
+    attacker's DNS name), a localhost name, the node's own listen host or machine name,
+    or listed in ``allowed_hosts`` (``"*"``: any).  An ``Origin`` (browsers send one on
+    every WebSocket upgrade; the CLI and peers send none and are not asked for one) is
+    allowed when it is the page's own origin (its host and port are the request's
+    ``Host``), or listed in ``allowed_origins`` (``"*"``: any).
+    """
+
+    def __init__(self, settings: WSSettings) -> None:
+        names = set(LOCAL_NAMES)
+        names.add(_split_host(settings.host))
+        try:
+            names.add(socket.gethostname().lower())
+        except OSError:
+            pass
+        extra = [h.strip().lower() for h in settings.allowed_hosts if h.strip()]
+        self.any_host = "*" in extra
+        names.update(_split_host(h) for h in extra if h != "*")
+        self.hosts = frozenset(names)
+        origins = [o.strip().lower().rstrip("/") for o in settings.allowed_origins if o.strip()]
+        self.any_origin = "*" in origins
+        self.origins = frozenset(o for o in origins if o != "*")
+
+    def host_ok(self, host: str | None) -> bool:
+        if self.any_host or host is None:  # HTTP/1.0 without Host: no browser sends that
+            return True
+        name = _split_host(host)
+        return name in self.hosts or _ip_literal(name)
+
+    def origin_ok(self, origin: str | None, host: str | None) -> bool:
+        if origin is None or self.any_origin:
+            return True
+        o = origin.strip().lower().rstrip("/")
+        if o in self.origins:
+            return True
+        try:
+            parts = urlsplit(o)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.netloc or host is None:
+            return False  # "null" (a sandboxed frame, a file) included
+        return parts.netloc == host.strip().lower()
+
+
+def source_key(peer: Any) -> str:
+    """The source a connection counts against: its IPv4 address, or its IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except (ValueError, TypeError, IndexError):
+        return "?"
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(addr), PREAUTH_SOURCE_PREFIX_V6), strict=False))
+    return str(addr)
+
+
+class Door:
+    """One accepted connection until it is settled (see the module docstring)."""
+
+    __slots__ = ("tr", "source", "since", "link", "live", "tls", "name")
+
+    def __init__(self, tr: Any, source: str, name: str, tls: bool) -> None:
+        self.tr = tr
+        self.source = source
+        self.name = name
+        self.since = time.monotonic()
+        self.link: WSLink | None = None
+        self.live: Any = None  # a dashboard connection (http.LiveClient)
+        self.tls = tls  # its TLS handshake is under way
+
+    def settled(self) -> bool:
+        try:
+            if self.tr.is_closing():
+                return True
+        except Exception:
+            return True
+        link = self.link
+        if link is not None:
+            return link.closed or link._state() in ("member", "observer")
+        live = self.live
+        return live is not None and (live.admitted or live.closed)
+
+    def evict(self, reason: str) -> None:
+        if self.link is not None and not self.link.closed:
+            self.link.close(reason)
+        elif self.live is not None:
+            self.live.close(reason)
+        else:
+            try:
+                self.tr.abort()
+            except Exception:
+                pass
 
 
 class WSLink:
@@ -332,6 +471,14 @@ class WebSocketTransport:
         self.gossip_dials: set[str] = set()  # gossiped endpoints with a dial loop
         self.gossip_dials_refused = 0  # beyond GOSSIP_DIAL_CONCURRENCY + GOSSIP_DIAL_QUEUE
         self._dial_slots: asyncio.Semaphore | None = None
+        #: Connections refused or closed at the side doors, by reason (metrics: side_door_refused_total).
+        self.refusals: dict[str, int] = {
+            "handshake_evicted": 0, "fd_reserve": 0, "tls_failed": 0, "tls_timeout": 0,
+            "bad_host": 0, "bad_origin": 0, "live_flood": 0,
+        }
+        self.doors: dict[Any, Door] = {}  # transport -> its door, while not settled
+        self.origins = Origins(settings)
+        self.ssl_ctx: ssl.SSLContext | None = None
         self.errlog = RateLimitedLog(log)
         self._slow_task: asyncio.Task[None] | None = None
         self.http: Any = None
@@ -353,13 +500,15 @@ class WebSocketTransport:
         loop = asyncio.get_running_loop()
         from ..http import ws_create_server  # picows' server that also answers HEAD
 
+        self.ssl_ctx = ssl_ctx
+        self.origins = Origins(st)
         self.server = await ws_create_server(
             self._factory,
             sock=_listening_socket(st.host, st.port, loop),
             max_frame_size=WS_FRAME_LIMIT,
             websocket_handshake_timeout=st.handshake_timeout,
-            ssl=ssl_ctx,
             logger_name="spiralfast.ws.server",
+            doors=self,  # TLS (if any) and the door of each connection: see open_door
         )
         self.running = True
         self.port = self.server.sockets[0].getsockname()[1]
@@ -368,39 +517,142 @@ class WebSocketTransport:
             host = f"[{host}]"
         self.endpoint = f"{'wss' if ssl_ctx else 'ws'}://{host}:{self.port}"
 
-    def _factory(self, request: Any) -> Any:
-        if self._fd_base + len(self.links) + FD_HEADROOM >= self.fd_limit:
+    # -- doors ------------------------------------------------------------------------
+
+    def _in_use(self) -> int:
+        """Descriptors this transport holds: links, and doors not yet links."""
+        return len(self.links) + sum(1 for d in self.doors.values() if d.link is None)
+
+    def open_door(self, tr: Any, tls: bool) -> Door | None:
+        """A connection was accepted (``tr``: its transport, before TLS if any): count it
+        as a door, closing one of the source holding the most if they are full; None (and
+        the connection aborted) when too few file descriptors are left."""
+        try:
+            peer = tr.get_extra_info("peername")
+        except Exception:
+            peer = None
+        name = f"{peer[0]}:{peer[1]}" if peer else "?"
+        doors = self.doors
+        if len(doors) >= MAX_PREAUTH_CONNECTIONS or self._fd_base + FD_HEADROOM * 2 >= self.fd_limit:
+            for key, d in list(doors.items()):
+                if d.settled():
+                    del doors[key]
+        if self._fd_base + self._in_use() + FD_HEADROOM >= self.fd_limit:
             self.refused_connections += 1
+            self.refusals["fd_reserve"] += 1
+            self.errlog("fds", logging.WARNING, "refusing connections: near the file descriptor limit (%d)",
+                        self.fd_limit)
+            tr.abort()
+            return None
+        door = Door(tr, source_key(peer) if peer else "?", name, tls)
+        if len(doors) >= MAX_PREAUTH_CONNECTIONS:
+            self._evict_for(door)
+        doors[tr] = door
+        return door
+
+    def _evict_for(self, new: Door) -> None:
+        """The doors are full: close the oldest of the source holding the most (the
+        newcomer counting for its own source)."""
+        count: dict[str, int] = {new.source: 1}
+        oldest: dict[str, Door] = {}
+        for d in self.doors.values():
+            count[d.source] = count.get(d.source, 0) + 1
+            o = oldest.get(d.source)
+            if o is None or d.since < o.since:
+                oldest[d.source] = d
+        candidates = [s for s in oldest]
+        if not candidates:
+            return
+        top = max(count[s] for s in candidates)
+        source = min((s for s in candidates if count[s] == top), key=lambda s: oldest[s].since)
+        victim = oldest[source]
+        self.doors.pop(victim.tr, None)
+        self.refused_connections += 1
+        self.refusals["handshake_evicted"] += 1
+        self.errlog(("doors", source), logging.WARNING,
+                    "too many connections mid-handshake; closing the oldest of %s (the source holding the "
+                    "most: %d)", source, count[source])
+        victim.evict("too many unauthenticated connections from its address")
+
+    def rekey_door(self, old: Any, new: Any) -> None:
+        """A door's TLS handshake completed: its connection now speaks through ``new``."""
+        door = self.doors.pop(old, None)
+        if door is not None:
+            door.tr = new
+            door.tls = False
+            self.doors[new] = door
+
+    def close_door(self, tr: Any) -> None:
+        self.doors.pop(tr, None)
+
+    def tls_failed(self, door: Door, exc: BaseException | None) -> None:
+        """A TLS handshake from a connection failed or timed out: counted, one line at most
+        now and then (never a traceback)."""
+        self.doors.pop(door.tr, None)
+        timed_out = isinstance(exc, (TimeoutError, ConnectionAbortedError)) and "longer than" in str(exc)
+        self.refusals["tls_timeout" if timed_out else "tls_failed"] += 1
+        if timed_out:
+            self.errlog("tls-slow", logging.INFO, "TLS handshake from %s not completed within %.1f s (counted as "
+                        "tls_timeout)", door.name, self.settings.handshake_timeout)
+            return
+        why = exc.__name__ if isinstance(exc, type) else tls_reason(exc) if exc is not None else "closed"
+        self.errlog("tls-in", logging.WARNING, "TLS handshake from %s failed (%s): a peer that refuses our "
+                    "certificate ends it so; its ssl_cafile (--cafile) must name the CA that signed ours",
+                    door.name, why)
+
+    def attach_live(self, tr: Any, client: Any) -> None:
+        """A dashboard connection upgraded on ``tr``: its door settles once it is admitted."""
+        door = self.doors.get(tr)
+        if door is not None:
+            door.live = client
+
+    def _refuse(self, reason: str, status: int, text: str) -> Any:
+        self.refusals[reason] += 1
+        self.errlog(("side-door", reason), logging.INFO, "refused a request: %s", text)
+        body = b'{"error": "' + text.encode() + b'"}'
+        resp = picows.WSUpgradeResponse.create_error_response(status, body, {"Content-Type": "application/json"})
+        return picows.WSUpgradeResponseWithListener(resp, None)
+
+    def _factory(self, request: Any) -> Any:
+        headers = request.headers
+        host = headers.get("Host")
+        if not self.origins.host_ok(host):
+            return self._refuse("bad_host", 421, "Host not allowed (set allowed_hosts to add it)")
+        upgrade = (headers.get("Upgrade") or "").lower() == "websocket"
+        if upgrade and not self.origins.origin_ok(headers.get("Origin"), host):
+            return self._refuse("bad_origin", 403, "Origin not allowed (set allowed_origins to add it)")
+        if self._fd_base + self._in_use() + FD_HEADROOM >= self.fd_limit:
+            self.refused_connections += 1
+            self.refusals["fd_reserve"] += 1
             self.errlog("fds", logging.WARNING, "refusing connections: near the file descriptor limit (%d)",
                         self.fd_limit)
             resp = picows.WSUpgradeResponse.create_error_response(503, b"busy")
             return picows.WSUpgradeResponseWithListener(resp, None)
         path = request.path.split(b"?", 1)[0]
-        upgrade = (request.headers.get("Upgrade") or "").lower() == "websocket"
         if upgrade and path in MESH_PATHS:
             link = WSLink(self, outbound=False)
             link.observers_only = self.observers_only
             return MeshListener(link, WSLink.received)
         if self.http is None and self.http_factory is not None:
             self.http = self.http_factory()
+            if self.http is not None:
+                self.http.doors = self  # the dashboard feed reports its connections and floods
         if self.http is None:
             resp = picows.WSUpgradeResponse.create_error_response(404, b"not found")
             return picows.WSUpgradeResponseWithListener(resp, None)
         return self.http.respond(request)
 
     def link_connected(self, link: WSLink) -> None:
-        """A connection is up: drop the oldest unauthenticated one if there are too many."""
+        """A connection is up: an inbound one stays its door's until it authenticates."""
         self.links.add(link)
         if link.outbound:
             return
-        guests = [lk for lk in self.links if not lk.outbound and lk is not link and lk.session is not None
-                  and lk.session.state == "handshake"]
-        if len(guests) >= MAX_PREAUTH_CONNECTIONS:
-            oldest = min(guests, key=lambda lk: lk.opened_at)
-            self.refused_connections += 1
-            self.errlog("guests", logging.WARNING, "too many connections mid-handshake; dropping the oldest (%s)",
-                        oldest.name)
-            oldest.close("too many unauthenticated connections")
+        try:
+            door = self.doors.get(link.ws.underlying_transport)
+        except Exception:
+            door = None
+        if door is not None:
+            door.link = link
 
     async def stop(self) -> None:
         self.running = False
@@ -603,9 +855,14 @@ _ACCEPT_LOG = RateLimitedLog(log)
 
 def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     """Out of file descriptors, the server reports every retry (each second) to the
-    loop's exception handler with a traceback; report it with back-off instead.  Only
-    when the application has not set a handler of its own."""
-    if loop.get_exception_handler() is not None:
+    loop's exception handler with a traceback; report it with back-off instead.  A TLS
+    handshake that fails is reported there too (by aiofastnet, once with an exception
+    class instead of an instance, which made the default handler write a ``--- Logging
+    error ---`` traceback of its own): it is counted and logged where it happens (the
+    server's door, the dialler), so the report is dropped.  An application's handler set
+    before the node started still gets every other report."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "_spiralfast_quiet", False):
         return
 
     def handler(lp: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
@@ -615,20 +872,16 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
                         ctx.get("exception"))
             return
         if message.startswith("SSL handshake failed"):
-            # A peer closing our TLS handshake: most often it refused our certificate.
-            exc = ctx.get("exception")
-            why = exc.__name__ if isinstance(exc, type) else tls_reason(exc) if exc is not None else "closed"
-            try:
-                peer = ctx["transport"].get_extra_info("peername")
-                who = f"{peer[0]}:{peer[1]}"
-            except Exception:
-                who = "a peer"
-            _ACCEPT_LOG("tls-in", logging.WARNING, "TLS handshake from %s failed (%s): a peer that refuses our "
-                        "certificate ends it so; its ssl_cafile (--cafile) must name the CA that signed ours",
-                        who, why)
             return
-        lp.default_exception_handler(ctx)
+        exc = ctx.get("exception")
+        if isinstance(exc, type):  # a class where an instance belongs: no traceback to print
+            ctx = {**ctx, "exception": exc()}
+        if previous is not None:
+            previous(lp, ctx)
+        else:
+            lp.default_exception_handler(ctx)
 
+    handler._spiralfast_quiet = True  # type: ignore[attr-defined]
     loop.set_exception_handler(handler)
 
 
