@@ -75,6 +75,7 @@ class MeshConfig:
         key at each start (the CLI keeps it in the data directory as <node id>.key).
     :param sign_bus_frames: sign every Redis/NATS frame batch with the node's key and
         refuse frames not signed by the key pinned to their sender (off: membership only).
+    :param catch_up: a node returning with its event log (a delivery cursor) asks its peers for what it missed.
     :param allowed_hosts: ``Host`` names the port answers besides IP literals, localhost,
         the listen host and the machine's name (DNS rebinding); ``["*"]``: any.
     :param allowed_origins: browser origins (``https://ops.example:443``) allowed to open
@@ -123,6 +124,7 @@ class MeshConfig:
     observer_port: int | None = None
     key_path: str | None = None
     sign_bus_frames: bool = True
+    catch_up: bool = True
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
 

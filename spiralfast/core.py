@@ -112,6 +112,9 @@ class MeshCore:
 
         self.tasks = TaskManager(self)
         self.eventlog: Any = None  # an EventLog while persistence is on
+        from .catchup import CatchUp
+
+        self.catchup = CatchUp(self)  # catch-up across restarts (spiralfast/catchup.py)
         #: Why another live process holds this node's id, once the mesh says so (``mesh start`` exits).
         self.id_taken: str | None = None
 
@@ -166,7 +169,9 @@ class MeshCore:
                 await self.eventlog.start()
                 self.dispatcher.set_event_sink(self.eventlog.record)
             self.membership.join_local()
+            self.catchup.prepare()  # before the links: live events queue behind what was missed
             await start_links(self)
+            self.catchup.begin()
             self._tasks.append(asyncio.ensure_future(self.host.heartbeat_loop()))
             self._tasks.append(asyncio.ensure_future(self.host.sweep_loop()))
             await self.tasks.start()
@@ -180,6 +185,7 @@ class MeshCore:
             from .links import stop_links
 
             await self.tasks.stop()
+            await self.catchup.stop()
             self.host.broadcast(schema.KIND_LEAVE, schema.Leave(self.node_id, "stop"))
             self.outbox.flush()
             self.running = False

@@ -74,7 +74,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from .cursor import META as CURSOR_META
-from .cursor import Cursor
+from .cursor import Cursor, parse_id
 from .fastpath import iso_from_epoch
 from .persistence import open_sqlite, private_file
 
@@ -1014,6 +1014,7 @@ class EventLog:
         self._buf: list[Any] = []  # envelopes (dicts) or wire events (schema.Event)
         #: The delivery cursor (spiralfast/cursor.py), fed and stored by the writer thread.
         self.cursor = Cursor(skip=[str(mesh.local_node.metadata.get("origin"))])
+        self._cursor_ids: list[Any] = []  # events handed to handlers but not persisted: for the cursor
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a batch of events is in the writer's hands: at most one is.
         self._writer_free = threading.Semaphore(1)
@@ -1107,6 +1108,8 @@ class EventLog:
             n = len(buf)
             if n + self.in_flight >= BATCH_MAX_EVENTS or (n >= HANDOFF_MIN_EVENTS and not self.in_flight):
                 self._full()
+        else:
+            self._cursor_ids.append(env)  # not kept, but the delivery cursor moves past it
 
     def record_event(self, ev: Any) -> None:
         """Like :meth:`record`, for a wire event (``schema.Event``) instead of its
@@ -1118,6 +1121,8 @@ class EventLog:
             n = len(buf)
             if n + self.in_flight >= BATCH_MAX_EVENTS or (n >= HANDOFF_MIN_EVENTS and not self.in_flight):
                 self._full()
+        else:
+            self._cursor_ids.append(ev)  # not kept, but the delivery cursor moves past it
 
     def _hand(self, buf: list[Any]) -> None:
         # The caller holds _writer_free; the writer releases it after the commit.
@@ -1142,7 +1147,7 @@ class EventLog:
 
     def _tick(self) -> None:
         """Hand over the batch being filled if the writer is idle."""
-        if self._buf and self.running and self._writer_free.acquire(blocking=False):
+        if (self._buf or self._cursor_ids) and self.running and self._writer_free.acquire(blocking=False):
             buf, self._buf = self._buf, []
             self._hand(buf)
         if self._writable is not None and not self._writable.is_set() and len(self._buf) < BATCH_MAX_EVENTS // 2:
@@ -1217,8 +1222,7 @@ class EventLog:
             except queue.Empty:
                 item = None
             if isinstance(item, _Stop):
-                self.store.cursor_rows = [*self.cursor.take(), (CURSOR_META, 1, "[]", time.time())]  # clean
-                self._write([], metrics)
+                self._write([], metrics, clean=True)  # the cursor is exact: a clean stop
                 break
             wrote = False
             if isinstance(item, threading.Event):
@@ -1263,17 +1267,30 @@ class EventLog:
             return False
         return True
 
-    def _write(self, envs: list[Any], metrics: list[Row]) -> None:
+    def _cursor_rows(self, envs: list[Any], ids: list[Any], clean: bool) -> list[tuple[str, int, str, float]]:
+        """The delivery cursor moved by what this batch (and the events not persisted,
+        ``ids``) handed to the handlers: its changed rows and the meta row (on the writer)."""
+        seen = []
+        for e in (envs, ids):
+            for x in e:
+                p = parse_id(x.get("event_id") if type(x) is dict else getattr(x, "event_id", None))
+                if p is not None:
+                    seen.append(p)
+        seen.sort()
+        cur, wall = self.cursor, time.time()
+        for origin, seq in seen:
+            cur.note_seq(origin, seq, wall)
+        return [*cur.take(), (CURSOR_META, 1 if clean else 0, "[]", wall)]
+
+    def _write(self, envs: list[Any], metrics: list[Row], clean: bool = False) -> None:
         n = len(envs)
         now = time.monotonic()
         if self.error is not None and now < self._next_retry:
             self.dropped += n
             return
-        if envs:
-            cur, wall = self.cursor, time.time()
-            for e in envs:
-                cur.note(e.get("event_id") if type(e) is dict else getattr(e, "event_id", None), wall)
-            self.store.cursor_rows = [*self.cursor.take(), (CURSOR_META, 0, "[]", wall)]
+        ids, self._cursor_ids = self._cursor_ids, []
+        if envs or ids or clean:
+            self.store.cursor_rows = self._cursor_rows(envs, ids, clean)
         try:
             self.store.write(envs, metrics)
         except Exception as exc:  # noqa: BLE001 - sqlite3/OS/asyncpg errors alike

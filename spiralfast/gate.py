@@ -45,6 +45,7 @@ _MEMBER_KINDS = frozenset((
     schema.KIND_STATE_DELTA, schema.KIND_STATE_DIGEST, schema.KIND_STATE_REQUEST,
     schema.KIND_REPAIR_REQUEST, schema.KIND_REPAIR_GONE, schema.KIND_CLOCK_SKEW,
     schema.KIND_ORIGIN_END, schema.KIND_PING, schema.KIND_PING_REQ, schema.KIND_ACK,
+    schema.KIND_CATCHUP_REQUEST, schema.KIND_CATCHUP_BATCH,
 ))
 
 

@@ -330,6 +330,10 @@ class NodeHost:
             self.apply(self.node.membership.on_ping_req(m, sender, now))
         elif kind == schema.KIND_ACK:
             self.apply(self.node.membership.on_ack(m, sender, now))
+        elif kind == schema.KIND_CATCHUP_REQUEST:
+            self.node.catchup.on_request(link, sender, m)
+        elif kind == schema.KIND_CATCHUP_BATCH:
+            self.node.catchup.on_batch(sender, m)
 
     def reply(self, link: Any, to: str | None, msgs: list[tuple[int, Any]]) -> None:
         """Answer a peer.  An answer of several messages (a state repair: chunks of about
@@ -556,7 +560,10 @@ class NodeHost:
         for origin in [o for o in self.repairs if o not in gaps]:
             del self.repairs[origin]
         origins = {n.metadata.get("origin"): nid for nid, n in self.node.nodes.items() if nid != self.node.node_id}
+        busy = self.node.catchup.busy  # origins being caught up from event logs: not asked here
         for origin in gaps:
+            if origin in busy:
+                continue
             # first noticed, last asked, unanswered asks, missing when last asked
             st = self.repairs.setdefault(origin, [now, 0.0, 0, 0])
             if now - st[0] < REPAIR_DELAY or now - st[1] < REPAIR_INTERVAL:

@@ -47,6 +47,8 @@ KIND_ORIGIN_END = 17  # gap repair: "a node left; the last sequence of its origi
 KIND_PING = 18  # failure detection: "answer if you are alive" (a probe of a suspected node)
 KIND_PING_REQ = 19  # failure detection: "probe this node for me" (SWIM's indirect probe)
 KIND_ACK = 20  # failure detection: "this node answered", the reply to a Ping (passed on to a PingReq's asker)
+KIND_CATCHUP_REQUEST = 21  # catch-up after a restart: "send me what you logged of these origins since"
+KIND_CATCHUP_BATCH = 22  # catch-up: events from the event log, byte-bounded, one batch per request
 
 
 class Hello(msgspec.Struct, array_like=True, gc=False):
@@ -170,6 +172,28 @@ class ClockSkew(msgspec.Struct, array_like=True, gc=False):
     max_offset_ms: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]  # the sender's max_clock_offset
 
 
+#: Catch-up: at most this many origins in one request, this many bytes in one answer.
+MAX_CATCHUP_ORIGINS = 4096
+MAX_CATCHUP_BYTES = 4 * 1024 * 1024
+
+
+class CatchUpRequest(msgspec.Struct, array_like=True, gc=False):
+    origins: Annotated[dict[Annotated[str, msgspec.Meta(min_length=2, max_length=64)], SeqNo],
+                       msgspec.Meta(max_length=MAX_CATCHUP_ORIGINS)]  # origin -> the last sequence handled
+    since: EpochSeconds  # read the event log from this wall time
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MAX_CATCHUP_BYTES)]
+    key: Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))] = 0  # where the last answer stopped (0: the start)
+    rid: Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))] = 0  # the asker's request number, echoed
+
+
+class CatchUpBatch(msgspec.Struct, array_like=True, gc=False):
+    rid: Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))]
+    events: list[Event]
+    key: Annotated[int, msgspec.Meta(ge=0, le=(1 << 62))] = 0  # the next request's key
+    more: bool = False  # the log holds more after ``key``
+    holds: bool = True  # False: the answering node does not keep every event (nothing to give)
+
+
 KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_HELLO: Hello,
     KIND_AUTH: Auth,
@@ -191,6 +215,8 @@ KIND_TYPES: dict[int, type[msgspec.Struct]] = {
     KIND_PING: Ping,
     KIND_PING_REQ: PingReq,
     KIND_ACK: Ack,
+    KIND_CATCHUP_REQUEST: CatchUpRequest,
+    KIND_CATCHUP_BATCH: CatchUpBatch,
 }
 
 #: Event-type ids for the frame header (0 = a type outside EventType, e.g. "custom_x").
