@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from spiralfast import MeshConfig, MeshCore, schema
-from spiralfast.busauth import BusSealer
+from spiralfast.busauth import BusSealer, KeyPins
 from spiralfast.links.nats import CONNECT_TIMEOUT, server_list, subject_token
 from spiralfast.outbox import single_frame
+from spiralfast.signing import NodeKey
 
 from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup
 from .procs import NodeProc
@@ -191,7 +192,8 @@ def test_raw_client_junk_unsigned_forged_and_replayed_frames_are_refused_and_cou
             await wait_until(lambda: "victim" in helper.nodes, '"victim" in helper.nodes', timeout=10)
             # a heartbeat speaking for the victim (a forged departure/ghost if it passed)
             hb = single_frame(schema.KIND_HEARTBEAT, schema.Heartbeat("victim", "active", 0, 0.0, time.time()))
-            good = BusSealer("intruder", mesh, TOKEN)
+            # an insider: the token, and a key of its own (frames must be signed by their sender's key)
+            good = BusSealer("intruder", mesh, TOKEN, node_key=NodeKey.generate(), pins=KeyPins())
             plain = BusSealer("intruder", mesh, None)
             wrong = BusSealer("intruder", mesh, "not-the-token-0123456789abcdef")
             replay = good.seal(bcast.encode(), 1, hb)
