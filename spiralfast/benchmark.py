@@ -57,6 +57,8 @@ def _pct(xs: list[float], p: float) -> float:
 def _config(node_id: str, transport: str, port: int, redis_url: str, tuned: bool, **kw: Any) -> MeshConfig:
     extra: dict[str, Any] = {"interop": False} if tuned else {}
     token = os.environ.get("SPIRALFAST_BENCH_TOKEN") or None  # perf/attack.py: the cost of authentication
+    # SPIRALFAST_BENCH_UNSIGNED=1: bus frames not signed by the nodes' keys (the cost of signing, side by side)
+    extra["sign_bus_frames"] = os.environ.get("SPIRALFAST_BENCH_UNSIGNED") != "1"
     if transport == "nats":  # the NATS URL and a mesh name of this run's own come from run_bench
         kw.setdefault("nats_url", os.environ.get("SPIRALFAST_BENCH_NATS_URL", "nats://127.0.0.1:4222"))
         kw.setdefault("mesh_name", os.environ.get("SPIRALFAST_BENCH_MESH", "spiralfast_bench"))
