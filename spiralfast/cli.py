@@ -33,6 +33,7 @@ from ._version import __version__
 from .cli_history import mesh_history
 from .cli_tasks import mesh_submit, mesh_tasks
 from .errors import AuthError, ConfigError, HandshakeError, LinkError, ProtocolError, SpiralError
+from .nodestate import node_state as status_label
 
 # Plain (click-style) help: compact at 80 columns, greppable, no boxes.
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="spiralfast mesh node and tools.",
@@ -207,8 +208,8 @@ def _setting_params() -> tuple[list[inspect.Parameter], dict[str, str]]:
             help="text or json (JSON lines carry node_id; default text).")),
         inspect.Parameter("data_dir", kw, annotation=str | None, default=typer.Option(
             None, "--data-dir", metavar="PATH", show_default=False,
-            help="The node's data directory: without --node-id the node keeps its id there (file node_id, "
-                 "made on the first start) and its default event log <node id>.db; one running node per id "
+            help="The node's data directory: without --node-id the node keeps its id there (file node_id.<port>, or node_id "
+                 "for a node on no fixed port, made on the first start) and its default event log <node id>.db; one running node per id "
                  "and directory (default $XDG_DATA_HOME/spiralfast, i.e. ~/.local/share/spiralfast; "
                  "env SPIRALFAST_DATA_DIR).")),
         inspect.Parameter("config", kw, annotation=str | None, default=typer.Option(
@@ -660,7 +661,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
     mk = safetext.markup  # names, capabilities, endpoints: chosen by members
     for n in nodes:
         t.add_row(
-            mk(n["node_id"]) + (" *" if n.get("local") else ""), mk(n["name"]), mk(n["status"]),
+            mk(n["node_id"]) + (" *" if n.get("local") else ""), mk(n["name"]), mk(status_label(n)),
             mk(",".join(str(c) for c in n["capabilities"])), mk(n.get("websocket_endpoint") or "-"),
             f"{n['seconds_since_heartbeat']:.1f}",
         )

@@ -79,10 +79,10 @@ def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_label(n: dict[str, Any]) -> str:
-    """A node's state as the HUD shows it: its status, and ``suspect`` while a node
-    whose link its side closed is being probed (removed unless it answers)."""
-    status = str(n.get("status", "?"))
-    return f"{status} (suspect)" if n.get("suspect") else status
+    """A node's state as every view shows it (:func:`.nodestate.node_state`): its status,
+    or ``suspected`` while a node whose link its side closed is being probed (removed
+    unless it answers)."""
+    return node_state(n) if n.get("status") is not None or n.get("suspect") else "?"
 
 
 def _rate(v: float | None) -> str:

@@ -51,8 +51,8 @@ CLI_SETTINGS: dict[str, Any] = {"log_level": "info", "log_format": "text", "data
 CLI_HELP: dict[str, str] = {
     "log_level": "debug, info, warning, error or critical.",
     "log_format": "text or json (JSON lines carry node_id).",
-    "data_dir": "the node's data directory: its id (file node_id) and its default event log "
-                "(default $XDG_DATA_HOME/spiralfast, ~/.local/share/spiralfast).",
+    "data_dir": "the node's data directory: its id (file node_id.<port>, or node_id on no fixed port) "
+                "and its default event log (default $XDG_DATA_HOME/spiralfast, ~/.local/share/spiralfast).",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")

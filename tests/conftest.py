@@ -79,13 +79,30 @@ def _guard_redis() -> None:
         cls.from_url = classmethod(from_url)  # type: ignore[method-assign,assignment]
 
 
+#: The user's data directory while the suite runs: a folder of the suite's own (nodes started
+#: without --data-dir or --db keep their id and event log under $XDG_DATA_HOME/spiralfast, and
+#: the old API's PersistenceManager() its codex.db), removed at the end.
+_DATA_HOME: str | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _DATA_HOME
     _guard_redis()
     services.install_sigterm_handler()
+    if _DATA_HOME is None:
+        import tempfile
+
+        _DATA_HOME = tempfile.mkdtemp(prefix="spiralfast-test-home-")
+        os.environ["XDG_DATA_HOME"] = _DATA_HOME  # inherited by every node process the tests start
+        os.environ.pop("SPIRALCODEX_DATA_DIR", None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     services.stop_all()
+    if _DATA_HOME is not None:
+        import shutil
+
+        shutil.rmtree(_DATA_HOME, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

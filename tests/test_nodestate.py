@@ -35,7 +35,7 @@ def test_hud_links_all_live_nodes() -> None:
 def test_states_and_labels_agree() -> None:
     sus = {"status": "disconnected", "suspect": True}
     assert node_state(sus) == "suspected" and state_kind(node_state(sus)) == "suspect"
-    assert status_label(sus) == "disconnected (suspect)"
+    assert status_label(sus) == "suspected"  # the same name in the HUD, the CLI and the dashboard
     assert state_kind(node_state({"status": "disconnected"})) == "down"
     assert state_kind("something-new") == "unknown"
     assert {k for k, v in node_states().items() if v == "live"} >= {"active", "initializing"}

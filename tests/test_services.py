@@ -134,3 +134,19 @@ def test_chaos_namespaces_only_when_asked(monkeypatch: pytest.MonkeyPatch, ci: b
     assert (reason == "") == runs
     if not runs:  # the reason names the variable that changes it
         assert ("SPIRALFAST_SKIP_CHAOS" in reason) if "SPIRALFAST_SKIP_CHAOS" in env else ("SPIRALFAST_CHAOS=1" in reason)
+
+
+def test_nodes_without_a_data_dir_write_under_the_suites_own_data_home() -> None:
+    # A node started by a test without --data-dir or --db keeps its id and event log in the
+    # default data directory: that must be a folder of the suite's own, never the user's.
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    home = os.environ.get("XDG_DATA_HOME", "")
+    assert home.startswith(tempfile.gettempdir()) and "spiralfast-test-home-" in home
+    out = subprocess.run([sys.executable, "-m", "spiralfast", "config", "show", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["settings"]["data_dir"]["value"] == os.path.join(home, "spiralfast")
