@@ -59,7 +59,8 @@ more is refused whole (``types_refused``), and everything is looked up in sets a
 dicts (no quadratic path).  A worker holds at most ``max(capacity * QUEUE_FACTOR,
 QUEUE_FLOOR)`` tasks per submitter (running and queued); beyond that a task is answered
 at once with a ``WorkerBusy`` failure the submitter sees as :class:`TaskError`
-(``busy_refused``).
+(``busy_refused``).  Waiting tasks are queued per submitter and served in turns, so a
+submitter's backlog never stands in front of another's next task.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ QUEUE_FACTOR = 4
 QUEUE_FLOOR = 256
 #: Refusals (``WorkerBusy``) waiting to be sent to one submitter at most; a flood that
 #: does not read its replies gets no more buffered (counted in ``busy_refused`` too).
-MAX_BUSY_REPLIES = 8 * MAX_BATCH
+MAX_BUSY_REPLIES = 64 * MAX_BATCH
 #: The error a refused task carries (type name, message).
 BUSY = "WorkerBusy"
 
@@ -131,14 +132,19 @@ _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict}
 class _Offer:
     """A task type this node serves."""
 
-    __slots__ = ("handler", "capacity", "is_async", "running", "queue", "by_src", "done", "failed", "latency")
+    __slots__ = ("handler", "capacity", "is_async", "running", "queues", "turns", "queued", "by_src", "done",
+                 "failed", "latency")
 
     def __init__(self, handler: Callable[[Any], Any], capacity: int) -> None:
         self.handler = handler
         self.capacity = capacity
         self.is_async = inspect.iscoroutinefunction(handler)
         self.running = 0
-        self.queue: deque[tuple[str, Any, Any]] = deque()
+        # Waiting tasks per submitter, served in turns (one submitter's backlog never
+        # stands in front of another's next task).
+        self.queues: dict[str, deque[tuple[Any, Any]]] = {}
+        self.turns: deque[str] = deque()  # submitters with waiting tasks, next first
+        self.queued = 0
         self.by_src: dict[str, int] = {}
         self.done = 0
         self.failed = 0
@@ -146,7 +152,41 @@ class _Offer:
 
     @property
     def load(self) -> int:
-        return self.running + len(self.queue)
+        return self.running + self.queued
+
+    def push(self, src: str, tid: Any, payload: Any) -> None:
+        q = self.queues.get(src)
+        if q is None:
+            q = self.queues[src] = deque()
+            self.turns.append(src)
+        q.append((tid, payload))
+        self.queued += 1
+
+    def pop(self) -> tuple[str, Any, Any]:
+        """The next waiting task: the submitter whose turn it is, then it goes last."""
+        src = self.turns.popleft()
+        q = self.queues[src]
+        tid, payload = q.popleft()
+        if q:
+            self.turns.append(src)
+        else:
+            del self.queues[src]
+        self.queued -= 1
+        return src, tid, payload
+
+    def forget(self, src: str) -> int:
+        """Drop ``src``'s waiting tasks; returns how many."""
+        q = self.queues.pop(src, None)
+        if not q:
+            return 0
+        self.turns.remove(src)
+        self.queued -= len(q)
+        return len(q)
+
+    def clear(self) -> None:
+        self.queues.clear()
+        self.turns.clear()
+        self.queued = 0
 
     def per_source(self) -> int:
         """Tasks one submitter may have here at once (running and queued)."""
@@ -741,7 +781,7 @@ class TaskManager:
                 o.running += 1
                 self._spawn_worker(o, ttype, src, tid, payload)
             else:
-                o.queue.append((src, tid, payload))
+                o.push(src, tid, payload)
             return
         t0 = _perf()
         try:
@@ -801,9 +841,9 @@ class TaskManager:
                 else:
                     o.by_src.pop(src, None)
                 self._reply(src, tid, status, r)
-                if not o.queue:
+                if not o.queued:
                     break
-                src, tid, payload = o.queue.popleft()
+                src, tid, payload = o.pop()
         finally:
             o.running -= 1
 
@@ -1077,10 +1117,8 @@ class TaskManager:
         for p in lost:
             self._retry(p, why)
         for offer in self._offers.values():  # its queued tasks here have nobody to reply to
-            if offer.queue:
-                before = len(offer.queue)
-                offer.queue = deque(q for q in offer.queue if q[0] != nid)
-                left = offer.by_src.get(nid, 0) - (before - len(offer.queue))  # still running for it
+            if offer.queued:
+                left = offer.by_src.get(nid, 0) - offer.forget(nid)  # still running for it
                 if left > 0:
                     offer.by_src[nid] = left
                 else:
@@ -1353,7 +1391,7 @@ class TaskManager:
         self._linked.clear()
         self._down.clear()
         for o in self._offers.values():
-            o.queue.clear()
+            o.clear()
             o.by_src.clear()
 
     # -- observer queries (``mesh tasks``, ``mesh submit``) ---------------------------
@@ -1417,7 +1455,7 @@ class TaskManager:
         offered = {}
         for k, o in self._offers.items():
             p50, p99 = _percentiles(o.latency)
-            offered[k] = {"capacity": o.capacity, "running": o.running, "queued": len(o.queue),
+            offered[k] = {"capacity": o.capacity, "running": o.running, "queued": o.queued,
                           "done": o.done, "failed": o.failed, "p50_ms": p50, "p99_ms": p99}
         in_flight: dict[str, int] = {}
         waiting: dict[str, int] = {}
