@@ -399,6 +399,8 @@ class LiveFeed:
         self._rates: dict[str, Any] = {"in": 0.0, "out": 0.0, "forwarded": 0.0}
         self._link_rates: dict[str, dict[str, float]] = {}
         self._by_type: dict[str, float] = {}
+        self._payload: bytes | None = None  # the last encoded snapshot, and when (monotonic)
+        self._payload_t = 0.0
 
     # -- connections ------------------------------------------------------------------
 
@@ -418,8 +420,10 @@ class LiveFeed:
 
     def admit(self, client: LiveClient) -> None:
         self.pending.discard(client)
+        if self.doors is not None and client.transport is not None:
+            self.doors.close_door(client.transport.underlying_transport)  # through its door
         self.clients.add(client)
-        client.send(self.snapshot_bytes())
+        client.send(self.snapshot_bytes(max_age=LIVE_INTERVAL / 4))
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._loop())
 
@@ -455,8 +459,16 @@ class LiveFeed:
 
     # -- snapshots --------------------------------------------------------------------
 
-    def snapshot_bytes(self) -> bytes:
-        return orjson.dumps(self.snapshot())
+    def snapshot_bytes(self, max_age: float = 0.0) -> bytes:
+        """The encoded snapshot; one computed less than ``max_age`` seconds ago is reused
+        (a page that connects gets the feed's last one, so reconnecting in a loop cannot
+        make the node compute a snapshot per connection)."""
+        now = time.monotonic()
+        if self._payload is not None and now - self._payload_t < max_age:
+            return self._payload
+        payload = orjson.dumps(self.snapshot())
+        self._payload, self._payload_t = payload, now
+        return payload
 
     def _sample(self, st: dict[str, Any]) -> None:
         """Rates since the previous sample (at most one per ``LIVE_INTERVAL``/2)."""

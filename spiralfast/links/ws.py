@@ -286,6 +286,11 @@ class WSLink:
         self.outbox_bytes = 0
         self._parts = None
         self.owner.links.discard(self)
+        if not self.outbound and self.ws is not None:
+            try:
+                self.owner.close_door(self.ws.underlying_transport)
+            except Exception:
+                pass
         self.host.link_closed(self)
         self.disconnected_event.set()
 
@@ -477,6 +482,8 @@ class WebSocketTransport:
             "bad_host": 0, "bad_origin": 0, "live_flood": 0,
         }
         self.doors: dict[Any, Door] = {}  # transport -> its door, while not settled
+        self.by_source: dict[str, dict[Any, Door]] = {}  # the same doors by source address
+        self._swept = 0.0
         self.origins = Origins(settings)
         self.ssl_ctx: ssl.SSLContext | None = None
         self.errlog = RateLimitedLog(log)
@@ -520,8 +527,26 @@ class WebSocketTransport:
     # -- doors ------------------------------------------------------------------------
 
     def _in_use(self) -> int:
-        """Descriptors this transport holds: links, and doors not yet links."""
-        return len(self.links) + sum(1 for d in self.doors.values() if d.link is None)
+        """Descriptors this transport holds, at most: its links and its doors (a door that
+        became a link counts twice, which errs on the side of the reserve)."""
+        return len(self.links) + len(self.doors)
+
+    def _drop(self, door: Door) -> None:
+        self.doors.pop(door.tr, None)
+        group = self.by_source.get(door.source)
+        if group is not None:
+            group.pop(door.tr, None)
+            if not group:
+                del self.by_source[door.source]
+
+    def _sweep(self) -> None:
+        """Forget settled doors (at most twice a second: an O(doors) pass)."""
+        now = time.monotonic()
+        if now - self._swept < 0.5:
+            return
+        self._swept = now
+        for d in [d for d in self.doors.values() if d.settled()]:
+            self._drop(d)
 
     def open_door(self, tr: Any, tls: bool) -> Door | None:
         """A connection was accepted (``tr``: its transport, before TLS if any): count it
@@ -532,63 +557,67 @@ class WebSocketTransport:
         except Exception:
             peer = None
         name = f"{peer[0]}:{peer[1]}" if peer else "?"
-        doors = self.doors
-        if len(doors) >= MAX_PREAUTH_CONNECTIONS or self._fd_base + FD_HEADROOM * 2 >= self.fd_limit:
-            for key, d in list(doors.items()):
-                if d.settled():
-                    del doors[key]
+        if len(self.doors) >= MAX_PREAUTH_CONNECTIONS:
+            self._sweep()
         if self._fd_base + self._in_use() + FD_HEADROOM >= self.fd_limit:
-            self.refused_connections += 1
-            self.refusals["fd_reserve"] += 1
-            self.errlog("fds", logging.WARNING, "refusing connections: near the file descriptor limit (%d)",
-                        self.fd_limit)
-            tr.abort()
-            return None
+            self._sweep()
+            if self._fd_base + self._in_use() + FD_HEADROOM >= self.fd_limit:
+                self.refused_connections += 1
+                self.refusals["fd_reserve"] += 1
+                self.errlog("fds", logging.WARNING, "refusing connections: near the file descriptor limit (%d)",
+                            self.fd_limit)
+                tr.abort()
+                return None
         door = Door(tr, source_key(peer) if peer else "?", name, tls)
-        if len(doors) >= MAX_PREAUTH_CONNECTIONS:
-            self._evict_for(door)
-        doors[tr] = door
+        while len(self.doors) >= MAX_PREAUTH_CONNECTIONS and self._evict_for(door):
+            pass
+        self.doors[tr] = door
+        self.by_source.setdefault(door.source, {})[tr] = door
         return door
 
-    def _evict_for(self, new: Door) -> None:
-        """The doors are full: close the oldest of the source holding the most (the
-        newcomer counting for its own source)."""
-        count: dict[str, int] = {new.source: 1}
-        oldest: dict[str, Door] = {}
-        for d in self.doors.values():
-            count[d.source] = count.get(d.source, 0) + 1
-            o = oldest.get(d.source)
-            if o is None or d.since < o.since:
-                oldest[d.source] = d
-        candidates = [s for s in oldest]
-        if not candidates:
-            return
-        top = max(count[s] for s in candidates)
-        source = min((s for s in candidates if count[s] == top), key=lambda s: oldest[s].since)
-        victim = oldest[source]
-        self.doors.pop(victim.tr, None)
+    def _evict_for(self, new: Door) -> bool:
+        """The doors are full: free one, the oldest of the source holding the most (the
+        newcomer counting for its own source).  False when there is nothing to free."""
+        top_source: str | None = None
+        top = 0
+        for source, group in self.by_source.items():
+            n = len(group) + (source == new.source)
+            if n > top:
+                top_source, top = source, n
+        if top_source is None:
+            return False
+        group = self.by_source[top_source]
+        victim = min(group.values(), key=lambda d: d.since)
+        self._drop(victim)
+        if victim.settled():
+            return True  # it had already gone: a slot freed, nobody evicted
         self.refused_connections += 1
         self.refusals["handshake_evicted"] += 1
-        self.errlog(("doors", source), logging.WARNING,
+        self.errlog(("doors", top_source), logging.WARNING,
                     "too many connections mid-handshake; closing the oldest of %s (the source holding the "
-                    "most: %d)", source, count[source])
+                    "most: %d)", top_source, top)
         victim.evict("too many unauthenticated connections from its address")
+        return True
 
     def rekey_door(self, old: Any, new: Any) -> None:
         """A door's TLS handshake completed: its connection now speaks through ``new``."""
-        door = self.doors.pop(old, None)
+        door = self.doors.get(old)
         if door is not None:
+            self._drop(door)
             door.tr = new
             door.tls = False
             self.doors[new] = door
+            self.by_source.setdefault(door.source, {})[new] = door
 
     def close_door(self, tr: Any) -> None:
-        self.doors.pop(tr, None)
+        door = self.doors.get(tr)
+        if door is not None:
+            self._drop(door)
 
     def tls_failed(self, door: Door, exc: BaseException | None) -> None:
         """A TLS handshake from a connection failed or timed out: counted, one line at most
         now and then (never a traceback)."""
-        self.doors.pop(door.tr, None)
+        self._drop(door)
         timed_out = isinstance(exc, (TimeoutError, ConnectionAbortedError)) and "longer than" in str(exc)
         self.refusals["tls_timeout" if timed_out else "tls_failed"] += 1
         if timed_out:
