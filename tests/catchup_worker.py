@@ -43,7 +43,11 @@ async def main(node_id: str, data_dir: str, peers: str, hb: float, window: float
     fd = os.open(os.path.join(data_dir, f"handled-{node_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     alerts: dict[str, int] = {}
 
+    tally = {"handled": 0, "replayed": 0}
+
     def handler(env: dict[str, Any]) -> None:
+        tally["handled"] += 1
+        tally["replayed"] += bool(env.get("replayed"))
         os.write(fd, f"{env['event_id']} {int(bool(env.get('replayed')))} {int(bool(env.get('redelivered')))}\n"
                  .encode())
 
@@ -71,7 +75,7 @@ async def main(node_id: str, data_dir: str, peers: str, hb: float, window: float
         elif cmd[0] == "stats":
             st = core.get_mesh_status()
             print("stats " + json.dumps({
-                "nodes": sorted(core.nodes), "catchup": core.catchup.status(), "alerted_lost": alerts,
+                "nodes": sorted(core.nodes), "catchup": core.catchup.status(), "alerted_lost": alerts, **tally,
                 "delivery": st.get("delivery"), "retx_len": len(core.sender.retx),
                 "persisted": core.eventlog.written if core.eventlog is not None else 0,
             }, default=str), flush=True)
