@@ -71,6 +71,14 @@ def tasks_tables(st: dict[str, Any]) -> list[Any]:
             sub.add_row(markup(ttype), str(o["in_flight"]), str(o["waiting"]), str(o["done"]), str(o["failed"]),
                         str(o["retried"]), str(o["timeouts"]), ms(o["p50_ms"]), ms(o["p99_ms"]))
         out.append(sub)
+    refused = {k: st.get(k) or 0 for k in ("results_refused", "types_refused", "busy_refused", "late_replies")}
+    if any(refused[k] for k in ("results_refused", "types_refused", "busy_refused")):
+        ref = Table(title="refused by this node (members limited to their own affairs)")
+        for col in ("results from a node not given the task", "task-type lists over the bound",
+                    "tasks over a submitter's queue bound", "late replies"):
+            ref.add_column(col)
+        ref.add_row(*(str(v) for v in refused.values()))
+        out.append(ref)
     return out
 
 

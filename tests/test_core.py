@@ -260,8 +260,15 @@ def test_register_and_unregister_node_announce() -> None:
             assert a.nodes["ext"] is ext and a.registry.get_node("ext") is ext
             await a.unregister_node("ext")
             assert "ext" not in a.nodes
+            # a node announces only itself (issue 23, SECURITY.md): b refuses a's word about "ext"...
+            await wait_until(lambda: b.get_mesh_status()["counters"]["reserved_refused"] == 2, "both refused")
+            assert seen == []
+            # ... and takes a's announcements about itself (what register_node/unregister_node send)
+            await a.register_node(a.local_node)
+            await a.broadcast_event("node_unregister", {"node_id": a.node_id})
             await wait_until(lambda: len(seen) == 2, 'len(seen) == 2')
-            assert seen[0]["data"] == ext.to_dict() and seen[1]["data"] == {"node_id": "ext"}
+            assert seen[0]["data"]["node_id"] == a.node_id and seen[0]["data"]["name"] == a.local_node.name
+            assert seen[1]["data"] == {"node_id": a.node_id}
 
     asyncio.run(main())
 
