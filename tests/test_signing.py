@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,175 @@ def test_self_record_bytes_canonical_and_selective() -> None:
     sig = key.sign(self_record_bytes(a))
     assert verify(key.public, self_record_bytes(b), sig)
     assert not verify(key.public, self_record_bytes({**a, "incarnation": 6}), sig)
+
+
+# -- bus frames signed by their sender's key (busauth) ----------------------------------
+
+CH = b"chan:sf:mesh"
+
+
+def _sealer(node: str, key: NodeKey | None = None, pins: Any = None, **kw: Any) -> Any:
+    from spiralfast.busauth import BusSealer, KeyPins
+
+    key = key or NodeKey.generate()
+    return BusSealer(node, "mesh", "tok", node_key=key, pins=pins if pins is not None else KeyPins(node, key.public), **kw)
+
+
+def test_bus_frames_key_signed_pinned_and_refused_otherwise() -> None:
+    from spiralfast.busauth import BusSealer
+    from spiralfast.errors import AuthError
+
+    a_key = NodeKey.generate()
+    a, rx = _sealer("A", a_key), _sealer("R")
+    assert rx.open(CH, a.seal(CH, 1, b"frame"))[::2] == ("A", memoryview(b"frame"))  # the legitimate path
+    # Another key naming A: refused, counted, and A's pin (and replay state) untouched.
+    impostor = _sealer("A")
+    with pytest.raises(AuthError, match="another key"):
+        rx.open(CH, impostor.seal(CH, 2, b"forged"))
+    # The token alone (no key): refused.
+    with pytest.raises(AuthError, match="not signed"):
+        rx.open(CH, BusSealer("A", "mesh", "tok").seal(CH, 3, b"forged"))
+    # A signature that does not verify (a byte of the frame changed after signing: the MAC
+    # is recomputed by an insider holding the token, the key signature cannot be).
+    f = bytearray(a.seal(CH, 4, b"frame"))
+    f[-1] ^= 1
+    with pytest.raises(AuthError):
+        rx.open(CH, bytes(f))
+    assert rx.stats["key_mismatch"] == 1 and rx.stats["key_unsigned"] == 1
+    assert bytes(rx.open(CH, a.seal(CH, 5, b"still A"))[2]) == b"still A"  # A still heard
+    # A declared gone: a restart with a new key is accepted.
+    rx.pins.release("A")
+    assert bytes(rx.open(CH, _sealer("A").seal(CH, 1, b"new A"))[2]) == b"new A"
+
+
+def test_a_key_signature_binds_the_channel_and_header_beyond_the_token() -> None:
+    """An insider holding the token re-computes the MAC of A's frame after changing its
+    header (its counter) or channel: the MAC passes, A's key signature does not."""
+    import hashlib
+    import hmac
+
+    from spiralfast.busauth import TAG_SIZE
+    from spiralfast.errors import AuthError
+
+    a, rx = _sealer("A"), _sealer("R")
+    sealed = bytearray(a.seal(CH, 1, b"frame"))
+    n = sealed[1]
+    end = 2 + n + 24
+    sealed[2 + n + 8] ^= 1  # another counter
+    body = end + TAG_SIZE
+    sealed[end:body] = hmac.new(rx.key, CH + b"\0\1" + bytes(sealed[1:end]) + bytes(sealed[body + 96:]),
+                                hashlib.sha256).digest()[:TAG_SIZE]
+    with pytest.raises(AuthError, match="key signature"):
+        rx.open(CH, bytes(sealed))
+    assert rx.stats["key_forged"] == 1 and rx.stats["forged"] == 0
+
+
+def test_epoch_ceiling_refuses_an_extreme_epoch_and_never_locks_out() -> None:
+    from spiralfast.errors import AuthError
+
+    key = NodeKey.generate()
+    rx = _sealer("R")
+    liar = _sealer("A", key, epoch_ms=(1 << 64) - 1)
+    with pytest.raises(AuthError, match="epoch"):
+        rx.open(CH, liar.seal(CH, 1, b"x"))
+    assert rx.stats["future_epoch"] == 1
+    real = _sealer("A", key)  # the real node (same key), and after a restart (a later epoch)
+    assert bytes(rx.open(CH, real.seal(CH, 1, b"ok"))[2]) == b"ok"
+    restarted = _sealer("A", key, epoch_ms=real.epoch + 1)
+    assert bytes(rx.open(CH, restarted.seal(CH, 1, b"again"))[2]) == b"again"
+    # Unsigned meshes (sign_bus_frames off) get the ceiling too.
+    from spiralfast.busauth import BusSealer
+
+    plain_rx, plain = BusSealer("R", "mesh", "tok", sign=False), BusSealer("A", "mesh", "tok", epoch_ms=(1 << 64) - 1)
+    with pytest.raises(AuthError, match="epoch"):
+        plain_rx.open(CH, plain.seal(CH, 1, b"x"))
+
+
+def test_handshake_proves_the_node_key() -> None:
+    from spiralfast import schema
+    from spiralfast.handshake import Handshake
+
+    ka, kb = NodeKey.generate(), NodeKey.generate()
+    a = Handshake("A", "m", "t", outbound=True, record={"node_id": "A", "metadata": {"public_key": ka.public.hex()}},
+                  node_key=ka)
+    b = Handshake("B", "m", "t", outbound=False, record={"node_id": "B"}, node_key=kb)
+    out_a, out_b = a.start(), b.start()
+    replies = b.receive(*out_a[0]) + []
+    auth_a = a.receive(*out_b[0])
+    assert replies == [] and auth_a[0][0] == schema.KIND_AUTH
+    auth_b = b.receive(*auth_a[0])
+    assert b.state == "ready" and b.peer_key == ka.public
+    a.receive(*auth_b[0])
+    assert a.state == "ready" and a.peer_key == kb.public
+    # A signature made for another connection (other nonces) or by another key is refused.
+    c = Handshake("C", "m", "t", outbound=False, record={"node_id": "C"}, node_key=NodeKey.generate())
+    c.start()
+    c.receive(*out_a[0])
+    forged = schema.Auth(auth_a[0][1].proof, auth_a[0][1].node, ka.public, auth_a[0][1].sig)
+    c.receive(schema.KIND_AUTH, forged)
+    assert c.state == "failed"  # the token proof is bound to the nonces too; so is the key signature
+    d = Handshake("B", "m", "t", outbound=False, record={"node_id": "B"}, node_key=kb, nonce=b.nonce)
+    d.start()
+    d.receive(*out_a[0])
+    wrong = schema.Auth(auth_a[0][1].proof, auth_a[0][1].node, kb.public, auth_a[0][1].sig)
+    d.receive(schema.KIND_AUTH, wrong)
+    assert d.state == "failed" and "key" in str(d.error)
+
+
+# -- sequence ids only from their origin (EventSink, both twins) -------------------------
+
+def _impls() -> list[Any]:
+    from spiralfast import _fastpath_py
+    from spiralfast._native import PUREPYTHON_REQUESTED
+
+    out: list[Any] = [_fastpath_py]
+    try:
+        from spiralfast import _fastpath as compiled
+    except ImportError:  # pragma: no cover
+        return out
+    return out if PUREPYTHON_REQUESTED else [*out, compiled]
+
+
+def _sink_run(impl: Any) -> tuple[Any, ...]:
+    from spiralfast import _codec_py, schema
+    from tests.test_fastpath import FakeDispatcher
+
+    core = FakeDispatcher()
+    core.handlers["e"] = [lambda env: core.got.append(("h", env))]
+    sink = impl.EventSink(core, b"me", impl.Dedupe(64))
+    sink.claim("aaaaaaaaaaaas", "A")
+
+    def frame(*evs: tuple[str, str, bytes]) -> bytes:
+        w = _codec_py.FrameWriter()
+        for eid, src, target in evs:
+            w.add(schema.KIND_EVENT, 0, target, eid.encode(), schema.Event(eid, "e", src, 1.0, None, None))
+        return w.finish()
+
+    out = []
+    out.append(len(sink.receive(frame(("aaaaaaaaaaaas-1", "A", b"")), True, "A")))  # A's own: delivered
+    out.append(len(sink.receive(frame(("aaaaaaaaaaaas-2", "A", b""), ("aaaaaaaaaaaas-3", "M", b""),
+                                      ("bbbbbbbbbbbbs-1", "A", b"")), True, "M")))  # all three refused
+    out.append(sink.foreign)
+    out.append(len(sink.receive(frame(("aaaaaaaaaaaas-2", "A", b"")), True, "A")))  # A's seq 2 not taken
+    sink.receive(frame(("aaaaaaaaaaaax-1", "A", b"me")), True, "B")  # for us, relayed by B
+    out.append([m.msg_id for m in sink.relayed])
+    out.append(sink.receive(frame(("bbbbbbbbbbbbs-2", "M", b"")), True, "M") == [])  # M's own origin
+    sink.release("A")
+    out.append(sorted(sink.owners.values()))
+    # A made-up origin per message: at most MAX_FIRST_USES taken, then refused.
+    before = sink.foreign
+    sink.receive(frame(*[(f"{i:012x}s-1", "M", b"") for i in range(20)]), True, "M")
+    out.append(sink.foreign - before)
+    got = [(tag, env["source_node"], env["event_id"]) for tag, env in core.got]
+    return (*out, got, sink.duplicates)
+
+
+def test_sequence_ids_accepted_only_from_their_origin_twins_identical() -> None:
+    results = [_sink_run(impl) for impl in _impls()]
+    r = results[0]
+    assert r[0] == 0 and r[1] == 0 and r[2] == 3 and r[3] == 0
+    assert r[4] == [b"aaaaaaaaaaaax-1"]
+    assert r[-2][:3] == [("h", "A", "aaaaaaaaaaaas-1"), ("h", "A", "aaaaaaaaaaaas-2"), ("h", "M", "bbbbbbbbbbbbs-2")]
+    assert len(r[-2]) == 3 + 7
+    assert r[7] == 20 - 7  # M already owns one origin: 7 more first uses, then refused
+    assert all(x == r for x in results[1:]), results
