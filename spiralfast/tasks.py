@@ -133,7 +133,7 @@ class _Offer:
     """A task type this node serves."""
 
     __slots__ = ("handler", "capacity", "is_async", "running", "queues", "turns", "queued", "by_src", "done",
-                 "failed", "latency")
+                 "failed", "latency", "busy", "busy_cap")
 
     def __init__(self, handler: Callable[[Any], Any], capacity: int) -> None:
         self.handler = handler
@@ -149,6 +149,8 @@ class _Offer:
         self.done = 0
         self.failed = 0
         self.latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.busy: list[Any] | None = None  # the WorkerBusy failure value (shared by every refusal)
+        self.busy_cap = 0
 
     @property
     def load(self) -> int:
@@ -809,8 +811,11 @@ class TaskManager:
             buf = self._results.get(src)
             if buf is not None and len(buf[2]) >= MAX_BUSY_REPLIES:
                 return  # a flood that does not take its replies: no more are buffered for it
-        self._reply(src, tid, FAILED, [BUSY, f"node {self.mesh.node_id} already holds {o.per_source()} "
-                                             f"{ttype!r} tasks of yours (capacity {o.capacity})"])
+        if o.busy is None or o.busy_cap != o.capacity:  # one shared (never changed) value per offer
+            o.busy_cap = o.capacity
+            o.busy = [BUSY, f"node {self.mesh.node_id} already holds {o.per_source()} {ttype!r} tasks of yours "
+                            f"(capacity {o.capacity})"]
+        self._reply(src, tid, FAILED, o.busy)
 
     def _spawn_worker(self, o: _Offer, ttype: str, src: str, tid: Any, payload: Any, aw: Any = None) -> None:
         task = asyncio.ensure_future(self._work(o, ttype, src, tid, payload, aw))
