@@ -1,6 +1,6 @@
 """A member's task round trip with and without the side-door floods, side by side.
 
-    python perf/side_door_floods.py [--seconds 8] [--rate 200] [--json]
+    python perf/side_door_floods.py [--seconds 8] [--rate 200] [--live 2] [--upgrades 300] [--json]
 
 A worker node (``tests/task_worker.py`` serving ``echo``) runs as its own process; a member
 node in this process submits ``echo`` tasks to it, paced at ``--rate`` per second, and
@@ -195,12 +195,16 @@ async def round_trips(mesh: Any, seconds: float, rate: float) -> list[float]:
     return out
 
 
+PIN = False
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+    pin = ("--pin",) if PIN else ()
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args, *pin], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
 
 
-async def measure(seconds: float, rate: float, upgrades: float) -> dict[str, Any]:
+async def measure(seconds: float, rate: float, upgrades: float, live: int = 2) -> dict[str, Any]:
     sys.path.insert(0, ROOT)
     from spiralfast import MeshConfig, MeshCore
 
@@ -209,7 +213,7 @@ async def measure(seconds: float, rate: float, upgrades: float) -> dict[str, Any
     mesh = MeshCore(MeshConfig(node_id="sd-member", websocket_port=free_port(), enable_redis=False,
                                peers=[f"ws://127.0.0.1:{port}"], heartbeat_interval=1.0))
     await mesh.start()
-    result: dict[str, Any] = {"seconds": seconds, "rate": rate, "upgrades_per_s": upgrades}
+    result: dict[str, Any] = {"seconds": seconds, "rate": rate, "upgrades_per_s": upgrades, "live_connections": live}
     try:
         deadline = time.monotonic() + 20
         while "sd-worker" not in mesh.nodes:
@@ -226,9 +230,10 @@ async def measure(seconds: float, rate: float, upgrades: float) -> dict[str, Any
         c0, t0 = cpu(), time.monotonic()
         quiet = await round_trips(mesh, seconds, rate)
         result["worker_cpu_quiet"] = round((cpu() - c0) / (time.monotonic() - t0), 3)
-        floods = [spawn("flood-live", "--port", str(port), "--seconds", str(seconds + 2)) for _ in range(2)]
-        floods.append(spawn("flood-upgrades", "--port", str(port), "--seconds", str(seconds + 2),
-                            "--rate", str(upgrades), "--source", "127.0.0.2"))
+        floods = [spawn("flood-live", "--port", str(port), "--seconds", str(seconds + 2)) for _ in range(live)]
+        if upgrades > 0:
+            floods.append(spawn("flood-upgrades", "--port", str(port), "--seconds", str(seconds + 2),
+                                "--rate", str(upgrades), "--source", "127.0.0.2"))
         await asyncio.sleep(1.0)  # the floods are under way
         c0, t0 = cpu(), time.monotonic()
         flooded = await round_trips(mesh, seconds, rate)
@@ -258,11 +263,22 @@ def main() -> None:
     ap.add_argument("--port", type=int)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rate", type=float, default=200.0, help="tasks per second (measure), upgrades per second")
-    ap.add_argument("--upgrades", type=float, default=300.0, help="idle upgrades per second in the flood")
+    ap.add_argument("--upgrades", type=float, default=300.0, help="idle upgrades per second in the flood (0: none)")
+    ap.add_argument("--live", type=int, default=2, help="/live flooding connections (0: none)")
     ap.add_argument("--source", default="127.0.0.2")
     ap.add_argument("--path", default="/")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="floods on the last CPU, the worker and the member on the others (as if the attacker "
+                         "were another machine; other load on the machine is not moved)")
     a = ap.parse_args()
+    if a.pin and a.mode != "measure":
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    elif a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cpus[:-1]) or set(cpus))
+        global PIN
+        PIN = True
     if a.mode == "flood-live":
         flood_live(a.port, a.seconds)
         return
@@ -271,11 +287,12 @@ def main() -> None:
         return
     import uvloop
 
-    res = uvloop.run(measure(a.seconds, a.rate, a.upgrades))
+    res = uvloop.run(measure(a.seconds, a.rate, a.upgrades, a.live))
     if a.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"member task round trip (echo, {a.rate:.0f}/s, {a.seconds:.0f} s per run)")
+    print(f"member task round trip (echo, {a.rate:.0f}/s, {a.seconds:.0f} s per run); floods: {a.live} /live "
+          f"connections, {a.upgrades:.0f} idle upgrades/s from 127.0.0.2")
     print(f"{'run':<8} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     for name in ("quiet", "floods"):
         r = res[name]
