@@ -21,7 +21,9 @@ A node without a token accepts only plain frames; a node with one, only MAC'd on
 
 The token proves only membership.  *Which* member sent a frame is proved by its own
 Ed25519 key (``spiralfast.signing``): each node signs the whole sealed frame (one
-signature per frame batch, not per event) and sends its public key with it.  The
+signature per frame batch, not per event: the header, the MAC tag, its public key and
+the frame's digest, which is the MAC's full HMAC-SHA256 output, or SHA-256 without a
+token) and sends its public key with it.  The
 first key heard for a node id is pinned to it (:class:`KeyPins`, shared by every bus
 link of the node and seeded with the node's own key); a frame naming that sender with
 another key, or whose signature does not verify, is refused and counted.  A node id
@@ -52,6 +54,7 @@ REPLAY_WINDOW = 4096
 #: Flag bits of a sealed frame.
 FLAG_MAC, FLAG_KEY = 1, 2
 KEY_BLOCK = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
+_SIG_LABEL = b"spiralfast-bus-frame-v1\0"
 
 
 class KeyPins:
@@ -157,13 +160,17 @@ class BusSealer:
         hdr = self._prefix + _HDR.pack(self.epoch, counter, int(time.time() * 1000))
         flag = self._flag
         head = bytes((flag,)) + hdr
+        full = None
         if self.key is not None:
-            head += hmac.new(self.key, channel + b"\0\1" + hdr + frame, hashlib.sha256).digest()[:TAG_SIZE]
+            full = hmac.new(self.key, channel + b"\0\1" + hdr + frame, hashlib.sha256).digest()
+            head += full[:TAG_SIZE]
         if self.node_key is None:
             return head + frame
-        # One signature for the whole sealed frame (a batch of messages): channel,
-        # header, MAC tag, our public key and the frame.
-        sig = self.node_key.sign(b"".join((channel, b"\0", head, self._pub, frame)))
+        # One signature for the whole sealed frame (a batch of messages), over a digest of
+        # it: the MAC's full HMAC-SHA256 output (collision-resistant even to members who
+        # know the MAC key), so the frame is hashed once for both.
+        digest = full if full is not None else hashlib.sha256(channel + b"\0\1" + hdr + frame).digest()
+        sig = self.node_key.sign(b"".join((_SIG_LABEL, head, self._pub, digest)))
         return b"".join((head, self._pub, sig, frame))
 
     def open(self, channel: bytes, data: bytes) -> tuple[str, int, memoryview]:
@@ -186,13 +193,14 @@ class BusSealer:
             raise AuthError("unsigned frame on a token-protected mesh" if self.key is not None
                             else "signed frame from another mesh (no token here)")
         body = end
+        full = None
         if self.key is not None:
             tag = bytes(view[end : end + TAG_SIZE])
             body = end + TAG_SIZE
             skip = KEY_BLOCK if flag & FLAG_KEY else 0
-            want = hmac.new(self.key, channel + b"\0\1" + bytes(view[1:end]) + bytes(view[body + skip:]),
-                            hashlib.sha256).digest()[:TAG_SIZE]
-            if not hmac.compare_digest(tag, want):
+            full = hmac.new(self.key, channel + b"\0\1" + bytes(view[1:end]) + bytes(view[body + skip:]),
+                            hashlib.sha256).digest()
+            if not hmac.compare_digest(tag, full[:TAG_SIZE]):
                 self.stats["forged"] += 1
                 raise AuthError("bad frame tag (wrong token or another mesh)")
         try:
@@ -205,7 +213,9 @@ class BusSealer:
             sig = bytes(view[body + PUBLIC_KEY_SIZE : body + KEY_BLOCK])
             frame_at = body + KEY_BLOCK
             if self.pins is not None:
-                if not verify(pub, b"".join((channel, b"\0", view[:body], pub, view[frame_at:])), sig):
+                digest = full if full is not None else hashlib.sha256(
+                    channel + b"\0\1" + bytes(view[1:end]) + bytes(view[frame_at:])).digest()
+                if not verify(pub, b"".join((_SIG_LABEL, view[:body], pub, digest)), sig):
                     self.stats["key_forged"] += 1
                     raise AuthError(f"bad key signature on a frame from {sender[:64]!r}")
                 self._check_epoch(sender, epoch)
