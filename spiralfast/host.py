@@ -514,6 +514,10 @@ class NodeHost:
         if et is None:
             self.node.counts["bad_messages"] += 1
             return
+        if ev.event_type in ("node_register", "node_unregister") and not (
+                isinstance(ev.data, dict) and ev.data.get("node_id") == ev.source_node):
+            self.node.gate.sink.reserved_refused += 1  # a node announces only itself (as on the mesh path)
+            return
         self.node.event_bus.accept_remote(RitualEvent(ev.event_id, et, ev.source_node, ev.target_node, ev.timestamp,
                                                  ev.data, ev.metadata or {}, ev.priority, ev.ttl))
 

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from spiralfast import MeshConfig, MeshCore
+from spiralfast import EventType, MeshConfig, MeshCore
 from spiralfast.client import ObserverClient
 from spiralfast.membership import SILENCE_FACTOR
 from spiralfast.registry import MAX_CAPABILITIES
@@ -187,25 +187,31 @@ async def test_forged_departure_is_refused_and_pinned_tasks_keep_running(
     s, w, m = worker_and_attacker
     heard: list[dict[str, Any]] = []
     s.register_event_handler("node_unregister", heard.append)
+    bus_heard: list[Any] = []
+    s.event_bus.subscribe(EventType.NODE_UNREGISTER, bus_heard.append)
     tasks = [asyncio.ensure_future(s.submit_task("work", {"i": k, "s": 1.5}, target_node="W", timeout=60))
              for k in range(3)]
     await wait_until(lambda: len(in_flight_at(s, "W")) == 3, "three tasks pinned to W in flight")
     # M announces W's departure with an ordinary broadcast_event
     assert await m.command(op="broadcast", type="node_unregister", data={"node_id": "W"})
-    await wait_until(lambda: s.get_mesh_status()["counters"]["reserved_refused"] >= 1, "the forged departure refused")
+    # ... and through the mesh's EventBus (SPEC publish)
+    assert await m.command(op="bus_publish", type="node_unregister", data={"node_id": "W"})
+    await wait_until(lambda: s.get_mesh_status()["counters"]["reserved_refused"] >= 2, "the forged departures refused")
     # an observer cannot announce one either
     reply = await _observer_publish(m, "node_unregister", {"node_id": "W"})
     assert reply is not None and "reserved" in reply
     # W is still a member, its tasks are still there, and the real results arrive (no WorkerLost)
     assert "W" in s.nodes and len(in_flight_at(s, "W")) == 3
     assert sorted(await asyncio.gather(*tasks)) == [[k, "W"] for k in range(3)]
-    assert not any(e["data"].get("node_id") == "W" for e in heard)
+    assert not any(e["data"].get("node_id") == "W" for e in heard) and bus_heard == []
     assert not any(getattr(e, "event_type", None) == "node_unregister" and e.data.get("node_id") == "W"
                    for e in s.recent_events)
     # SPEC behaviour kept for a node speaking about itself: M's own announcement is delivered
     assert await m.command(op="broadcast", type="node_unregister", data={"node_id": "M"})
     await wait_until(lambda: any(e["source_node"] == "M" and e["data"]["node_id"] == "M" for e in heard),
                      "M's announcement about itself delivered")
+    assert await m.command(op="bus_publish", type="node_unregister", data={"node_id": "M"})
+    await wait_until(lambda: any(e.source_node == "M" for e in bus_heard), "M's bus announcement about itself delivered")
     # ... and, being only an event, it takes nothing from the task manager: W still serves
     assert await s.submit_task("work", {"i": 9, "s": 0.01}, target_node="W") == [9, "W"]
 

@@ -16,6 +16,7 @@ stdin and answers ``ok <JSON>`` on stdout:
     key (list of hex strings) is put into ``D["i"]`` as bytes (task ids), a ``"hex_x"``
     key into ``D["x"]`` as failures of those ids.
 ``{"op": "broadcast", "type": T, "data": D}``  ``broadcast_event``.
+``{"op": "bus_publish", "type": T, "data": D}``  ``event_bus.publish`` (T an EventType value).
 ``{"op": "load", "to": ID, "n": N}``  one ``_sf.load`` listing N task types, sent to ID.
 ``{"op": "flood", "to": ID, "type": T, "n": N, "s": S}``  N ``_sf.task`` messages of
     type T (payload ``{"i": k, "s": S}``), batches of 512, ignoring the worker's capacity.
@@ -84,6 +85,10 @@ def main() -> None:
                 if "hex_x" in cmd:
                     data["x"] = [[bytes.fromhex(h), 1, ["Forged", "by M"]] for h in cmd["hex_x"]]
                 return await mesh.send_to_node(cmd["to"], cmd["type"], data)
+            if op == "bus_publish":  # the EventBus (SPEC publish), which the mesh carries too
+                from spiralfast import EventType
+
+                return await mesh.event_bus.publish(EventType(cmd["type"]), cmd.get("data"))
             if op == "broadcast":
                 await mesh.broadcast_event(cmd["type"], cmd.get("data"))
                 return True
