@@ -3,8 +3,8 @@
     python -m tests.catchup_worker NODE_ID DATA_DIR PEERS HB WINDOW PERSIST CATCHUP [LINK]
 
 ``PEERS``: comma-separated ws:// URLs or ``-``; ``PERSIST``: ``all`` or ``mesh``;
-``CATCHUP``: 1 or 0; ``LINK``: ``ws`` (default), or ``redis:URL`` / ``nats:URL`` (a node
-on that bus alone, no WebSocket peers).  The event log is ``DATA_DIR/NODE_ID.db``.
+``CATCHUP``: 1 or 0; ``LINK``: ``ws`` (default), or ``redis:MESH:URL`` / ``nats:MESH:URL``
+(a node on that bus alone, mesh name ``MESH``, no WebSocket peers).  The event log is ``DATA_DIR/NODE_ID.db``.
 Prints ``url <ws url> <origin>`` once started.  Every ``load`` event its handler
 finishes is appended to ``DATA_DIR/handled-NODE_ID.log`` as ``<event id> <r> <d>``
 (replayed, redelivered: 0/1), one unbuffered write each, so the file survives a
@@ -34,11 +34,15 @@ async def main(node_id: str, data_dir: str, peers: str, hb: float, window: float
     cfg = MeshConfig(node_id=node_id, enable_redis=False, enable_nats=False, websocket_port=0, heartbeat_interval=hb,
                      peers=[] if peers == "-" else peers.split(","), retransmit_window=window,
                      persistence_path=os.path.join(data_dir, f"{node_id}.db"), persist_events=persist,
-                     catch_up=catch_up)
-    if link.startswith("redis:"):
-        cfg.enable_redis, cfg.redis_url, cfg.enable_websocket = True, link[6:], False
-    elif link.startswith("nats:"):
-        cfg.nats_url, cfg.enable_nats, cfg.enable_websocket = link[5:], True, False
+                     catch_up=catch_up, key_path=os.path.join(data_dir, f"{node_id}.key"))  # as the CLI keeps it
+    kind, _, rest = link.partition(":")
+    if kind in ("redis", "nats"):  # "<kind>:<mesh name>:<url>": that bus alone
+        mesh, _, url = rest.partition(":")
+        cfg.mesh_name, cfg.ritual_channel, cfg.enable_websocket = mesh, f"{mesh}_events", False
+        if kind == "redis":
+            cfg.enable_redis, cfg.redis_url = True, url
+        else:
+            cfg.nats_url, cfg.enable_nats = url, True
     core = MeshCore(cfg)
     fd = os.open(os.path.join(data_dir, f"handled-{node_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     alerts: dict[str, int] = {}

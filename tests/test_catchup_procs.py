@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from spiralfast.eventlog import BATCH_MAX_AGE_S
+from tests import services
 from tests.catchup_worker import Node, read_handled
+from tests.conftest import require
 from tests.waiting import wait_until_sync
 
 HB = 0.3
@@ -31,8 +33,9 @@ def nodes(tmp_path: Any) -> Iterator[list[Node]]:
 
 
 def start(started: list[Node], tmp_path: Any, name: str, peers: list[str], persist: str = "all",
-          catch_up: bool = True) -> Node:
-    n = Node(name, str(tmp_path), ",".join(peers) or "-", str(HB), str(WINDOW), persist, "1" if catch_up else "0")
+          catch_up: bool = True, link: str = "ws") -> Node:
+    n = Node(name, str(tmp_path), ",".join(peers) or "-", str(HB), str(WINDOW), persist, "1" if catch_up else "0",
+             link)
     started.append(n)
     return n
 
@@ -161,3 +164,29 @@ def test_fresh_node_gets_no_history_and_opt_out(nodes: list[Node], tmp_path: Any
     assert not any(r for _, r, _ in handled(tmp_path, "d") + handled(tmp_path, "c"))
     assert d.stats()["catchup"]["requests"] == 0 and c.stats()["catchup"]["requests"] == 0
     time.sleep(0)  # (nothing waits on time here)
+
+
+@pytest.mark.parametrize("bus", ["redis", "nats"])
+def test_clean_stop_then_return_on_a_bus_alone(nodes: list[Node], tmp_path: Any, bus: str) -> None:
+    """The same over Redis or NATS alone (no WebSocket): the request and its answers go
+    over the bus's direct subjects/channels, sealed and checked like every bus frame."""
+    svc = services.redis() if bus == "redis" else services.nats()
+    require(svc.available, svc.missing)
+    link = f"{bus}:catchup{os.getpid()}x{int(time.time() * 1000) % 100000}:{svc.url}"
+    a = start(nodes, tmp_path, "a", [], link=link)
+    b = start(nodes, tmp_path, "b", [], link=link)
+    c = start(nodes, tmp_path, "c", [], "mesh", link=link)
+    for n in (a, b, c):
+        wait_until_sync(lambda n=n: len(n.stats()["nodes"]) == 3, "a mesh of three on the bus", timeout=30)
+    send(a, 100)
+    wait_until_sync(lambda: len(handled(tmp_path, "c")) == 100, "c handled the first 100 live", timeout=30)
+    c.quit()
+    send(a, N)
+    away_past_window(a, b, tmp_path, 100 + N)
+    c = start(nodes, tmp_path, "c", [], "mesh", link=link)
+    wait_until_sync(lambda: c.stats()["catchup"]["done"], "c caught up", timeout=60)
+    wait_until_sync(lambda: len(handled(tmp_path, "c")) >= 100 + N, "c handled all", timeout=60)
+    rows = handled(tmp_path, "c")
+    assert seqs_of(rows, a.origin) == list(range(1, 100 + N + 1))
+    assert all(r for _, r, _ in rows[100:]) and not any(d for _, _, d in rows)
+    assert not c.stats()["alerted_lost"]
