@@ -77,9 +77,9 @@ class MeshConfig:
         refuse frames not signed by the key pinned to their sender (off: membership only).
     :param catch_up: a node returning with its event log (a delivery cursor) asks its peers for what it missed.
     :param allowed_hosts: ``Host`` names the port answers besides IP literals, localhost,
-        the listen host and the machine's name (DNS rebinding); ``["*"]``: any.
+        the listen host and the machine's name (DNS rebinding); ``*`` allows any.
     :param allowed_origins: browser origins (``https://ops.example:443``) allowed to open
-        WebSockets besides the page's own (same-origin); ``["*"]``: any.
+        WebSockets besides the page's own (same-origin); ``*`` allows any.
     """
 
     node_id: str | None = None
