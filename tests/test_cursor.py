@@ -79,3 +79,27 @@ def test_redelivery_rule() -> None:
     # Unclean: what was stamped up to the last alive time plus interval and margin may have been handled.
     assert is_redelivery(101.0, clean=False, alive_at=100.0, interval=0.1, margin=1.0)
     assert not is_redelivery(101.2, clean=False, alive_at=100.0, interval=0.1, margin=1.0)
+
+
+def test_catchup_messages_are_member_only_and_range_checked() -> None:
+    import msgspec
+    import pytest
+
+    from spiralfast import gate, schema
+
+    for kind in (schema.KIND_CATCHUP_REQUEST, schema.KIND_CATCHUP_BATCH):
+        assert gate.admit(gate.MEMBER, kind) == gate.DELIVER
+        assert gate.admit(gate.MEMBER, kind, bus=True) == gate.DELIVER
+        assert gate.admit(gate.HANDSHAKE, kind) == gate.REFUSE
+        assert gate.admit(gate.OBSERVER, kind) == gate.REFUSE
+    dec = msgspec.msgpack.Decoder(schema.CatchUpRequest).decode
+    enc = msgspec.msgpack.encode
+    ok = dec(enc([{ORIGIN: 5}, 1.0, 4096, 0, 1]))  # the positive path
+    assert ok.origins == {ORIGIN: 5} and ok.max_bytes == 4096
+    for bad in ([{ORIGIN: -1}, 1.0, 4096], [{ORIGIN: 5}, -1.0, 4096], [{ORIGIN: 5}, 1.0, 1 << 40],
+                [{"x" * 65: 5}, 1.0, 4096], [{ORIGIN: 5}, 1.0, 4096, -3]):
+        with pytest.raises(msgspec.ValidationError):
+            dec(enc(bad))
+    too_many = {f"{i:012x}s": 1 for i in range(schema.MAX_CATCHUP_ORIGINS + 1)}
+    with pytest.raises(msgspec.ValidationError):
+        dec(enc([too_many, 1.0, 4096]))
