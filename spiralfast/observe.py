@@ -138,6 +138,7 @@ def node_counters(core: MeshCore) -> dict[str, int]:
              events_lost=sum(core.gate.dedupe.lost().values()),
              # membership events about another node from members, reserved types from observers
              reserved_refused=gate.sink.reserved_refused + c.pop("reserved_refused_observers", 0),
+             capabilities_refused=core.registry.capabilities_refused,  # over the bound, or bad names
              events_missing=sum(core.gate.dedupe.gaps().values()),
              impersonation_refused=gate.stats.get("impersonation_refused", 0),
              **_bus_identity_counts(core))

@@ -280,4 +280,5 @@ class MeshRegistry:
             "heartbeat_timeout": self.heartbeat_timeout,
             "network_health": self._calculate_network_health(),
             "discovery_callbacks": len(self.discovery_callbacks),
+            "capabilities_refused": self.capabilities_refused,
         }

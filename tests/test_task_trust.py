@@ -248,6 +248,7 @@ async def test_sixty_thousand_task_types_are_refused_and_health_stays_responsive
         # M's own record: at most MAX_CAPABILITIES of its capabilities kept, on V and here
         rec = next(n for n in await v.query("nodes") if n["node_id"] == "M")
         assert len(rec["capabilities"]) <= MAX_CAPABILITIES
+        assert st["counters"]["capabilities_refused"] >= 60_000 - MAX_CAPABILITIES
         assert len(s.registry.nodes["M"].capabilities) <= MAX_CAPABILITIES
         # the legitimate path: V still serves, and no node was declared dead
         assert await s.submit_task("echo", {"x": 2}, target_node="V") == {"x": 2}
