@@ -14,7 +14,7 @@ Measured:
   end of the catch-up (all N replayed), the catch-up rate, and the live rate during the
   catch-up (L over the time from the live burst's start until ``c`` handled all L).
 
-Usage: ``python perf/catchup.py [--n N] [--live L] [--json]``
+Usage: ``python perf/catchup.py [--n N] [--live L] [--log-handled] [--json]``
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--live", type=int, default=20_000)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--log-handled", action="store_true",
+                    help="the handlers append each event to a file (one write per event), as the tests do")
     args = ap.parse_args()
+    if not args.log_handled:
+        os.environ["CATCHUP_NOLOG"] = "1"  # the workers inherit it: handlers count only
     d = tempfile.mkdtemp(prefix="sf-catchup-")
     a = Node("a", d, "-", HB, WINDOW, "all", "1")
     b = Node("b", d, a.url, HB, WINDOW, "all", "1")

@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spiralfast.catchup")
 
-#: Bytes asked for per answer (the answering node caps it at ``schema.MAX_CATCHUP_BYTES``).
-REQUEST_BYTES = 1 << 20
+#: Bytes asked for per answer over a WebSocket link (the answering node caps it at
+#: ``schema.MAX_CATCHUP_BYTES``), and over a bus (NATS refuses payloads over 1 MiB by default).
+REQUEST_BYTES = schema.MAX_CATCHUP_BYTES
+REQUEST_BYTES_BUS = 256 * 1024
 #: Seconds to wait for one answer before asking the next peer.
 ANSWER_TIMEOUT = 10.0
 #: Seconds to wait, after start, for a first peer to ask.
@@ -58,7 +60,8 @@ PACE_BYTES = 4 * 1024 * 1024
 _KEY_SHIFT = 15  # key = (batch_id << 15) | index in the batch (a batch holds at most 10,000 events)
 
 _encode = msgspec.msgpack.Encoder().encode
-_to_event = msgspec.json.Decoder(schema.Event).decode
+#: A stored batch: wire-form arrays (events) or envelope objects (membership, old rows).
+_decode_stored = msgspec.json.Decoder(list[schema.Event | dict[str, Any]]).decode
 
 
 class CatchUp:
@@ -195,31 +198,35 @@ class CatchUp:
                 return True
         return False
 
+    def _request(self, peer: str, key: int) -> asyncio.Future[schema.CatchUpBatch] | None:
+        """Send one request to ``peer``; the future of its answer (None: no route)."""
+        self.rid += 1
+        rid = self.rid
+        fut: asyncio.Future[schema.CatchUpBatch] = asyncio.get_running_loop().create_future()
+        budget = REQUEST_BYTES if peer in self.node.outbox.links else REQUEST_BYTES_BUS
+        self.stats["requests"] += 1
+        if not self.node.outbox.send(peer, schema.KIND_CATCHUP_REQUEST, 0, b"",
+                                     schema.CatchUpRequest(self.wants, self.since, budget, key, rid)):
+            return None
+        self.waiting[rid] = fut
+        fut.add_done_callback(lambda _f: self.waiting.pop(rid, None))
+        return fut
+
     async def _ask(self, peer: str) -> None:
-        key = 0
-        while self.node.running:
-            self.rid += 1
-            rid = self.rid
-            fut: asyncio.Future[schema.CatchUpBatch] = asyncio.get_running_loop().create_future()
-            self.waiting[rid] = fut
-            req = schema.CatchUpRequest(self.wants, self.since, REQUEST_BYTES, key, rid)
-            self.stats["requests"] += 1
-            if not self.node.outbox.send(peer, schema.KIND_CATCHUP_REQUEST, 0, b"", req):
-                self.waiting.pop(rid, None)
-                return
+        """Ask ``peer`` until its log has nothing more.  The next request goes out as
+        an answer arrives, before that answer's events are handed over (one request
+        ahead at most: reading the log there overlaps delivering here)."""
+        fut = self._request(peer, 0)
+        while fut is not None and self.node.running:
             try:
                 ans = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
             except TimeoutError:
                 log.info("catch-up: %s did not answer in %.0f s", peer, ANSWER_TIMEOUT)
                 return
-            finally:
-                self.waiting.pop(rid, None)
             if not ans.holds:
                 return
+            fut = self._request(peer, ans.key) if ans.more else None
             await self._deliver(ans.events)
-            if not ans.more:
-                return
-            key = ans.key
 
     async def _deliver(self, events: list[schema.Event]) -> None:
         node = self.node
@@ -316,6 +323,8 @@ def _flush_interval() -> float:
 def _stored_event(item: Any) -> schema.Event | None:
     """A stored batch element (wire-form array, or envelope object) as a wire event."""
     try:
+        if isinstance(item, schema.Event):
+            return item
         if isinstance(item, list):
             return msgspec.convert(item, schema.Event)
         if isinstance(item, dict) and isinstance(item.get("event_id"), str):
@@ -332,7 +341,6 @@ def read_missed(store: Any, m: schema.CatchUpRequest, asker: str) -> tuple[list[
     origins the asker did not know), from ``m.since``, in log order, starting at
     ``m.key``, up to ``m.max_bytes`` (at least one event).  Returns ``(events, the next
     key, more after it)``."""
-    json_decode = msgspec.json.Decoder().decode
     budget = min(m.max_bytes, schema.MAX_CATCHUP_BYTES)
     origins = m.origins
     bid, skip = m.key >> _KEY_SHIFT, m.key & ((1 << _KEY_SHIFT) - 1)
@@ -347,22 +355,26 @@ def read_missed(store: Any, m: schema.CatchUpRequest, asker: str) -> tuple[list[
             return out, 0, False
         for b, _, events in got:
             reads += 1
-            items = json_decode(events)
+            try:
+                items: list[Any] = _decode_stored(events)
+            except (msgspec.ValidationError, msgspec.DecodeError):  # an odd row: element by element
+                items = [_stored_event(x) for x in msgspec.json.decode(events)]
+            each = len(events) // max(1, len(items)) + 8  # bytes per event, about (JSON ~ msgpack)
             start = skip if b == bid else 0
             for i in range(start, len(items)):
                 item = items[i]
-                eid = item[0] if isinstance(item, list) and item else (item.get("event_id") if isinstance(item, dict)
-                                                                      else None)
-                p = parse_id(eid)
+                if item is None:
+                    continue
+                ev = item if type(item) is schema.Event else _stored_event(item)
+                if ev is None:
+                    continue
+                p = parse_id(ev.event_id)
                 if p is None:
                     continue
                 have = origins.get(p[0])
-                if have is not None and p[1] <= have:
+                if (have is not None and p[1] <= have) or ev.source_node == asker or ev.event_type.startswith("_sf."):
                     continue
-                ev = _stored_event(item)
-                if ev is None or ev.source_node == asker or ev.event_type.startswith("_sf."):
-                    continue
-                size = len(_encode(ev))
+                size = each
                 if out and used + size > budget:
                     return out, (b << _KEY_SHIFT) | i, True
                 out.append(ev)
