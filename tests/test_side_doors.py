@@ -380,3 +380,69 @@ async def test_allowed_hosts_and_origins_extend_the_defaults() -> None:
         await n.stop()
     with pytest.raises(ValueError, match="allowed_hosts"):
         MeshConfig(allowed_hosts="mesh.example")  # type: ignore[arg-type]
+
+
+# -- #13 in a real browser -------------------------------------------------------------------
+
+ATTACK_PAGE = """<!doctype html><html><body><script>
+window.results = {};
+for (const path of ["/", "/live"]) {
+  const ws = new WebSocket("ws://127.0.0.1:%d" + path);
+  window.results[path] = [];
+  ws.onopen = () => window.results[path].push("open");
+  ws.onerror = () => window.results[path].push("error");
+  ws.onclose = () => window.results[path].push("close");
+}
+</script></body></html>"""
+
+
+def test_a_page_on_another_port_cannot_open_the_nodes_websockets_while_its_own_dashboard_works() -> None:
+    from .test_dashboard import CHROMIUM, CHROMIUM_ARGS, _have_browser
+
+    require(_have_browser(), "chromium (Debian package) and playwright")
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    node = NodeProc("sd-browser")  # token-less
+    port = node.port
+    page_body = (ATTACK_PAGE % port).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page_body)))
+            self.end_headers()
+            self.wfile.write(page_body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                # The node's own dashboard (same origin) connects to /live and lists the node.
+                own = b.new_page()
+                own.goto(f"http://127.0.0.1:{port}/")
+                own.wait_for_selector('#nodes [data-row-id="sd-browser"]', timeout=20_000)
+                # A page on another localhost port: both of its WebSockets refused, never opened.
+                evil = b.new_page()
+                evil.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+                evil.wait_for_function(  # each socket opened or was refused
+                    "() => ['/', '/live'].every(p => window.results[p].length > 0)", timeout=20_000)
+                results = evil.evaluate("() => window.results")
+                assert all("open" not in v for v in results.values()), results
+                # and the dashboard goes on
+                own.wait_for_selector('#nodes [data-row-id="sd-browser"]', timeout=20_000)
+            finally:
+                b.close()
+        counts = refused(port)
+        assert counts["bad_origin"] >= 2, counts
+    finally:
+        other.shutdown()
+        node.stop()
