@@ -129,9 +129,10 @@ async def test_gossiped_endpoints_dialled_only_when_signed_by_their_node_and_wit
     try:
         await m.start()
         c = NodeProc("ml-c", "--peer", f"ws://127.0.0.1:{m.config.websocket_port}", hb=0.3)
-        # The legitimate path: C announced itself (its endpoint signed by its own key), M's
-        # gossip relays that record, and the victim dials C and links to it.
-        await wait_until_async(lambda: _has(victim, "ml-c"), "the victim dialled C, announced by C itself")
+        # The legitimate path: C and the victim are not each other's peers; each announced
+        # itself (its endpoint signed by its own key), M's gossip relays those records, and
+        # a gossiped, signed endpoint is dialled (by either side) and they link directly.
+        await wait_until_async(lambda: _has(victim, "ml-c"), "the victim and C linked through gossiped endpoints")
 
         # The attack: 4,096 records in 8 gossip messages, half with forged signatures
         # (zeros, another endpoint's signature, another key than C's for C's id), half
@@ -153,7 +154,7 @@ async def test_gossiped_endpoints_dialled_only_when_signed_by_their_node_and_wit
         for k in range(8):  # forged ones first in each message: processed before the signed ones
             m.host.broadcast(schema.KIND_GOSSIP,
                              schema.Gossip(forged[k * per:(k + 1) * per] + signed[k * per:(k + 1) * per]))
-            await asyncio.sleep(0)  # one loop turn: each message goes out in its own frame
+            await asyncio.sleep(0.05)  # pacing: each message in a frame of its own
         await wait_until(lambda: "not dialled" in tail.text(), "the victim refused dials beyond the cap (its log)")
         await wait_until(lambda: signed_to.peak >= GOSSIP_DIAL_CONCURRENCY,
                          "the victim dialled signed endpoints, up to the cap at once")
