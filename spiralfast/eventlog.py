@@ -754,6 +754,9 @@ _PG_SCHEMA = (
     'CREATE INDEX IF NOT EXISTS idx_system_metrics_timestamp ON system_metrics ("timestamp")',
     """CREATE TABLE IF NOT EXISTS configuration (
         key TEXT PRIMARY KEY, value TEXT NOT NULL, description TEXT, updated_at TEXT NOT NULL)""",
+    # The delivery cursor (spiralfast/cursor.py), written with the batches.
+    """CREATE TABLE IF NOT EXISTS delivery_cursor (
+        origin TEXT PRIMARY KEY, done BIGINT NOT NULL, ahead TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)""",
 )
 
 
@@ -827,6 +830,7 @@ class PostgresStore(Store):
             self.open()
         conn = self._conn
         events = [event_row(e) if type(e) is dict else _struct_row(e) for e in envs]
+        cursor, self.cursor_rows = self.cursor_rows, []
 
         async def go() -> None:
             async with conn.transaction():
@@ -834,12 +838,39 @@ class PostgresStore(Store):
                     await conn.copy_records_to_table("ritual_events", records=events, columns=EVENT_COLUMNS)
                 if metrics:
                     await conn.copy_records_to_table("system_metrics", records=metrics, columns=METRIC_COLUMNS)
+                if cursor:
+                    await conn.executemany(
+                        "INSERT INTO delivery_cursor VALUES ($1, $2, $3, $4) ON CONFLICT (origin) DO UPDATE "
+                        "SET done = EXCLUDED.done, ahead = EXCLUDED.ahead, at = EXCLUDED.at", cursor)
 
         try:
             self._run(go())
         except BaseException:
             self._drop_conn()
             raise
+
+    def read_cursor(self) -> list[tuple[str, int, str, float]]:
+        """The stored delivery cursor rows, on a connection of its own (any thread)."""
+        out: list[tuple[str, int, str, float]] = []
+
+        async def go() -> None:
+            conn = await self._connect()
+            try:
+                for r in await conn.fetch("SELECT origin, done, ahead, at FROM delivery_cursor"):
+                    out.append((str(r[0]), int(r[1]), str(r[2]), float(r[3])))
+            finally:
+                await conn.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(go())
+            except Exception as exc:  # noqa: BLE001 - no table yet, or the server is away: no cursor
+                log.debug("event log: cannot read the delivery cursor from %s: %s", self.where, exc)
+
+        t = threading.Thread(target=run, name="spiralfast-cursor-read", daemon=True)
+        t.start()
+        t.join(SYNC_TIMEOUT_S)
+        return out
 
     def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None

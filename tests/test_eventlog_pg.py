@@ -98,7 +98,7 @@ async def test_pg_history_replay_metrics_old_tables(pg_url: str) -> None:
     assert tuple(r[0] for r in cols) == EVENT_COLUMNS
     tables = {r[0] for r in await _fetch(pg_url, "SELECT table_name FROM information_schema.tables "
                                                  "WHERE table_schema = current_schema()")}
-    assert tables == {"agents", "ritual_events", "system_metrics", "configuration"}
+    assert tables == {"agents", "ritual_events", "system_metrics", "configuration", "delivery_cursor"}
     assert (await _fetch(pg_url, "SELECT count(*) FROM system_metrics WHERE metric_name = 'uptime'"))[0][0] > 0
     assert [e["data"]["seq"] for e in read_history(url=pg_url, types=["load"], limit=2)] == [n - 2, n - 1]
 
