@@ -128,6 +128,16 @@ class MeshConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """Every field, with the token and the secrets in URLs masked (``safetext``)."""
+        from dataclasses import fields
+
+        from .safetext import mask_secrets
+
+        shown = [f"{f.name}=" + ("'********'" if f.name == "auth_token" and self.auth_token is not None
+                                 else mask_secrets(repr(getattr(self, f.name)))) for f in fields(self)]
+        return f"MeshConfig({', '.join(shown)})"
+
     def __post_init__(self) -> None:
         if self.peers is None:
             self.peers = []

@@ -336,6 +336,10 @@ def test_mask_secrets_forms() -> None:
     assert safetext.mask_secrets(urls["redis"]) == "redis://:****@127.0.0.1:6379/0?password=****"
     assert safetext.mask_secrets(urls["pg"]) == "postgresql://u:****@127.0.0.1:1/db?sslpassword=****"
     assert safetext.mask_secrets(urls["nats"]) == "nats://****@127.0.0.1:4222"
+    # A configuration's repr (in a traceback, a debug line) shows none of them, nor the token.
+    shown = repr(MeshConfig(redis_url=urls["redis"], persistence_url=urls["pg"], nats_url=urls["nats"],
+                            auth_token="tokensecret9"))
+    assert not [s for s in (*SECRETS, "tokensecret9") if s in shown] and "redis://:****@" in shown
     # What is not a secret stays as it is.
     for plain in ("redis://127.0.0.1:6379/0", "postgresql://u@h/db?schema=s", "ws://h:1/x", "a=b c"):
         assert safetext.mask_secrets(plain) == plain
