@@ -49,6 +49,9 @@ ANSWER_TIMEOUT = 10.0
 PEER_WAIT = 5.0
 #: Read the peer's log from this long before the cursor's time (clocks, slow paths).
 SINCE_MARGIN = 10.0
+#: Sequences below the cursor marked seen per recent origin when JetStream replays by time
+#: (the de-duplication window's bitmap holds 65,536).
+SEED_DEPTH = 65_535
 #: Clock slack of the redelivery mark (cursor.is_redelivery), seconds.
 REDELIVERY_MARGIN = 1.0
 #: Event-log batches one answer reads at most (the answer says "more" past it).
@@ -81,7 +84,7 @@ class CatchUp:
         self.rid = 0
         self.answering = 0
         self.stats = {"replayed": 0, "redelivered": 0, "requests": 0, "answers_sent": 0, "answered_events": 0,
-                      "duplicates": 0, "done": 0}
+                      "duplicates": 0, "done": 0, "stream": 0}
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -109,14 +112,22 @@ class CatchUp:
         cur = el.cursor
         cur.load(rows)
         dedupe = node.gate.dedupe
+        # What was sent while the node was down is stamped after it was last alive.
+        self.since = max(0.0, self.alive_at - SINCE_MARGIN)
+        cfg = node.config
+        stream = bool(cfg.nats_stream and cfg.nats_url and cfg.enable_nats)
         for origin, done in cur.done.items():
-            dedupe.first_time(f"{origin}-{done}".encode())
+            first = done
+            if stream and cur.at.get(origin, 0.0) >= self.since - SINCE_MARGIN:
+                # The stream replays by time, handled sequences included: the window
+                # must know them all (peers' logs filter by sequence themselves).
+                first = max(1, done - SEED_DEPTH)
+            for seq in range(first, done + 1):
+                dedupe.first_time(f"{origin}-{seq}".encode())
             for seq in sorted(cur.ahead.get(origin, ())):
                 dedupe.first_time(f"{origin}-{seq}".encode())
         self.wants = cur.wants()
         self.busy = set(self.wants)
-        # What was sent while the node was down is stamped after it was last alive.
-        self.since = max(0.0, self.alive_at - SINCE_MARGIN)
         self.started_at = time.monotonic()
         # The handler task runs this barrier first and waits in it: whatever arrives
         # meanwhile queues behind it, in order (the dispatcher keeps its queue non-empty
@@ -175,6 +186,15 @@ class CatchUp:
 
     async def _catch_up(self) -> None:
         deadline = time.monotonic() + PEER_WAIT
+        nats = self.node.nats
+        if nats is not None and getattr(nats, "stream_on", False):
+            # JetStream first: what the stream holds since the node was last alive comes
+            # through the receive path (the seeded windows drop what was handled), queued
+            # behind the barrier in stream order; peers' logs are asked for what is left.
+            while not nats.connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await nats.stream_catch_up(self.since)
+            self.stats["stream"] = 1
         while not self._peers() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         asked: set[str] = set()

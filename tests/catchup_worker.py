@@ -4,7 +4,8 @@
 
 ``PEERS``: comma-separated ws:// URLs or ``-``; ``PERSIST``: ``all`` or ``mesh``;
 ``CATCHUP``: 1 or 0; ``LINK``: ``ws`` (default), or ``redis:MESH:URL`` / ``nats:MESH:URL``
-(a node on that bus alone, mesh name ``MESH``, no WebSocket peers).  The event log is ``DATA_DIR/NODE_ID.db``.
+(a node on that bus alone, mesh name ``MESH``, no WebSocket peers; ``nats+stream:`` with
+JetStream on).  The event log is ``DATA_DIR/NODE_ID.db``.
 Prints ``url <ws url> <origin>`` once started.  Every ``load`` event its handler
 finishes is appended to ``DATA_DIR/handled-NODE_ID.log`` as ``<event id> <r> <d>``
 (replayed, redelivered: 0/1), one unbuffered write each, so the file survives a
@@ -36,6 +37,8 @@ async def main(node_id: str, data_dir: str, peers: str, hb: float, window: float
                      persistence_path=os.path.join(data_dir, f"{node_id}.db"), persist_events=persist,
                      catch_up=catch_up, key_path=os.path.join(data_dir, f"{node_id}.key"))  # as the CLI keeps it
     kind, _, rest = link.partition(":")
+    if kind == "nats+stream":
+        kind, cfg.nats_stream = "nats", True
     if kind in ("redis", "nats"):  # "<kind>:<mesh name>:<url>": that bus alone
         mesh, _, url = rest.partition(":")
         cfg.mesh_name, cfg.ritual_channel, cfg.enable_websocket = mesh, f"{mesh}_events", False

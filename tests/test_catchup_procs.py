@@ -190,3 +190,29 @@ def test_clean_stop_then_return_on_a_bus_alone(nodes: list[Node], tmp_path: Any,
     assert seqs_of(rows, a.origin) == list(range(1, 100 + N + 1))
     assert all(r for _, r, _ in rows[100:]) and not any(d for _, _, d in rows)
     assert not c.stats()["alerted_lost"]
+
+
+def test_return_on_nats_with_the_stream_only(nodes: list[Node], tmp_path: Any) -> None:
+    """NATS with JetStream (``nats_stream=True``) and no peer keeping the events: the
+    returning node catches up from the stream since it was last alive."""
+    svc = services.nats()
+    require(svc.available, svc.missing)
+    link = f"nats+stream:catchupjs{os.getpid()}x{int(time.time() * 1000) % 100000}:{svc.url}"
+    a = start(nodes, tmp_path, "a", [], "mesh", link=link)
+    b = start(nodes, tmp_path, "b", [], "mesh", link=link)
+    c = start(nodes, tmp_path, "c", [], "mesh", link=link)
+    for n in (a, b, c):
+        wait_until_sync(lambda n=n: len(n.stats()["nodes"]) == 3, "a mesh of three on NATS", timeout=30)
+    send(a, 100)
+    wait_until_sync(lambda: len(handled(tmp_path, "c")) == 100, "c handled the first 100 live", timeout=30)
+    c.quit()
+    send(a, N)
+    away_past_window(a, b, tmp_path, 100 + N)
+    c = start(nodes, tmp_path, "c", [], "mesh", link=link)
+    wait_until_sync(lambda: c.stats()["catchup"]["done"], "c caught up", timeout=60)
+    wait_until_sync(lambda: len(handled(tmp_path, "c")) >= 100 + N, "c handled all", timeout=60)
+    rows = handled(tmp_path, "c")
+    assert seqs_of(rows, a.origin) == list(range(1, 100 + N + 1))  # exactly once, in order
+    st = c.stats()
+    assert st["catchup"]["stream"] == 1 and st["catchup"]["replayed"] == 0  # all from the stream
+    assert not st["alerted_lost"]

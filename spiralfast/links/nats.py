@@ -424,6 +424,17 @@ class NatsTransport(BusFlow):
         self._join()
         self._kick()
 
+    async def stream_catch_up(self, since: float) -> None:
+        """Catch up from the stream since ``since`` (wall time) now (a node returning
+        with a delivery cursor: ``catchup.py``), holding live broadcasts meanwhile as a
+        reconnect does; returns when done.  Nothing when the stream is off or a
+        catch-up is already on its way."""
+        if not self.stream_on or self.held is not None or not self.connected:
+            return
+        self.held = deque()
+        self.held_bytes = 0
+        await self._catch_up(since)
+
     # -- sending -------------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> bool:
