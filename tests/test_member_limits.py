@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 
 from spiralfast import MeshConfig, MeshCore, safetext, schema
@@ -120,7 +121,9 @@ async def _links_of(node: NodeProc) -> set[str]:
 async def test_gossiped_endpoints_dialled_only_when_signed_by_their_node_and_within_the_cap() -> None:
     # A victim node process, a member M (in this process: it gossips what we tell it) and
     # a real node C that joins through M.
-    victim = NodeProc("ml-victim", hb=0.3)
+    # Its handshake timeout (60 s) outlasts the test: a held dial is never given up meanwhile,
+    # so the listener's count of open connections is the victim's count of dials in flight.
+    victim = NodeProc("ml-victim", "--handshake-timeout", "60", hb=0.3)
     tail = Tail(victim.proc.stderr)  # type: ignore[union-attr]
     m = MeshCore(MeshConfig(node_id="ml-member", websocket_port=free_port(), peers=[victim.url],
                             enable_redis=False, heartbeat_interval=0.3))
@@ -139,6 +142,7 @@ async def test_gossiped_endpoints_dialled_only_when_signed_by_their_node_and_wit
         # validly signed by fresh keys of made-up node ids (indistinguishable from new
         # nodes: the dial cap is what bounds them).
         n = 4096
+        fds_before = psutil.Process(victim.proc.pid).num_fds()  # type: ignore[union-attr]
         keys = [NodeKey.generate() for _ in range(n // 2)]
         forged = []
         for i in range(n // 2):
@@ -169,6 +173,10 @@ async def test_gossiped_endpoints_dialled_only_when_signed_by_their_node_and_wit
         # (Beyond GOSSIP_DIAL_CONCURRENCY + GOSSIP_DIAL_QUEUE dials the victim refused the rest:
         # the "not dialled" line waited for above.)
         assert signed_to.accepted < n // 2
+        # Its descriptors: the dials in flight and little else (16: margin for the node's own
+        # files and links opened meanwhile) - not thousands (30 such messages used to exhaust them).
+        fds = psutil.Process(victim.proc.pid).num_fds()  # type: ignore[union-attr]
+        assert fds <= fds_before + GOSSIP_DIAL_CONCURRENCY + 16, (fds_before, fds)
         assert forged_to.accepted == 0  # no endpoint without its node's signature
         # C is still C: the forged records for its id did not move the victim's link.
         assert "ml-c" in await _links_of(victim)
