@@ -385,6 +385,15 @@ def _identity_row(ident: Any, res: settings.Resolved) -> str:
     return "new at each start (not kept: see the warning above)"
 
 
+def _writable_dir(path: Any) -> bool:
+    """Whether files can be made in directory ``path`` (made now if missing)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def _start_node(kw: dict[str, Any]) -> None:
     from pathlib import Path
 
@@ -409,7 +418,9 @@ def _start_node(kw: dict[str, Any]) -> None:
         ident = cli_identity.establish(cfg.node_id, data_dir, slot)
         cfg.node_id = ident.node_id
         lock = cli_identity.NodeLock.acquire(data_dir, ident.node_id, ident.path)
-        if cfg.key_path is None:  # the node's own Ed25519 key, kept 0600 beside its identity
+        if cfg.key_path is None and ident.origin != "fresh" and _writable_dir(data_dir):
+            # the node's own Ed25519 key, kept 0600 beside its identity (a node whose id is new
+            # at each start, or whose data directory cannot be written, gets a key per start)
             cfg.key_path = str(data_dir / f"{cli_identity.safe_name(ident.node_id)}.key")
         if ident.note:
             logging.getLogger("spiralfast.cli").warning("%s", ident.note)
