@@ -85,6 +85,32 @@ class Cursor:
         self.at[origin] = now
         self.dirty.add(origin)
 
+    def note_ids(self, ids: Iterable[Any], now: float) -> None:
+        """Many event ids at once (a batch), in any order: grouped by origin and sorted,
+        and a run that continues ``done`` without a hole moves it in one step."""
+        by: dict[str, list[int]] = {}
+        for eid in ids:
+            if type(eid) is not str:
+                continue
+            origin, dash, seq = eid.rpartition("-")
+            if dash and origin.endswith("s") and seq.isdigit() and len(seq) <= 17:
+                got = by.get(origin)
+                if got is None:
+                    by[origin] = [int(seq)]
+                else:
+                    got.append(int(seq))
+        for origin, seqs in by.items():
+            seqs.sort()
+            done = self.done.get(origin)
+            if (done is not None and seqs[0] == done + 1 and seqs[-1] - seqs[0] + 1 == len(seqs)
+                    and not self.ahead.get(origin) and origin not in self.skip):
+                self.done[origin] = seqs[-1]  # the common case: the next run, in order, no hole
+                self.at[origin] = now
+                self.dirty.add(origin)
+                continue
+            for seq in seqs:
+                self.note_seq(origin, seq, now)
+
     def forget(self, origin: str) -> None:
         self.done.pop(origin, None)
         self.ahead.pop(origin, None)

@@ -74,7 +74,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from .cursor import META as CURSOR_META
-from .cursor import Cursor, parse_id
+from .cursor import Cursor
 from .fastpath import iso_from_epoch
 from .persistence import open_sqlite, private_file
 
@@ -1301,16 +1301,9 @@ class EventLog:
     def _cursor_rows(self, envs: list[Any], ids: list[Any], clean: bool) -> list[tuple[str, int, str, float]]:
         """The delivery cursor moved by what this batch (and the events not persisted,
         ``ids``) handed to the handlers: its changed rows and the meta row (on the writer)."""
-        seen = []
-        for e in (envs, ids):
-            for x in e:
-                p = parse_id(x.get("event_id") if type(x) is dict else getattr(x, "event_id", None))
-                if p is not None:
-                    seen.append(p)
-        seen.sort()
         cur, wall = self.cursor, time.time()
-        for origin, seq in seen:
-            cur.note_seq(origin, seq, wall)
+        cur.note_ids([x.get("event_id") if type(x) is dict else getattr(x, "event_id", None)
+                      for e in (envs, ids) for x in e], wall)
         return [*cur.take(), (CURSOR_META, 1 if clean else 0, "[]", wall)]
 
     def _write(self, envs: list[Any], metrics: list[Row], clean: bool = False) -> None:

@@ -103,3 +103,22 @@ def test_catchup_messages_are_member_only_and_range_checked() -> None:
     too_many = {f"{i:012x}s": 1 for i in range(schema.MAX_CATCHUP_ORIGINS + 1)}
     with pytest.raises(msgspec.ValidationError):
         dec(enc([too_many, 1.0, 4096]))
+
+
+def test_note_ids_matches_one_by_one() -> None:
+    import random
+
+    rng = random.Random(7)
+    for trial in range(50):
+        ids = [f"{ORIGIN}-{s}" for s in range(1, 200)] + [f"bbbbbbbbbbbbs-{s}" for s in range(5, 90)]
+        ids += ["plain-id", f"{ORIGIN[:-1]}x-3", None]  # ignored: not broadcast ids
+        if trial % 2:
+            del ids[rng.randrange(0, 150)]  # a hole
+        rng.shuffle(ids)
+        one, many = Cursor(), Cursor()
+        for part in (ids[:100], ids[100:]):  # two batches
+            for origin, seq in sorted(p for p in map(parse_id, part) if p is not None):  # a batch: sorted
+                one.note_seq(origin, seq, 1.0)
+            many.note_ids(part, 1.0)
+            assert (one.done, one.ahead) == (many.done, many.ahead)
+        assert sorted(one.take()) == sorted(many.take())
