@@ -108,8 +108,8 @@ class Cursor:
                 self.at[origin] = now
                 self.dirty.add(origin)
                 continue
-            for seq in seqs:
-                self.note_seq(origin, seq, now)
+            for s in seqs:
+                self.note_seq(origin, s, now)
 
     def forget(self, origin: str) -> None:
         self.done.pop(origin, None)
