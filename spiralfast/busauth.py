@@ -38,6 +38,7 @@ import hmac
 import struct
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from .errors import AuthError, FrameError
@@ -142,8 +143,13 @@ class BusSealer:
 
     def __init__(self, node_id: str, mesh_name: str, token: str | None, window: float = 120.0,
                  epoch_ms: int | None = None, *, node_key: NodeKey | None = None,
-                 pins: KeyPins | None = None, sign: bool = True) -> None:
+                 pins: KeyPins | None = None, sign: bool = True,
+                 on_twin: Callable[[str], None] | None = None) -> None:
         self.node_id = node_id
+        #: Called (once per frame) when another live process sends with our own node id and
+        #: another key, and it started before us (or, in the same millisecond, has the lower
+        #: key): we are the newcomer, and the node should stop.
+        self.on_twin = on_twin
         self._sender = node_id.encode()
         self._prefix = bytes([len(self._sender)]) + self._sender
         self.key = derive_key(token, "bus\0" + mesh_name) if token else None
@@ -232,6 +238,10 @@ class BusSealer:
                 self._check_epoch(sender, epoch)
                 if not self.pins.check(sender, pub):
                     self.stats["key_mismatch"] += 1
+                    if sender == self.node_id and self.on_twin is not None and (
+                            (epoch, pub) < (self.epoch, self._pub)):
+                        self.on_twin(f"a process started {max(0, self.epoch - epoch) / 1000:.1f}s before this one "
+                                     "sends on the bus with this node id and another key")
                     raise AuthError(f"frame from {sender[:64]!r} signed by another key than the one pinned to "
                                     "that node id (an impostor, or a restart before its old holder was declared gone)")
             body = frame_at
@@ -276,4 +286,5 @@ def bus_identity(host: Any, fresh_pins: bool = False) -> dict[str, Any]:
     if node is None or key is None:
         return {}
     pins = KeyPins(node.node_id, key.public) if fresh_pins else node.key_pins
-    return {"node_key": key, "pins": pins, "sign": bool(getattr(node.config, "sign_bus_frames", True))}
+    return {"node_key": key, "pins": pins, "sign": bool(getattr(node.config, "sign_bus_frames", True)),
+            "on_twin": None if fresh_pins else getattr(host, "twin_on_bus", None)}

@@ -52,6 +52,12 @@ MAX_ORIGIN_NAMES = 8192
 SUSPICION_SLACK = 0.02
 
 
+
+def _incarnation(record: Any) -> Any:
+    """The incarnation a node record names (None when it names none)."""
+    md = record.get("metadata") if isinstance(record, dict) else None
+    return md.get("incarnation") if isinstance(md, dict) else None
+
 class NodeHost:
     """``LinkHost`` of one node (see ``spiralfast.link``)."""
 
@@ -184,6 +190,10 @@ class NodeHost:
             (hs.peer_record or {}).get("metadata"), dict) else None
         mine = known.metadata.get("incarnation")
         held = getattr(getattr(link.session, "handshake", None), "peer_key", None)
+        if held is not None and hs.peer_key == held:
+            # The same key proved again: the same node, restarted (its key is kept with its
+            # id) while its old link lingers here; the newcomer replaces that link.
+            return None
         if held is not None and hs.peer_key != held:
             # The live link's node proved a key: only that key may replace its link (same
             # incarnation: a reconnect), whatever id and incarnation a newcomer names.
@@ -229,6 +239,10 @@ class NodeHost:
         now = time.monotonic()
         if "duplicate node id" in text and hs.outbound and not self.node.outbox.links:
             self.node.id_taken = f"{where} answers with this node's own id"
+        elif "held by another key" in text:
+            # The member's link for our id proved another key: a live process of its own,
+            # not our earlier incarnation (that would prove our key, kept with our id).
+            self.node.id_taken = f"{where} holds it for a node with another key: {text[:200]}"
         elif "already in the mesh" in text:
             ms = self.node.membership
             limit = ms.silence_limit + ms.heartbeat_interval + float(getattr(ms, "suspicion_timeout", 0.0))
@@ -240,6 +254,13 @@ class NodeHost:
                 self.node.id_taken = f"{where} has refused it for {now - since:.0f}s: {text[:200]}"
         if self.node.id_taken is not None:
             log.error("node id %s is already held by another live process (%s)", me, self.node.id_taken)
+
+    def twin_on_bus(self, text: str) -> None:
+        """A bus link saw frames sent with our node id under another key by a process that
+        started before us: we are the newcomer and stop (``mesh start`` exits 1)."""
+        if self.node.id_taken is None:
+            self.node.id_taken = text
+            log.error("node id %r is already held by another live process (%s)", self.node.node_id[:64], text)
 
     def handshake_expired(self, link: Any) -> None:
         s = link.session
@@ -261,9 +282,12 @@ class NodeHost:
             self.node.observers.add(link)
             return
         existing = self.node.outbox.links.get(pid)
-        if existing is not None and existing is not link:
+        if existing is not None and existing is not link and _incarnation(hs.peer_record) == _incarnation(
+                getattr(getattr(getattr(existing, "session", None), "handshake", None), "peer_record", None)):
             # Two nodes dialled each other at once: both keep the link dialled by the
-            # smaller node id, so they agree on one.
+            # smaller node id, so they agree on one.  (A link from a new incarnation of the
+            # node, which ``duplicate`` let through because it proved the same key, is its
+            # restart: it replaces the old one below.)
             this_dialer = self.node.node_id if hs.outbound else pid
             if this_dialer != min(self.node.node_id, pid):
                 s.state = CLOSED

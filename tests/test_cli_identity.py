@@ -294,6 +294,105 @@ def test_a_duplicate_id_refused_by_a_member_exits_nonzero(tmp_path: Path) -> Non
         live.stop()
 
 
+def test_a_twin_through_a_member_exits_at_once_at_the_default_heartbeat(tmp_path: Path) -> None:
+    """At the default heartbeat (30 s) the member's refusal is decisive: the link it holds
+    for the id proved another key (a restart of the same node would prove the same key,
+    kept with its id), so the twin stops without waiting out heartbeats (it used to take
+    3 + 1 heartbeats and the suspicion timeout: 124 s)."""
+    hb = ("--heartbeat-interval", "30")
+    live = Node(tmp_path / "a", "--node-id", "dup-3", *hb)
+    hub = Node(tmp_path / "h", "--node-id", "hub-3", "--peer", live.url, *hb)
+    try:
+        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+              == {"dup-3", "hub-3"}, what="hub linked to dup-3")
+        t0 = time.monotonic()
+        r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-3", "--port", str(free_port()),
+                        "--peer", hub.url, *hb, timeout=120)
+        took = time.monotonic() - t0
+        assert r.returncode == 1, r.stderr
+        lines = error_lines(r.stderr)
+        assert len(lines) == 1 and "Traceback" not in r.stderr
+        assert lines[0].startswith("error: node id dup-3 is already held by a live node") and "another key" in lines[0]
+        # Far below one heartbeat interval: the bound is the behaviour (no heartbeat waited for).
+        assert took < 30, took
+        assert live.alive() and hub.alive()
+    finally:
+        hub.stop()
+        live.stop()
+
+
+def test_the_same_key_replaces_a_lingering_link_without_exiting(tmp_path: Path) -> None:
+    """A node whose old process is frozen (its link still open at the member) comes back
+    with the same id and the same key (kept in its data directory): the member takes the
+    new link instead of refusing it, and the node runs on."""
+    import shutil
+
+    hb = ("--heartbeat-interval", "30")  # the frozen link lingers at the hub (3 x 30 s of silence)
+    hub = Node(tmp_path / "h", "--node-id", "hub-4", *hb)
+    old = Node(tmp_path / "b", "--node-id", "same-4", "--peer", hub.url, *hb)
+    new: Node | None = None
+    try:
+        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+              == {"hub-4", "same-4"}, what="hub linked to same-4")
+        shutil.copytree(tmp_path / "b", tmp_path / "b2", ignore=shutil.ignore_patterns("*.lock", "*.db*"))
+        assert (tmp_path / "b2" / "same-4.key").exists()
+        old.proc.send_signal(signal.SIGSTOP)  # frozen: its link stays open at the hub
+        new = Node(tmp_path / "b2", "--node-id", "same-4", "--peer", hub.url, *hb)
+
+        def hub_sees_new() -> bool:
+            nodes = json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)
+            return any(n["node_id"] == "same-4" and n.get("websocket_endpoint") == new.url for n in nodes)  # type: ignore[union-attr]
+
+        until(hub_sees_new, timeout=60, what="the hub took the new process's link for same-4")
+        assert new.alive() and status(new.url)["node_id"] == "same-4"
+    finally:
+        old.proc.send_signal(signal.SIGCONT)
+        old.stop()
+        if new is not None:
+            new.stop()
+        hub.stop()
+
+
+def test_a_twin_on_a_bus_exits_and_the_first_runs_on(tmp_path: Path) -> None:
+    """Two processes with one id on Redis only (no WebSocket): the one that started later
+    sees frames with its own id under another key and stops with one line."""
+    from . import services
+
+    svc = services.redis()
+    from .conftest import require
+
+    require(svc.available, "redis-server")
+    mesh = f"twins-{os.getpid()}-{time.monotonic_ns()}"
+
+    def bus_node(d: Path, port: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spiralfast", "mesh", "start", "--no-websocket", "--redis", svc.url,
+             "--name", mesh, "--node-id", "twin-5", "--observer-port", str(port), "--heartbeat-interval", "0.5",
+             "--log-level", "warning", "--data-dir", str(d)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    p1, p2 = free_port(), free_port()
+    first = bus_node(tmp_path / "a", p1)
+    second = None
+    try:
+        url1 = f"ws://127.0.0.1:{p1}"
+        until(lambda: cli("mesh", "status", "--node", url1, "--json").returncode == 0, timeout=60,
+              what="the first twin answers on its observer port")
+        second = bus_node(tmp_path / "b", p2)
+        rc = second.wait(60)
+        err = second.stderr.read() if second.stderr else ""
+        assert rc == 1, err
+        lines = error_lines(err)
+        assert len(lines) == 1 and "Traceback" not in err
+        assert lines[0].startswith("error: node id twin-5 is already held") and "another key" in lines[0]
+        assert first.poll() is None and status(url1)["node_id"] == "twin-5"
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(20)
+
+
 # -- papercuts --------------------------------------------------------------------------------
 
 
