@@ -8,6 +8,7 @@ Switches (environment):
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,7 +24,11 @@ DIRECTIVES = {
     "embedsignature": True,
 }
 
-MODULES = ["spiralfast._codec", "spiralfast._ring", "spiralfast._fastpath", "spiralfast._event", "spiralfast.links._wslistener"]
+# Every .pyx under spiralfast/ is a compiled module beside its pure-Python twin.
+MODULES = sorted(
+    str(p.with_suffix("")).replace(os.sep, ".")
+    for p in Path("spiralfast").rglob("*.pyx")
+)
 
 
 class OptionalBuildExt(build_ext):

@@ -16,7 +16,7 @@ import uvloop
 
 from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.codec import FrameWriter
-from spiralfast.gate import MEMBER, Session
+from spiralfast.node.gate import MEMBER, Session
 
 N = 64 * 1000
 DATA = {"agent_id": "agent-7", "message": "status update from the planner", "step": 12, "ok": True,

@@ -34,8 +34,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
 
 PG = os.environ.get("SPIRALFAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 #: Tolerant failure detection: a receiver busy writing must not be taken for dead.

@@ -21,7 +21,7 @@ import uvloop
 
 from spiralfast import MeshConfig, MeshCore
 from spiralfast.schema import StateDelta, StateDigest, StateEntry
-from spiralfast.sync import StateSynchronizer
+from spiralfast.node.sync import StateSynchronizer
 
 N_NODES = 5
 N_KEYS = 10_000

@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
-from .config import MeshConfig
-from .core import MeshCore
+from .node.config import MeshConfig
+from .node.core import MeshCore
 from .errors import ConfigError, LinkError
 from .safetext import mask_secrets
 

@@ -18,12 +18,11 @@ import picows
 from . import schema
 from .codec import decode_frame, decode_payload
 from .errors import AuthError, FrameError, HandshakeError, LinkError, ProtocolError
-from .handshake import Handshake
+from .protocol.handshake import Handshake
 from .limits import MAX_FRAME_SIZE
 from .links.ws import WS_FRAME_LIMIT, send_frame
 from .observe import FOLLOW_QID
-from .outbox import single_frame
-
+from .node.outbox import single_frame
 
 class _ClientListener(picows.WSListener):  # type: ignore[misc]
     def __init__(self, inbox: asyncio.Queue[Any]) -> None:
@@ -148,7 +147,7 @@ class ObserverClient:
         return kind, obj
 
     async def _handshake(self, token: str | None) -> None:
-        """The node's handshake (``spiralfast.handshake``) with role "observer"."""
+        """The node's handshake (``spiralfast.protocol.handshake``) with role "observer"."""
         me = "observer-" + uuid.uuid4().hex[:12]
         hs: Handshake | None = None
         while True:

@@ -1,13 +1,12 @@
 """``spiralfast.mesh``: the same names as ``spiralcodex.mesh`` (and ``spiralfast``)."""
 
-from .bus import EventBus
-from .config import MeshConfig
-from .core import MeshCore
+from .node.bus import EventBus
+from .node.config import MeshConfig
+from .node.core import MeshCore
 from .errors import NoNodeForTask, TaskError, TaskTimeout
-from .registry import MeshRegistry
-from .sync import StateSynchronizer
-from .types import (
-    EventType,
+from .node.registry import MeshRegistry
+from .node.sync import StateSynchronizer
+from .records import (    EventType,
     MeshNode,
     NodeCapability,
     NodeStatus,

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import MeshConfig
-from .core import MeshCore
+from .node.config import MeshConfig
+from .node.core import MeshCore
 from .links.loopback import LoopbackHub
 
 __all__ = ["LoopbackHub", "LocalMesh", "wait_for"]

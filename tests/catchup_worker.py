@@ -29,8 +29,8 @@ ETYPE = "load"
 
 async def main(node_id: str, data_dir: str, peers: str, hb: float, window: float, persist: str,
                catch_up: bool, link: str) -> None:
-    from spiralfast.config import MeshConfig
-    from spiralfast.core import MeshCore
+    from spiralfast.node.config import MeshConfig
+    from spiralfast.node.core import MeshCore
 
     cfg = MeshConfig(node_id=node_id, enable_redis=False, enable_nats=False, websocket_port=0, heartbeat_interval=hb,
                      peers=[] if peers == "-" else peers.split(","), retransmit_window=window,

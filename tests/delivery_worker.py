@@ -119,7 +119,7 @@ async def _commands(on_stats: Any) -> None:
 
 
 def _config(hb: float, window: float | None, peers: list[str] | None = None) -> Any:
-    from spiralfast.config import MeshConfig
+    from spiralfast.node.config import MeshConfig
 
     cfg = MeshConfig(enable_redis=False, websocket_port=0, heartbeat_interval=hb, peers=peers or [])
     if window is not None:
@@ -128,7 +128,7 @@ def _config(hb: float, window: float | None, peers: list[str] | None = None) -> 
 
 
 async def recv_main(hb: float, blocks: str, window: float | None) -> None:
-    from spiralfast.core import MeshCore
+    from spiralfast.node.core import MeshCore
 
     pattern = [] if blocks in ("", "-") else [(int(a), float(b)) for a, b in
                                                (p.split(":") for p in blocks.split(","))]
@@ -181,7 +181,7 @@ async def recv_main(hb: float, blocks: str, window: float | None) -> None:
 
 
 async def send_main(url: str, n: int, rate: float, hb: float, window: float | None) -> None:
-    from spiralfast.core import MeshCore
+    from spiralfast.node.core import MeshCore
 
     core = MeshCore(_config(hb, window, [url]))
     await core.start()

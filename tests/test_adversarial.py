@@ -23,7 +23,7 @@ import pytest
 from spiralfast import schema
 from spiralfast.busauth import BusSealer
 from spiralfast.codec import FrameWriter, decode_frame, decode_payload
-from spiralfast.handshake import NONCE_SIZE, auth_proof
+from spiralfast.protocol.handshake import NONCE_SIZE, auth_proof
 from spiralfast.limits import HANDSHAKE_VERSION
 from spiralfast.links.ws import BACKOFF_JITTER, REFUSED_BACKOFF_INITIAL
 

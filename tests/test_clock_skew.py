@@ -18,7 +18,7 @@ import pytest
 
 from spiralfast import schema
 from spiralfast.schema import StateEntry
-from spiralfast.sync import StateSynchronizer, hlc_wall
+from spiralfast.node.sync import StateSynchronizer, hlc_wall
 from spiralfast.testing import LocalMesh
 
 from .waiting import wait_until
@@ -198,9 +198,9 @@ def test_skew_over_the_mesh_logs_once_and_converges(caplog: pytest.LogCaptureFix
             await wait_until(lambda: a.state.digests() == b.state.digests() == c.state.digests(), 'a.state.digests() == b.state.digests() == c.state.digests()', timeout=5)
             assert b.state.get_local_state("agents", "late") is None  # not resurrected
 
-    with caplog.at_level(logging.ERROR, logger="spiralfast.sync"):
+    with caplog.at_level(logging.ERROR, logger="spiralfast.node.sync"):
         asyncio.run(main())
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "spiralfast.sync"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "spiralfast.node.sync"]
     # one line per condition per minute: a peer ahead (seen by a and by c), our clock ahead (b)
     assert len(errors) <= 3, [r.getMessage() for r in errors]
 

@@ -24,7 +24,7 @@ from spiralfast import (
     schema,
 )
 from spiralfast.codec import decode_frame
-from spiralfast.membership import SILENCE_FACTOR
+from spiralfast.protocol.membership import SILENCE_FACTOR
 from spiralfast.testing import LocalMesh
 
 from .conftest import run_on

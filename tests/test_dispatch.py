@@ -80,7 +80,7 @@ def test_slow_plain_handlers_never_starve_the_loop() -> None:
     timers (heartbeats, failure detection) keep running during a backlog."""
     import time
 
-    from spiralfast.dispatch import TURN_BUDGET
+    from spiralfast.node.dispatch import TURN_BUDGET
 
     async def main() -> None:
         async with LocalMesh(2) as mesh:

@@ -9,13 +9,13 @@ import pytest
 
 from spiralfast import schema
 from spiralfast.codec import FrameWriter
-from spiralfast.dispatch import Dispatcher
+from spiralfast.node.dispatch import Dispatcher
 from spiralfast.errors import AuthError, HandshakeError
-from spiralfast.gate import ANSWER, DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, RELAY, Gate, Session, admit
-from spiralfast.handshake import Handshake
-from spiralfast.membership import Membership
-from spiralfast.registry import MeshRegistry
-from spiralfast.types import MeshNode, NodeStatus
+from spiralfast.node.gate import ANSWER, DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, RELAY, Gate, Session, admit
+from spiralfast.protocol.handshake import Handshake
+from spiralfast.protocol.membership import Membership
+from spiralfast.node.registry import MeshRegistry
+from spiralfast.records import MeshNode, NodeStatus
 
 K = schema
 ALL_KINDS = sorted(schema.KIND_TYPES)
@@ -274,7 +274,7 @@ def test_membership_leave_link_loss_and_gossip() -> None:
 
 def test_outsiders_cannot_flood_the_log_by_reconnecting(caplog: pytest.LogCaptureFixture) -> None:
     g, _ = _gate()
-    with caplog.at_level("WARNING", logger="spiralfast.gate"):
+    with caplog.at_level("WARNING", logger="spiralfast.node.gate"):
         for i in range(300):  # 300 connections, each with one bad frame
             link = FakeLink()
             link.name = f"10.0.0.1:{40000 + i}"

@@ -26,10 +26,10 @@ import pytest
 from spiralfast import schema
 from spiralfast.busauth import BusSealer, KeyPins
 from spiralfast.codec import FrameWriter
-from spiralfast.handshake import Handshake
-from spiralfast.outbox import single_frame
+from spiralfast.protocol.handshake import Handshake
+from spiralfast.node.outbox import single_frame
 from spiralfast.signing import NodeKey
-from spiralfast.types import MeshNode, NodeStatus
+from spiralfast.records import MeshNode, NodeStatus
 
 from .procs import NodeProc
 from .test_adversarial import RawWS, wait_for_nodes

@@ -19,7 +19,7 @@ import pytest
 from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.busauth import BusSealer, KeyPins
 from spiralfast.links.nats import CONNECT_TIMEOUT, server_list, subject_token
-from spiralfast.outbox import single_frame
+from spiralfast.node.outbox import single_frame
 from spiralfast.signing import NodeKey
 
 from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spiralfast.hud import status_label, topology_from_status
-from spiralfast.nodestate import node_state, node_states, state_kind
+from spiralfast.protocol.states import node_state, node_states, state_kind
 
 
 def _status() -> dict[str, object]:

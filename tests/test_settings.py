@@ -1,4 +1,4 @@
-"""Layered configuration (spiralfast.settings), the logging helpers and compat's logger
+"""Layered configuration (spiralfast.node.settings), the logging helpers and compat's logger
 aliases: in-process unit tests, no nodes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from spiralfast import settings
 from spiralfast._log import BackoffLog, JsonFormatter, RateLimitedLog, setup_logging
-from spiralfast.config import MeshConfig
+from spiralfast.node.config import MeshConfig
 from spiralfast.errors import ConfigError
 
 
@@ -246,7 +246,7 @@ def test_compat_install_aliases_logger_names() -> None:
         assert old is logging.getLogger("spiralfast")
         before = old.level
         old.setLevel(logging.DEBUG)
-        assert logging.getLogger("spiralfast.core").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("spiralfast.node.core").isEnabledFor(logging.DEBUG)
         assert logging.getLogger("spiralcodex.mesh.something").parent is logging.getLogger("spiralfast")
         import spiralcodex.mesh  # type: ignore[import-not-found]
 

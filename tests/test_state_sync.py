@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from spiralfast import MeshConfig, MeshCore
 from spiralfast.schema import StateEntry
-from spiralfast.sync import StateSynchronizer
+from spiralfast.node.sync import StateSynchronizer
 from spiralfast.testing import LocalMesh
 
 from .procs import NodeProc
@@ -306,7 +306,7 @@ def test_whole_state_answers_are_bounded() -> None:
     """Review finding: an insider on a bus naming 300 invented senders got 300 paced
     whole-state answers going at once (RSS 39 -> 808 MB)."""
     from spiralfast import schema
-    from spiralfast.host import MAX_PACED_REPLIES
+    from spiralfast.node.host import MAX_PACED_REPLIES
 
     class Link:
         def __init__(self, bus: bool) -> None:

@@ -23,10 +23,10 @@ import pytest
 from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.codec import decode_payload
 from spiralfast.errors import ConfigError, FrameError
-from spiralfast.gate import DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, admit
-from spiralfast.membership import MAX_FORWARDS, PROBE_HELPERS, PROBE_ROUNDS, SILENCE_FACTOR, Membership
-from spiralfast.registry import MeshRegistry
-from spiralfast.types import MeshNode, NodeStatus
+from spiralfast.node.gate import DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, admit
+from spiralfast.protocol.membership import MAX_FORWARDS, PROBE_HELPERS, PROBE_ROUNDS, SILENCE_FACTOR, Membership
+from spiralfast.node.registry import MeshRegistry
+from spiralfast.records import MeshNode, NodeStatus
 
 #: The defaults under test: a 30 s heartbeat (the old library's) and a 3 s suspicion.
 HB = 30.0

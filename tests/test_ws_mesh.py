@@ -14,7 +14,7 @@ import pytest
 from spiralfast import EventType, MeshConfig, MeshCore
 from spiralfast.errors import AuthError, HandshakeError
 from spiralfast.links.ws import BACKOFF_JITTER, MAX_OUTBOX_BYTES, REFUSED_BACKOFF_INITIAL, WSLink
-from spiralfast.membership import DEFAULT_SUSPICION_TIMEOUT, SILENCE_FACTOR
+from spiralfast.protocol.membership import DEFAULT_SUSPICION_TIMEOUT, SILENCE_FACTOR
 
 from .conftest import require
 from .procs import NodeProc
@@ -262,7 +262,7 @@ async def test_slow_peer_outbox_is_bounded_and_link_dropped() -> None:
     from spiralfast.links.ws import WebSocketTransport, WSSettings
 
     wst = WebSocketTransport(core.host, WSSettings())
-    from spiralfast.gate import MEMBER, Session
+    from spiralfast.node.gate import MEMBER, Session
 
     link = WSLink(wst, outbound=False)
     link.ws = _FakeWS()

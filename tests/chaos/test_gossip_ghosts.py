@@ -4,9 +4,9 @@ survivor's records, over Redis) kept a kill -9'd node alive forever."""
 from __future__ import annotations
 
 from spiralfast import schema
-from spiralfast.membership import Membership
-from spiralfast.registry import MeshRegistry
-from spiralfast.types import MeshNode
+from spiralfast.protocol.membership import Membership
+from spiralfast.node.registry import MeshRegistry
+from spiralfast.records import MeshNode
 
 
 def _membership() -> Membership:

@@ -48,7 +48,7 @@ def state_kind(status: Any) -> str:
 def node_states() -> dict[str, str]:
     """Every state a node can be in (the ``NodeStatus`` values and ``suspected``), with its
     kind (see :func:`state_kind`)."""
-    from .enums import NodeStatus
+    from ..enums import NodeStatus
 
     out = {s.value: state_kind(s.value) for s in NodeStatus}
     out.setdefault(SUSPECTED, state_kind(SUSPECTED))

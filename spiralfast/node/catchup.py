@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import schema
-from .cursor import META, is_redelivery, parse_id
-from .fastpath import iso_from_epoch
+from .. import schema
+from ..cursor import META, is_redelivery, parse_id
+from ..fastpath import iso_from_epoch
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
-log = logging.getLogger("spiralfast.catchup")
+log = logging.getLogger("spiralfast.node.catchup")
 
 #: Bytes asked for per answer over a WebSocket link (the answering node caps it at
 #: ``schema.MAX_CATCHUP_BYTES``), and over a bus (NATS refuses payloads over 1 MiB by default).
@@ -335,7 +335,7 @@ def _rest_key() -> Any:
 
 
 def _flush_interval() -> float:
-    from .eventlog import BATCH_MAX_AGE_S
+    from ..eventlog import BATCH_MAX_AGE_S
 
     return BATCH_MAX_AGE_S
 

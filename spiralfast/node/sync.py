@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import schema
-from ._log import BackoffLog
-from .errors import StateTooLarge
-from .limits import MAX_STATE_ENTRY_SIZE, STATE_CHUNK_BYTES
-from .schema import StateEntry
-from .types import StateSnapshot, SyncState
+from .. import schema
+from .._log import BackoffLog
+from ..errors import StateTooLarge
+from ..limits import MAX_STATE_ENTRY_SIZE, STATE_CHUNK_BYTES
+from ..schema import StateEntry
+from ..records import StateSnapshot, SyncState
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
-log = logging.getLogger("spiralfast.sync")
+log = logging.getLogger("spiralfast.node.sync")
 #: Clock skew: one line per condition (a peer ahead of us, our clock ahead) per minute.
 _SKEW_LOG = BackoffLog(log, initial=60.0, maximum=60.0)
 #: A jump of the wall clock against the monotonic clock larger than this (seconds) is

@@ -37,10 +37,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from . import schema
-from .registry import MeshRegistry
-from .signing import self_record_bytes, verify
-from .types import MeshNode, NodeStatus
+from .. import schema
+from ..node.registry import MeshRegistry
+from ..signing import self_record_bytes, verify
+from ..records import MeshNode, NodeStatus
 
 Effect = tuple[Any, ...]
 

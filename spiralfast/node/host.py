@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import schema
-from ._log import BackoffLog
-from .errors import HandshakeError
-from .fastpath import iso_from_epoch
+from .. import schema
+from .._log import BackoffLog
+from ..errors import HandshakeError
+from ..fastpath import iso_from_epoch
 from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Session
-from .handshake import Handshake
-from .observe import answer_query
+from ..protocol.handshake import Handshake
+from ..observe import answer_query
 from .outbox import single_frame
-from .types import EventType, RitualEvent
+from ..records import EventType, RitualEvent
 
 if TYPE_CHECKING:
     from .core import MeshCore
 
-log = logging.getLogger("spiralfast.core")
+log = logging.getLogger("spiralfast.node.core")
 
 _EVENT_TYPES = {e.value: e for e in EventType}
 _decode_event = msgspec.msgpack.Decoder(schema.Event).decode
@@ -59,7 +59,7 @@ def _incarnation(record: Any) -> Any:
     return md.get("incarnation") if isinstance(md, dict) else None
 
 class NodeHost:
-    """``LinkHost`` of one node (see ``spiralfast.link``)."""
+    """``LinkHost`` of one node (see ``spiralfast.links.base``)."""
 
     def __init__(self, node: MeshCore) -> None:
         self.node = node

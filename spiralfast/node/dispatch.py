@@ -29,13 +29,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._log import RateLimitedLog
-from .errors import RingFull
-from .limits import DEFAULT_RING_CAPACITY
-from .observe import envelope
-from .ring import Ring
+from .._log import RateLimitedLog
+from ..errors import RingFull
+from ..limits import DEFAULT_RING_CAPACITY
+from ..observe import envelope
+from ..ring import Ring
 
-log = logging.getLogger("spiralfast.dispatch")
+log = logging.getLogger("spiralfast.node.dispatch")
 
 #: Events kept for ``mesh events`` (CLI, dashboard).
 RECENT_EVENTS = 1000

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ._log import RateLimitedLog
-from .types import MeshNode, NodeStatus
+from .._log import RateLimitedLog
+from ..records import MeshNode, NodeStatus
 
-log = logging.getLogger("spiralfast.registry")
+log = logging.getLogger("spiralfast.node.registry")
 _warn = RateLimitedLog(log)
 
 DiscoveryCallback = Callable[[str, MeshNode], Any]

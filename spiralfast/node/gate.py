@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import schema
-from ._log import RateLimitedLog
-from .codec import decode_frame, decode_payload
+from .. import schema
+from .._log import RateLimitedLog
+from ..codec import decode_frame, decode_payload
 from .dispatch import TURN_BUDGET
-from .errors import FrameError
-from .fastpath import Dedupe, EventSink
-from .limits import MAX_BUS_RATE_SENDERS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
+from ..errors import FrameError
+from ..fastpath import Dedupe, EventSink
+from ..limits import MAX_BUS_RATE_SENDERS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
 
-log = logging.getLogger("spiralfast.gate")
+log = logging.getLogger("spiralfast.node.gate")
 
 DELIVER, RELAY, ANSWER, REFUSE = "deliver", "relay", "answer", "refuse"
 

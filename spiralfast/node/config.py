@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: MeshNode.capabilities of the old library, the default.
 DEFAULT_CAPABILITIES = ("ritual_processing", "agent_hosting", "state_sync")
@@ -132,7 +132,7 @@ class MeshConfig:
         """Every field, with the token and the secrets in URLs masked (``safetext``)."""
         from dataclasses import fields
 
-        from .safetext import mask_secrets
+        from ..safetext import mask_secrets
 
         shown = [f"{f.name}=" + ("'********'" if f.name == "auth_token" and self.auth_token is not None
                                  else mask_secrets(repr(getattr(self, f.name)))) for f in fields(self)]

@@ -18,27 +18,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import schema
-from ._aio import cancel_all
-from ._version import __version__
+from .. import schema
+from .._aio import cancel_all
+from .._version import __version__
 from .bus import EventBus
-from .busauth import KeyPins
+from ..busauth import KeyPins
 from .config import MeshConfig
 from .dispatch import Dispatcher, EnvelopeHandler
-from .fastpath import EventSender
+from ..fastpath import EventSender
 from .gate import Gate
 from .host import NodeHost
-from .limits import FLUSH_THRESHOLD_BYTES
-from .membership import Membership
-from .metrics import LatencyHistogram
-from .observe import envelope, mesh_status, node_counters, push_follow
+from ..limits import FLUSH_THRESHOLD_BYTES
+from ..protocol.membership import Membership
+from ..metrics import LatencyHistogram
+from ..observe import envelope, mesh_status, node_counters, push_follow
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
-from .signing import NodeKey
+from ..signing import NodeKey
 from .sync import StateSynchronizer
-from .types import EventType, MeshNode, NodeStatus, RitualEvent
+from ..records import EventType, MeshNode, NodeStatus, RitualEvent
 
-log = logging.getLogger("spiralfast.core")
+log = logging.getLogger("spiralfast.node.core")
 
 _EVENT_TYPES = {e.value: e for e in EventType}
 
@@ -108,7 +108,7 @@ class MeshCore:
         self.observer_ws: Any = None  # links.ws.WebSocketTransport for observers alone (observer_port)
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
-        from .tasks import TaskManager
+        from ..tasks import TaskManager
 
         self.tasks = TaskManager(self)
         self.eventlog: Any = None  # an EventLog while persistence is on
@@ -144,7 +144,7 @@ class MeshCore:
         async with self._lock:
             if self.running:
                 return
-            from .links import start_links
+            from .assembly import start_links
 
             cfg = self.config
             cfg.validate()
@@ -163,7 +163,7 @@ class MeshCore:
             await self.state.start()
             self._tasks.append(asyncio.ensure_future(self.dispatcher.run()))
             if cfg.persistence_path or cfg.persistence_url:  # before the links: joins are stored too
-                from .eventlog import EventLog
+                from ..eventlog import EventLog
 
                 self.eventlog = EventLog(self)
                 await self.eventlog.start()
@@ -182,7 +182,7 @@ class MeshCore:
         async with self._lock:
             if not self.running:
                 return
-            from .links import stop_links
+            from .assembly import stop_links
 
             await self.tasks.stop()
             await self.catchup.stop()

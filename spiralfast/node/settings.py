@@ -1,6 +1,6 @@
 """Layered node configuration for the command line.
 
-Every :class:`~spiralfast.config.MeshConfig` field can be set in four layers, each
+Every :class:`~spiralfast.node.config.MeshConfig` field can be set in four layers, each
 overriding the one before it:
 
 1. the field's default;
@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import safetext
+from .. import safetext
 from .config import MeshConfig
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: Environment variables start with this.
 ENV_PREFIX = "SPIRALFAST_"

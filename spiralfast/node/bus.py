@@ -18,14 +18,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ._log import RateLimitedLog
-from .enums import EventType
-from .errors import RingFull
-from .event import RitualEvent, dispatch_loop, publish_nowait
-from .limits import DEFAULT_RING_CAPACITY
-from .ring import Ring
+from .._log import RateLimitedLog
+from ..enums import EventType
+from ..errors import RingFull
+from ..event import RitualEvent, dispatch_loop, publish_nowait
+from ..limits import DEFAULT_RING_CAPACITY
+from ..ring import Ring
 
-log = logging.getLogger("spiralfast.bus")
+log = logging.getLogger("spiralfast.node.bus")
 
 #: Ring slots of each thread's publish inbox; a thread publishing faster than the
 #: loop drains waits briefly instead of growing memory.
