@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from spiralfast.cursor import MAX_AHEAD, Cursor, is_redelivery, parse_id
+from spiralfast.store.cursor import MAX_AHEAD, Cursor, is_redelivery, parse_id
 
 ORIGIN = "0123456789abs"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spiralfast.eventlog import PostgresStore, SQLiteStore, Store
+from spiralfast.store.eventlog import PostgresStore, SQLiteStore, Store
 
 from . import services
 from .conftest import require

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
-from spiralfast.eventlog import BATCH_MAX_EVENTS, EventLog, SQLiteStore, parse_time, read_history
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
+from spiralfast.store.eventlog import BATCH_MAX_EVENTS, EventLog, SQLiteStore, parse_time, read_history
 from spiralfast.persistence import PersistenceManager, RitualEventRecord, SystemMetricRecord
 from spiralfast.testing import LoopbackHub
 
@@ -250,7 +250,7 @@ async def test_full_disk_one_error_node_keeps_running(tmp_path: Path, caplog: py
         await a.start()
         await b.start()
         await wait_until(lambda: "B" in a.nodes, '"B" in a.nodes')
-        caplog.set_level(logging.ERROR, "spiralfast.eventlog")
+        caplog.set_level(logging.ERROR, "spiralfast.store.eventlog")
         try:
             blob = "x" * 500
             i = 0

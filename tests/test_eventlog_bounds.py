@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
 from spiralfast.errors import ConfigError
-from spiralfast.eventlog import CLOCK_METRICS, EventLog, PostgresStore, SQLiteStore
+from spiralfast.store.eventlog import CLOCK_METRICS, EventLog, PostgresStore, SQLiteStore
 from spiralfast.metrics import registry_for, render
 from spiralfast.persistence import open_sqlite
 

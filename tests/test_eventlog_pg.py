@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
-from spiralfast.eventlog import EVENT_COLUMNS, read_history
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
+from spiralfast.store.eventlog import EVENT_COLUMNS, read_history
 from spiralfast.testing import LoopbackHub
 
 from . import services
@@ -54,7 +54,7 @@ async def pg_url() -> AsyncIterator[str]:
 async def _fetch(url: str, sql: str) -> list[Any]:
     import asyncpg
 
-    from spiralfast.eventlog import split_pg_url
+    from spiralfast.store.eventlog import split_pg_url
 
     dsn, schema = split_pg_url(url)
     conn = await asyncpg.connect(dsn)
@@ -142,7 +142,7 @@ async def test_pg_record_event_wire_events(pg_url: str) -> None:
     from datetime import datetime
 
     from spiralfast import schema
-    from spiralfast.eventlog import EventLog
+    from spiralfast.store.eventlog import EventLog
 
     mesh = MeshCore(MeshConfig(node_id="A", enable_redis=False, enable_websocket=False, persistence_url=pg_url,
                                persist_events="all"))

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
-from spiralfast.eventlog import ERROR_RETRY_S, PostgresStore, mask_url, split_pg_url
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
+from spiralfast.store.eventlog import ERROR_RETRY_S, PostgresStore, mask_url, split_pg_url
 from spiralfast.testing import LoopbackHub
 
 from . import services

@@ -73,13 +73,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from ..persistence import open_sqlite, private_file
+from ..wire.fastpath import iso_from_epoch
 from .cursor import META as CURSOR_META
 from .cursor import Cursor
-from .fastpath import iso_from_epoch
-from .persistence import open_sqlite, private_file
 
 if TYPE_CHECKING:
-    from .core import MeshCore
+    from ..node.core import MeshCore
 
 log = logging.getLogger("spiralfast.eventlog")
 
@@ -772,7 +772,7 @@ def split_pg_url(url: str) -> tuple[str, str | None]:
 
 def mask_url(url: str) -> str:
     """The URL without its secrets (``safetext.mask_secrets``: password, secret query parameters)."""
-    from .safetext import mask_secrets
+    from ..safetext import mask_secrets
 
     return mask_secrets(url)
 
