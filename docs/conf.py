@@ -39,7 +39,7 @@ html_title = f"spiralfast {release}"
 
 def setup(app):  # type: ignore[no-untyped-def]
     """``.. spiralfast-settings::`` renders every setting with its environment variables
-    and flags, read from :mod:`spiralfast.settings` (so it never goes stale)."""
+    and flags, read from :mod:`spiralfast.node.settings` (so it never goes stale)."""
     from docutils.statemachine import StringList
     from sphinx.util.docutils import SphinxDirective
 

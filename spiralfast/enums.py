@@ -1,4 +1,4 @@
-"""The public enums (SPEC.md: Enums)."""
+"""The public enums (the drop-in API: Enums)."""
 
 from __future__ import annotations
 

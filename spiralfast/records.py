@@ -1,4 +1,4 @@
-"""Public records of the drop-in API (SPEC.md: MeshNode, RitualEvent, StateSnapshot...).
+"""Public records of the drop-in API (the drop-in API: MeshNode, RitualEvent, StateSnapshot...).
 
 The enums live in ``enums``; ``RitualEvent`` in ``event`` (compiled, or its twin).
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 from ._time import parse_dt as _parse_dt
 from .enums import EventType, NodeStatus, SyncState
-from .event import RitualEvent
+from .wire.event import RitualEvent
 
 
 def _iso(dt: datetime) -> str:

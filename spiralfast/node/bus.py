@@ -1,4 +1,4 @@
-"""EventBus: the node's event queue and dispatcher (SPEC.md: EventBus).
+"""EventBus: the node's event queue and dispatcher (the drop-in API: EventBus).
 
 Publishing appends a ``RitualEvent`` to a ring buffer; one processor task drains
 the ring in batches, delivers to subscribers and records history.  Within a
@@ -21,9 +21,9 @@ from typing import Any
 from .._log import RateLimitedLog
 from ..enums import EventType
 from ..errors import RingFull
-from ..event import RitualEvent, dispatch_loop, publish_nowait
+from ..wire.event import RitualEvent, dispatch_loop, publish_nowait
 from ..limits import DEFAULT_RING_CAPACITY
-from ..ring import Ring
+from ..wire.ring import Ring
 
 log = logging.getLogger("spiralfast.node.bus")
 
