@@ -12,8 +12,8 @@ import asyncio
 import sys
 import time
 
-from spiralfast.config import MeshConfig
-from spiralfast.core import MeshCore
+from spiralfast.node.config import MeshConfig
+from spiralfast.node.core import MeshCore
 from tests.waiting import wait_until
 
 #: Heartbeat interval (s) of the sender; the streaming tests give their receivers the same.

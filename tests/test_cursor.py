@@ -1,4 +1,4 @@
-"""The delivery cursor's rules (spiralfast/cursor.py): no event loop, the clock passed in."""
+"""The delivery cursor's rules (spiralfast/store/cursor.py): no event loop, the clock passed in."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def test_catchup_messages_are_member_only_and_range_checked() -> None:
     import msgspec
     import pytest
 
-    from spiralfast import gate, schema
+    from spiralfast.node import gate
+    from spiralfast.wire import schema
 
     for kind in (schema.KIND_CATCHUP_REQUEST, schema.KIND_CATCHUP_BATCH):
         assert gate.admit(gate.MEMBER, kind) == gate.DELIVER

@@ -22,8 +22,8 @@ import pytest
 
 from spiralfast.node.config import MeshConfig
 from spiralfast.node.core import MeshCore
-from spiralfast.store.eventlog import BATCH_MAX_EVENTS, EventLog, SQLiteStore, parse_time, read_history
 from spiralfast.persistence import PersistenceManager, RitualEventRecord, SystemMetricRecord
+from spiralfast.store.eventlog import BATCH_MAX_EVENTS, EventLog, SQLiteStore, parse_time, read_history
 from spiralfast.testing import LoopbackHub
 
 from .conftest import require
@@ -449,7 +449,7 @@ async def test_full_disk_in_a_node_process(tmp_path: Path) -> None:
 
 async def test_record_event_keeps_wire_events(tmp_path: Path) -> None:
     """record_event() (the struct the hot paths have) and record() (an envelope) mix."""
-    from spiralfast import schema
+    from spiralfast.wire import schema
 
     mesh = MeshCore(MeshConfig(node_id="A", enable_redis=False, enable_websocket=False,
                                persistence_path=str(tmp_path / "a.db"), persist_events="all"))

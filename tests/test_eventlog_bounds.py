@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from spiralfast.errors import ConfigError
+from spiralfast.metrics import registry_for, render
 from spiralfast.node.config import MeshConfig
 from spiralfast.node.core import MeshCore
-from spiralfast.errors import ConfigError
-from spiralfast.store.eventlog import CLOCK_METRICS, EventLog, PostgresStore, SQLiteStore
-from spiralfast.metrics import registry_for, render
 from spiralfast.persistence import open_sqlite
+from spiralfast.store.eventlog import CLOCK_METRICS, EventLog, PostgresStore, SQLiteStore
 
 from .conftest import wait_for
 from .test_eventlog import pair, rows

@@ -141,8 +141,8 @@ async def test_pg_record_event_wire_events(pg_url: str) -> None:
     import time
     from datetime import datetime
 
-    from spiralfast import schema
     from spiralfast.store.eventlog import EventLog
+    from spiralfast.wire import schema
 
     mesh = MeshCore(MeshConfig(node_id="A", enable_redis=False, enable_websocket=False, persistence_url=pg_url,
                                persist_events="all"))
