@@ -21,7 +21,7 @@ import tempfile
 import time
 
 DEADLINE = 30.0  # seconds for a node to start, and for the two to see each other
-EXTENSIONS = ["_codec", "_ring", "_fastpath", "_event", "links._wslistener"]
+EXTENSIONS = ["_codec", "_ring", "_fastpath", "_event", "links.ws._wslistener"]
 
 
 def fail(msg: str) -> None:
@@ -46,8 +46,8 @@ def check_install() -> None:
         path = getattr(mod, "__file__", "") or ""
         if not path.endswith(".so") or not getattr(mod, "COMPILED", True):
             fail(f"spiralfast.{name} is not the compiled extension ({path})")
-    from spiralfast import codec, event, fastpath, ring
     from spiralfast.links import ws
+    from spiralfast.wire import codec, event, fastpath, ring
 
     for mod in (codec, ring, fastpath, event):
         if not mod.COMPILED:

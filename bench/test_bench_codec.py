@@ -16,10 +16,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from spiralfast import _codec_py, schema
+from spiralfast import schema
+from spiralfast.wire import _codec_py
 
 try:
-    from spiralfast import _codec as _codec_c
+    from spiralfast.wire import _codec as _codec_c
 except ImportError:  # pragma: no cover
     _codec_c = None  # type: ignore[assignment]
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from spiralfast import _ring_py
+from spiralfast.wire import _ring_py
 
 try:
-    from spiralfast import _ring as _ring_c
+    from spiralfast.wire import _ring as _ring_c
 except ImportError:  # pragma: no cover
     _ring_c = None  # type: ignore[assignment]
 

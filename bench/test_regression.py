@@ -19,8 +19,9 @@ from test_bench_bus import _baseline_round, _spiralfast_round
 from test_bench_codec import _events, _run_frame
 from test_bench_receive import Receiver
 
-from spiralfast import _codec_py, codec
-from spiralfast.ring import Ring
+from spiralfast import codec
+from spiralfast.wire import _codec_py
+from spiralfast.wire.ring import Ring
 
 ROUNDS = 5
 
@@ -83,7 +84,7 @@ def test_ring_ratio_to_asyncio_queue() -> None:
 
     ours, ref = best(ring_round), best(queue_round)
     loop.close()
-    from spiralfast import ring
+    from spiralfast.wire import ring
 
     floor = 2.5 if ring.COMPILED else 0.5
     assert ref / ours >= floor, f"ring {ref / ours:.1f}x asyncio.Queue (floor {floor}x)"
@@ -93,7 +94,7 @@ def test_ring_ratio_to_asyncio_queue() -> None:
 def test_bus_ratio_to_baseline() -> None:
     """Goal: the EventBus 10x the asyncio.Queue/uuid4/datetime baseline; floor 5x
     (pure twin: 2x)."""
-    from spiralfast import event
+    from spiralfast.wire import event
 
     ours = best(lambda: uvloop.run(_spiralfast_round()))
     ref = best(lambda: uvloop.run(_baseline_round()))

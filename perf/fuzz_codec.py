@@ -14,10 +14,11 @@ import sys
 import time
 from collections import deque
 
-from spiralfast import _codec as impl  # the compiled decoder, on purpose
-from spiralfast import _fastpath, codec, schema
+from spiralfast import codec, schema
 from spiralfast.errors import FrameError
-from spiralfast.ring import Ring
+from spiralfast.wire import _codec as impl  # the compiled decoder, on purpose
+from spiralfast.wire import _fastpath
+from spiralfast.wire.ring import Ring
 
 
 class _Core:

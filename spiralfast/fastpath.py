@@ -1,20 +1,20 @@
-"""Receive hot path (compiled, or the pure twin): see ``_fastpath_py``."""
+"""The receive and send hot paths (compiled, or the pure twin): a re-export.
+
+The code lives in :mod:`spiralfast.wire.fastpath` (the wire layer, see docs/architecture.md);
+this module keeps the import path ``spiralfast.fastpath`` working for users and tools.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .wire.fastpath import *  # noqa: F403
+from .wire.fastpath import (
+    COMPILED,
+    Dedupe,
+    EventSender,
+    EventSink,
+    iso_from_epoch,
+)
 
-from ._native import load
-
-_impl = load("_fastpath", "_fastpath_py")
-
-COMPILED: bool = _impl.COMPILED
-if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
-    from ._fastpath import Dedupe, EventSender, EventSink, iso_from_epoch
-else:
-    Dedupe = _impl.Dedupe
-    EventSink = _impl.EventSink
-    EventSender = _impl.EventSender
-    iso_from_epoch = _impl.iso_from_epoch
-
-__all__ = ["COMPILED", "Dedupe", "EventSender", "EventSink", "iso_from_epoch"]
+__all__ = [
+    "COMPILED", "Dedupe", "EventSender", "EventSink", "iso_from_epoch",
+]

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from spiralfast import _codec_py, _ring_py
-from spiralfast._native import PUREPYTHON_REQUESTED
+from spiralfast.wire import _codec_py, _ring_py
+from spiralfast.wire._native import PUREPYTHON_REQUESTED
 
 try:
-    from spiralfast import _codec as _codec_c
-    from spiralfast import _ring as _ring_c
+    from spiralfast.wire import _codec as _codec_c
+    from spiralfast.wire import _ring as _ring_c
 except ImportError:  # pragma: no cover - only when the build failed
     _codec_c = None  # type: ignore[assignment]
     _ring_c = None  # type: ignore[assignment]

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from spiralfast import codec, event, fastpath, ring
-from spiralfast._native import PUREPYTHON_REQUESTED
+from spiralfast.wire import codec, event, fastpath, ring
+from spiralfast.wire._native import PUREPYTHON_REQUESTED
 
 
 def test_selected_implementation_matches_the_switch() -> None:
@@ -30,14 +30,14 @@ def test_purepython_switch_forces_the_twin() -> None:
     env = dict(os.environ, SPIRALFAST_PUREPYTHON="1")
     out = subprocess.run(
         [sys.executable, "-c",
-         "from spiralfast import codec, event, fastpath, ring; "
+         "from spiralfast.wire import codec, event, fastpath, ring; "
          "print(codec.COMPILED, ring.COMPILED, fastpath.COMPILED, event.COMPILED)"],
         env=env, capture_output=True, text=True, check=True,
     )
     assert out.stdout.split() == ["False", "False", "False", "False"]
 
 
-EXTENSIONS = ("_codec", "_ring", "_fastpath", "_event", "links._wslistener")
+EXTENSIONS = ("wire._codec", "wire._ring", "wire._fastpath", "wire._event", "links.ws._wslistener")
 
 
 def test_extensions_exist_exactly_when_a_compiler_did() -> None:
@@ -51,7 +51,7 @@ def test_extensions_exist_exactly_when_a_compiler_did() -> None:
     specs = {name: importlib.util.find_spec(f"spiralfast.{name}") for name in EXTENSIONS}
     probe = subprocess.run(
         [sys.executable, "-c",
-         "from spiralfast import codec, event, fastpath, ring; "
+         "from spiralfast.wire import codec, event, fastpath, ring; "
          "print(codec.COMPILED, ring.COMPILED, fastpath.COMPILED, event.COMPILED)"],
         env={k: v for k, v in os.environ.items() if k != "SPIRALFAST_PUREPYTHON"},
         capture_output=True, text=True, check=True,

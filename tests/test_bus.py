@@ -226,12 +226,12 @@ def test_publish_from_threads(loop_kind: str) -> None:
 def test_ritual_event_twins_behave_identically() -> None:
     from datetime import datetime
 
-    from spiralfast import _event_py
-    from spiralfast._native import PUREPYTHON_REQUESTED
+    from spiralfast.wire import _event_py
+    from spiralfast.wire._native import PUREPYTHON_REQUESTED
 
     impls = [_event_py]
     if not PUREPYTHON_REQUESTED:
-        from spiralfast import _event
+        from spiralfast.wire import _event
 
         impls.append(_event)
     seen = []

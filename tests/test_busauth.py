@@ -1,5 +1,5 @@
-"""Sealed bus frames (spiralfast/busauth.py), bytes in and out: who sent them, proof of
-it, and no replays."""
+"""Sealed bus frames (spiralfast/wire/sealing.py, re-exported as spiralfast.busauth), bytes in
+and out: who sent them, proof of it, and no replays."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from spiralfast.busauth import BusSealer
 from spiralfast.errors import AuthError, FrameError
-from spiralfast.handshake import derive_key
+from spiralfast.wire.sealing import BusSealer
+from spiralfast.wire.signing import derive_key
 
 CH = b"chan:sf:mesh"
 

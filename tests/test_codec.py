@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spiralfast import _codec_py, codec, schema
 from spiralfast.errors import FrameError
-from spiralfast.limits import MAX_FRAME_SIZE, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION
+from spiralfast.wire import _codec_py, codec, schema
+from spiralfast.wire.limits import MAX_FRAME_SIZE, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION
 
 from .conftest import CODEC_IMPLS
 

@@ -8,22 +8,20 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spiralfast import _codec_py, _fastpath_py, schema
-from spiralfast._native import PUREPYTHON_REQUESTED
-from spiralfast.dispatch import Dispatcher
 from spiralfast.errors import FrameError
-from spiralfast.fastpath import iso_from_epoch
-from spiralfast.ring import Ring
+from spiralfast.node.dispatch import Dispatcher
+from spiralfast.wire import _codec_py, _fastpath_py, schema
+from spiralfast.wire.fastpath import iso_from_epoch
+from spiralfast.wire.ring import Ring
 
-try:
-    from spiralfast import _fastpath as _fp_c
-except ImportError:  # pragma: no cover
-    _fp_c = None  # type: ignore[assignment]
+from .twins import Twins, twins_fixture  # noqa: F401 - the fixture ``twins``
 
-SINKS = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+#: The compiled receive/send path and its twin, through the one fixture (tests/twins.py).
+FASTPATH = pytest.mark.parametrize("twins", ["fastpath"], indirect=True)
 
 
 @given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
@@ -99,7 +97,8 @@ def _ev(i: int, etype: str, target: str | None = None) -> schema.Event:
     return schema.Event(f"id{i}", etype, "src", 1700000000.25 + i, {"i": i}, target)
 
 
-def test_sink_twins_identical_on_mixed_frames() -> None:
+@FASTPATH
+def test_sink_twins_identical_on_mixed_frames(twins: Twins) -> None:
     frames = [
         _frame([(schema.KIND_EVENT, b"", b"id1", _ev(1, "a")), (schema.KIND_EVENT, b"", b"id2", _ev(2, "b")),
                 (schema.KIND_EVENT, b"", b"id3", _ev(3, "c")), (schema.KIND_EVENT, b"", b"id1", _ev(1, "a")),
@@ -111,7 +110,7 @@ def test_sink_twins_identical_on_mixed_frames() -> None:
         b"\x01\x05\x00",
         b"\x02\x00\x00",
     ]
-    results = [_run(impl, frames) for impl in SINKS]
+    results = [_run(impl, frames) for impl in twins.both]
     assert all(r == results[0] for r in results)
     rest, got, queued, failed, dups, bad, events_in = results[0]
     assert [g[0] for g in got] == ["h1", "async", "h2", "h1"] and failed == 1 and dups == 1 and bad == 1
@@ -122,9 +121,10 @@ def test_sink_twins_identical_on_mixed_frames() -> None:
     assert got[0][1]["timestamp"] == datetime.fromtimestamp(1700000001.25).isoformat()
 
 
-def test_non_member_links_get_no_fast_path() -> None:
+@FASTPATH
+def test_non_member_links_get_no_fast_path(twins: Twins) -> None:
     frames = [_frame([(schema.KIND_EVENT, b"", b"id1", _ev(1, "a"))])]
-    for impl in SINKS:
+    for impl in twins.both:
         rest, got, *_ = _run(impl, frames, member=False)
         assert got == [] and len(rest[0]) == 1
 
@@ -132,18 +132,22 @@ def test_non_member_links_get_no_fast_path() -> None:
 @given(st.lists(st.tuples(st.sampled_from([schema.KIND_EVENT, schema.KIND_LEAVE]), st.sampled_from([b"", b"me", b"x"]),
                           st.binary(max_size=3), st.integers(0, 5)), max_size=20),
        st.data())
-def test_sink_twins_identical_on_random_and_mutated_frames(msgs: Any, data: st.DataObject) -> None:
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture holds no state
+@FASTPATH
+def test_sink_twins_identical_on_random_and_mutated_frames(twins: Twins, msgs: Any, data: st.DataObject) -> None:
     built = [(k, t, mid, _ev(i, "a") if k == schema.KIND_EVENT else schema.Leave("n")) for k, t, mid, i in msgs]
     frame = bytearray(_frame(built))
     if frame and data.draw(st.booleans()):
         frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
-    results = [_run(impl, [bytes(frame)]) for impl in SINKS]
+    results = [_run(impl, [bytes(frame)]) for impl in twins.both]
     assert all(r == results[0] for r in results)
 
 
-def test_iso_twins_identical() -> None:
+@FASTPATH
+def test_iso_twins_identical(twins: Twins) -> None:
     for ts in (0.0, 0.5, 1.0000005, 1700000000.9999996, 1700000000.123456):
-        assert _fastpath_py.iso_from_epoch(ts) == iso_from_epoch(ts) == datetime.fromtimestamp(ts).isoformat()
+        assert (twins.pure.iso_from_epoch(ts) == twins.compiled.iso_from_epoch(ts) == iso_from_epoch(ts)
+                == datetime.fromtimestamp(ts).isoformat())
 
 
 class _SendDispatcher:
@@ -156,15 +160,14 @@ class _SendDispatcher:
         self.pushed.append(ev)
 
 
-def test_sender_twins_build_the_same_frames() -> None:
+@FASTPATH
+def test_sender_twins_build_the_same_frames(twins: Twins) -> None:
     import asyncio
 
-    from spiralfast import _fastpath_py as pure
-
-    impls = [pure] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
+    impls = twins.both
 
     async def run(impl: Any) -> Any:
-        from spiralfast.outbox import Outbox
+        from spiralfast.node.outbox import Outbox
 
         core = _SendDispatcher()
         outbox = Outbox()
@@ -201,11 +204,11 @@ def test_sender_twins_build_the_same_frames() -> None:
     assert (recent, pushed, out, nxt) == (8, 1, 8, "prex-1")  # direct ids: their own sequence
 
 
-def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic() -> None:
+@FASTPATH
+def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic(twins: Twins) -> None:
     """A copy arriving over a slow path after more than the old global window of other
     origins' events is still a duplicate (it once delivered 28,672 duplicates)."""
-    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
-    for impl in impls:
+    for impl in twins.both:
         d = impl.Dedupe(1024)
         assert all(d.first_time(b"late-%d" % i) for i in range(100))
         for o in range(8):  # 8 busy origins, 20,000 events each, in between
@@ -217,9 +220,9 @@ def test_dedupe_is_per_origin_so_a_late_copy_is_caught_after_any_traffic() -> No
         assert not d.first_time(b"w-1")  # older than the window: taken as seen
 
 
-def test_broadcast_gaps_are_counted_per_origin_and_filled_by_late_copies() -> None:
-    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
-    for impl in impls:
+@FASTPATH
+def test_broadcast_gaps_are_counted_per_origin_and_filled_by_late_copies(twins: Twins) -> None:
+    for impl in twins.both:
         d = impl.Dedupe(16)
         for i in (7, 8, 11, 12):  # joined at 7 (not a gap), then 9 and 10 missing
             d.first_time(b"abcdef123456s-%d" % i)
@@ -230,20 +233,20 @@ def test_broadcast_gaps_are_counted_per_origin_and_filled_by_late_copies() -> No
         assert d.gaps() == {"abcdef123456s": 1}
 
 
-def test_direct_ids_have_their_own_sequence() -> None:
-    from spiralfast.outbox import Outbox
+@FASTPATH
+def test_direct_ids_have_their_own_sequence(twins: Twins) -> None:
+    from spiralfast.node.outbox import Outbox
 
-    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
-    for impl in impls:
+    for impl in twins.both:
         s = impl.EventSender(Outbox(), _SendDispatcher(), "me", "abcdef123456s-", schema.EVENT_TYPE_IDS, 1 << 20, 8)
         assert [s.next_id(), s.next_id()] == ["abcdef123456x-1", "abcdef123456x-2"] and s.seq == 0
 
 
-def test_retransmit_buffer_holds_each_broadcast_payload_as_sent() -> None:
+@FASTPATH
+def test_retransmit_buffer_holds_each_broadcast_payload_as_sent(twins: Twins) -> None:
     import asyncio
 
-    from spiralfast import _codec_py
-    from spiralfast.outbox import Outbox
+    from spiralfast.node.outbox import Outbox
 
     async def run(impl: Any, writer: Any) -> list[bytes]:
         ob = Outbox()
@@ -255,22 +258,22 @@ def test_retransmit_buffer_holds_each_broadcast_payload_as_sent() -> None:
         assert list(s.retx) == [m.payload for m in _codec_py.decode_frame(frame)]
         return list(s.retx)
 
-    impls = [_fastpath_py] + ([_fp_c] if _fp_c is not None and not PUREPYTHON_REQUESTED else [])
-    from spiralfast.codec import FrameWriter
+    from spiralfast.wire.codec import FrameWriter
 
     asyncio.run(run(_fastpath_py, _codec_py.FrameWriter()))  # sliced from the pure writer's buffer
-    for impl in impls:  # (payloads carry their send time, so runs differ from each other)
+    for impl in twins.both:  # (payloads carry their send time, so runs differ from each other)
         assert len(asyncio.run(run(impl, FrameWriter()))) == 3
 
 
-def test_a_gap_longer_than_the_window_stays_repairable_or_counted() -> None:
+@FASTPATH
+def test_a_gap_longer_than_the_window_stays_repairable_or_counted(twins: Twins) -> None:
     """A peer paused for seconds misses more than SEQ_WINDOW sequences: they stay
     missing (asked for, repairable exactly once) instead of being taken as seen, and
     what is given up is counted lost.  Both twins agree step by step."""
-    from spiralfast.limits import SEQ_WINDOW
+    from spiralfast.wire.limits import SEQ_WINDOW
 
     runs = []
-    for impl in SINKS:
+    for impl in twins.both:
         d = impl.Dedupe(16)
         trace: list[Any] = []
         for i in range(1, 101):
@@ -311,10 +314,11 @@ def test_a_gap_longer_than_the_window_stays_repairable_or_counted() -> None:
     assert all(r == runs[0] for r in runs)
 
 
-def test_missing_ranges_below_the_window_are_bounded_and_counted() -> None:
-    from spiralfast.limits import SEQ_WINDOW
+@FASTPATH
+def test_missing_ranges_below_the_window_are_bounded_and_counted(twins: Twins) -> None:
+    from spiralfast.wire.limits import SEQ_WINDOW
 
-    for impl in SINKS:
+    for impl in twins.both:
         d = impl.Dedupe(16)
         seq = 0
         for _ in range(impl.MAX_OLD_RANGES + 10):  # one lost sequence every other one

@@ -26,10 +26,10 @@ import pytest
 from spiralfast import schema
 from spiralfast.busauth import BusSealer, KeyPins
 from spiralfast.codec import FrameWriter
-from spiralfast.protocol.handshake import Handshake
 from spiralfast.node.outbox import single_frame
-from spiralfast.signing import NodeKey
+from spiralfast.protocol.handshake import Handshake
 from spiralfast.records import MeshNode, NodeStatus
+from spiralfast.wire.signing import NodeKey
 
 from .procs import NodeProc
 from .test_adversarial import RawWS, wait_for_nodes

@@ -18,9 +18,9 @@ import pytest
 
 from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.busauth import BusSealer, KeyPins
-from spiralfast.links.nats import CONNECT_TIMEOUT, server_list, subject_token
+from spiralfast.links.bus.nats import CONNECT_TIMEOUT, server_list, subject_token
 from spiralfast.node.outbox import single_frame
-from spiralfast.signing import NodeKey
+from spiralfast.wire.signing import NodeKey
 
 from .nats_cluster import NatsCluster, TcpProxy, nats_or_fail, stream_cleanup
 from .procs import NodeProc
@@ -385,8 +385,8 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
     from unittest import mock
     from urllib.parse import urlparse
 
-    from spiralfast import busauth
-    from spiralfast.links import nats as nats_link
+    from spiralfast.links.bus.nats import catchup as nats_link
+    from spiralfast.wire import sealing as busauth
 
     url = nats_or_fail()
     mesh = _mesh()

@@ -1,4 +1,4 @@
-"""spiralfast.signing: a node's own Ed25519 key, its file, and canonical self-record bytes."""
+"""spiralfast.wire.signing: a node's own Ed25519 key, its file, and canonical self-record bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from spiralfast.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, self_record_bytes, verify
+from spiralfast.wire.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, self_record_bytes, verify
+
+from .twins import Twins, twins_fixture  # noqa: F401 - the fixture ``twins``
 
 
 def test_sign_verify_roundtrip_and_refusals() -> None:
@@ -87,15 +89,15 @@ CH = b"chan:sf:mesh"
 
 
 def _sealer(node: str, key: NodeKey | None = None, pins: Any = None, **kw: Any) -> Any:
-    from spiralfast.busauth import BusSealer, KeyPins
+    from spiralfast.wire.sealing import BusSealer, KeyPins
 
     key = key or NodeKey.generate()
     return BusSealer(node, "mesh", "tok", node_key=key, pins=pins if pins is not None else KeyPins(node, key.public), **kw)
 
 
 def test_bus_frames_key_signed_pinned_and_refused_otherwise() -> None:
-    from spiralfast.busauth import BusSealer
     from spiralfast.errors import AuthError
+    from spiralfast.wire.sealing import BusSealer
 
     a_key = NodeKey.generate()
     a, rx = _sealer("A", a_key), _sealer("R")
@@ -126,8 +128,8 @@ def test_a_key_signature_binds_the_channel_and_header_beyond_the_token() -> None
     import hashlib
     import hmac
 
-    from spiralfast.busauth import TAG_SIZE
     from spiralfast.errors import AuthError
+    from spiralfast.wire.sealing import TAG_SIZE
 
     a, rx = _sealer("A"), _sealer("R")
     sealed = bytearray(a.seal(CH, 1, b"frame"))
@@ -156,7 +158,7 @@ def test_epoch_ceiling_refuses_an_extreme_epoch_and_never_locks_out() -> None:
     restarted = _sealer("A", key, epoch_ms=real.epoch + 1)
     assert bytes(rx.open(CH, restarted.seal(CH, 1, b"again"))[2]) == b"again"
     # Unsigned meshes (sign_bus_frames off) get the ceiling too.
-    from spiralfast.busauth import BusSealer
+    from spiralfast.wire.sealing import BusSealer
 
     plain_rx, plain = BusSealer("R", "mesh", "tok", sign=False), BusSealer("A", "mesh", "tok", epoch_ms=(1 << 64) - 1)
     with pytest.raises(AuthError, match="epoch"):
@@ -164,8 +166,8 @@ def test_epoch_ceiling_refuses_an_extreme_epoch_and_never_locks_out() -> None:
 
 
 def test_handshake_proves_the_node_key() -> None:
-    from spiralfast import schema
-    from spiralfast.handshake import Handshake
+    from spiralfast.protocol.handshake import Handshake
+    from spiralfast.wire import schema
 
     ka, kb = NodeKey.generate(), NodeKey.generate()
     a = Handshake("A", "m", "t", outbound=True, record={"node_id": "A", "metadata": {"public_key": ka.public.hex()}},
@@ -196,20 +198,8 @@ def test_handshake_proves_the_node_key() -> None:
 
 # -- sequence ids only from their origin (EventSink, both twins) -------------------------
 
-def _impls() -> list[Any]:
-    from spiralfast import _fastpath_py
-    from spiralfast._native import PUREPYTHON_REQUESTED
-
-    out: list[Any] = [_fastpath_py]
-    try:
-        from spiralfast import _fastpath as compiled
-    except ImportError:  # pragma: no cover
-        return out
-    return out if PUREPYTHON_REQUESTED else [*out, compiled]
-
-
 def _sink_run(impl: Any) -> tuple[Any, ...]:
-    from spiralfast import _codec_py, schema
+    from spiralfast.wire import _codec_py, schema
     from tests.test_fastpath import FakeDispatcher
 
     core = FakeDispatcher()
@@ -242,8 +232,9 @@ def _sink_run(impl: Any) -> tuple[Any, ...]:
     return (*out, got, sink.duplicates)
 
 
-def test_sequence_ids_accepted_only_from_their_origin_twins_identical() -> None:
-    results = [_sink_run(impl) for impl in _impls()]
+@pytest.mark.parametrize("twins", ["fastpath"], indirect=True)
+def test_sequence_ids_accepted_only_from_their_origin_twins_identical(twins: Twins) -> None:
+    results = [_sink_run(impl) for impl in twins.both]
     r = results[0]
     assert r[0] == 0 and r[1] == 0 and r[2] == 3 and r[3] == 0
     assert r[4] == [b"aaaaaaaaaaaax-1"]

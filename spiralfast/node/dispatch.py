@@ -33,7 +33,7 @@ from .._log import RateLimitedLog
 from ..errors import RingFull
 from ..limits import DEFAULT_RING_CAPACITY
 from ..observe import envelope
-from ..ring import Ring
+from ..wire.ring import Ring
 
 log = logging.getLogger("spiralfast.node.dispatch")
 

@@ -32,7 +32,7 @@ from typing import Any
 from .. import schema
 from ..errors import AuthError, HandshakeError
 from ..limits import HANDSHAKE_VERSION
-from ..signing import NodeKey, verify
+from ..wire.signing import NodeKey, verify
 
 NONCE_SIZE = 16  # 128 bits: never repeats in practice
 #: The roles a peer may claim; anything else is refused.

@@ -9,11 +9,16 @@ can then be checked by anyone holding the public key with :func:`verify`.
 
 The key is kept in ``<data dir>/<node id>.key`` (mode 0600, created atomically) when
 the node has a data directory, else generated for each start.
+
+The keys derived from the shared mesh token (:func:`derive_key`: one per purpose, the
+handshake's proofs and each mesh's bus seal) live here too, beside the node's own key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-__all__ = ["PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "NodeKey", "self_record_bytes", "verify"]
+__all__ = ["KDF_ROUNDS", "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "NodeKey", "derive_key", "self_record_bytes", "verify"]
 
 #: Size of a raw Ed25519 public key.
 PUBLIC_KEY_SIZE = 32
@@ -38,6 +43,16 @@ SELF_RECORD_FIELDS = (
     "node_id", "incarnation", "epoch", "websocket_endpoint", "endpoint", "name",
     "capabilities", "mesh", "public_key", "started_at", "version",
 )
+
+#: PBKDF2 rounds for keys derived from the mesh token: a captured proof or sealed frame
+#: must not let anyone test guesses of the token fast (about 0.1 s, once per process).
+KDF_ROUNDS = 200_000
+
+
+@functools.lru_cache(maxsize=16)
+def derive_key(token: str, purpose: str) -> bytes:
+    """A key for ``purpose`` from the mesh token (PBKDF2-HMAC-SHA256)."""
+    return hashlib.pbkdf2_hmac("sha256", token.encode(), b"spiralfast\0" + purpose.encode(), KDF_ROUNDS)
 
 
 class NodeKey:

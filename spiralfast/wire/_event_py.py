@@ -1,38 +1,26 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled ``RitualEvent`` and EventBus hot path.  Twin: ``_event_py`` (same
-behaviour; the tests run both)."""
+"""Pure-Python twin of ``spiralfast._event``: ``RitualEvent`` and the EventBus hot
+path (publish into the ring, and the dispatch loop)."""
 
-cimport cython
+from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from datetime import datetime
+from typing import Any
 
-from spiralfast._time import parse_dt as _parse_dt
-from spiralfast.enums import EventType
-from spiralfast.errors import RingFull
+from .._time import parse_dt as _parse_dt
+from ..enums import EventType
+from ..errors import RingFull
 
-COMPILED = True
+_log = logging.getLogger("spiralfast.node.bus")
 
-_log = __import__("logging").getLogger("spiralfast.bus")
-
-cdef object _EventType = EventType
-cdef object _time = time.time
-cdef object _fromtimestamp = datetime.fromtimestamp
-cdef object _datetime = datetime
-cdef object _isawaitable = inspect.isawaitable
-cdef object _CancelledError = asyncio.CancelledError
-cdef object _RingFull = RingFull
+COMPILED = False
+log = logging.getLogger("spiralfast.node.bus")
 
 
-# Like the gc=False msgspec structs of the wire protocol: events are not tracked by
-# the cycle collector.  A backlog of tens of thousands of queued events otherwise
-# gets traversed by every collection (measured: a third of the bus's time).  The
-# price: a reference cycle running through an event (an event stored inside its own
-# data) is never collected.
-@cython.no_gc
-cdef class RitualEvent:
+class RitualEvent:
     """An event on the bus.
 
     ``timestamp`` is a ``datetime``; internally the event keeps the epoch float it
@@ -40,25 +28,29 @@ cdef class RitualEvent:
     ``publish`` cheap.  Likewise an absent ``metadata`` dict is made on first access.
     """
 
-    cdef public object event_id
-    cdef public object event_type
-    cdef public object source_node
-    cdef public object target_node
-    cdef public double _ts
-    cdef public object _dt
-    cdef public object data
-    cdef object _metadata
-    cdef public object priority
-    cdef public object ttl
+    __slots__ = (
+        "event_id", "event_type", "source_node", "target_node", "_ts", "_dt",
+        "data", "_metadata", "priority", "ttl",
+    )
 
-    def __init__(self, event_id, event_type, source_node, target_node, timestamp, data, metadata,
-                 priority=5, ttl=None):
+    def __init__(
+        self,
+        event_id: str,
+        event_type: EventType,
+        source_node: str,
+        target_node: str | None,
+        timestamp: datetime | float,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        priority: int = 5,
+        ttl: int | float | None = None,
+    ) -> None:
         self.event_id = event_id
         self.event_type = event_type
         self.source_node = source_node
         self.target_node = target_node
-        if isinstance(timestamp, _datetime):
-            self._dt = timestamp
+        if isinstance(timestamp, datetime):
+            self._dt: datetime | None = timestamp
             self._ts = timestamp.timestamp()
         else:
             self._dt = None
@@ -69,49 +61,46 @@ cdef class RitualEvent:
         self.ttl = ttl
 
     @property
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
             self._metadata = {}
         return self._metadata
 
     @metadata.setter
-    def metadata(self, value):
+    def metadata(self, value: dict[str, Any]) -> None:
         self._metadata = value
 
     @property
-    def timestamp(self):
-        if self._dt is None:
-            self._dt = _fromtimestamp(self._ts)
-        return self._dt
+    def timestamp(self) -> datetime:
+        dt = self._dt
+        if dt is None:
+            dt = self._dt = datetime.fromtimestamp(self._ts)
+        return dt
 
     @timestamp.setter
-    def timestamp(self, value):
+    def timestamp(self, value: datetime) -> None:
         self._dt = value
         self._ts = value.timestamp()
 
     @property
-    def epoch(self):
+    def epoch(self) -> float:
         """The timestamp as seconds since the epoch."""
         return self._ts
 
-    def _key(self):
+    def _key(self) -> tuple[Any, ...]:
         return (
             self.event_id, self.event_type, self.source_node, self.target_node, self.timestamp,
             self.data, self.metadata, self.priority, self.ttl,
         )
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, RitualEvent):
             return NotImplemented
-        return self._key() == (<RitualEvent>other)._key()
+        return self._key() == other._key()
 
-    def __ne__(self, other):
-        r = self.__eq__(other)
-        return r if r is NotImplemented else not r
+    __hash__ = None  # type: ignore[assignment]
 
-    __hash__ = None
-
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"RitualEvent(event_id={self.event_id!r}, event_type={self.event_type}, "
             f"source_node={self.source_node!r}, target_node={self.target_node!r}, "
@@ -119,7 +108,7 @@ cdef class RitualEvent:
             f"priority={self.priority!r}, ttl={self.ttl!r})"
         )
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         et = self.event_type
         return {
             "event_id": self.event_id,
@@ -134,7 +123,7 @@ cdef class RitualEvent:
         }
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict[str, Any]) -> RitualEvent:
         return cls(
             d["event_id"],
             EventType(d["event_type"]),
@@ -148,103 +137,75 @@ cdef class RitualEvent:
         )
 
 
-def publish_nowait(bus, event_type, data, target_node, priority, ttl, metadata):
+def publish_nowait(
+    bus: Any, event_type: Any, data: Any, target_node: Any, priority: Any, ttl: Any, metadata: Any
+) -> str | None:
     """Queue an event on a local (not mesh-bound) bus; None when the caller must take
     the general path (mesh-bound bus, or a full queue)."""
     if bus._mesh_send is not None:
         return None
-    if type(event_type) is not _EventType:
-        event_type = _EventType(event_type)
-    eid = bus._prefix + str(next(bus._seq))
-    cdef RitualEvent ev = RitualEvent.__new__(RitualEvent)
-    ev.event_id = eid
-    ev.event_type = event_type
-    ev.source_node = bus.node_id
-    ev.target_node = target_node
-    ev._ts = _time()
-    ev._dt = None
-    ev.data = data
-    ev._metadata = metadata
-    ev.priority = priority
-    ev.ttl = ttl
+    if event_type.__class__ is not EventType:
+        event_type = EventType(event_type)
+    eid: str = bus._prefix + str(next(bus._seq))
+    ev = RitualEvent(eid, event_type, bus.node_id, target_node, time.time(), data, metadata, priority, ttl)
     try:
         bus.event_queue.push(ev)
-    except _RingFull:
+    except RingFull:
         return None
     bus.published += 1
     return eid
 
 
-def _neg_priority(RitualEvent ev):
+def _neg_priority(ev: RitualEvent) -> Any:
     return -ev.priority
 
 
-cdef bint _only_events(list batch):
-    for e in batch:
-        if not isinstance(e, RitualEvent):
-            return False
-    return True
-
-
-def _drop_foreign(bus, list batch):
-    """Something other than a RitualEvent was pushed on ``event_queue``: drop and count
-    it (the dispatcher must not die while ``running`` stays True)."""
-    keep = [e for e in batch if isinstance(e, RitualEvent)]
-    bus.dropped += len(batch) - len(keep)
-    _log.warning("event_queue: dropped %d item(s) that are not RitualEvents", len(batch) - len(keep))
-    return keep
-
-
-async def dispatch_loop(bus):
+async def dispatch_loop(bus: Any) -> None:
     """The bus processor: drain the ring in batches; priority order within a backlog
     (FIFO within a priority); TTL checked here; handlers isolated; history bounded."""
-    cdef RitualEvent ev
-    cdef double now
-    cdef Py_ssize_t delivered, expired, extra
-    cdef list batch
-    cdef list history = bus.event_history
-    cdef dict by_id
     ring = bus.event_queue
     subs = bus.subscribers
+    history = bus.event_history
     while bus.running:
         if ring.empty():
             await ring.wait_nonempty()
         batch = ring.pop_many()
-        if not _only_events(batch):
-            batch = _drop_foreign(bus, batch)
+        if not all(isinstance(e, RitualEvent) for e in batch):
+            # Something else was pushed on event_queue: drop and count it (the
+            # dispatcher must not die while ``running`` stays True).
+            keep = [e for e in batch if isinstance(e, RitualEvent)]
+            bus.dropped += len(batch) - len(keep)
+            _log.warning("event_queue: dropped %d item(s) that are not RitualEvents", len(batch) - len(keep))
+            batch = keep
         if len(batch) > 1:
-            p0 = (<RitualEvent>batch[0]).priority
-            for e in batch:
-                if (<RitualEvent>e).priority != p0:
+            p0 = batch[0].priority
+            for ev in batch:
+                if ev.priority != p0:
                     batch.sort(key=_neg_priority)  # stable: FIFO within a priority
                     break
-        now = _time()
+        now = time.time()
         delivered = 0
-        expired = 0
         # Enum hashing runs in Python; look handlers up by member identity instead
         # (rebuilt per batch, so direct edits of ``subscribers`` are honoured).
         by_id = {id(k): v for k, v in subs.items()}
-        for e in batch:
-            ev = <RitualEvent>e
+        for ev in batch:
             ttl = ev.ttl
             if ttl is not None and (ttl <= 0 or now - ev._ts >= ttl):
-                expired += 1
+                bus.expired += 1
                 continue
             handlers = by_id.get(id(ev.event_type))
             if handlers:
                 for h in list(handlers):
                     try:
                         r = h(ev)
-                        if r is not None and _isawaitable(r):
+                        if r is not None and inspect.isawaitable(r):
                             await r
-                    except _CancelledError:
+                    except asyncio.CancelledError:
                         raise
                     except Exception:
                         bus._handler_failed(h, ev)
             history.append(ev)
             delivered += 1
-        if expired:
-            bus.expired += expired
         bus.delivered += delivered
         extra = len(history) - bus.max_history
         if extra > 0:

@@ -1,7 +1,9 @@
 """Chooses between the compiled modules and their pure-Python twins.
 
 ``SPIRALFAST_PUREPYTHON=1`` forces the twins.  When the extensions were not built,
-the twins load with one warning.
+the twins load with one warning.  Module names are given relative to the ``spiralfast``
+package (``"wire._codec"``, ``"links._wslistener"``), so every layer's compiled module
+loads through this one switch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ _warned = False
 
 
 def load(compiled: str, pure: str) -> ModuleType:
-    """Import ``spiralfast.<compiled>`` unless forced or unavailable; else ``<pure>``."""
+    """Import ``spiralfast.<compiled>`` unless forced or unavailable; else ``spiralfast.<pure>``."""
     global _warned
     if not PUREPYTHON_REQUESTED:
         try:

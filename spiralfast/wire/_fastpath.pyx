@@ -22,13 +22,13 @@ from datetime import datetime
 
 import msgspec
 
-from spiralfast._codec cimport Message, FrameWriter, validate_frame
-from spiralfast._ring cimport Ring
+from spiralfast.wire._codec cimport Message, FrameWriter, validate_frame
+from spiralfast.wire._ring cimport Ring
 from cpython.bytearray cimport PyByteArray_GET_SIZE
-from spiralfast import limits as _limits
-from spiralfast import schema as _schema
+from spiralfast.wire import limits as _limits
+from spiralfast.wire import schema as _schema
 from spiralfast.errors import FrameError
-from spiralfast.schema import Event
+from spiralfast.wire.schema import Event
 
 COMPILED = True
 
@@ -541,7 +541,7 @@ cdef class EventSink:
         cdef PyObject* res
         cdef int st
         if not self._spill and idle and not self.sync_only(env["type"], handlers):
-            # Coroutine handlers run eagerly (see spiralfast.dispatch): PyIter_Send steps
+            # Coroutine handlers run eagerly (see spiralfast.node.dispatch): PyIter_Send steps
             # the coroutine without raising StopIteration when it finishes at once.
             d = self.dispatcher
             needs = d.needs_task

@@ -317,7 +317,7 @@ _encode = msgspec.msgpack.Encoder().encode
 class EventSink:
     """Delivers received mesh events to a node's handlers (see module docstring).
 
-    ``dispatcher`` (``spiralfast.dispatch.Dispatcher``) provides: ``handlers``,
+    ``dispatcher`` (``spiralfast.node.dispatch.Dispatcher``) provides: ``handlers``,
     ``recent``, ``observers``, ``push_observers(ev)``, ``spill``, ``inbox``,
     ``queue(env)``, ``handler_failed(h, env)``, ``spawn(aw)``.
     """

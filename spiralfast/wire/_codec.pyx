@@ -4,7 +4,7 @@
 See ``spiralfast/_codec_py.py`` for the frame layout.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -15,7 +15,7 @@ import msgspec
 cimport cython
 
 from spiralfast.errors import FrameError
-from spiralfast import limits as _limits
+from spiralfast.wire import limits as _limits
 
 COMPILED = True
 
@@ -37,6 +37,15 @@ cdef inline void _put_u32(char* p, uint32_t v) noexcept:
 
 cdef inline uint32_t _get_u32(const uint8_t* p) noexcept:
     return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef bytes _id_bytes(object value, str what):
+    """A target or message id that is neither ``str`` nor ``bytes``: a bytes-like object
+    (``bytearray``, ``memoryview``...) as its bytes; anything else is a TypeError."""
+    try:
+        return memoryview(value).tobytes()
+    except TypeError:
+        raise TypeError(f"{what} must be str or a bytes-like object, not {type(value).__name__}") from None
 
 
 # Fields are bytes and ints only, so a Message can never be part of a cycle:
@@ -114,17 +123,22 @@ cdef class FrameWriter:
             raise FrameError(f"a frame holds at most {MAX_MESSAGES_PER_FRAME} messages")
         if not 0 <= kind <= 255 or not 0 <= etype <= 255:
             raise FrameError(f"kind and etype must fit in a byte (got {kind}, {etype})")
-        # str ids are read through their cached UTF-8 form: no temporary bytes.
+        # str ids are read through their cached UTF-8 form: no temporary bytes.  Other
+        # bytes-like ids are copied to bytes first (never read as if they were bytes).
         if isinstance(target, str):
             tptr = PyUnicode_AsUTF8AndSize(target, &tlen)
         else:
+            if not isinstance(target, bytes):
+                target = _id_bytes(target, "target")
             tptr = <bytes>target
-            tlen = len(<bytes>target)
+            tlen = PyBytes_GET_SIZE(target)
         if isinstance(msg_id, str):
             iptr = PyUnicode_AsUTF8AndSize(msg_id, &ilen)
         else:
+            if not isinstance(msg_id, bytes):
+                msg_id = _id_bytes(msg_id, "message id")
             iptr = <bytes>msg_id
-            ilen = len(<bytes>msg_id)
+            ilen = PyBytes_GET_SIZE(msg_id)
         if tlen > MAX_ID_SIZE or ilen > MAX_ID_SIZE:
             raise FrameError(f"target and message id are limited to {MAX_ID_SIZE} bytes")
         start = PyByteArray_GET_SIZE(self._buf)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
-from .errors import FrameError
+from ..errors import FrameError
 from .limits import (
     FRAME_HEADER_SIZE,
     MAX_FRAME_SIZE,
@@ -34,6 +34,9 @@ _FRAME_HDR = struct.Struct("<BH")
 _MSG_HDR = struct.Struct("<BBBBI")
 
 COMPILED = False
+
+#: A target or message id: str (written as UTF-8) or a bytes-like object.
+WireId: TypeAlias = str | bytes | bytearray | memoryview
 
 
 class Message:
@@ -55,7 +58,7 @@ class Message:
         as_tuple = getattr(other, "as_tuple", None)
         if as_tuple is None:
             return NotImplemented
-        return self.as_tuple() == as_tuple()
+        return bool(self.as_tuple() == as_tuple())
 
     def __hash__(self) -> int:
         return hash(self.as_tuple())
@@ -65,6 +68,19 @@ class Message:
             f"Message(kind={self.kind}, etype={self.etype}, target={self.target!r}, "
             f"msg_id={self.msg_id!r}, payload=<{len(self.payload)} bytes>)"
         )
+
+
+def _id_bytes(value: object, what: str) -> bytes:
+    """A target or message id as bytes: a ``str`` as UTF-8, a bytes-like object
+    (``bytes``, ``bytearray``, ``memoryview``...) as its bytes; anything else is a TypeError."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    try:
+        return memoryview(value).tobytes()  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be str or a bytes-like object, not {type(value).__name__}") from None
 
 
 def _check_header(kind: int, etype: int, target: bytes, msg_id: bytes) -> None:
@@ -97,11 +113,9 @@ class FrameWriter:
     def full(self) -> bool:
         return self._count >= MAX_MESSAGES_PER_FRAME
 
-    def _begin(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str) -> int:
-        if isinstance(target, str):
-            target = target.encode()
-        if isinstance(msg_id, str):
-            msg_id = msg_id.encode()
+    def _begin(self, kind: int, etype: int, target: WireId, msg_id: WireId) -> int:
+        target = _id_bytes(target, "target")
+        msg_id = _id_bytes(msg_id, "message id")
         if self._count >= MAX_MESSAGES_PER_FRAME:
             raise FrameError(f"a frame holds at most {MAX_MESSAGES_PER_FRAME} messages")
         _check_header(kind, etype, target, msg_id)
@@ -123,7 +137,7 @@ class FrameWriter:
         struct.pack_into("<I", buf, start + 4, plen)
         self._count += 1
 
-    def add(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str, obj: Any) -> None:
+    def add(self, kind: int, etype: int, target: WireId, msg_id: WireId, obj: Any) -> None:
         """Append a message whose payload is ``obj`` encoded by the writer's encoder."""
         start = self._begin(kind, etype, target, msg_id)
         buf = self._buf
@@ -135,7 +149,7 @@ class FrameWriter:
             raise
         self._end(start, payload_start)
 
-    def add_raw(self, kind: int, etype: int, target: bytes | str, msg_id: bytes | str, payload: Any) -> None:
+    def add_raw(self, kind: int, etype: int, target: WireId, msg_id: WireId, payload: Any) -> None:
         """Append a message whose payload is already encoded (forwarding)."""
         start = self._begin(kind, etype, target, msg_id)
         buf = self._buf

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ._native import load
 
-_impl = load("_ring", "_ring_py")
+_impl = load("wire._ring", "wire._ring_py")
 
 COMPILED: bool = _impl.COMPILED
 if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
