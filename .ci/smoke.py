@@ -21,7 +21,7 @@ import tempfile
 import time
 
 DEADLINE = 30.0  # seconds for a node to start, and for the two to see each other
-EXTENSIONS = ["_codec", "_ring", "_fastpath", "_event", "links.ws._wslistener"]
+EXTENSIONS = ["wire._codec", "wire._ring", "wire._fastpath", "wire._event", "links.ws._wslistener"]
 
 
 def fail(msg: str) -> None:
