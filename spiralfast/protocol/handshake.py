@@ -22,34 +22,22 @@ newcomer claiming that id and incarnation must prove the same key to replace it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import os
 from collections.abc import Callable
 from typing import Any
 
-from .. import schema
 from ..errors import AuthError, HandshakeError
-from ..limits import HANDSHAKE_VERSION
-from ..wire.signing import NodeKey, verify
+from ..wire import schema
+from ..wire.limits import HANDSHAKE_VERSION
+from ..wire.signing import NodeKey, derive_key, verify  # derive_key: PBKDF2 over the mesh token
 
 NONCE_SIZE = 16  # 128 bits: never repeats in practice
 #: The roles a peer may claim; anything else is refused.
 ROLES = ("node", "observer")
 _LABEL = b"spiralfast-handshake-v2\0"
 _KEY_LABEL = b"spiralfast-node-key-v1\0"
-
-
-#: PBKDF2 rounds for keys derived from the mesh token: a captured proof or sealed frame
-#: must not let anyone test guesses of the token fast (about 0.1 s, once per process).
-KDF_ROUNDS = 200_000
-
-
-@functools.lru_cache(maxsize=16)
-def derive_key(token: str, purpose: str) -> bytes:
-    """A key for ``purpose`` from the mesh token (PBKDF2-HMAC-SHA256)."""
-    return hashlib.pbkdf2_hmac("sha256", token.encode(), b"spiralfast\0" + purpose.encode(), KDF_ROUNDS)
 
 
 def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonce: bytes,
