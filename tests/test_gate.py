@@ -9,12 +9,23 @@ import pytest
 
 from spiralfast import schema
 from spiralfast.codec import FrameWriter
-from spiralfast.node.dispatch import Dispatcher
 from spiralfast.errors import AuthError, HandshakeError
-from spiralfast.node.gate import ANSWER, DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, RELAY, Gate, Session, admit
-from spiralfast.protocol.handshake import Handshake
-from spiralfast.protocol.membership import Membership
+from spiralfast.node.dispatch import Dispatcher
+from spiralfast.node.gate import (
+    ANSWER,
+    DELIVER,
+    HANDSHAKE,
+    MEMBER,
+    OBSERVER,
+    REFUSE,
+    RELAY,
+    Gate,
+    Session,
+    admit,
+)
 from spiralfast.node.registry import MeshRegistry
+from spiralfast.protocol.handshake import Handshake
+from spiralfast.protocol.membership import Dial, Joined, Lost, Membership
 from spiralfast.records import MeshNode, NodeStatus
 
 K = schema
@@ -233,11 +244,11 @@ def _membership(hb: float = 1.0) -> Membership:
 def test_membership_join_refresh_and_silence_with_a_fake_clock() -> None:
     m = _membership(hb=1.0)
     eff = m.link_ready("p", {"name": "peer", "capabilities": ["gpu"]}, now=100.0)
-    assert eff[0][0] == "joined" and m.nodes["p"].capabilities == ["gpu"]
+    assert isinstance(eff[0], Joined) and eff[0].node.node_id == "p" and m.nodes["p"].capabilities == ["gpu"]
     assert m.sweep(102.9) == []
     m.on_heartbeat(schema.Heartbeat("p", "active", 1, 0.5, 0.0), now=102.9)
     assert m.sweep(105.8) == []  # 2.9 s after the last heartbeat: still in
-    assert m.sweep(106.0) == [("lost", "p", "silent")] and "p" not in m.nodes
+    assert m.sweep(106.0) == [Lost("p", "silent")] and "p" not in m.nodes
 
 
 def test_membership_does_not_blame_peers_for_our_own_silence() -> None:
@@ -248,10 +259,10 @@ def test_membership_does_not_blame_peers_for_our_own_silence() -> None:
     m.link_ready("q", None, now=100.0)
     m.alive("p", 102.5)  # frames from p arrived; q said nothing
     m.alive("ghost", 102.5)  # unknown: no effect
-    assert m.sweep(103.2) == [("lost", "q", "silent")] and "p" in m.nodes and "ghost" not in m.last_seen
+    assert m.sweep(103.2) == [Lost("q", "silent")] and "p" in m.nodes and "ghost" not in m.last_seen
     m.stalled(20.0)  # we were stopped for 20 s: p's silence is ours
     assert m.sweep(124.0) == [] and "p" in m.nodes
-    assert m.sweep(125.6) == [("lost", "p", "silent")]
+    assert m.sweep(125.6) == [Lost("p", "silent")]
 
 
 def test_membership_leave_link_loss_and_gossip() -> None:
@@ -263,10 +274,10 @@ def test_membership_leave_link_loss_and_gossip() -> None:
     assert m.nodes["p"].status == NodeStatus.ACTIVE
     g = schema.Gossip([{"node_id": "q", "websocket_endpoint": "ws://q"}, {"node_id": "me"}, "junk"])  # type: ignore[list-item]
     eff = m.on_gossip(g, "p", now=1.0, learn=False, dial=True)
-    assert eff == [("dial", "ws://q", "q")] and "q" not in m.nodes
+    assert eff == [Dial("ws://q", "q")] and "q" not in m.nodes
     eff = m.on_gossip(g, "p", now=1.0, learn=True, dial=False)
-    assert eff[0][0] == "joined" and "q" in m.nodes
-    assert m.on_leave("p") == [("lost", "p", "left")] and m.on_leave("p") == []
+    assert isinstance(eff[0], Joined) and eff[0].node.node_id == "q" and "q" in m.nodes
+    assert m.on_leave("p") == [Lost("p", "left")] and m.on_leave("p") == []
     many = schema.Gossip([{"node_id": f"g{i}"} for i in range(5000)])
     m.on_gossip(many, "x", now=2.0, learn=True, dial=False)
     assert len(m.nodes) <= 1024 + 3  # gossip is bounded per message

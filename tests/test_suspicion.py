@@ -24,8 +24,23 @@ from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.codec import decode_payload
 from spiralfast.errors import ConfigError, FrameError
 from spiralfast.node.gate import DELIVER, HANDSHAKE, MEMBER, OBSERVER, REFUSE, admit
-from spiralfast.protocol.membership import MAX_FORWARDS, PROBE_HELPERS, PROBE_ROUNDS, SILENCE_FACTOR, Membership
 from spiralfast.node.registry import MeshRegistry
+from spiralfast.protocol.membership import (
+    MAX_FORWARDS,
+    PROBE_HELPERS,
+    PROBE_ROUNDS,
+    SILENCE_FACTOR,
+    Dial,
+    Effect,
+    Joined,
+    Lost,
+    Membership,
+    Refuted,
+    SendAck,
+    SendPing,
+    SendPingReq,
+    Suspected,
+)
 from spiralfast.records import MeshNode, NodeStatus
 
 #: The defaults under test: a 30 s heartbeat (the old library's) and a 3 s suspicion.
@@ -45,8 +60,12 @@ def _linked(m: Membership, *peers: str, now: float = 0.0) -> None:
         m.link_ready(p, {"websocket_endpoint": f"ws://{p}"}, now)
 
 
-def _kinds(effects: list[Any]) -> list[str]:
-    return [e[0] for e in effects]
+_KIND = {Suspected: "suspect", SendPing: "ping", SendPingReq: "ping_req", SendAck: "ack", Dial: "dial",
+         Lost: "lost", Refuted: "refuted", Joined: "joined"}
+
+
+def _kinds(effects: list[Effect]) -> list[str]:
+    return [_KIND[type(e)] for e in effects]
 
 
 # -- suspicion at the close ---------------------------------------------------------------
@@ -56,14 +75,14 @@ def test_a_link_closed_by_the_peer_suspects_it_at_once_and_probes_it() -> None:
     m = _membership()
     _linked(m, "p", "q", "r", "s", "t")
     eff = m.link_lost("p", 10.0, by_peer=True)
-    assert eff[0] == ("suspect", "p") and m.is_suspect("p")
+    assert eff[0] == Suspected("p") and m.is_suspect("p")
     assert m.nodes["p"].status == NodeStatus.DISCONNECTED  # shown at once, not in 90 s
     nonce = m.suspects["p"].nonce
-    assert ("ping", "p", nonce, False) in eff  # directly, over a bus that reaches it
-    helpers = [e[1] for e in eff if e[0] == "ping_req"]
+    assert SendPing("p", nonce, False) in eff  # directly, over a bus that reaches it
+    helpers = [e.helper for e in eff if isinstance(e, SendPingReq)]
     assert len(helpers) == PROBE_HELPERS and set(helpers) <= {"q", "r", "s", "t"}  # a few live members
-    assert all(e[2:] == ("p", nonce) for e in eff if e[0] == "ping_req")
-    assert ("dial", "ws://p", "p") in eff  # a node that is alive answers a new dial too
+    assert all((e.target, e.nonce) == ("p", nonce) for e in eff if isinstance(e, SendPingReq))
+    assert Dial("ws://p", "p") in eff  # a node that is alive answers a new dial too
     assert m.link_lost("p", 10.1, by_peer=True) == []  # once
 
 
@@ -85,11 +104,11 @@ def test_a_suspect_is_removed_when_the_timeout_ends_whatever_the_heartbeat() -> 
         while now < 100.0 + TIMEOUT - 0.25:  # the sweep ticks every 0.25 s: probed again, kept
             now += 0.25
             eff = m.sweep(now)
-            assert ("lost", "p", "unreachable") not in eff, now
+            assert Lost("p", "unreachable") not in eff, now
             reprobes += _kinds(eff).count("ping")
         assert reprobes == PROBE_ROUNDS - 1  # the first round went out at the close
         assert "p" in m.nodes and m.is_suspect("p")
-        assert m.sweep(100.0 + TIMEOUT) == [("lost", "p", "unreachable")]
+        assert m.sweep(100.0 + TIMEOUT) == [Lost("p", "unreachable")]
         assert "p" not in m.nodes and not m.is_suspect("p") and "q" in m.nodes
         # second-hand gossip does not bring it back; its own voice would
         assert m.on_gossip(schema.Gossip([{"node_id": "p"}]), "q", 104.0, learn=True, dial=False) == []
@@ -103,14 +122,14 @@ def test_an_answer_through_a_helper_refutes_the_suspicion() -> None:
     nonce = m.suspects["p"].nonce
     assert m.on_ack(schema.Ack("p", nonce + 1), "q", 5.1) == []  # not our probe: nothing
     assert m.is_suspect("p")
-    assert m.on_ack(schema.Ack("p", nonce), "q", 5.2) == [("refuted", "p", "answered through q")]
+    assert m.on_ack(schema.Ack("p", nonce), "q", 5.2) == [Refuted("p", "answered through q")]
     assert not m.is_suspect("p")
     # alive, though unlinked: judged by heartbeats again (last heard at 0), never by the
     # suspicion timeout
     for t in range(6, int(SILENCE_FACTOR * HB)):
         m.on_heartbeat(schema.Heartbeat("q", "active", 0, 0.0, 0.0), float(t))
         assert m.sweep(float(t)) == [], t
-    assert m.sweep(SILENCE_FACTOR * HB + 0.1) == [("lost", "p", "silent")]
+    assert m.sweep(SILENCE_FACTOR * HB + 0.1) == [Lost("p", "silent")]
 
 
 # -- three nodes and a fake network -------------------------------------------------------
@@ -126,27 +145,33 @@ class Net:
         self.log: list[Any] = []
         self.lost: dict[str, list[str]] = {x.node_id: [] for x in ms}
 
-    def run(self, src: str, effects: list[Any], now: float) -> None:
+    def run(self, src: str, effects: list[Effect], now: float) -> None:
         queue = [(src, e) for e in effects]
         while queue:
             frm, e = queue.pop(0)
             self.log.append((frm, e))
-            if e[0] == "lost":
-                self.lost[frm].append(e[1])
-            to = {"ping": 1, "ping_req": 1, "ack": 1}.get(e[0])
-            if to is None:
-                continue
-            dst = e[to]
-            if dst in self.dead or dst not in self.m or (e[0] == "ping" and not e[3] and not self.bus):
-                continue
-            m = self.m[dst]
-            if e[0] == "ping":
-                out = m.on_ping(schema.Ping(e[2], frm), frm, now)
-            elif e[0] == "ping_req":
-                out = m.on_ping_req(schema.PingReq(e[2], e[3]), frm, now)
-            else:
-                out = m.on_ack(schema.Ack(e[2], e[3]), frm, now)
+            match e:
+                case Lost(node_id=nid):
+                    self.lost[frm].append(nid)
+                    continue
+                case SendPing(node_id=dst, nonce=nonce, any_route=any_route):
+                    if not self._reaches(dst) or (not any_route and not self.bus):
+                        continue
+                    out = self.m[dst].on_ping(schema.Ping(nonce, frm), frm, now)
+                case SendPingReq(helper=dst, target=target, nonce=nonce):
+                    if not self._reaches(dst):
+                        continue
+                    out = self.m[dst].on_ping_req(schema.PingReq(target, nonce), frm, now)
+                case SendAck(to=dst, node_id=nid, nonce=nonce):
+                    if not self._reaches(dst):
+                        continue
+                    out = self.m[dst].on_ack(schema.Ack(nid, nonce), frm, now)
+                case _:
+                    continue
             queue += [(dst, x) for x in out]
+
+    def _reaches(self, dst: str) -> bool:
+        return dst not in self.dead and dst in self.m
 
     def sweep(self, now: float) -> None:
         for nid, m in self.m.items():
@@ -165,9 +190,10 @@ def test_three_nodes_a_live_suspect_answers_through_a_helper() -> None:
     net, a, b, c = _three()
     # a's link to c closed (c's side closed it, e.g. it dropped a as too slow); b still links c
     net.run("a", a.link_lost("c", 1.0, by_peer=True), 1.0)
-    refuted = [e for frm, e in net.log if frm == "a" and e[0] == "refuted"]
-    assert refuted == [("refuted", "c", "answered through b")] and not a.is_suspect("c")
-    assert ("b", ("ack", "a", "c", a_nonce := next(e[3] for f, e in net.log if e[0] == "ping_req"))) in net.log
+    refuted = [e for frm, e in net.log if frm == "a" and isinstance(e, Refuted)]
+    assert refuted == [Refuted("c", "answered through b")] and not a.is_suspect("c")
+    a_nonce = next(e.nonce for f, e in net.log if isinstance(e, SendPingReq))
+    assert ("b", SendAck("a", "c", a_nonce)) in net.log
     assert a_nonce > 0
     for t in range(2, 60):
         net.sweep(float(t))
@@ -192,7 +218,7 @@ def test_three_nodes_on_a_bus_the_suspect_answers_the_direct_probe() -> None:
     net, a, b, c = _three()
     net.bus = True
     net.run("a", a.link_lost("c", 1.0, by_peer=True), 1.0)
-    assert ("a", ("refuted", "c", "heard")) in net.log and not a.is_suspect("c")
+    assert ("a", Refuted("c", "heard")) in net.log and not a.is_suspect("c")
     assert a.nodes["c"].status == NodeStatus.ACTIVE  # heard itself: alive and connected
 
 
@@ -202,17 +228,17 @@ def test_the_prober_itself_is_heard_by_its_ping() -> None:
     m.link_lost("p", 1.0, by_peer=True)
     # p probes us straight (over a bus): we answer it, and p is alive
     eff = m.on_ping(schema.Ping(42, "p"), "p", 1.5)
-    assert ("ack", "p", "me", 42) in eff and ("refuted", "p", "heard") in eff
+    assert SendAck("p", "me", 42) in eff and Refuted("p", "heard") in eff
     assert m.nodes["p"].status == NodeStatus.ACTIVE
     # a relayed Ping (sender: the relay) is answered to its prober, proves nothing of it
     eff = m.on_ping(schema.Ping(43, "x"), "p", 1.6)
-    assert eff == [("ack", "x", "me", 43)]
+    assert eff == [SendAck("x", "me", 43)]
 
 
 def test_ping_req_about_us_is_answered_and_forwards_are_bounded() -> None:
     m = _membership()
     _linked(m, "p", "q")
-    assert m.on_ping_req(schema.PingReq("me", 9), "p", 1.0) == [("ack", "p", "me", 9)]
+    assert m.on_ping_req(schema.PingReq("me", 9), "p", 1.0) == [SendAck("p", "me", 9)]
     assert m.on_ping_req(schema.PingReq("nobody", 9), "p", 1.0) == []  # unknown: nothing to probe
     for i in range(MAX_FORWARDS + 50):
         m.on_ping_req(schema.PingReq("q", i + 1), "p", 1.0)
@@ -250,14 +276,14 @@ def test_never_removed_while_a_bus_hears_it() -> None:
     m = _membership()
     _linked(m, "p")
     eff = m.link_lost("p", 1.0, by_peer=True)  # its WebSocket link closed, it is on Redis too
-    assert m.is_suspect("p") and ("ping", "p", m.suspects["p"].nonce, False) in eff
+    assert m.is_suspect("p") and SendPing("p", m.suspects["p"].nonce, False) in eff
     # its answer over the bus (authenticated sender: p itself) ends the suspicion
-    assert ("refuted", "p", "heard") in m.on_ack(schema.Ack("p", m.suspects["p"].nonce), "p", 1.01)
+    assert Refuted("p", "heard") in m.on_ack(schema.Ack("p", m.suspects["p"].nonce), "p", 1.01)
     assert m.nodes["p"].status == NodeStatus.ACTIVE and not m.is_suspect("p")
     # ... and so does anything it says itself over the bus: a heartbeat
     m.link_ready("p", None, 2.0)
     m.link_lost("p", 3.0, by_peer=True)
-    assert m.on_heartbeat(schema.Heartbeat("p", "active", 0, 0.0, 0.0), 3.5) == [("refuted", "p", "heard")]
+    assert m.on_heartbeat(schema.Heartbeat("p", "active", 0, 0.0, 0.0), 3.5) == [Refuted("p", "heard")]
     for t in range(4, 200):  # heard over the bus every heartbeat: never removed, never suspected
         now = float(t)
         if t % 30 == 0:
@@ -284,7 +310,7 @@ def test_a_paused_peer_is_not_removed_before_three_heartbeats() -> None:
         if now <= SILENCE_FACTOR * HB:
             assert eff == [] and "p" in m.nodes and not m.is_suspect("p"), now
         elif eff:
-            assert eff == [("lost", "p", "silent")] and now > SILENCE_FACTOR * HB
+            assert eff == [Lost("p", "silent")] and now > SILENCE_FACTOR * HB
             break
     else:
         pytest.fail("the silent node was never removed")
@@ -297,16 +323,16 @@ def test_our_own_stall_or_unread_answers_hold_the_suspicion() -> None:
     _linked(m, "p", "q")
     m.link_lost("p", 1.0, by_peer=True)
     m.stalled(10.0)  # we did not run for 10 s: the suspect had no chance to be heard
-    assert ("lost", "p", "unreachable") not in m.sweep(1.0 + TIMEOUT + 5)
+    assert Lost("p", "unreachable") not in m.sweep(1.0 + TIMEOUT + 5)
     m.hold_suspicions(2.0)  # 2 s of not reading (a busy receiver)
-    assert ("lost", "p", "unreachable") not in m.sweep(1.0 + TIMEOUT + 11)
-    assert m.sweep(1.0 + TIMEOUT + 12) == [("lost", "p", "unreachable")]
+    assert Lost("p", "unreachable") not in m.sweep(1.0 + TIMEOUT + 11)
+    assert m.sweep(1.0 + TIMEOUT + 12) == [Lost("p", "unreachable")]
 
 
 def test_a_clean_leave_still_removes_at_once() -> None:
     m = _membership()
     _linked(m, "p")
-    assert m.on_leave("p") == [("lost", "p", "left")]
+    assert m.on_leave("p") == [Lost("p", "left")]
     assert m.link_lost("p", 1.0, by_peer=True) == []  # the close after the bye: already gone
 
 

@@ -1,5 +1,8 @@
-"""Transports.  Each implements ``spiralfast.links.base.Link`` and is given a
-``LinkHost`` (the node) and its own settings, never the node's internals."""
+"""Link assembly: the node builds the transports its configuration enables.
+
+Each transport implements ``spiralfast.links.base.Link`` and is given a ``LinkHost``
+(the node's host) and its own settings, never the node's internals.  This module
+sees the node through the ``AssemblyNode`` port (:mod:`spiralfast.ports.node`)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .core import MeshCore
+    from ..ports.node import AssemblyNode
 log = logging.getLogger("spiralfast.links")
 
 
-async def start_links(node: MeshCore) -> None:
-    """Bring up the transports ``node.config`` enables (SPEC: a missing Redis or an
+async def start_links(node: AssemblyNode) -> None:
+    """Bring up the transports ``node.config`` enables (the drop-in API: a missing Redis or an
     unbindable port warns once, turns that feature off and the node goes on)."""
     cfg = node.config
     if cfg.enable_websocket:
@@ -35,7 +38,7 @@ async def start_links(node: MeshCore) -> None:
         log.info("observer_port %s not used: observers and HTTP are served on the WebSocket port %s",
                  cfg.observer_port, cfg.websocket_port)
     if cfg.enable_redis:
-        from ..links.redis import RedisSettings, RedisTransport
+        from ..links.bus.redis import RedisSettings, RedisTransport
 
         if cfg.auth_token and cfg.interop is True:
             log.warning("interop=True with a token: the old JSON format cannot be authenticated, so anyone who can "
@@ -54,7 +57,7 @@ async def start_links(node: MeshCore) -> None:
                         "running without NATS")
             cfg.enable_nats = False
         else:
-            from ..links.nats import NatsSettings, NatsTransport
+            from ..links.bus.nats import NatsSettings, NatsTransport
 
             node.nats = NatsTransport(node.host, NatsSettings.from_config(cfg, node.node_id))
             await node.nats.start()  # False: warned once; it connects when a server appears
@@ -67,7 +70,7 @@ async def start_links(node: MeshCore) -> None:
         log.warning("peers %s ignored: WebSocket is disabled", cfg.peers)
 
 
-async def stop_links(node: MeshCore) -> None:
+async def stop_links(node: AssemblyNode) -> None:
     if node.redis is not None:
         await node.redis.stop()
         node.redis = None
@@ -85,7 +88,7 @@ async def stop_links(node: MeshCore) -> None:
         node.observer_ws = None
 
 
-async def _start_observer_port(node: MeshCore) -> None:
+async def _start_observer_port(node: AssemblyNode) -> None:
     """No WebSocket links, but a port for the CLI, the dashboard and the HTTP API
     (``observer_port``): observers only, authenticated as on the mesh port.  It is not
     the node's ``websocket_endpoint``: no peer is told to dial it."""
@@ -107,7 +110,7 @@ async def _start_observer_port(node: MeshCore) -> None:
     log.info("observers (CLI, dashboard, HTTP) on %s", obs.endpoint)
 
 
-def _http(node: MeshCore) -> Any:
+def _http(node: AssemblyNode) -> Any:
     def make() -> Any:
         from ..http import HttpEndpoints
 

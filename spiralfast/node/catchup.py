@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import schema
-from ..cursor import META, is_redelivery, parse_id
 from ..fastpath import iso_from_epoch
+from ..store.cursor import META, is_redelivery, parse_id
 
 if TYPE_CHECKING:
-    from .core import MeshCore
+    from ..ports.node import CatchUpNode
 
 log = logging.getLogger("spiralfast.node.catchup")
 
@@ -71,7 +71,7 @@ class CatchUp:
     """One node's catch-up: asking on start (:meth:`prepare`, :meth:`begin`) and
     answering others (:meth:`on_request`)."""
 
-    def __init__(self, node: MeshCore) -> None:
+    def __init__(self, node: CatchUpNode) -> None:
         self.node = node
         self.busy: set[str] = set()  # origins being caught up: gap repair leaves them alone
         self.clean = True
@@ -335,7 +335,7 @@ def _rest_key() -> Any:
 
 
 def _flush_interval() -> float:
-    from ..eventlog import BATCH_MAX_AGE_S
+    from ..store.eventlog import BATCH_MAX_AGE_S
 
     return BATCH_MAX_AGE_S
 

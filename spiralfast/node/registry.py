@@ -30,7 +30,7 @@ def _valid_capability(c: Any) -> bool:
 
 
 class MeshRegistry:
-    """Registry of mesh nodes (SPEC.md: MeshRegistry).
+    """Registry of mesh nodes (the drop-in API: MeshRegistry).
 
     The live registry of a node is ``mesh.registry`` (``MeshCore.registry``): the mesh
     feeds it, and its ``nodes`` dict *is* ``mesh.nodes`` (one table).  Nodes appear in it

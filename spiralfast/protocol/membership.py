@@ -3,18 +3,22 @@
 ``Membership`` owns the node table (``nodes``, shared with the registry: one source
 of truth).  It never touches a socket, a task or a clock: every method takes the
 monotonic ``now`` it should use and returns effects for the asyncio shell to carry
-out, as tuples:
+out, as typed dataclasses (:data:`Effect`):
 
-- ``("joined", MeshNode)``: a node became known;
-- ``("lost", node_id, reason)``: a node left (``"left"``), fell silent
-  (``"silent"``) or was removed; the shell closes its link and stops dialling it;
-- ``("dial", endpoint, node_id)``: gossip named an endpoint we have no link to (or a
-  suspected node's endpoint: a successful dial refutes the suspicion);
-- ``("suspect", node_id)`` / ``("refuted", node_id, how)``: a suspicion began / ended;
-- ``("ping", node_id, nonce, any_route)``: send ``Ping(nonce, us)`` to that node (over a
-  bus that reaches it only, or by any route: link, bus or relay);
-- ``("ping_req", helper, node_id, nonce)``: ask ``helper`` to probe ``node_id`` for us;
-- ``("ack", to, node_id, nonce)``: tell ``to`` that ``node_id`` answered the probe ``nonce``.
+- :class:`Joined`: a node became known;
+- :class:`Lost`: a node left (``"left"``), fell silent (``"silent"``) or was removed;
+  the shell closes its link and stops dialling it;
+- :class:`Dial`: gossip named an endpoint we have no link to (or a suspected node's
+  endpoint: a successful dial refutes the suspicion);
+- :class:`Suspected` / :class:`Refuted`: a suspicion began / ended;
+- :class:`SendPing`: send ``Ping(nonce, us)`` to that node (over a bus that reaches it
+  only, or by any route: link, bus or relay);
+- :class:`SendPingReq`: ask ``helper`` to probe ``target`` for us;
+- :class:`SendAck`: tell ``to`` that ``node_id`` answered the probe ``nonce``.
+
+The shell matches them with ``match``/``isinstance``.  Randomness (nonces, the choice of
+probe helpers) comes from an injected ``rng``; wall-clock timestamps shown in node
+records (``last_heartbeat``) from an injected ``wall`` function.
 
 Failure detection reads only ``now`` (monotonic), by two rules:
 
@@ -33,18 +37,117 @@ Failure detection reads only ``now`` (monotonic), by two rules:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from .. import schema
-from ..node.registry import MeshRegistry
-from ..signing import self_record_bytes, verify
-from ..records import MeshNode, NodeStatus
+from ..enums import NodeStatus
+from ..records import MeshNode
+from ..wire import schema
+from ..wire.signing import self_record_bytes, verify
 
-Effect = tuple[Any, ...]
+__all__ = [
+    "Dial", "Effect", "Joined", "Lost", "Membership", "NodeTable", "Refuted", "Rng", "SendAck",
+    "SendPing", "SendPingReq", "Suspected", "Suspicion", "endpoint_claim",
+]
 
-#: A node silent this many heartbeat intervals is removed (SPEC: 3).
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """``node`` became known (a new member)."""
+
+    node: MeshNode
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """``node_id`` left (``"left"``), fell silent (``"silent"``), did not answer its
+    probes (``"unreachable"``) or was removed."""
+
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Dial ``endpoint``, expecting ``node_id`` there."""
+
+    endpoint: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suspected:
+    """A suspicion of ``node_id`` began (its link was closed by its side)."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuted:
+    """The suspicion of ``node_id`` ended: it is alive (``how``: what proved it)."""
+
+    node_id: str
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """Send ``Ping(nonce, us)`` to ``node_id``: over a bus that reaches it only
+    (``any_route`` False), or by any route (link, bus or relay)."""
+
+    node_id: str
+    nonce: int
+    any_route: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendPingReq:
+    """Ask ``helper`` to probe ``target`` for us (its answer carries ``nonce``)."""
+
+    helper: str
+    target: str
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendAck:
+    """Tell ``to`` that ``node_id`` answered the probe ``nonce``."""
+
+    to: str
+    node_id: str
+    nonce: int
+
+
+#: One decision of :class:`Membership` for the shell to carry out.
+Effect = Joined | Lost | Dial | Suspected | Refuted | SendPing | SendPingReq | SendAck
+
+
+class NodeTable(Protocol):
+    """The node table membership keeps (``MeshRegistry``): one source of truth."""
+
+    @property
+    def nodes(self) -> dict[str, MeshNode]: ...
+
+    def register_node(self, node: MeshNode) -> bool: ...
+
+    def unregister_node(self, node_id: str) -> bool: ...
+
+    def update_node_heartbeat(self, node_id: str, data: dict[str, Any]) -> bool: ...
+
+
+class Rng(Protocol):
+    """The randomness membership needs (``random.Random`` has it; tests seed one)."""
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+    def sample(self, population: Sequence[_T], k: int) -> list[_T]: ...
+
+
+#: A node silent this many heartbeat intervals is removed (the drop-in API: 3).
 SILENCE_FACTOR = 3
 #: Gossip records about other nodes accepted per message; more is hostile.
 MAX_GOSSIP_RECORDS = 1024
@@ -96,10 +199,12 @@ class Membership:
     :param heartbeat_interval: seconds between heartbeats (failure detection scales).
     :param suspicion_timeout: seconds a suspected node has to answer a probe.
     :param rng: randomness for nonces and the choice of helpers (tests pass a seeded one).
+    :param wall: the wall clock for the records' ``last_heartbeat`` (display only).
     """
 
-    def __init__(self, local: MeshNode, registry: MeshRegistry, heartbeat_interval: float,
-                 suspicion_timeout: float = DEFAULT_SUSPICION_TIMEOUT, rng: random.Random | None = None) -> None:
+    def __init__(self, local: MeshNode, registry: NodeTable, heartbeat_interval: float,
+                 suspicion_timeout: float = DEFAULT_SUSPICION_TIMEOUT, rng: Rng | None = None,
+                 wall: Callable[[], datetime] = datetime.now) -> None:
         self.local = local
         self.node_id = local.node_id
         self.registry = registry
@@ -113,7 +218,8 @@ class Membership:
         self.suspects: dict[str, Suspicion] = {}  # node id -> its suspicion
         #: Probes run for others: our nonce -> (asker, the asker's nonce, target, expiry).
         self.forwards: dict[int, tuple[str, int, str, float]] = {}
-        self.rng = rng if rng is not None else random.Random()
+        self.rng: Rng = rng if rng is not None else random.Random()
+        self.wall = wall
         #: Signed endpoints (``enable_signed_endpoints``): this node signs its own
         #: endpoint claim, and an endpoint learnt from someone else's gossip is kept and
         #: dialled only when the node it names signed it.  None: unchecked (unit tests).
@@ -186,7 +292,7 @@ class Membership:
 
     def join_local(self) -> None:
         self.local.status = NodeStatus.ACTIVE
-        self.local.last_heartbeat = datetime.now()
+        self.local.last_heartbeat = self.wall()
         self.registry.register_node(self.local)
 
     def leave_local(self) -> list[str]:
@@ -202,13 +308,13 @@ class Membership:
         return gone
 
     def local_record(self) -> dict[str, Any]:
-        self.local.last_heartbeat = datetime.now()
+        self.local.last_heartbeat = self.wall()
         self.sign_local()
         return self.local.to_dict()
 
     def heartbeat(self, wall: float) -> schema.Heartbeat:
         ln = self.local
-        ln.last_heartbeat = datetime.now()
+        ln.last_heartbeat = self.wall()
         return schema.Heartbeat(self.node_id, ln.status.value, ln.recursion_depth, ln.entropy_level, wall)
 
     # -- inbound ---------------------------------------------------------------------
@@ -229,10 +335,10 @@ class Membership:
                 node = MeshNode.from_dict(record)
             except (KeyError, TypeError, ValueError, AttributeError):
                 node = MeshNode.from_dict({"node_id": nid, "name": "codex_node_" + nid[:8]})
-            node.last_heartbeat = datetime.now()
+            node.last_heartbeat = self.wall()
             self.registry.register_node(node)
-            return [("joined", node)]
-        node.last_heartbeat = datetime.now()
+            return [Joined(node)]
+        node.last_heartbeat = self.wall()
         if authoritative:
             self._update(node, record)
         elif (record.get("websocket_endpoint") and isinstance(record["websocket_endpoint"], str)
@@ -286,10 +392,10 @@ class Membership:
             return []
         s = self.suspects[node_id] = Suspicion(now, now + self.suspicion_timeout, self._nonce())
         node.status = NodeStatus.DISCONNECTED
-        effects: list[Effect] = [("suspect", node_id)]
+        effects: list[Effect] = [Suspected(node_id)]
         effects += self._probe(node_id, s, now)
         if node.websocket_endpoint:  # a node that is alive answers a new dial at once
-            effects.append(("dial", node.websocket_endpoint, node_id))
+            effects.append(Dial(node.websocket_endpoint, node_id))
         return effects
 
     def is_suspect(self, node_id: str) -> bool:
@@ -302,16 +408,16 @@ class Membership:
         """One probe round: a Ping over any bus that reaches the suspect (a direct
         route), and PingReqs to up to PROBE_HELPERS live members we are linked to."""
         s.next_probe = now + self.suspicion_timeout / PROBE_ROUNDS
-        effects: list[Effect] = [("ping", node_id, s.nonce, False)]
+        effects: list[Effect] = [SendPing(node_id, s.nonce, False)]
         live = sorted(n for n in self.linked if n != node_id and n not in self.suspects and n in self.nodes)
         for helper in self.rng.sample(live, min(PROBE_HELPERS, len(live))):
-            effects.append(("ping_req", helper, node_id, s.nonce))
+            effects.append(SendPingReq(helper, node_id, s.nonce))
         return effects
 
     def _refute(self, node_id: str, how: str) -> list[Effect]:
         if self.suspects.pop(node_id, None) is None:
             return []
-        return [("refuted", node_id, how)]
+        return [Refuted(node_id, how)]
 
     def _heard(self, node_id: str, now: float) -> list[Effect]:
         """``node_id`` itself spoke to us (authenticated): it is alive."""
@@ -320,7 +426,7 @@ class Membership:
             return []
         if self.last_seen.get(node_id, now) < now:
             self.last_seen[node_id] = now
-        node.last_heartbeat = datetime.now()
+        node.last_heartbeat = self.wall()
         if node.status == NodeStatus.DISCONNECTED:
             node.status = NodeStatus.ACTIVE
         return self._refute(node_id, "heard")
@@ -330,7 +436,7 @@ class Membership:
         proves the prober alive)."""
         effects = self._heard(m.reply_to, now) if sender == m.reply_to else []
         if m.reply_to != self.node_id:
-            effects.append(("ack", m.reply_to, self.node_id, m.nonce))
+            effects.append(SendAck(m.reply_to, self.node_id, m.nonce))
         return effects
 
     def on_ping_req(self, m: schema.PingReq, sender: str | None, now: float) -> list[Effect]:
@@ -339,7 +445,7 @@ class Membership:
         if sender is None or sender == self.node_id:
             return []
         if m.target == self.node_id:  # it asks about us: we are alive
-            return [("ack", sender, self.node_id, m.nonce)]
+            return [SendAck(sender, self.node_id, m.nonce)]
         if m.target not in self.nodes:
             return []
         self._expire_forwards(now)
@@ -347,7 +453,7 @@ class Membership:
             return []
         nonce = self._nonce()
         self.forwards[nonce] = (sender, m.nonce, m.target, now + self.suspicion_timeout)
-        return [("ping", m.target, nonce, True)]
+        return [SendPing(m.target, nonce, True)]
 
     def on_ack(self, m: schema.Ack, sender: str | None, now: float) -> list[Effect]:
         """An answer to a probe: ours (the suspicion ends), or one we ran for another
@@ -357,7 +463,7 @@ class Membership:
             effects += self._heard(m.node_id, now)
         fwd = self.forwards.pop(m.nonce, None)
         if fwd is not None and fwd[2] == m.node_id:
-            effects.append(("ack", fwd[0], m.node_id, fwd[1]))
+            effects.append(SendAck(fwd[0], m.node_id, fwd[1]))
         s = self.suspects.get(m.node_id)
         if s is not None and s.nonce == m.nonce:
             effects += self._refute(m.node_id, f"answered through {sender}")
@@ -402,7 +508,7 @@ class Membership:
             ep = rec.get("websocket_endpoint")
             if (dial and isinstance(ep, str) and ep and nid not in self.linked
                     and (nid == sender or self.endpoint_ok(rec))):  # signed by the node it names
-                effects.append(("dial", ep, nid))
+                effects.append(Dial(ep, nid))
         return effects
 
     def learn(self, record: dict[str, Any], now: float) -> list[Effect]:
@@ -436,7 +542,7 @@ class Membership:
         self.linked.discard(node_id)
         if node_id == self.node_id or not self.registry.unregister_node(node_id):
             return []
-        return [("lost", node_id, reason)]
+        return [Lost(node_id, reason)]
 
     def alive(self, node_id: str, now: float) -> None:
         """Something other than a heartbeat proves ``node_id`` is alive (frames from it
@@ -445,7 +551,7 @@ class Membership:
             self.last_seen[node_id] = now
             node = self.nodes.get(node_id)
             if node is not None:
-                node.last_heartbeat = datetime.now()
+                node.last_heartbeat = self.wall()
 
     def stalled(self, seconds: float) -> None:
         """This node did not run for ``seconds`` (a blocked loop, SIGSTOP): the silence

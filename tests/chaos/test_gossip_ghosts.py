@@ -4,8 +4,8 @@ survivor's records, over Redis) kept a kill -9'd node alive forever."""
 from __future__ import annotations
 
 from spiralfast import schema
-from spiralfast.protocol.membership import Membership
 from spiralfast.node.registry import MeshRegistry
+from spiralfast.protocol.membership import Joined, Membership
 from spiralfast.records import MeshNode
 
 
@@ -32,4 +32,4 @@ def test_others_gossip_does_not_keep_a_dead_node_alive() -> None:
     assert "dead" in m.nodes
     # and a node never heard of is still learnt from gossip
     eff = m.on_gossip(schema.Gossip([{"node_id": "new"}]), "alive", 5.2, learn=True, dial=False)
-    assert eff and eff[0][0] == "joined"
+    assert eff and isinstance(eff[0], Joined)
