@@ -18,8 +18,8 @@ from ._native import load
 _impl = load("wire._codec", "wire._codec_py")
 
 COMPILED: bool = _impl.COMPILED
-if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
-    from ._codec import Decoder, FrameWriter, Message, decode_frame, decode_payloads, encode_batch
+if TYPE_CHECKING:  # the twin's annotations: the same API as the compiled module's .pyi
+    from ._codec_py import Decoder, FrameWriter, Message, decode_frame, decode_payloads, encode_batch
 else:
     Message = _impl.Message
     FrameWriter = _impl.FrameWriter

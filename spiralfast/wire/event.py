@@ -9,8 +9,8 @@ from ._native import load
 _impl = load("wire._event", "wire._event_py")
 
 COMPILED: bool = _impl.COMPILED
-if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
-    from ._event import RitualEvent, dispatch_loop, publish_nowait
+if TYPE_CHECKING:  # the twin's annotations: the same API as the compiled module's .pyi
+    from ._event_py import RitualEvent, dispatch_loop, publish_nowait
 else:
     RitualEvent = _impl.RitualEvent
     publish_nowait = _impl.publish_nowait

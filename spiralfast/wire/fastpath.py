@@ -9,8 +9,8 @@ from ._native import load
 _impl = load("wire._fastpath", "wire._fastpath_py")
 
 COMPILED: bool = _impl.COMPILED
-if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
-    from ._fastpath import Dedupe, EventSender, EventSink, iso_from_epoch
+if TYPE_CHECKING:  # the twin's annotations: the same API as the compiled module's .pyi
+    from ._fastpath_py import Dedupe, EventSender, EventSink, iso_from_epoch
 else:
     Dedupe = _impl.Dedupe
     EventSink = _impl.EventSink

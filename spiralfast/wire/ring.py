@@ -9,8 +9,8 @@ from ._native import load
 _impl = load("wire._ring", "wire._ring_py")
 
 COMPILED: bool = _impl.COMPILED
-if TYPE_CHECKING:  # type checkers read the compiled module's .pyi stub
-    from ._ring import Ring
+if TYPE_CHECKING:  # the twin's annotations: the same API as the compiled module's .pyi
+    from ._ring_py import Ring
 else:
     Ring = _impl.Ring
 POLICIES: tuple[str, ...] = _impl.POLICIES
