@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from . import schema
 from .errors import FrameError
+from .wire import schema
 
 #: Largest old-format message accepted (its JSON is parsed whole).
 MAX_LEGACY_SIZE = 1024 * 1024

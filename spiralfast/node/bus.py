@@ -22,7 +22,7 @@ from .._log import RateLimitedLog
 from ..enums import EventType
 from ..errors import RingFull
 from ..wire.event import RitualEvent, dispatch_loop, publish_nowait
-from ..limits import DEFAULT_RING_CAPACITY
+from ..wire.limits import DEFAULT_RING_CAPACITY
 from ..wire.ring import Ring
 
 log = logging.getLogger("spiralfast.node.bus")

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import schema
-from ..fastpath import iso_from_epoch
 from ..store.cursor import META, is_redelivery, parse_id
+from ..wire import schema
+from ..wire.fastpath import iso_from_epoch
 
 if TYPE_CHECKING:
     from ..ports.node import CatchUpNode

@@ -31,8 +31,8 @@ from typing import Any
 
 from .._log import RateLimitedLog
 from ..errors import RingFull
-from ..limits import DEFAULT_RING_CAPACITY
 from ..observe import envelope
+from ..wire.limits import DEFAULT_RING_CAPACITY
 from ..wire.ring import Ring
 
 log = logging.getLogger("spiralfast.node.dispatch")

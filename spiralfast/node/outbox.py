@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..codec import FrameWriter
-from ..limits import FLUSH_THRESHOLD_BYTES
+from ..wire.codec import FrameWriter
+from ..wire.limits import FLUSH_THRESHOLD_BYTES
 
 #: A tight send loop yields to the event loop after this many messages, so reads,
 #: heartbeats and flushes keep happening during a burst.
