@@ -169,7 +169,7 @@ class TcpProxy:
 
 def stream_cleanup(url: str, mesh: str) -> Any:
     """Delete the JetStream stream of mesh ``mesh`` (tests share the suite's server)."""
-    from spiralfast.links.nats import subject_token
+    from spiralfast.links.bus.nats import subject_token
 
     async def run() -> None:
         import nats

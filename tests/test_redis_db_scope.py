@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.links.redis import RedisSettings, redis_db
+from spiralfast.links.bus.redis import RedisSettings, redis_db
 
 from . import services
 from .conftest import require, wait_for

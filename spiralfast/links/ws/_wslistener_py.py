@@ -1,16 +1,41 @@
-"""Pure-Python twin of ``_wslistener``."""
+"""Pure-Python twin of ``_wslistener``: the picows listener of one WebSocket link.
+
+It hands each whole binary frame to ``on_frame(link, view)`` (the view is valid during
+the call only) and everything else (pings, pongs, fragments, close, flow control) to
+the link (``ListenerLink``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 COMPILED = False
 
 
+class ListenerLink(Protocol):
+    """What the listener calls on its link (``ws.link.WSLink``)."""
+
+    def connected(self, transport: WSTransport) -> None: ...
+
+    def disconnected(self) -> None: ...
+
+    def pong(self, payload: bytes) -> None: ...
+
+    def ping_received(self, payload: bytes) -> None: ...
+
+    def fragment(self, msg_type: WSMsgType, data: bytes, fin: bool) -> None: ...
+
+    def bad_frame(self, msg_type: WSMsgType) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 class MeshListener(WSListener):  # type: ignore[misc]
-    def __init__(self, link: Any, on_frame: Any) -> None:
+    def __init__(self, link: ListenerLink, on_frame: Callable[..., None]) -> None:
         super().__init__()
         self.link = link
         self._on_frame = on_frame

@@ -17,6 +17,10 @@ same second know each other within a round trip instead of at the next heartbeat
 The join is said again after ``JOIN_REPEAT`` (in a NATS cluster a new subscription
 reaches the other servers a moment later).
 
+Trust: payloads are opened by the node's gate (``LinkHost.bus_payload``), never here;
+the gate calls back ``bus_frame``/``bus_delivered`` around a data frame's delivery and
+``on_control`` for a control message (``links.base.BusLink``).
+
 Rate limits ride on the same acks: a sender over this node's ``rate_limit`` gets its
 acks held back (``hold_acks``, at most ``MAX_ACK_HOLD`` at a time, well under
 ``ACK_STALL_TIMEOUT``), so its lag grows and it waits; nothing it sent is dropped.
@@ -26,11 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from .. import schema
-from ..codec import FrameWriter
-from ..limits import MAX_ACK_HOLD
+from ...wire import schema
+from ...wire.codec import FrameWriter
+from ...wire.limits import MAX_ACK_HOLD
+from ...wire.sealing import BusSealer
+from ..base import LinkHost, LinkInfo, LinkSession
+
+#: A message id on the wire (``FrameWriter.add``).
+MsgId = str | bytes | bytearray | memoryview
 
 ACK_STALL_TIMEOUT = 3.0
 #: Joins answered per second at most (over all joiners), and per joiner at most once in
@@ -44,7 +52,7 @@ MAX_JOINERS = 4096
 
 
 class BusFlow:
-    """Mixin for a bus ``Link``.  The link provides ``host``, ``node_id``, ``sealer``,
+    """Mixin for a bus ``Link``.  The link provides ``host``, ``node_id``, ``sealer``, ``control_sealer``,
     ``stats``, ``connected``, ``sf_nodes``, ``pending`` / ``pending_bytes`` and the
     flow-control state (``tx_offset``, ``acked``, ``ack_progress``, ``rx_offsets``,
     ``ack_sent``, ``ack_holds``, ``join_answered``, ``join_window``, ``stopping``, ``congested``, ``_direct``, ``_direct_scheduled``), plus
@@ -59,13 +67,14 @@ class BusFlow:
     #: Whether our own echo paces us (Redis delivers our frames back to us; NATS does not).
     own_echo = False
 
-    host: Any
+    host: LinkHost
     node_id: str
-    sealer: Any
+    sealer: BusSealer
+    control_sealer: BusSealer
     stats: dict[str, int]
     connected: bool
     sf_nodes: set[str]
-    pending: list[tuple[str, bytes]] | Any
+    pending: list[tuple[str, bytes]]
     pending_bytes: int
     tx_offset: int
     acked: dict[str, int]
@@ -77,8 +86,31 @@ class BusFlow:
     join_window: list[float]
     stopping: bool
     congested: bool
-    _direct: dict[str, Any]
+    _direct: dict[str, FrameWriter]
     _direct_scheduled: bool
+
+    #: What makes the mixin a ``Link`` (each bus link sets or defines them).
+    transport: str
+    name: str
+    outbound: bool
+    shared_bus: bool
+    peer_id: str | None
+    session: LinkSession | None
+
+    def send_frame(self, frame: bytes) -> bool:
+        raise NotImplementedError
+
+    def close(self, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def info(self) -> LinkInfo:
+        raise NotImplementedError
 
     def _direct_channel(self, target: str) -> str:
         raise NotImplementedError
@@ -136,12 +168,12 @@ class BusFlow:
         """True for spiralfast nodes heard on the bus: they read their own channel."""
         return self.connected and node_id in self.sf_nodes
 
-    def send_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
+    def send_direct(self, target: str, kind: int, etype: int, msg_id: MsgId, obj: object) -> None:
         """Queue a message for one node's channel; batched per loop iteration."""
         self.stats["direct"] += 1
         self._add_direct(target, kind, etype, msg_id, obj)
 
-    def _add_direct(self, target: str, kind: int, etype: int, msg_id: Any, obj: Any) -> None:
+    def _add_direct(self, target: str, kind: int, etype: int, msg_id: MsgId, obj: object) -> None:
         w = self._direct.get(target)
         if w is None:
             w = self._direct[target] = FrameWriter()
@@ -195,6 +227,10 @@ class BusFlow:
         ):
             self._set_congested(False)
 
+    def bus_delivered(self, sender: str, offset: int) -> None:
+        """The gate delivered a frame of ``sender``'s up to ``offset``: ack it in time."""
+        self._note_received(sender, offset)
+
     def _note_received(self, sender: str, offset: int) -> None:
         self.rx_offsets[sender] = offset
         if offset - self.ack_sent.get(sender, 0) >= self.ack_every_bytes and not self._ack_held(sender):
@@ -227,7 +263,7 @@ class BusFlow:
         """The offsets to ack now: those that moved, except senders whose acks are held."""
         return {s: o for s, o in self.rx_offsets.items() if o != self.ack_sent.get(s) and not self._ack_held(s)}
 
-    def _acked(self, sender: str, offset: Any) -> None:
+    def _acked(self, sender: str, offset: object) -> None:
         """A receiver's ack of our offset (already authenticated and decoded)."""
         if isinstance(offset, int) and offset > self.acked.get(sender, -1):
             self.acked[sender] = offset

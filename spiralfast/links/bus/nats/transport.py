@@ -10,7 +10,7 @@ never see each other's frames):
 
 Every payload is sealed by ``busauth.BusSealer`` exactly as on Redis (sender, and with
 a mesh token a MAC and a replay counter); this link only moves payloads and the
-node's gate decides what they may do.  Sequences, de-duplication and gap repair are
+node's gate opens them (``LinkHost.bus_payload``) and decides what they may do.  Sequences, de-duplication and gap repair are
 the node's (frames go through ``host.frame_received``), so a reconnect to another
 server of a cluster (nats-py fails over by itself) loses nothing the senders' retransmit
 buffers still hold.
@@ -20,7 +20,7 @@ With ``stream=True`` the broadcast subject is also captured by a JetStream strea
 shortly before the last broadcast it received, holding live frames meanwhile, and
 feeds the events (only events: old heartbeats or gossip must not revive anyone)
 through the normal receive path, whose per-origin windows make delivery exactly
-once.  DESIGN-NOTES.md, "NATS".
+once (``catchup.py``).  nats-py is used through one adapter (``client.py``).
 """
 
 from __future__ import annotations
@@ -28,24 +28,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import ssl
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 
-from .. import schema
-from .._aio import cancel_all
-from .._log import RateLimitedLog
-from ..busauth import BusSealer, bus_identity
-from ..codec import FrameWriter, decode_frame
-from ..errors import AuthError, FrameError
-from .busflow import BusFlow
+from ...._aio import cancel_all
+from ...._log import RateLimitedLog
+from ....wire.sealing import BusSealer, bus_identity
+from ...base import ControlMessage, LinkHost, LinkInfo, LinkSession
+from ..flow import BusFlow
+from .catchup import CATCHUP_MARGIN, CatchUpMixin
+from .client import NatsClient, Writer, mask_url, write_line
 
 log = logging.getLogger("spiralfast.nats")
 
@@ -62,33 +58,8 @@ ACK_EVERY_BYTES = 256 * 1024
 ACK_INTERVAL = 0.05
 CONNECT_TIMEOUT = 2
 #: Seconds before dialling the same server again (another server of the list is tried at once).
-RECONNECT_WAIT: Any = 0.25  # nats-py annotates it int; a float works
+RECONNECT_WAIT = 0.25  # nats-py annotates it int; a float works
 RECONNECT_MAX = 1.0  # a first connect retried at most once a second (as the Redis link)
-#: Live frames held while catching up from the stream (each authenticated first), at
-#: most this many and this many bytes; beyond either the oldest held frames are dropped
-#: (counted, ``held_dropped``): the node's gap repair asks their senders again.
-MAX_HELD_FRAMES = 50_000
-MAX_HELD_BYTES = 64 * 1024 * 1024
-#: Catch-up reads the stream from this long before the last broadcast received.
-CATCHUP_MARGIN = 2.0
-#: A catch-up never takes longer than this (live frames are held meanwhile).
-CATCHUP_TIMEOUT = 20.0
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-_SEALED_SENT = struct.Struct("<Q")  # busauth: flag, sender length, sender, epoch, counter, *sent ms*
-
-
-def mask_url(text: str) -> str:
-    """``text`` with the secrets of every URL in it masked (``safetext.mask_secrets``)."""
-    from ..safetext import mask_secrets
-
-    return mask_secrets(text)
-
-
-def _sealed_sent(data: bytes) -> float:
-    """The send time (seconds) in a sealed frame's header (one ``open`` accepted)."""
-    return _SEALED_SENT.unpack_from(data, 2 + data[1] + 16)[0] / 1000.0
 
 
 def subject_token(name: str) -> str:
@@ -126,10 +97,11 @@ class NatsSettings:
     ssl_cafile: str | None = None  # CA bundle for tls:// servers (None: the system CAs)
 
     @classmethod
-    def from_config(cls, cfg: Any, node_id: str) -> NatsSettings:
-        return cls(node_id, server_list(cfg.nats_url), cfg.mesh_name, cfg.auth_token, cfg.heartbeat_interval,
-                   60.0 + cfg.max_clock_offset, bool(cfg.nats_stream),
-                   float(cfg.nats_stream_max_age), int(cfg.nats_stream_max_bytes),
+    def from_config(cls, cfg: object, node_id: str) -> NatsSettings:
+        c = getattr  # the node's MeshConfig, read by name (this layer does not import the node's)
+        return cls(node_id, server_list(c(cfg, "nats_url")), c(cfg, "mesh_name"), c(cfg, "auth_token"),
+                   c(cfg, "heartbeat_interval"), 60.0 + c(cfg, "max_clock_offset"), bool(c(cfg, "nats_stream")),
+                   float(c(cfg, "nats_stream_max_age")), int(c(cfg, "nats_stream_max_bytes")),
                    ssl_cafile=getattr(cfg, "ssl_cafile", None))
 
     @property
@@ -141,55 +113,7 @@ class NatsSettings:
         return mask_url(", ".join(self.servers))
 
 
-_CLIENT: Any = None
-
-
-def _client_class() -> Any:
-    """nats-py's client, delivering our subscriptions' messages inline.
-
-    nats-py hands each message to a per-subscription task through a queue (a Msg
-    object and a task switch per message); for the three subjects we read, its reader
-    calls us directly instead (``sf_inline``: sid -> (subject, handler)), which keeps
-    order and lets TCP push back on a slow node.  Anything else (JetStream, headers)
-    takes nats-py's own path.
-
-    It also holds nats-py to a ``tls://`` URL: nats-py upgrades to TLS only when the
-    server's INFO demands it, so a plain server (or a man in the middle) would get our
-    credentials in clear text.  For a ``tls://`` server the upgrade is forced, and a
-    server that offers no TLS at all is refused before anything is sent."""
-    global _CLIENT
-    if _CLIENT is None:
-        from nats.aio.client import Client
-        from nats.errors import Error as NatsError
-
-        class InlineClient(Client):  # type: ignore[misc]
-            def __init__(self) -> None:
-                super().__init__()
-                self.sf_inline: dict[int, tuple[str, Any]] | None = {} if hasattr(Client, "_process_msg") else None
-
-            async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-                srv = getattr(self, "_current_server", None)
-                if initial_connection and srv is not None and srv.uri.scheme == "tls":
-                    if not (info.get("tls_required") or info.get("tls_available")):
-                        raise NatsError(f"nats: tls:// URL, but the server at {srv.uri.hostname}:{srv.uri.port} "
-                                        "offers no TLS; refusing to connect in plain text")
-                    info["tls_required"] = True  # nats-py upgrades only when told to
-                await super()._process_info(info, initial_connection)
-
-            async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
-                                   headers: bytes) -> None:
-                h = self.sf_inline.get(sid) if self.sf_inline is not None else None
-                if h is None or headers:
-                    return await super()._process_msg(sid, subject, reply, data, headers)
-                self.stats["in_msgs"] += 1
-                self.stats["in_bytes"] += len(data)
-                h[1](h[0], data)
-
-        _CLIENT = InlineClient
-    return _CLIENT
-
-
-class NatsTransport(BusFlow):
+class NatsTransport(CatchUpMixin, BusFlow):
     """The node's link to a NATS bus (one ``Link`` for every peer behind it)."""
 
     transport = "nats"
@@ -198,11 +122,13 @@ class NatsTransport(BusFlow):
     max_pending_frames, max_pending_bytes = MAX_PENDING_FRAMES, MAX_PENDING_BYTES
     max_lag_bytes, resume_lag_bytes, ack_every_bytes = MAX_LAG_BYTES, RESUME_LAG_BYTES, ACK_EVERY_BYTES
 
-    def __init__(self, host: Any, settings: NatsSettings) -> None:
+    settings: NatsSettings
+
+    def __init__(self, host: LinkHost, settings: NatsSettings) -> None:
         self.host = host
         self.settings = st = settings
         self.node_id = st.node_id
-        self.session: Any = None
+        self.session: LinkSession | None = None
         self.peer_id: str | None = None
         self.name = "nats"
         base = f"{st.prefix}.{subject_token(st.mesh_name)}"
@@ -215,7 +141,8 @@ class NatsTransport(BusFlow):
         self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
         # Acks and leave notices count on their own (their own replay state on both sides).
         self.msealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
-        self.nc: Any = None
+        self.control_sealer = self.msealer
+        self.client: NatsClient | None = None
         self.connected = False
         self.ever_connected = False
         self.stream_on = st.stream
@@ -231,20 +158,18 @@ class NatsTransport(BusFlow):
         self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
         self.join_answered: dict[str, float] = {}  # joiner -> when we last answered it
         self.join_window: list[float] = [0.0, 0]  # (start of this second, answers in it)
-        self._direct: dict[str, Any] = {}
+        self._direct = {}
         self._direct_scheduled = False
         self.sf_nodes: set[str] = set()
         self._flush_scheduled = False
         self._flushing = False
         self._draining = False
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._subs: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.errlog = RateLimitedLog(log)
         self.stopping = False
         self.last_rx_wall = 0.0  # wall time of the last broadcast frame received live
         self.down_since: float | None = None
-        # Live broadcasts held during a catch-up, already authenticated: (sender, offset, frame, size).
-        self.held: deque[tuple[str, int, memoryview, int]] | None = None
+        self.held = None  # live broadcasts held during a catch-up (catchup.py)
         self.held_bytes = 0
         self.stats = {"published": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0, "reconnects": 0,
                       "paced": 0, "acks_sent": 0, "direct": 0, "too_large": 0, "slow_consumer": 0,
@@ -266,43 +191,36 @@ class NatsTransport(BusFlow):
 
     async def _connect(self) -> bool:
         st = self.settings
-        nc = _client_class()()
-        tls: dict[str, Any] = {}
+        client = NatsClient()
+        tls = None
         if st.wants_tls:  # verified against ssl_cafile, else the system CAs
             try:
-                tls["tls"] = ssl.create_default_context(cafile=st.ssl_cafile)
+                tls = ssl.create_default_context(cafile=st.ssl_cafile)
             except (OSError, ssl.SSLError) as exc:
                 self.errlog("tls", logging.ERROR, "NATS: cannot load the CA bundle %s: %s", st.ssl_cafile, exc)
                 return False
         try:
             # With endless reconnects nats-py never gives up on a first connect either: bound it.
-            await asyncio.wait_for(nc.connect(
-                st.servers, name=f"spiralfast {st.node_id}", connect_timeout=CONNECT_TIMEOUT,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT, dont_randomize=True,
-                ping_interval=5, max_outstanding_pings=2, no_echo=True, pending_size=MAX_PENDING_BYTES * 2,
-                error_cb=self._error_cb, disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
-                **tls,
+            await asyncio.wait_for(client.connect(
+                st.servers, tls=tls, wants_tls=st.wants_tls, name=f"spiralfast {st.node_id}",
+                connect_timeout=CONNECT_TIMEOUT, reconnect_time_wait=RECONNECT_WAIT,
+                pending_size=MAX_PENDING_BYTES * 2, error_cb=self._error_cb,
+                disconnected_cb=self._disconnected_cb, reconnected_cb=self._reconnected_cb,
             ), CONNECT_TIMEOUT + 1.0)
         except Exception:
             try:
-                await asyncio.wait_for(nc.close(), 2.0)
+                await asyncio.wait_for(client.close(), 2.0)
             except Exception:
                 pass
             return False
-        self.nc = nc
+        self.client = client
         try:
-            self._subs = []
             for subject in (self.bcast, self.my_subject, self.members):
-                sub = await nc.subscribe(subject, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                         pending_bytes_limit=512 * 1024 * 1024)
-                self._subs.append(sub)
-                inline = getattr(nc, "sf_inline", None)
-                if inline is not None:
-                    inline[sub._id] = (subject, self._on_data)
+                await client.subscribe(subject, self._on_data)
             if self.stream_on:
                 await self._ensure_stream()
             # The server has our subscriptions before anyone answers our join.
-            await asyncio.wait_for(nc.flush(CONNECT_TIMEOUT), CONNECT_TIMEOUT + 0.5)
+            await asyncio.wait_for(client.flush(CONNECT_TIMEOUT), CONNECT_TIMEOUT + 0.5)
         except Exception as exc:
             self.errlog("down", logging.WARNING, "NATS subscribe failed (%s); will retry", mask_url(str(exc)))
             await self._close_nc()
@@ -315,30 +233,12 @@ class NatsTransport(BusFlow):
 
     async def _connect_loop(self) -> None:
         delay = 0.1
-        while not self.stopping and self.nc is None:
+        while not self.stopping and self.client is None:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, RECONNECT_MAX)
             if await self._connect():
                 self.errlog.clear("down", logging.INFO, "NATS at %s reachable; connected to %s",
                                   self.settings.display_servers, self.info().get("server"))
-
-    async def _ensure_stream(self) -> None:
-        from nats.js import api
-
-        st = self.settings
-        js = self.nc.jetstream()
-        cfg = api.StreamConfig(name=self.stream_name, subjects=[self.bcast], max_age=st.stream_max_age,
-                               max_bytes=st.stream_max_bytes, storage=api.StorageType.FILE,
-                               discard=api.DiscardPolicy.OLD, num_replicas=1)
-        try:
-            await asyncio.wait_for(js.add_stream(cfg), 5.0)
-        except Exception as exc:
-            try:  # made by another node with other limits: use it as it is
-                await asyncio.wait_for(js.stream_info(self.stream_name), 5.0)
-            except Exception:
-                log.warning("JetStream stream %s unavailable (%s); running without catch-up", self.stream_name,
-                            mask_url(str(exc)))
-                self.stream_on = False
 
     async def stop(self) -> None:
         if self.connected:
@@ -351,7 +251,7 @@ class NatsTransport(BusFlow):
         self.connected = False
 
     async def _close_nc(self) -> None:
-        nc, self.nc = self.nc, None
+        nc, self.client = self.client, None
         if nc is None:
             return
         try:
@@ -373,12 +273,11 @@ class NatsTransport(BusFlow):
     def resume_reading(self) -> None:
         pass
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LinkInfo:
         server = None
-        if self.nc is not None and self.connected:
+        if self.client is not None and self.connected:
             try:
-                u = self.nc.connected_url
-                server = f"{u.hostname}:{u.port}" if u is not None else None
+                server = self.client.server()
             except Exception:
                 server = None
         return {"state": "open" if self.connected else "down", "server": server, "stream": self.stream_on,
@@ -424,17 +323,6 @@ class NatsTransport(BusFlow):
         self._join()
         self._kick()
 
-    async def stream_catch_up(self, since: float) -> None:
-        """Catch up from the stream since ``since`` (wall time) now (a node returning
-        with a delivery cursor: ``catchup.py``), holding live broadcasts meanwhile as a
-        reconnect does; returns when done.  Nothing when the stream is off or a
-        catch-up is already on its way."""
-        if not self.stream_on or self.held is not None or not self.connected:
-            return
-        self.held = deque()
-        self.held_bytes = 0
-        await self._catch_up(since)
-
     # -- sending -------------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> bool:
@@ -462,18 +350,18 @@ class NatsTransport(BusFlow):
         (nats-py's publish costs a task switch to its flusher; at 10k events/s those
         hops were most of the latency).  Only while nats-py holds nothing unwritten, so
         order is kept; False (the caller queues) whenever that cannot be vouched for."""
-        nc = self.nc
-        writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-        if writer is None or nc._pending or not nc.is_connected:
+        nc = self.client
+        writer = nc.writer() if nc is not None else None  # None: nats-py's public path (client.py)
+        if writer is None or nc is None:
             return False
         if len(payload) > nc.max_payload:
             self.stats["too_large"] += 1
             self.errlog("too_large", logging.WARNING, "a frame of %d bytes is over the NATS server's max_payload; "
                         "dropped", len(payload))
             return True
-        writer.writelines((b"PUB %s %d\r\n" % (subject.encode(), len(payload)), payload, b"\r\n"))
+        unsent = write_line(writer, subject, payload)
         self.stats["published"] += 1
-        if writer.transport.get_write_buffer_size() > MAX_PENDING_BYTES and not self._draining:
+        if unsent > MAX_PENDING_BYTES and not self._draining:
             self._draining = True  # the server reads slower than we write: senders wait
             if not self.congested:
                 self._set_congested(True)
@@ -482,7 +370,7 @@ class NatsTransport(BusFlow):
             t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
         return True
 
-    async def _drain(self, writer: Any) -> None:
+    async def _drain(self, writer: Writer) -> None:
         try:
             await writer.drain()
         except Exception:
@@ -506,7 +394,7 @@ class NatsTransport(BusFlow):
 
     async def _flush_now(self) -> None:
         """Publish what is queued, in order (one flusher at a time)."""
-        nc = self.nc
+        nc = self.client
         if not self.pending or nc is None or self._flushing:
             return
         self._flushing = True
@@ -546,9 +434,9 @@ class NatsTransport(BusFlow):
         if self.pending and self.connected:
             self._kick()
 
-    def _publish_ctl(self, obj: dict[str, Any]) -> None:
+    def _publish_ctl(self, obj: ControlMessage) -> None:
         """Acks and notices on the membership subject: never queued behind the data they pace."""
-        if self.nc is None or not self.connected:
+        if self.client is None or not self.connected:
             return
         self.ctl_counter += 1
         payload = self.msealer.seal(self.members.encode(), self.ctl_counter, msgspec.msgpack.encode(obj))
@@ -563,57 +451,36 @@ class NatsTransport(BusFlow):
 
     async def _publish_now(self, subject: str, payload: bytes) -> None:
         try:
-            await self.nc.publish(subject, payload)
+            assert self.client is not None
+            await self.client.publish(subject, payload)
         except Exception:
             pass
 
     # -- receiving -----------------------------------------------------------------
 
-    async def _on_msg(self, msg: Any) -> None:
-        self._on_data(msg.subject, msg.data)
-
     def _on_data(self, subject: str, data: bytes) -> None:
         try:
             self.stats["received"] += 1
-            if subject == self.members:
-                self._on_ctl(data)
-            elif self.held is not None and subject == self.bcast:
-                self._hold(data)
-            else:
-                self._on_frame(subject, data)
+            # The gate opens it: bus_frame (then delivery) for a frame, on_control for the rest.
+            self.host.bus_payload(self, subject, data, subject == self.members)
         except Exception as exc:  # one bad message must never cost the subscription
             self._bad(f"error handling a message: {exc!r}")
 
-    def _open(self, sealer: BusSealer, subject: str, data: bytes) -> tuple[str, int, memoryview] | None:
-        try:
-            return sealer.open(subject.encode(), data)
-        except (AuthError, FrameError) as exc:
-            self.stats["refused"] += 1
-            self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a NATS frame: %s", exc)
-            return None
-
-    def _hold(self, data: bytes) -> None:
-        """A live broadcast during a catch-up: authenticated now (an outsider's bytes are
-        never held), delivered after it.  Bounded in frames and bytes: beyond either, the
-        oldest held frames are dropped (counted) and the node's gap repair asks again."""
-        opened = self._open(self.sealer, self.bcast, data)
-        if opened is None or opened[0] == self.node_id:
-            return
-        held = self.held
-        assert held is not None
-        held.append((*opened, len(data)))
-        self.held_bytes += len(data)
-        while held and (self.held_bytes > MAX_HELD_BYTES or len(held) > MAX_HELD_FRAMES):
-            self.held_bytes -= held.popleft()[3]
-            self.stats["held_dropped"] += 1
-
-    def _on_frame(self, subject: str, data: bytes) -> None:
-        opened = self._open(self.sealer, subject, data)
-        if opened is None:
-            return
-        self._deliver(subject, *opened)
+    def bus_frame(self, channel: str, sender: str, offset: int, frame: memoryview) -> bool:
+        """A data frame the gate opened: True to deliver it now (then ``bus_delivered``);
+        a broadcast during a catch-up is held for after it."""
+        if sender == self.node_id:
+            return False
+        if channel == self.bcast:
+            if self.held is not None:
+                self._hold(sender, offset, frame)
+                return False
+            self.last_rx_wall = time.time()
+        self.sf_nodes.add(sender)
+        return True
 
     def _deliver(self, subject: str, sender: str, offset: int, frame: memoryview) -> None:
+        """A held broadcast, after the catch-up (opened by the gate when it came)."""
         if sender == self.node_id:
             return
         if subject == self.bcast:
@@ -622,26 +489,15 @@ class NatsTransport(BusFlow):
         self.host.frame_received(self, frame, sender)
         self._note_received(sender, offset)
 
-    def _on_ctl(self, data: bytes) -> None:
-        opened = self._open(self.msealer, self.members, data)
-        if opened is None:
-            return
-        sender, _, body = opened
-        if sender == self.node_id:
-            return
-        try:
-            obj = msgspec.msgpack.decode(body)
-        except (msgspec.DecodeError, ValueError, RecursionError):
-            return self._bad("malformed membership message")
-        if not isinstance(obj, dict):
-            return self._bad("malformed membership message")
-        if obj.get("bye"):
+    def on_control(self, sender: str, message: ControlMessage) -> None:
+        """An ack, a join or a leave notice on the membership subject, opened by the gate."""
+        if message.get("bye"):
             self.sf_nodes.discard(sender)
             self.acked.pop(sender, None)
             return
-        if obj.get("join"):
+        if message.get("join"):
             return self._on_join(sender)
-        acks = obj.get("acks")
+        acks = message.get("acks")
         self._acked(sender, acks.get(self.node_id) if isinstance(acks, dict) else None)
 
     def _send_acks(self) -> None:
@@ -663,102 +519,3 @@ class NatsTransport(BusFlow):
         self.stats["bad"] += 1
         self.errlog(("bad", why[:40]), logging.WARNING, "ignoring malformed NATS message: %s", why)
 
-    # -- JetStream catch-up --------------------------------------------------------
-
-    async def _catch_up(self, since: float) -> None:
-        """Deliver the broadcasts kept in the stream since ``since`` (wall time), then
-        the live frames held meanwhile.  Copies we already had are dropped by the
-        per-origin windows, so each event is delivered once."""
-        from nats.js import api
-
-        self.stats["catchups"] += 1
-        # Its own replay state and a window as long as the stream keeps frames: old
-        # frames are expected here; the MAC still proves who sent them.  Each frame must
-        # also have been stored (the stream's timestamp) within the live replay window of
-        # its send time, and sent no earlier than ``since`` minus that window (``_replayed``).
-        opener = BusSealer(self.node_id, self.settings.mesh_name, self.settings.token,
-                           self.settings.stream_max_age + self.settings.replay_window,
-                           **bus_identity(self.host, fresh_pins=True))
-        sub = None
-        try:
-            js = self.nc.jetstream()
-            info = await asyncio.wait_for(js.stream_info(self.stream_name), 5.0)
-            last = info.state.last_seq
-            start = datetime.fromtimestamp(max(since, 0.0), UTC)
-            if last:
-                cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start)
-                sub = await js.subscribe(self.bcast, stream=self.stream_name, ordered_consumer=True, config=cfg)
-                deadline = time.monotonic() + CATCHUP_TIMEOUT
-                first = True
-                while time.monotonic() < deadline:
-                    try:
-                        msg = await sub.next_msg(timeout=1.0 if first else 2.0)
-                    except TimeoutError:
-                        break  # nothing (more) since then
-                    except Exception as exc:
-                        if "Timeout" in type(exc).__name__:
-                            break
-                        raise
-                    first = False
-                    md = msg.metadata
-                    self._replayed(opener, msg.data, md.timestamp.timestamp(), since)
-                    if md.sequence.stream >= last or md.num_pending == 0:
-                        break
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.errlog(("catchup", type(exc).__name__), logging.WARNING,
-                        "JetStream catch-up failed (%s); gaps are repaired from the senders", exc)
-        finally:
-            if sub is not None:
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
-            self._release_held()
-
-    def _replayed(self, opener: BusSealer, data: bytes, stored: float, since: float) -> None:
-        """One frame from the stream: authenticated, then only its events delivered.
-
-        ``stored`` is when the stream kept it (JetStream's timestamp).  A sender's frame
-        reaches the stream as it reaches live receivers, so one stored later than the live
-        replay window after its send time was published again by someone else (a captured
-        frame): refused, as the live path would have refused it then."""
-        try:
-            sender, _, frame = opener.open(self.bcast.encode(), data)
-        except (AuthError, FrameError) as exc:
-            self.stats["refused"] += 1
-            self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a stream frame: %s", exc)
-            return
-        if sender == self.node_id:
-            return
-        window = self.settings.replay_window
-        sent = _sealed_sent(data)
-        if abs(stored - sent) > window or sent < since - window:
-            self.stats["refused"] += 1
-            self.stats["stream_refused"] += 1
-            self.errlog("stream_stale", logging.WARNING, "refused a stream frame from %s: sent %.0fs from when the "
-                        "stream stored it, or before the catch-up window (a replayed frame)", sender[:64],
-                        abs(stored - sent) if abs(stored - sent) > window else since - sent)
-            return
-        try:
-            msgs = [m for m in decode_frame(frame) if m.kind == schema.KIND_EVENT and not m.target]
-        except FrameError as exc:
-            return self._bad(f"stream frame: {exc}")
-        if not msgs:
-            return
-        w = FrameWriter()
-        for m in msgs:
-            w.add_raw(m.kind, m.etype, m.target, m.msg_id, m.payload)
-        self.stats["caught_up_frames"] += 1
-        self.stats["caught_up_events"] += len(msgs)
-        self.host.frame_received(self, w.finish(), sender)
-
-    def _release_held(self) -> None:
-        held, self.held = self.held, None
-        self.held_bytes = 0
-        for sender, offset, frame, _ in held or ():
-            try:
-                self._deliver(self.bcast, sender, offset, frame)
-            except Exception as exc:
-                self._bad(f"error handling a message: {exc!r}")

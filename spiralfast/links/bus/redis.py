@@ -17,7 +17,8 @@ as their keys would be.  Database 0 keeps the plain names earlier releases use):
 
 Every payload on the spiralfast channels is sealed by ``busauth.BusSealer``: it names
 its sender and, with a mesh token, carries a MAC and a replay counter.  This link
-only moves payloads; the node's gate decides what they may do.
+only moves payloads: the node's gate opens them (``LinkHost.bus_payload``) and decides
+what they may do, calling back ``bus_frame`` and ``on_control``.
 """
 
 from __future__ import annotations
@@ -28,16 +29,23 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from .. import legacy
-from .._aio import cancel_all
-from .._log import RateLimitedLog
-from ..busauth import BusSealer, bus_identity
-from ..errors import AuthError, FrameError
-from .busflow import BusFlow
+from ... import legacy
+from ..._aio import cancel_all
+from ..._log import RateLimitedLog
+from ...errors import FrameError
+from ...wire.sealing import BusSealer, bus_identity
+from ..base import ControlMessage, LinkHost, LinkInfo, LinkSession, Record
+from .flow import BusFlow
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+    from ...wire.schema import Event
 
 log = logging.getLogger("spiralfast.redis")
 
@@ -83,7 +91,7 @@ class RedisSettings:
     @property
     def display_url(self) -> str:
         """The URL with its secrets masked (``safetext.mask_secrets``), for logs."""
-        from ..safetext import mask_secrets
+        from ...safetext import mask_secrets
 
         return mask_secrets(self.url)
 
@@ -101,9 +109,10 @@ class RedisSettings:
         return mesh if db == 0 else f"db{db}:{mesh}"
 
     @classmethod
-    def from_config(cls, cfg: Any, node_id: str) -> RedisSettings:
-        return cls(node_id, cfg.redis_url, cfg.ritual_channel, cfg.mesh_name, cfg.auth_token, cfg.interop_mode(),
-                   cfg.heartbeat_interval, 60.0 + cfg.max_clock_offset)
+    def from_config(cls, cfg: object, node_id: str) -> RedisSettings:
+        c = getattr  # the node's MeshConfig, read by name (this layer does not import the node's)
+        return cls(node_id, c(cfg, "redis_url"), c(cfg, "ritual_channel"), c(cfg, "mesh_name"), c(cfg, "auth_token"),
+                   c(cfg, "interop_mode")(), c(cfg, "heartbeat_interval"), 60.0 + c(cfg, "max_clock_offset"))
 
 
 class RedisTransport(BusFlow):
@@ -116,11 +125,11 @@ class RedisTransport(BusFlow):
     max_lag_bytes, resume_lag_bytes, ack_every_bytes = MAX_LAG_BYTES, RESUME_LAG_BYTES, ACK_EVERY_BYTES
     own_echo = True  # Redis delivers our own frames back to us: our reader paces us too
 
-    def __init__(self, host: Any, settings: RedisSettings) -> None:
+    def __init__(self, host: LinkHost, settings: RedisSettings) -> None:
         self.host = host
         self.settings = st = settings
         self.node_id = st.node_id
-        self.session: Any = None
+        self.session: LinkSession | None = None
         self.channel = st.channel
         base = f"{st.channel}:sf:{st.scope}"
         self.base = base
@@ -129,8 +138,9 @@ class RedisTransport(BusFlow):
         self.ack_channel = f"{base}:ack"
         self.legacy_direct = f"node_{st.node_id}"
         self.sealer = BusSealer(st.node_id, st.mesh_name, st.token, st.replay_window, **bus_identity(host))
-        self.client: Any = None
-        self.pubsub: Any = None
+        self.control_sealer = self.sealer  # the ack channel keeps its own replay state in the one sealer
+        self.client: Redis | None = None
+        self.pubsub: PubSub | None = None
         self.connected = False
         self.ever_connected = False
         self.peer_id: str | None = None
@@ -147,13 +157,13 @@ class RedisTransport(BusFlow):
         self.ack_holds: dict[str, float] = {}  # sender -> until when its acks wait (rate limit)
         self.join_answered: dict[str, float] = {}  # joiner -> when we last answered it
         self.join_window: list[float] = [0.0, 0]  # (start of this second, answers in it)
-        self._direct: dict[str, Any] = {}  # node id -> FrameWriter for its channel
+        self._direct = {}  # node id -> FrameWriter for its channel
         self._direct_scheduled = False
         self.legacy_nodes: dict[str, float] = {}  # old-format node -> monotonic time last heard
         self.sf_nodes: set[str] = set()
         self._flush_scheduled = False
         self._sem = asyncio.Semaphore(MAX_INFLIGHT_PIPELINES)
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.errlog = RateLimitedLog(log)
         self.stopping = False
         self.stats = {"published": 0, "pipelines": 0, "received": 0, "bad": 0, "refused": 0, "dropped": 0,
@@ -230,7 +240,7 @@ class RedisTransport(BusFlow):
     def resume_reading(self) -> None:
         pass
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LinkInfo:
         return {"state": "open" if self.connected else "down", **self.stats, "auth": dict(self.sealer.stats)}
 
     # -- the old format ------------------------------------------------------------
@@ -319,7 +329,7 @@ class RedisTransport(BusFlow):
             self._queue(self.channel, legacy.encode("heartbeat", self.node_id, {
                 k: rec.get(k) for k in ("node_id", "status", "recursion_depth", "entropy_level")}))
 
-    def legacy_broadcast(self, ev: Any) -> None:
+    def legacy_broadcast(self, ev: Event) -> None:
         if (self.legacy_nodes or self.settings.interop is True) and self.legacy_on():
             self.stats["legacy_out"] += 1
             self._queue(self.channel, legacy.encode(ev.event_type, self.node_id, ev.data, event_id=ev.event_id))
@@ -327,7 +337,7 @@ class RedisTransport(BusFlow):
     def is_legacy(self, node_id: str) -> bool:
         return node_id in self.legacy_nodes and node_id not in self.sf_nodes
 
-    def send_legacy(self, node_id: str, env: dict[str, Any]) -> None:
+    def send_legacy(self, node_id: str, env: Record) -> None:
         self._queue(f"node_{node_id}", legacy.encode(env["type"], self.node_id, env.get("data"), node_id,
                                                       env.get("event_id"), env.get("timestamp")))
 
@@ -391,36 +401,21 @@ class RedisTransport(BusFlow):
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, RECONNECT_MAX)
 
-    def _on_message(self, channel: Any, data: Any) -> None:
+    def _on_message(self, channel: bytes | str, data: bytes) -> None:
         self.stats["received"] += 1
         ch = channel.decode() if isinstance(channel, bytes) else channel
         if ch in (self.sf_channel, self.my_channel):
-            self._on_frame(ch, data)
+            self.host.bus_payload(self, ch, data)  # the gate opens it: bus_frame, then delivery
         elif ch == self.ack_channel:
-            self._on_ack(data)
+            self.host.bus_payload(self, ch, data, True)  # the gate opens it: on_control
         else:
             self._on_legacy(data)
 
-    def _open(self, ch: str, data: bytes) -> tuple[str, int, memoryview] | None:
-        try:
-            return self.sealer.open(ch.encode(), data)
-        except (AuthError, FrameError) as exc:
-            self.stats["refused"] += 1
-            self.errlog(("refused", type(exc).__name__), logging.WARNING, "refused a Redis frame: %s", exc)
-            return None
-
-    def _on_ack(self, data: bytes) -> None:
-        opened = self._open(self.ack_channel, data)
-        if opened is None:
-            return
-        sender, _, body = opened
-        try:
-            offsets = msgspec.msgpack.decode(body)
-        except (msgspec.DecodeError, ValueError, RecursionError):
-            return self._bad("malformed ack")
-        if isinstance(offsets, dict) and offsets.get(0) == "join":  # an int key: never a node id
+    def on_control(self, sender: str, message: ControlMessage) -> None:
+        """An ack or a join on the ack channel, opened by the gate (never our own)."""
+        if message.get(0) == "join":  # an int key: never a node id
             return self._on_join(sender)
-        mine = offsets.get(self.node_id) if isinstance(offsets, dict) else None
+        mine = message.get(self.node_id)
         if not isinstance(mine, int) or sender == self.node_id:
             return
         self._acked(sender, mine)
@@ -436,7 +431,7 @@ class RedisTransport(BusFlow):
     def _publish_join(self) -> None:
         self._publish_ctl({0: "join"})
 
-    def _publish_ctl(self, obj: dict[Any, Any]) -> None:
+    def _publish_ctl(self, obj: ControlMessage) -> None:
         """Acks and joins on the ack channel, sealed with their own counter."""
         self.ack_counter += 1
         payload = self.sealer.seal(self.ack_channel.encode(), self.ack_counter, msgspec.msgpack.encode(obj))
@@ -458,11 +453,8 @@ class RedisTransport(BusFlow):
             if self.congested:
                 self._recheck()
 
-    def _on_frame(self, ch: str, data: bytes) -> None:
-        opened = self._open(ch, data)
-        if opened is None:
-            return
-        sender, offset, frame = opened
+    def bus_frame(self, channel: str, sender: str, offset: int, frame: memoryview) -> bool:
+        """A data frame the gate opened: True to deliver it (then ``bus_delivered``)."""
         if sender == self.node_id:
             # Our own echo: nothing to deliver, but our subscription must keep up with
             # it too (Redis cuts off any subscriber that lags), so it paces us as well.
@@ -470,10 +462,9 @@ class RedisTransport(BusFlow):
             self.ack_progress[sender] = time.monotonic()
             if self.congested:
                 self._recheck()
-            return
+            return False
         self.sf_nodes.add(sender)
-        self.host.frame_received(self, frame, sender)
-        self._note_received(sender, offset)
+        return True
 
     def _on_legacy(self, data: bytes) -> None:
         try:
@@ -493,7 +484,7 @@ class RedisTransport(BusFlow):
         self.errlog(("bad", why[:40]), logging.WARNING, "ignoring malformed Redis message: %s", why)
 
 
-def _text(v: Any) -> str:
+def _text(v: object) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 

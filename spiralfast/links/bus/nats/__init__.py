@@ -1,0 +1,10 @@
+"""The NATS link: ``client.py`` (nats-py through one adapter: the only module touching its
+private API), ``transport.py`` (``NatsTransport``, a ``links.base.BusLink``) and
+``catchup.py`` (JetStream catch-up: a ``links.base.StreamCatchUp``)."""
+
+from __future__ import annotations
+
+from .client import mask_url
+from .transport import CONNECT_TIMEOUT, NatsSettings, NatsTransport, server_list, subject_token
+
+__all__ = ["CONNECT_TIMEOUT", "NatsSettings", "NatsTransport", "mask_url", "server_list", "subject_token"]
