@@ -2,7 +2,7 @@
 
 :func:`install` makes ``import spiralcodex.mesh`` load spiralfast (and
 ``spiralcodex.persistence``, ``spiralcodex.hud`` our :mod:`spiralfast.persistence` and
-:mod:`spiralfast.hud`: ``from spiralcodex.hud import hud_config`` gives the settings our
+:mod:`spiralfast.cli.hud`: ``from spiralcodex.hud import hud_config`` gives the settings our
 HUD follows), and makes the old logger names reach ours: ``logging.getLogger("spiralcodex.mesh")`` (and
 ``"spiralcodex"``) return the ``spiralfast`` logger, and loggers below them
 (``"spiralcodex.mesh.<x>"``) hang below it.  So old code that sets debug logging with
@@ -21,7 +21,7 @@ MODULE_ALIASES = {
     "spiralcodex": "spiralfast",
     "spiralcodex.mesh": "spiralfast.mesh",
     "spiralcodex.persistence": "spiralfast.persistence",
-    "spiralcodex.hud": "spiralfast.hud",
+    "spiralcodex.hud": "spiralfast.cli.hud",
 }
 #: Old logger names that become the ``spiralfast`` logger.
 LOGGER_ALIASES = ("spiralcodex", "spiralcodex.mesh")

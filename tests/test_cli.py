@@ -250,7 +250,7 @@ def test_help_text_is_clean() -> None:
 
     walk(root, "spiralfast")
     assert seen > 60  # every MeshConfig field is an option of mesh start, ritual start and config show
-    from spiralfast import settings
+    from spiralfast.node import settings
 
     start_help = cli("mesh", "start", "--help").stdout
     for spec in settings.field_specs():  # every MeshConfig field has its flag

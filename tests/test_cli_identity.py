@@ -469,7 +469,7 @@ def test_the_banner_says_when_the_event_log_cannot_be_written(tmp_path: Path) ->
 
 
 def test_rate_limit_and_rate_burst_have_their_own_help() -> None:
-    from spiralfast import settings
+    from spiralfast.node import settings
 
     specs = settings.specs_by_name()
     assert specs["rate_limit"].help != specs["rate_burst"].help

@@ -210,7 +210,7 @@ def test_hud_shows_topology_and_link_analytics() -> None:
     """``mesh status --watch`` (rendered twice, so rates exist) against three real nodes."""
     from rich.console import Console
 
-    from spiralfast.hud import links_table, run_hud
+    from spiralfast.cli.hud import links_table, run_hud
 
     a = NodeProc("hud-a", hb=HB)
     procs = [a]

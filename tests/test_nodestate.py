@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spiralfast.hud import status_label, topology_from_status
+from spiralfast.cli.hud import status_label, topology_from_status
 from spiralfast.protocol.states import node_state, node_states, state_kind
 
 

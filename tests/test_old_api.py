@@ -38,7 +38,8 @@ from typing import Any
 
 import pytest
 
-from spiralfast import compat, hud
+from spiralfast import compat
+from spiralfast.cli import hud
 from spiralfast.client import ObserverClient
 from spiralfast.persistence import AgentRecord, PersistenceManager, get_persistence
 
@@ -391,9 +392,9 @@ OLD_CODE = textwrap.dedent('''
     get_persistence().save_ritual_event("GLOBAL", "through get_persistence")
     # --- end of the old code ---
 
-    import spiralfast.hud, spiralfast.persistence
-    print(spiralcodex.persistence is spiralfast.persistence, hud_config is spiralfast.hud.hud_config,
-          spiralfast.hud.hud_config.show_network_topology)
+    import spiralfast.cli.hud, spiralfast.persistence
+    print(spiralcodex.persistence is spiralfast.persistence, hud_config is spiralfast.cli.hud.hud_config,
+          spiralfast.cli.hud.hud_config.show_network_topology)
 ''')
 
 
@@ -454,7 +455,7 @@ def old_hud_config() -> Iterator[Any]:
 
 
 def test_hud_follows_hud_config(old_hud_config: Any) -> None:
-    """``mesh status --watch``'s view (:func:`spiralfast.hud.run_hud`) of two real nodes,
+    """``mesh status --watch``'s view (:func:`spiralfast.cli.hud.run_hud`) of two real nodes,
     drawn once per setting of the old ``hud_config``."""
     from rich.console import Console
 

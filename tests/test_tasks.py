@@ -378,7 +378,7 @@ def test_cli_tasks_and_submit() -> None:
     # the tables `mesh tasks` prints without --json
     from rich.console import Console
 
-    from spiralfast.cli_tasks import tasks_tables
+    from spiralfast.cli.tasks import tasks_tables
 
     console = Console(record=True, width=200)
     for t in tasks_tables(st):

@@ -4,9 +4,14 @@ straight from a store (``--db PATH`` or ``--url postgresql://...``)."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+from .common import _emit_json, _fail, _with_client, reason, split_types
+
+if TYPE_CHECKING:
+    from ..client import ObserverClient
 
 #: Most envelopes one ``--node`` query returns (one reply must fit a message).
 NODE_HISTORY_MAX = 10_000
@@ -33,37 +38,36 @@ def mesh_history(
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="Give up after this long."),
 ) -> None:
     """Stored events (newest last): from a running node, or a store file with --db."""
-    from . import cli
-    from .eventlog import parse_time, read_history
+    from ..store.eventlog import parse_time, read_history
 
-    types = cli.split_types(types)
+    types = split_types(types)
     try:
         parse_time(since)
         parse_time(until)
     except ValueError as exc:
-        raise cli._fail(str(exc), 2) from None
+        raise _fail(str(exc), 2) from None
     if db and url:
-        raise cli._fail("--db and --url contradict each other", 2)
+        raise _fail("--db and --url contradict each other", 2)
     if (db or url) and node:
-        raise cli._fail("--db/--url read a store directly; --node asks a node: give one", 2)
+        raise _fail("--db/--url read a store directly; --node asks a node: give one", 2)
     if db or url:
         try:
             envs = read_history(db, url, since, until, types or None, source, limit)
         except FileNotFoundError as exc:
-            raise cli._fail(str(exc), 1) from None
+            raise _fail(str(exc), 1) from None
         except Exception as exc:  # noqa: BLE001 - sqlite3/asyncpg/OS errors: one line
-            raise cli._fail(f"cannot read {db or url}: {cli.reason(exc)}", 1) from None
+            raise _fail(f"cannot read {db or url}: {reason(exc)}", 1) from None
     else:
         if limit > NODE_HISTORY_MAX:
-            raise cli._fail(f"--limit above {NODE_HISTORY_MAX} needs --db (read the store directly)", 2)
+            raise _fail(f"--limit above {NODE_HISTORY_MAX} needs --db (read the store directly)", 2)
 
-        async def ask(c: Any) -> Any:
+        async def ask(c: ObserverClient) -> Any:
             return await c.query("history", since=since, until=until, types=types, source=source, limit=limit)
 
-        envs = cli._with_client(node, token, ask, cafile, timeout)
+        envs = _with_client(node, token, ask, cafile, timeout)
     for env in envs:
         if as_json:
-            cli._emit_json(env)
+            _emit_json(env)
         else:
             sys.stdout.write(_line(env) + "\n")
     sys.stdout.flush()
@@ -74,7 +78,7 @@ def _line(env: dict[str, Any]) -> str:
     shown as escapes (``safetext.clean``), the data as terminal-safe JSON."""
     import orjson
 
-    from .safetext import clean, json_safe
+    from ..safetext import clean, json_safe
 
     tgt = f" -> {clean(env['target_node'])}" if env.get("target_node") else ""
     data = json_safe(orjson.dumps(env.get("data"), default=str).decode())

@@ -16,10 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .nodestate import node_state, state_kind
-from .safetext import markup
+from ..protocol.states import node_state, state_kind
+from ..safetext import markup
+
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from ..client import ObserverClient
 
 
 @dataclass
@@ -53,7 +60,7 @@ def link_key(lk: dict[str, Any]) -> str:
 def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
     """Node ids and links (sorted id pairs) as the inspected node knows them: its own
     links, plus the ``links`` each node's record carries in its metadata.  As on the
-    dashboard, a link is drawn only between two live nodes (see :mod:`.nodestate`): a
+    dashboard, a link is drawn only between two live nodes (see :mod:`spiralfast.protocol.states`): a
     suspected or disconnected node is listed, never shown linked."""
     local = str(st.get("node_id"))
     known = {str(n.get("node_id")) for n in st.get("nodes") or []}
@@ -79,7 +86,7 @@ def topology_from_status(st: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_label(n: dict[str, Any]) -> str:
-    """A node's state as every view shows it (:func:`.nodestate.node_state`): its status,
+    """A node's state as every view shows it (:func:`spiralfast.protocol.states.node_state`): its status,
     or ``suspected`` while a node whose link its side closed is being probed (removed
     unless it answers)."""
     return node_state(n) if n.get("status") is not None or n.get("suspect") else "?"
@@ -105,7 +112,7 @@ def _bytes(v: float | None) -> str:
     return f"{v:.1f} GiB"
 
 
-def links_table(st: dict[str, Any], link_rates: dict[str, dict[str, float]] | None = None) -> Any:
+def links_table(st: dict[str, Any], link_rates: dict[str, dict[str, float]] | None = None) -> Table:
     """Link analytics: RTT, throughput (per second when ``link_rates`` is given, else
     totals), frames, drops and gaps, one row per link."""
     from rich.table import Table
@@ -148,7 +155,7 @@ def render(
     link_rates: dict[str, dict[str, float]] | None = None,
     show_topology: bool = True,
     config: HUDConfig | None = None,
-) -> Any:
+) -> Group:
     """The HUD's view of one status.  ``show_topology=False`` or ``config`` (default:
     :data:`hud_config`) with ``show_network_topology`` False leaves the topology out;
     ``mesh_enabled`` False leaves out the nodes, the links and the topology."""
@@ -175,7 +182,7 @@ def render(
     if not cfg.mesh_enabled:
         return Group(head)
     lt = links_table(st, link_rates)
-    parts: list[Any] = [head, nt, lt]
+    parts: list[Table | Tree] = [head, nt, lt]
     if show_topology and cfg.show_network_topology:
         topo = topology_from_status(st)
         tree = Tree(f"topology: {len(topo['nodes'])} nodes, {len(topo['links'])} links")
@@ -199,7 +206,7 @@ def _get(st: dict[str, Any], where: tuple[str, str]) -> float:
 
 
 async def run_hud(
-    client: Any, console: Any, iterations: int = 0, show_topology: bool = True, interval: float = 1.0,
+    client: ObserverClient, console: Console, iterations: int = 0, show_topology: bool = True, interval: float = 1.0,
     config: HUDConfig | None = None,
 ) -> None:
     """Query ``client`` and redraw on ``console`` every ``interval`` seconds (``iterations``

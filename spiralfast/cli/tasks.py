@@ -3,9 +3,16 @@ command line, through a running node (as an observer, like ``mesh status``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+from .common import CliError, _console, _emit_json, _fail, _read_data, _with_client
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..client import ObserverClient
 
 #: Extra seconds the CLI waits for a ``submit`` reply beyond the task's own timeout
 #: (retries included), so the node's TaskTimeout arrives before the CLI gives up.
@@ -24,27 +31,25 @@ def mesh_tasks(
 ) -> None:
     """Task types offered per node (capacity, load), and what this node ran and submitted
     (in flight, done, failed, retried, p50/p99 latency)."""
-    from . import cli
-
-    st = cli._with_client(node, token, lambda c: c.query("tasks"), cafile, timeout)
+    st = _with_client(node, token, lambda c: c.query("tasks"), cafile, timeout)
     if as_json:
-        cli._emit_json(st)
+        _emit_json(st)
         return
     for table in tasks_tables(st):
-        cli._console().print(table)
+        _console().print(table)
 
 
-def tasks_tables(st: dict[str, Any]) -> list[Any]:
+def tasks_tables(st: dict[str, Any]) -> list[Table]:
     """Rich tables for a ``TaskManager.status()`` dict: offers per node, then this
     node's served and submitted counts (empty sections are left out)."""
     from rich.table import Table
 
-    from .safetext import markup  # node ids and task types are chosen by members
+    from ..safetext import markup  # node ids and task types are chosen by members
 
     def ms(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    out: list[Any] = []
+    out: list[Table] = []
     offers = Table(title="task types per node (as this node sees them)")
     for col in ("node", "task type", "capacity", "load", "in flight from here", "done", "failed", "p50 ms",
                 "p99 ms"):
@@ -96,23 +101,21 @@ def mesh_submit(
                                       envvar="SPIRALFAST_CAFILE", help="CA file for wss:// nodes."),
 ) -> None:
     """Run one task on the mesh (from that node) and print its result as JSON."""
-    from . import cli
-
     if not task_type.strip():
-        raise cli._fail("task TYPE must not be empty", 2)
+        raise _fail("task TYPE must not be empty", 2)
     if timeout <= 0:
-        raise cli._fail(f"--timeout must be a positive number of seconds, got {timeout}", 2)
+        raise _fail(f"--timeout must be a positive number of seconds, got {timeout}", 2)
     try:
-        data = cli._read_data(payload)
-    except cli.CliError as exc:
-        raise cli._fail(str(exc), exc.code) from None
+        data = _read_data(payload)
+    except CliError as exc:
+        raise _fail(str(exc), exc.code) from None
     wait = timeout * 3 + SUBMIT_GRACE  # the node's default: 2 retries
 
-    async def ask(c: Any) -> Any:
+    async def ask(c: ObserverClient) -> Any:
         return await c.query("submit", timeout=wait, type=task_type, payload=data, timeout_s=timeout)
 
-    res = cli._with_client(node, token, ask, cafile, wait)
+    res = _with_client(node, token, ask, cafile, wait)
     if as_json:
-        cli._emit_json(res)
+        _emit_json(res)
     else:
-        cli._emit_json(res.get("result") if isinstance(res, dict) else res)
+        _emit_json(res.get("result") if isinstance(res, dict) else res)
