@@ -14,14 +14,18 @@ from spiralfast.errors import FrameError
 from spiralfast.wire import _codec_py, codec, schema
 from spiralfast.wire.limits import MAX_FRAME_SIZE, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION
 
-from .conftest import CODEC_IMPLS
+from .twins import Twins, codec_impl_fixture, twins_fixture  # noqa: F401 - the fixtures ``codec_impl``, ``twins``
+
+#: The compiled codec and its twin, through the one fixture (tests/twins.py).
+CODEC = pytest.mark.parametrize("twins", ["codec"], indirect=True)
+#: Hypothesis reruns a test body with the same fixture value: the twins hold no state.
+SAME_FIXTURE = HealthCheck.function_scoped_fixture
 
 ids = st.binary(max_size=40)
 messages = st.tuples(
     st.integers(0, 255), st.integers(0, 255), ids, ids, st.binary(max_size=300)
 )
 batches = st.lists(messages, max_size=40)
-IMPLS = [p.values[0] for p in CODEC_IMPLS]
 
 
 def test_frame_layout_is_documented_one(codec_impl: Any) -> None:
@@ -117,21 +121,23 @@ def test_accepts_memoryview_and_bytearray(codec_impl: Any) -> None:
 
 # deadline=None throughout: Hypothesis' per-example time limit is a wall-clock bound that a
 # loaded machine breaks; how fast the codec is, perf/ and the bench gate measure.
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, SAME_FIXTURE])
 @given(batches)
-def test_round_trip_and_twins_identical(batch: list[tuple[int, int, bytes, bytes, bytes]]) -> None:
-    frames = {impl.COMPILED: impl.encode_batch(batch) for impl in IMPLS}
+@CODEC
+def test_round_trip_and_twins_identical(twins: Twins, batch: list[tuple[int, int, bytes, bytes, bytes]]) -> None:
+    frames = {impl.COMPILED: impl.encode_batch(batch) for impl in twins.both}
     assert len(set(frames.values())) == 1, "compiled and pure frames differ"
     frame = next(iter(frames.values()))
-    for impl in IMPLS:
+    for impl in twins.both:
         assert [m.as_tuple() for m in impl.decode_frame(frame)] == batch
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, SAME_FIXTURE])
 @given(st.binary(max_size=200))
-def test_random_bytes_only_raise_frame_error(data: bytes) -> None:
+@CODEC
+def test_random_bytes_only_raise_frame_error(twins: Twins, data: bytes) -> None:
     outcomes = []
-    for impl in IMPLS:
+    for impl in twins.both:
         try:
             outcomes.append([m.as_tuple() for m in impl.decode_frame(data)])
         except FrameError:
@@ -139,9 +145,10 @@ def test_random_bytes_only_raise_frame_error(data: bytes) -> None:
     assert all(o == outcomes[0] for o in outcomes)
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, SAME_FIXTURE])
 @given(batches.filter(bool), st.data())
-def test_mutated_frames_only_raise_frame_error(batch: Any, data: st.DataObject) -> None:
+@CODEC
+def test_mutated_frames_only_raise_frame_error(twins: Twins, batch: Any, data: st.DataObject) -> None:
     frame = bytearray(_codec_py.encode_batch(batch))
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -153,7 +160,7 @@ def test_mutated_frames_only_raise_frame_error(batch: Any, data: st.DataObject) 
         else:
             frame[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
     outcomes = []
-    for impl in IMPLS:
+    for impl in twins.both:
         try:
             outcomes.append([m.as_tuple() for m in impl.decode_frame(bytes(frame))])
         except FrameError:
@@ -170,7 +177,7 @@ def test_decode_payload_maps_every_failure_to_frame_error() -> None:
         codec.decode_payload(schema.KIND_HEARTBEAT, msgspec.msgpack.encode(["x"]))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[SAME_FIXTURE])
 @given(
     st.builds(
         schema.Event,
@@ -185,8 +192,9 @@ def test_decode_payload_maps_every_failure_to_frame_error() -> None:
         metadata=st.none() | st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=3),
     )
 )
-def test_event_struct_round_trips_through_a_frame(ev: schema.Event) -> None:
-    for impl in IMPLS:
+@CODEC
+def test_event_struct_round_trips_through_a_frame(twins: Twins, ev: schema.Event) -> None:
+    for impl in twins.both:
         w = impl.FrameWriter()
         w.add(schema.KIND_EVENT, 0, b"", ev.event_id.encode()[:255], ev)
         (m,) = impl.decode_frame(w.finish())
@@ -213,13 +221,14 @@ def test_invalid_utf8_in_a_payload_string_is_a_frame_error() -> None:
         codec.decode_payload(schema.KIND_LEAVE, bad)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, SAME_FIXTURE])
 @given(batches, st.data())
-def test_decode_payloads_matches_decode_frame(batch: Any, data: st.DataObject) -> None:
+@CODEC
+def test_decode_payloads_matches_decode_frame(twins: Twins, batch: Any, data: st.DataObject) -> None:
     frame = bytearray(_codec_py.encode_batch(batch))
     if frame and data.draw(st.booleans()):
         frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
-    for impl in IMPLS:
+    for impl in twins.both:
         try:
             expected: Any = [m.payload for m in impl.decode_frame(bytes(frame))]
         except FrameError:

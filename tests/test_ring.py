@@ -7,12 +7,13 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spiralfast.errors import RingFull
 
-from .conftest import RING_IMPLS, run_on
+from .conftest import run_on
+from .twins import Twins, ring_impl_fixture, twins_fixture  # noqa: F401 - the fixtures ``ring_impl``, ``twins``
 
 
 def test_capacity_rounds_up_to_power_of_two(ring_impl: Any) -> None:
@@ -87,9 +88,11 @@ def test_popped_slots_release_references(ring_impl: Any) -> None:
 
 
 @given(st.lists(st.one_of(st.tuples(st.just("push"), st.integers()), st.tuples(st.just("pop"), st.integers(0, 5)))))
-def test_twins_behave_identically(ops: list[tuple[str, int]]) -> None:
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the twins hold no state
+@pytest.mark.parametrize("twins", ["ring"], indirect=True)
+def test_twins_behave_identically(twins: Twins, ops: list[tuple[str, int]]) -> None:
     results = []
-    for impl in [p.values[0] for p in RING_IMPLS]:
+    for impl in twins.both:
         r = impl.Ring(4, overflow="drop_oldest")
         log = []
         for op, arg in ops:

@@ -351,3 +351,17 @@ def test_every_pair_loads_through_the_fixture(twins: Twins) -> None:
     module is the compiled one: under CI=true a missing build fails here."""
     assert twins.pure.COMPILED is False
     assert twins.compiled.COMPILED is twins.distinct
+
+
+def test_a_missing_compiled_module_fails_under_ci_and_never_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from . import twins as fixture_module
+
+    monkeypatch.setitem(fixture_module.PAIRS, "unbuilt", ("spiralfast.wire._unbuilt", "spiralfast.wire._codec_py"))
+    monkeypatch.setattr(fixture_module, "PUREPYTHON_REQUESTED", False)
+    monkeypatch.setattr(fixture_module, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="required in CI"):
+        load_twins("unbuilt")
+    monkeypatch.setattr(fixture_module, "IN_CI", False)  # a developer's machine: the twin, with a warning
+    with pytest.warns(UserWarning, match="not built"):
+        unbuilt = load_twins("unbuilt")
+    assert unbuilt.compiled is unbuilt.pure and unbuilt.both == (unbuilt.pure,)

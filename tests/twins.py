@@ -1,14 +1,17 @@
 """Every compiled module and its pure-Python twin, through one parametrised fixture.
 
 ``twins`` hands a test one :class:`Twins` pair (``name``, ``compiled``, ``pure``) per
-entry of :data:`PAIRS`; a test narrows it to the pairs it covers with indirect
-parametrisation::
+entry of :data:`PAIRS`; a test module imports the fixture and narrows it to the pairs
+it covers with indirect parametrisation::
 
-    pytest_plugins = ["tests.twins"]
+    from .twins import Twins, twins_fixture  # noqa: F401 - the fixture ``twins``
 
     @pytest.mark.parametrize("twins", ["fastpath"], indirect=True)
     def test_something(twins: Twins) -> None:
         for impl in twins.both: ...
+
+``codec_impl`` and ``ring_impl`` give one implementation per test (compiled, then
+pure), from the same pairs.
 
 On the pure-Python run (``SPIRALFAST_PUREPYTHON=1``, CI's install without a compiler)
 ``compiled`` is the pure twin, so each test compares the twin with itself and still
@@ -86,3 +89,27 @@ def load_twins(name: str) -> Twins:
 def twins_fixture(request: pytest.FixtureRequest) -> Twins:
     """Each compiled/pure pair (narrow it with ``indirect=True`` parametrisation)."""
     return load_twins(str(request.param))
+
+
+def _one_of(pair: str, which: str) -> ModuleType:
+    """The compiled module (``which="compiled"``) or the twin of ``pair``, for tests that
+    take one implementation at a time.  On the pure-Python run there is no compiled one:
+    that case is skipped (the twin runs as ``"pure"``); a missing build fails under CI."""
+    twins = load_twins(pair)
+    if which == "pure":
+        return twins.pure
+    if not twins.distinct:
+        pytest.skip(f"no compiled {pair} on this run (SPIRALFAST_PUREPYTHON or not built)")
+    return twins.compiled
+
+
+@pytest.fixture(params=["compiled", "pure"], name="codec_impl")
+def codec_impl_fixture(request: pytest.FixtureRequest) -> ModuleType:
+    """The compiled frame codec, then its twin (one implementation per test)."""
+    return _one_of("codec", str(request.param))
+
+
+@pytest.fixture(params=["compiled", "pure"], name="ring_impl")
+def ring_impl_fixture(request: pytest.FixtureRequest) -> ModuleType:
+    """The compiled ring buffer, then its twin (one implementation per test)."""
+    return _one_of("ring", str(request.param))
