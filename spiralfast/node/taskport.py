@@ -1,16 +1,36 @@
 """The node's side of :class:`spiralfast.ports.tasks.TaskPort`: what the task manager
-(:mod:`spiralfast.tasks`) may use of a :class:`~spiralfast.node.core.MeshCore`, and
-nothing more."""
+(:mod:`spiralfast.tasks`) may use of a node (``MeshCore``), and nothing more."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..ports.tasks import EnvelopeHandler
+from ..records import MeshNode
+from .config import MeshConfig
+from .outbox import Outbox
+from .registry import MeshRegistry
 
-if TYPE_CHECKING:
-    from .core import MeshCore
+
+class TaskHost(Protocol):
+    """What the adapter reads of the node (``MeshCore`` has it)."""
+
+    node_id: str
+    config: MeshConfig
+    local_node: MeshNode
+    nodes: dict[str, MeshNode]
+    registry: MeshRegistry
+    outbox: Outbox
+
+    @property
+    def event_handlers(self) -> dict[str, list[Any]]: ...
+
+    def register_event_handler(self, event_type: str, handler: EnvelopeHandler) -> None: ...
+
+    async def send_to_node(self, target_node_id: str, event_type: str, data: Any) -> bool: ...
+
+    async def broadcast_event(self, event_type: str, data: Any) -> None: ...
 
 
 class NodeTaskPort:
@@ -18,7 +38,7 @@ class NodeTaskPort:
 
     __slots__ = ("_node",)
 
-    def __init__(self, node: MeshCore) -> None:
+    def __init__(self, node: TaskHost) -> None:
         self._node = node
 
     @property
