@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -129,7 +130,9 @@ def test_type_bounds() -> None:
 
 def test_meta_offer() -> None:
     assert s.meta_offer({"tasks": {"t": [4, 1]}}, "t") == (4, 1)
-    for md in ({}, {"tasks": []}, {"tasks": {"t": ["x", 1]}}, {"tasks": {"t": [1]}}, {"tasks": {"u": [1, 1]}}):
+    bad: list[dict[str, Any]] = [{}, {"tasks": []}, {"tasks": {"t": ["x", 1]}}, {"tasks": {"t": [1]}},
+                                 {"tasks": {"u": [1, 1]}}]
+    for md in bad:
         assert s.meta_offer(md, "t") == (None, None)
 
 
