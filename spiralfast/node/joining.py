@@ -18,7 +18,7 @@ from typing import Any
 from .._log import BackoffLog
 from ..errors import HandshakeError
 from ..ports.node import DispatcherPort, GatePort, HostNode, OutboxPort
-from ..protocol.handshake import Handshake
+from ..protocol.handshake import Handshake, HandshakeState
 from ..protocol.membership import Effect, Membership
 from ..records import MeshNode
 from .gate import CLOSED, HANDSHAKE, MEMBER, OBSERVER, Session
@@ -66,15 +66,15 @@ class Joining:
         s = link.session
         hs = s.handshake
         out = hs.receive(kind, obj)
-        if hs.state == "ready" and (dup := self.duplicate(hs)) is not None:
+        if hs.state == HandshakeState.READY and (dup := self.duplicate(hs)) is not None:
             out = hs.fail(dup)  # before our proof goes out: the newcomer never believes it joined
-        elif hs.state == "ready" and hs.peer_role != "observer" and getattr(link, "observers_only", False):
+        elif hs.state == HandshakeState.READY and hs.peer_role != "observer" and getattr(link, "observers_only", False):
             out = hs.fail(HandshakeError("this port serves observers only (the node has no WebSocket links)"))
         for k, o in out:
             link.send_frame(single_frame(k, o))
-        if hs.state == "failed":
+        if hs.state == HandshakeState.FAILED:
             self.refuse(link, hs.error)
-        elif hs.state == "ready":
+        elif hs.state == HandshakeState.READY:
             self.session_ready(link, s, hs)
 
     def duplicate(self, hs: Handshake) -> Exception | None:

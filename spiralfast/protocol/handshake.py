@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from ..errors import AuthError, HandshakeError
@@ -38,6 +39,15 @@ NONCE_SIZE = 16  # 128 bits: never repeats in practice
 ROLES = ("node", "observer")
 _LABEL = b"spiralfast-handshake-v2\0"
 _KEY_LABEL = b"spiralfast-node-key-v1\0"
+
+
+class HandshakeState(StrEnum):
+    """Where one side's handshake stands (equal to its old string: ``state == "ready"``)."""
+
+    HELLO = "hello"  # waiting for the peer's Hello
+    AUTH = "auth"  # waiting for its proof
+    READY = "ready"
+    FAILED = "failed"  # ``error`` says why
 
 
 def auth_proof(token: str, direction: bytes, dialler_nonce: bytes, listener_nonce: bytes,
@@ -62,8 +72,8 @@ def key_transcript(direction: bytes, dialler_nonce: bytes, listener_nonce: bytes
 class Handshake:
     """One side of one link's handshake.
 
-    ``state``: ``"hello"`` (waiting for the peer's Hello), ``"auth"`` (waiting for its
-    proof), ``"ready"`` or ``"failed"`` (``error`` says why).  ``receive`` returns the
+    ``state``: a :class:`HandshakeState`: ``HELLO`` (waiting for the peer's Hello),
+    ``AUTH`` (waiting for its proof), ``READY`` or ``FAILED`` (``error`` says why).  ``receive`` returns the
     messages to send, as ``(kind, struct)`` pairs.
 
     :param outbound: this side dialled.
@@ -84,7 +94,7 @@ class Handshake:
         self.role = role
         self.record = record
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
-        self.state = "hello"
+        self.state = HandshakeState.HELLO
         self.error: Exception | None = None
         self.peer_id: str | None = None
         self.peer_role = "node"
@@ -101,16 +111,16 @@ class Handshake:
 
     def receive(self, kind: int, obj: Any) -> list[tuple[int, Any]]:
         """Feed one message of the handshake; anything else before ``ready`` fails it."""
-        if self.state in ("ready", "failed"):
+        if self.state in (HandshakeState.READY, HandshakeState.FAILED):
             return []
         if kind == schema.KIND_REJECT:
             err = AuthError if "token" in obj.reason else HandshakeError
             self.error = err(f"refused by peer: {obj.reason}")
-            self.state = "failed"
+            self.state = HandshakeState.FAILED
             return []
-        if self.state == "hello" and kind == schema.KIND_HELLO:
+        if self.state == HandshakeState.HELLO and kind == schema.KIND_HELLO:
             return self._on_hello(obj)
-        if self.state == "auth" and kind == schema.KIND_AUTH:
+        if self.state == HandshakeState.AUTH and kind == schema.KIND_AUTH:
             return self._on_auth(obj)
         return self._fail(HandshakeError(f"message kind {kind} before the handshake completed"))
 
@@ -130,7 +140,7 @@ class Handshake:
         if len(h.nonce) != NONCE_SIZE or h.nonce == self.nonce:
             return self._fail(HandshakeError("bad nonce"))
         self.peer_id, self.peer_nonce, self.peer_role = h.node_id, h.nonce, h.role
-        self.state = "auth"
+        self.state = HandshakeState.AUTH
         if self.outbound:  # the dialling side proves first
             return [(schema.KIND_AUTH, self._auth(b"dial"))]
         return []
@@ -152,7 +162,7 @@ class Handshake:
             if named is not None and named != a.key.hex():
                 return self._fail(AuthError("the peer's record names another key than the one it proved"))
             self.peer_key = a.key
-        self.state = "ready"
+        self.state = HandshakeState.READY
         if not self.outbound:
             return [(schema.KIND_AUTH, self._auth(b"listen"))]
         return []
@@ -194,11 +204,11 @@ class Handshake:
 
     def _fail(self, exc: Exception) -> list[tuple[int, Any]]:
         self.error = exc
-        self.state = "failed"
+        self.state = HandshakeState.FAILED
         return [(schema.KIND_REJECT, schema.Reject(str(exc)))]
 
     def expire(self) -> list[tuple[int, Any]]:
         """The shell's handshake timer ran out."""
-        if self.state in ("ready", "failed"):
+        if self.state in (HandshakeState.READY, HandshakeState.FAILED):
             return []
         return self._fail(HandshakeError("handshake not completed in time"))
