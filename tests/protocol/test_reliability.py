@@ -14,7 +14,6 @@ import pytest
 from spiralfast.protocol.reliability import (
     MAX_REPAIR_SEQS,
     REPAIR_ATTEMPTS,
-    REPAIR_BATCH,
     REPAIR_DELAY,
     REPAIR_INTERVAL,
     AnnounceEnd,
