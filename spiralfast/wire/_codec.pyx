@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled frame codec.  Behaviour and bytes are identical to ``_codec_py``.
 
-See ``spiralfast/_codec_py.py`` for the frame layout.
+See ``spiralfast/wire/_codec_py.py`` for the frame layout.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE

@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``spiralfast._codec``: byte-identical frames, identical errors.
+"""Pure-Python twin of ``spiralfast.wire._codec``: byte-identical frames, identical errors.
 
 Frame layout (all integers little-endian)::
 

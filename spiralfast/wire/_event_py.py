@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``spiralfast._event``: ``RitualEvent`` and the EventBus hot
+"""Pure-Python twin of ``spiralfast.wire._event``: ``RitualEvent`` and the EventBus hot
 path (publish into the ring, and the dispatch loop)."""
 
 from __future__ import annotations

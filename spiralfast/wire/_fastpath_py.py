@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``spiralfast._fastpath``: the receive hot path.
+"""Pure-Python twin of ``spiralfast.wire._fastpath``: the receive hot path.
 
 - ``Dedupe``: bounded window of seen message ids (set + ring: O(1) eviction).
 - ``iso_from_epoch``: ``datetime.fromtimestamp(ts).isoformat()``, cached per second.

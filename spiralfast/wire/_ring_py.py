@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``spiralfast._ring``: same behaviour, same counters.
+"""Pure-Python twin of ``spiralfast.wire._ring``: same behaviour, same counters.
 
 Cross-thread use relies on single-producer/single-consumer discipline: the
 producer stores the slot before publishing ``_tail`` and only the consumer moves

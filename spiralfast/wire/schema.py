@@ -62,7 +62,7 @@ class Hello(msgspec.Struct, array_like=True, gc=False):
 class Auth(msgspec.Struct, array_like=True, gc=False):
     proof: bytes
     node: dict[str, Any] | None = None  # the sender's node record, sent once the peer is verified
-    key: bytes = b""  # the sender's Ed25519 public key (nodes; spiralfast.signing)
+    key: bytes = b""  # the sender's Ed25519 public key (nodes; spiralfast.wire.signing)
     sig: bytes = b""  # its signature of the handshake transcript (handshake.key_transcript)
 
 
