@@ -27,8 +27,8 @@ import pytest
 
 from spiralfast import EventType, MeshConfig, MeshCore
 from spiralfast.client import ObserverClient
-from spiralfast.membership import SILENCE_FACTOR
-from spiralfast.registry import MAX_CAPABILITIES
+from spiralfast.node.registry import MAX_CAPABILITIES
+from spiralfast.protocol.membership import SILENCE_FACTOR
 from spiralfast.tasks import BUSY, ID_BYTES, MAX_TASK_TYPES, QUEUE_FLOOR
 
 from .conftest import free_port
