@@ -1,4 +1,4 @@
-"""MeshCore: one mesh node (SPEC.md: MeshCore), the asyncio shell around sans-I/O parts.
+"""MeshCore: one mesh node (the drop-in API: MeshCore), the asyncio shell around sans-I/O parts.
 
 - links (``links/``) are given this node as their ``LinkHost`` and nothing else;
 - every inbound message passes the ``Gate``, which decides what it may do;
@@ -18,23 +18,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import schema
+from ..wire import schema
 from .._aio import cancel_all
 from .._version import __version__
 from .bus import EventBus
-from ..busauth import KeyPins
+from ..wire.sealing import KeyPins
+from ..links.base import LegacyRouter
 from .config import MeshConfig
 from .dispatch import Dispatcher, EnvelopeHandler
-from ..fastpath import EventSender
+from ..wire.fastpath import EventSender
 from .gate import Gate
 from .host import NodeHost
-from ..limits import FLUSH_THRESHOLD_BYTES
+from ..wire.limits import FLUSH_THRESHOLD_BYTES
 from ..protocol.membership import Membership
 from ..metrics import LatencyHistogram
 from ..observe import envelope, mesh_status, node_counters, push_follow
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
-from ..signing import NodeKey
+from ..wire.signing import NodeKey
 from .sync import StateSynchronizer
 from ..records import EventType, MeshNode, NodeStatus, RitualEvent
 
@@ -63,7 +64,7 @@ class MeshCore:
                       "incarnation": uuid.uuid4().hex[:16]},  # this process: tells a restart from a twin
             websocket_endpoint=None,
         )
-        # The node's own Ed25519 key (spiralfast.signing): proves on WebSocket handshakes
+        # The node's own Ed25519 key (spiralfast.wire.signing): proves on WebSocket handshakes
         # and bus frames that it speaks for itself; its public key travels in its record.
         self.key = NodeKey.load_or_create(Path(cfg.key_path)) if cfg.key_path else NodeKey.generate()
         self.local_node.metadata["public_key"] = self.key.public.hex()
@@ -109,8 +110,9 @@ class MeshCore:
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
         from ..tasks import TaskManager
+        from .taskport import NodeTaskPort
 
-        self.tasks = TaskManager(self)
+        self.tasks = TaskManager(NodeTaskPort(self))
         self.eventlog: Any = None  # an EventLog while persistence is on
         from .catchup import CatchUp
 
@@ -125,7 +127,7 @@ class MeshCore:
 
     @property
     def event_handlers(self) -> dict[str, list[EnvelopeHandler]]:
-        """Event type -> handlers (SPEC.md).  Assigning a new dict is supported."""
+        """Event type -> handlers (the drop-in API).  Assigning a new dict is supported."""
         return self.dispatcher.handlers
 
     @event_handlers.setter
@@ -163,7 +165,7 @@ class MeshCore:
             await self.state.start()
             self._tasks.append(asyncio.ensure_future(self.dispatcher.run()))
             if cfg.persistence_path or cfg.persistence_url:  # before the links: joins are stored too
-                from ..eventlog import EventLog
+                from ..store.eventlog import EventLog
 
                 self.eventlog = EventLog(self)
                 await self.eventlog.start()
@@ -247,7 +249,7 @@ class MeshCore:
         if target_node_id == self.node_id:
             self.dispatcher.deliver(envelope(ev))
             return True
-        if self.redis is not None and self.redis.is_legacy(target_node_id) and not et.startswith("_sf."):
+        if isinstance(self.redis, LegacyRouter) and self.redis.is_legacy(target_node_id) and not et.startswith("_sf."):
             self.redis.send_legacy(target_node_id, envelope(ev))
             return True
         ok = self.outbox.send(target_node_id, schema.KIND_EVENT, schema.event_type_id(et), eid, ev)
@@ -257,7 +259,7 @@ class MeshCore:
         return ok
 
     def get_mesh_status(self) -> dict[str, Any]:
-        """SPEC fields, plus links, counters, router, bus, sync, tasks and persistence."""
+        """The drop-in API's fields, plus links, counters, router, bus, sync, tasks and persistence."""
         return mesh_status(self)
 
     def add_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
