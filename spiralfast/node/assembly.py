@@ -7,7 +7,7 @@ sees the node through the ``AssemblyNode`` port (:mod:`spiralfast.ports.node`)."
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ..ports.node import AssemblyNode
@@ -21,7 +21,7 @@ async def start_links(node: AssemblyNode) -> None:
     if cfg.enable_websocket:
         from ..links.ws import WebSocketTransport, WSSettings
 
-        ws = WebSocketTransport(node.host, WSSettings.from_config(cfg), http=_http(node))
+        ws = WebSocketTransport(node.host, WSSettings.from_config(cfg), http=_http(node), serve=_serve)
         try:
             await ws.start()
         except OSError as exc:
@@ -97,7 +97,7 @@ async def _start_observer_port(node: AssemblyNode) -> None:
     cfg = node.config
     st = WSSettings.from_config(cfg)
     st.port = cfg.observer_port or 0
-    obs = WebSocketTransport(node.host, st, http=_http(node), observers_only=True)
+    obs = WebSocketTransport(node.host, st, http=_http(node), observers_only=True, serve=_serve)
     try:
         await obs.start()
     except OSError as exc:
@@ -114,5 +114,12 @@ def _http(node: AssemblyNode) -> Any:
     def make() -> Any:
         from ..http import HttpEndpoints
 
-        return HttpEndpoints(node)
+        return HttpEndpoints(cast(Any, node))  # the node itself (it is a MeshCore)
     return make
+
+
+async def _serve(*args: Any, **kwargs: Any) -> Any:
+    """The WebSocket port's server: picows' own that also answers HEAD and keeps the side doors."""
+    from ..http import ws_create_server
+
+    return await ws_create_server(*args, **kwargs)

@@ -4,8 +4,10 @@ It knows the session state of the link a message came on and decides, per messag
 ``DELIVER`` (to the dispatcher, membership or state sync), ``RELAY`` (to the target's
 link), ``ANSWER`` (handshake, observer queries) or ``REFUSE`` (counted; repeat
 offenders closed).  Nothing but the handshake passes before a link is authenticated.
-The rules are the table in DESIGN-NOTES.md, and tests/test_gate.py checks them row
-by row.
+The rules are the table in DESIGN-NOTES.md, as the pure function
+:func:`spiralfast.protocol.admission.admit` (its sans-I/O half, with the session
+states, the verdicts and the token bucket); this module is the I/O half.
+tests/test_gate.py and tests/protocol/test_admission.py check them row by row.
 
 The receive hot path stays compiled: frames from authenticated member links go to
 ``EventSink.receive``, which delivers events itself and hands every other message
@@ -21,32 +23,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import schema
+import msgspec
+
 from .._log import RateLimitedLog
-from ..codec import decode_frame, decode_payload
+from ..errors import AuthError, FrameError
+from ..links.base import BusLink, Opener, ReplayCheck
+from ..protocol.admission import SessionState, TokenBucket, Verdict, admit
+from ..protocol.handshake import Handshake
+from ..wire import schema
+from ..wire.codec import decode_frame, decode_payload
+from ..wire.fastpath import Dedupe, EventSink
+from ..wire.limits import MAX_BUS_RATE_SENDERS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
 from .dispatch import TURN_BUDGET
-from ..errors import FrameError
-from ..fastpath import Dedupe, EventSink
-from ..limits import MAX_BUS_RATE_SENDERS, MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
+
+__all__ = ["ANSWER", "CLOSED", "DELIVER", "HANDSHAKE", "MEMBER", "OBSERVER", "REFUSE", "RELAY", "Gate", "Session",
+           "TokenBucket", "admit"]
 
 log = logging.getLogger("spiralfast.node.gate")
 
-DELIVER, RELAY, ANSWER, REFUSE = "deliver", "relay", "answer", "refuse"
-
-#: Session states.
-HANDSHAKE, MEMBER, OBSERVER, CLOSED = "handshake", "member", "observer", "closed"
+#: The verdicts and session states (:mod:`spiralfast.protocol.admission`), by their old names.
+DELIVER, RELAY, ANSWER, REFUSE = Verdict.DELIVER, Verdict.RELAY, Verdict.ANSWER, Verdict.REFUSE
+HANDSHAKE, MEMBER, OBSERVER, CLOSED = (SessionState.HANDSHAKE, SessionState.MEMBER, SessionState.OBSERVER,
+                                       SessionState.CLOSED)
 
 #: Frame or payload errors tolerated from one link before it is closed as hostile.
 MAX_LINK_ERRORS = 3
-
-_HANDSHAKE_KINDS = frozenset((schema.KIND_HELLO, schema.KIND_AUTH, schema.KIND_REJECT))
-_MEMBER_KINDS = frozenset((
-    schema.KIND_EVENT, schema.KIND_BUS_EVENT, schema.KIND_HEARTBEAT, schema.KIND_LEAVE, schema.KIND_GOSSIP,
-    schema.KIND_STATE_DELTA, schema.KIND_STATE_DIGEST, schema.KIND_STATE_REQUEST,
-    schema.KIND_REPAIR_REQUEST, schema.KIND_REPAIR_GONE, schema.KIND_CLOCK_SKEW,
-    schema.KIND_ORIGIN_END, schema.KIND_PING, schema.KIND_PING_REQ, schema.KIND_ACK,
-    schema.KIND_CATCHUP_REQUEST, schema.KIND_CATCHUP_BATCH,
-))
+#: Control messages (acks, joins, leave notices) per second from one bus sender, and its burst
+#: (a sender acks at most every 256 KiB it reads, or every 50 ms).
+BUS_CONTROL_RATE, BUS_CONTROL_BURST = 1000.0, 2000
 
 
 class Session:
@@ -54,57 +58,15 @@ class Session:
 
     __slots__ = ("state", "handshake", "peer_id", "frames", "errors", "opened", "bucket", "timer")
 
-    def __init__(self, handshake: Any, now: float, state: str = HANDSHAKE) -> None:
-        self.state = state
+    def __init__(self, handshake: Handshake | None, now: float, state: SessionState = SessionState.HANDSHAKE) -> None:
+        self.state: SessionState = state
         self.handshake = handshake
         self.peer_id: str | None = None
         self.frames = 0  # frames received before authentication
         self.errors = 0
         self.opened = now
         self.bucket: TokenBucket | None = None
-        self.timer: Any = None
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
-
-    __slots__ = ("rate", "burst", "tokens", "at")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.at = rate, float(burst), float(burst), now
-
-    def take(self, n: int, now: float) -> float:
-        """Take ``n`` tokens; returns 0.0, or the seconds until the debt is repaid."""
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - n
-        self.at = now
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-def admit(state: str, kind: int, *, targeted_elsewhere: bool = False, bus: bool = False,
-          about: str | None = None, sender: str | None = None) -> str:
-    """The gate's rule table (DESIGN-NOTES.md), as one pure function.
-
-    :param state: the session state of the link the message came on.
-    :param targeted_elsewhere: the message's header names another node.
-    :param bus: the link is a shared bus (Redis, NATS): many senders, no handshake.
-    :param about: the node a heartbeat or leave speaks for.
-    :param sender: the authenticated node the message came from.
-    """
-    if state == HANDSHAKE:
-        return ANSWER if kind in _HANDSHAKE_KINDS and not targeted_elsewhere else REFUSE
-    if state == OBSERVER:
-        return ANSWER if kind == schema.KIND_QUERY and not targeted_elsewhere else REFUSE
-    if state != MEMBER:
-        return REFUSE
-    if targeted_elsewhere:
-        return REFUSE if bus else RELAY
-    if kind in (schema.KIND_HEARTBEAT, schema.KIND_LEAVE):
-        return DELIVER if about is not None and about == sender else REFUSE
-    if kind in _MEMBER_KINDS:
-        return DELIVER
-    if kind == schema.KIND_QUERY:
-        return REFUSE if bus else ANSWER
-    return REFUSE
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Gate:
@@ -147,6 +109,8 @@ class Gate:
         self.is_linked: Callable[[str], bool] = lambda node_id: False
         #: Per sender on a shared bus (one link, many senders): its token bucket.
         self.bus_buckets: dict[str, TokenBucket] = {}
+        #: Per sender on a shared bus: its control messages' bucket (``bus_payload``).
+        self.bus_control_buckets: dict[str, TokenBucket] = {}
 
     # -- frames ----------------------------------------------------------------------
 
@@ -316,7 +280,7 @@ class Gate:
         bucket = s.bucket if s is not None else None
         if bucket is None or not bucket.take(n, time.monotonic()):
             return False
-        bucket.tokens += n  # a refused write costs nothing: the observer may retry once repaid
+        bucket.refund(n)  # a refused write costs nothing: the observer may retry once repaid
         self.count_rate_limited("observers")
         return True
 
@@ -335,9 +299,8 @@ class Gate:
         wait = bucket.take(n, now)
         if wait:
             self.count_rate_limited("bus")
-            hold = getattr(link, "hold_acks", None)
-            if hold is not None:
-                hold(sender, wait)
+            if isinstance(link, BusLink):
+                link.hold_acks(sender, wait)
 
     def messages(self, link: Any, sender: str, msgs: list[tuple[int, Any]]) -> None:
         """Already-decoded messages from a bus (the old JSON format, via its codec)."""
@@ -375,6 +338,71 @@ class Gate:
         if self.rate_limit is None:
             return None
         return TokenBucket(self.rate_limit, self.rate_burst, time.monotonic())
+
+    # -- bus frames (links) -------------------------------------------------------------
+    # Every sealed payload of a bus link (Redis, NATS) is opened here, never in the
+    # transport: refusals counted (the gate's and the link's), control messages
+    # rate-limited per sender, data frames delivered through ``on_frame`` (where the
+    # sender's rate limit holds its acks back).  ``links.base.BusLink`` is the link's side.
+
+    def bus_payload(self, link: BusLink, channel: str, data: bytes, control: bool = False) -> None:
+        """A sealed payload off a bus: opened with the link's sealer; a data frame goes to
+        ``link.bus_frame`` and, if it says so, ``on_frame``; a control message (acks, joins,
+        leave notices) is decoded and handed to ``link.on_control``."""
+        try:
+            sender, offset, body = (link.control_sealer if control else link.sealer).open(channel.encode(), data)
+        except (AuthError, FrameError) as exc:
+            self._bus_refused(link, exc, "")
+            return
+        if control:
+            self._bus_control(link, sender, body)
+        elif link.bus_frame(channel, sender, offset, body):
+            self.on_frame(link, body, sender)
+            link.bus_delivered(sender, offset)
+
+    def bus_replayed(self, link: BusLink, channel: str, data: bytes, opener: Opener, check: ReplayCheck) -> None:
+        """A payload the bus kept (a catch-up), opened with the catch-up's ``opener``; the
+        link's ``check`` refuses stale ones (counted) and delivers the rest."""
+        try:
+            sender, _, body = opener.open(channel.encode(), data)
+        except (AuthError, FrameError) as exc:
+            self._bus_refused(link, exc, "stream ")
+            return
+        if sender != link.node_id and not check(sender, body):
+            self.stats["refused"] += 1
+
+    def _bus_refused(self, link: BusLink, exc: Exception, what: str) -> None:
+        self.stats["refused"] += 1
+        link.stats["refused"] += 1
+        self._errlog(("bus-refused", link.transport, type(exc).__name__), logging.WARNING,
+                     "refused a %s %sframe: %s", link.transport, what, exc)
+
+    def _bus_control(self, link: BusLink, sender: str, body: memoryview) -> None:
+        if sender == link.node_id:
+            return
+        now = time.monotonic()
+        buckets = self.bus_control_buckets
+        bucket = buckets.get(sender)
+        if bucket is None:
+            if len(buckets) >= MAX_BUS_RATE_SENDERS:
+                del buckets[next(iter(buckets))]
+            bucket = buckets[sender] = TokenBucket(BUS_CONTROL_RATE, BUS_CONTROL_BURST, now)
+        if bucket.take(1, now):
+            bucket.tokens += 1  # a refused message costs nothing
+            self.stats["refused"] += 1
+            self.count_rate_limited("bus")
+            return
+        try:
+            message = msgspec.msgpack.decode(body)
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            self.stats["frame_errors"] += 1
+            link.stats["bad"] += 1
+            self._errlog(("bus-control", link.transport), logging.WARNING,
+                         "ignoring a malformed %s control message from %s", link.transport, sender[:64])
+            return
+        link.on_control(sender, message)
 
 
 def _name(link: Any) -> str:

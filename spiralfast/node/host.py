@@ -18,9 +18,9 @@ from typing import Any, cast
 import msgspec
 
 from .._log import BackoffLog
-from ..links.base import BusLink, LinkHost, Opener, Pinger, ReplayCheck
+from ..links.base import BusLink, Dialer, LegacyRouter, LinkHost, Opener, Pinger, ReplayCheck
 from ..observe import answer_query
-from ..ports.node import CatchUpPort, GatePort, HostNode, SenderPort
+from ..ports.node import CatchUpPort, GatePort, HostNode, SenderPort, StateSyncPort, TaskNotices
 from ..protocol.handshake import Handshake
 from ..protocol.membership import (
     Dial,
@@ -114,6 +114,14 @@ class NodeHost(Joining, LinkHost):
     @property
     def catchup(self) -> CatchUpPort:
         return self.node.catchup
+
+    @property
+    def state(self) -> StateSyncPort:
+        return cast(StateSyncPort, self.node.state)
+
+    @property
+    def tasks(self) -> TaskNotices:
+        return cast(TaskNotices, self.node.tasks)
 
     @property
     def rel(self) -> Reliability:
@@ -229,7 +237,7 @@ class NodeHost(Joining, LinkHost):
         elif kind == schema.KIND_BUS_EVENT:
             self.accept_bus_event(m)
         elif kind == schema.KIND_HEARTBEAT:
-            self.node.state.touch()
+            self.state.touch()
             self.apply(ms.on_heartbeat(m, now))
             if "heartbeat" in self.node.event_handlers:
                 self.dispatcher.deliver(
@@ -248,17 +256,17 @@ class NodeHost(Joining, LinkHost):
             if not bus:
                 self.rel.expect_upto(sender, m.nodes)
         elif kind == schema.KIND_STATE_DELTA:
-            self.node.state.apply_entries(m.entries)
+            self.state.apply_entries(m.entries)
         elif kind == schema.KIND_STATE_DIGEST:
-            self.reply(link, sender, self.node.state.on_digest(sender, m))
+            self.reply(link, sender, self.state.on_digest(sender, m))
         elif kind == schema.KIND_REPAIR_REQUEST:
             self.repair_request(sender, m)
         elif kind == schema.KIND_REPAIR_GONE:
             self.rel.on_repair_gone(m.origin, m.seqs)
         elif kind == schema.KIND_STATE_REQUEST:
-            self.reply(link, sender, self.node.state.on_request(m, sender))
+            self.reply(link, sender, self.state.on_request(m, sender))
         elif kind == schema.KIND_CLOCK_SKEW:
-            self.node.state.on_clock_skew(sender, m)
+            self.state.on_clock_skew(sender, m)
         elif kind == schema.KIND_ORIGIN_END:
             self.rel.on_origin_end(m.origin, m.high, now)
         elif kind == schema.KIND_PING:
@@ -336,12 +344,12 @@ class NodeHost(Joining, LinkHost):
                         self.rel.origin_joined(origin, node.node_id)
                     self.dispatcher.announce({"type": EventType.NODE_REGISTER.value, "source_node": node.node_id,
                                               "timestamp": datetime.now().isoformat(), "data": node.to_dict()})
-                    self.node.tasks.node_joined(node.node_id)
+                    self.tasks.node_joined(node.node_id)
                 case Lost(node_id=nid, reason=reason):
                     self.node_lost(nid, reason)
                 case Dial(endpoint=endpoint, node_id=nid):
                     ws = self.node.ws
-                    if ws is not None:
+                    if isinstance(ws, Dialer):
                         ws.dial(endpoint, expected_id=nid)
                 case SendPing(node_id=target, nonce=nonce, any_route=any_route):
                     self.probe(target, nonce, any_route)
@@ -373,9 +381,9 @@ class NodeHost(Joining, LinkHost):
         if link is not None:
             self.outbox.remove_link(nid, link)
             link.close(f"peer {reason}")
-        if node.ws is not None:
+        if isinstance(node.ws, Dialer):
             node.ws.forget(nid)
-        node.tasks.node_removed(nid, reason)  # worker loss: only this node's own decision
+        self.tasks.node_removed(nid, reason)  # worker loss: only this node's own decision
         self.dispatcher.announce({"type": EventType.NODE_UNREGISTER.value, "source_node": nid,
                                   "timestamp": datetime.now().isoformat(),
                                   "data": {"node_id": nid, "reason": reason}})
@@ -482,7 +490,7 @@ class NodeHost(Joining, LinkHost):
             if ob.links or ob.bus_links:
                 self.send_gossip()
             redis = self.node.redis
-            if redis is not None:
+            if isinstance(redis, LegacyRouter):  # the old format's heartbeat (Redis only)
                 redis.heartbeat()
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
 

@@ -96,8 +96,11 @@ class DispatcherPort(Protocol):
     """Local delivery (``node.dispatch.Dispatcher``)."""
 
     reading_paused: bool
+    handlers: dict[str, list[Any]]  # event type -> handlers
 
     def deliver(self, env: dict[str, Any]) -> None: ...
+
+    def handler_failed(self, h: Any, env: dict[str, Any]) -> None: ...
 
     def announce(self, env: dict[str, Any]) -> None: ...
 
