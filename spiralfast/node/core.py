@@ -126,6 +126,11 @@ class MeshCore:
         return node_counters(self)
 
     @property
+    def origin(self) -> str:
+        """The origin of this node's broadcast ids (``<origin>-<sequence>``; the event store's port)."""
+        return str(self.local_node.metadata.get("origin"))
+
+    @property
     def event_handlers(self) -> dict[str, list[EnvelopeHandler]]:
         """Event type -> handlers (the drop-in API).  Assigning a new dict is supported."""
         return self.dispatcher.handlers
