@@ -22,7 +22,10 @@ delivery, ``on_control`` for a control message (acks, joins, leave notices).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..wire.schema import Event
 
 #: What ``Link.info`` returns: figures and states for status pages (JSON values).
 LinkInfo = dict[str, Any]
@@ -67,8 +70,6 @@ class Opener(Protocol):
     """Opens a sealed bus payload (``busauth.BusSealer``): (sender, counter, body), or raises
     ``AuthError``/``FrameError``."""
 
-    stats: dict[str, int]
-
     def open(self, channel: bytes, data: bytes) -> tuple[str, int, memoryview]: ...
 
 
@@ -94,9 +95,9 @@ class LegacyRouter(Protocol):
 
     def is_legacy(self, node_id: str) -> bool: ...
 
-    def send_legacy(self, node_id: str, env: dict[str, Any]) -> None: ...
+    def send_legacy(self, node_id: str, env: Record) -> None: ...
 
-    def legacy_broadcast(self, ev: Any) -> None: ...
+    def legacy_broadcast(self, ev: Event) -> None: ...
 
     def heartbeat(self) -> None: ...
 
@@ -107,8 +108,16 @@ class BusLink(Link, Protocol):
 
     node_id: str
     stats: dict[str, int]
-    sealer: Opener  # opens the data channels' payloads
-    control_sealer: Opener  # opens the control channel's (acks, joins, leave notices)
+
+    @property
+    def sealer(self) -> Opener:
+        """Opens the data channels' payloads."""
+        ...
+
+    @property
+    def control_sealer(self) -> Opener:
+        """Opens the control channel's (acks, joins, leave notices)."""
+        ...
 
     def can_reach(self, node_id: str) -> bool: ...
 

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Iterable
+from typing import Protocol
 
-MeshCore = Any  # a node: ``host`` (its LinkHost) and ``links`` (its open links)
+from .base import LinkHost, LinkInfo, LinkSession
+
+
+class HubNode(Protocol):
+    """A node joined by the hub (``MeshCore``): its ``LinkHost`` and its open links."""
+
+    @property
+    def host(self) -> LinkHost: ...
+
+    @property
+    def links(self) -> Iterable[object]: ...
+
 
 _ids = itertools.count(1)
 
@@ -20,10 +32,10 @@ class LoopbackLink:
     transport = "loopback"
     shared_bus = False
 
-    def __init__(self, owner: MeshCore, outbound: bool = False) -> None:
+    def __init__(self, owner: LinkHost, outbound: bool = False) -> None:
         self.owner = owner
         self.outbound = outbound
-        self.session: Any = None
+        self.session: LinkSession | None = None
         self.peer: LoopbackLink | None = None
         self.peer_id: str | None = None
         self.errors = 0
@@ -59,7 +71,7 @@ class LoopbackLink:
     def resume_reading(self) -> None:
         pass
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> LinkInfo:
         return {"state": "closed" if self.closed else "open", "frames_out": self.frames_out, "bytes_out": self.bytes_out}
 
 
@@ -67,9 +79,9 @@ class LoopbackHub:
     """Joins the MeshCores given to it (``MeshCore(config, loopback=hub)``) into one mesh."""
 
     def __init__(self) -> None:
-        self.cores: list[MeshCore] = []
+        self.cores: list[HubNode] = []
 
-    def attach(self, core: MeshCore) -> None:
+    def attach(self, core: HubNode) -> None:
         for other in self.cores:
             a, b = LoopbackLink(core.host, outbound=True), LoopbackLink(other.host)
             a.peer, b.peer = b, a
@@ -77,21 +89,21 @@ class LoopbackHub:
             other.host.link_opened(b, False)
         self.cores.append(core)
 
-    def detach(self, core: MeshCore) -> None:
+    def detach(self, core: HubNode) -> None:
         if core in self.cores:
             self.cores.remove(core)
         for link in [lk for lk in list(core.links) if isinstance(lk, LoopbackLink)]:
             # Let the Leave already queued reach the peers before the links close.
             asyncio.get_running_loop().call_soon(link.close, "stopped")
 
-    def partition(self, core: MeshCore) -> None:
+    def partition(self, core: HubNode) -> None:
         """Cut ``core`` off from the others without a leave (a network partition)."""
         if core in self.cores:
             self.cores.remove(core)
         for link in [lk for lk in list(core.links) if isinstance(lk, LoopbackLink)]:
             link.close("partition")
 
-    def heal(self, core: MeshCore) -> None:
+    def heal(self, core: HubNode) -> None:
         """Reconnect a partitioned ``core`` to everyone in the hub."""
         if core not in self.cores:
             self.attach(core)

@@ -200,9 +200,15 @@ class RedisTransport(BusFlow):
         self._tasks.append(asyncio.ensure_future(self._ack_loop()))
         return ok
 
+    def _redis(self) -> Redis:
+        """The client (made by ``start``)."""
+        if self.client is None:
+            raise ConnectionError("Redis link not started")
+        return self.client
+
     async def _ping(self) -> bool:
         try:
-            await asyncio.wait_for(self.client.ping(), CONNECT_TIMEOUT)
+            await asyncio.wait_for(self._redis().ping(), CONNECT_TIMEOUT)
             return True
         except Exception:
             return False
@@ -225,7 +231,7 @@ class RedisTransport(BusFlow):
         try:
             if self.pubsub is not None:
                 await self.pubsub.aclose()
-            await self.client.aclose()
+            await self._redis().aclose()
         except Exception:
             pass
         self.connected = False
@@ -355,7 +361,7 @@ class RedisTransport(BusFlow):
                         log.info("Redis at %s is reachable now; connected", self.settings.display_url)
                 # Subscribe confirmations are read: the one for our own channel says every
                 # channel is in place, and that is when we join (busflow.py).
-                self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+                self.pubsub = self._redis().pubsub(ignore_subscribe_messages=False)
                 chans = [self.sf_channel, self.my_channel, self.ack_channel]
                 if self.settings.interop is not False:
                     chans += [self.channel, self.legacy_direct]
@@ -431,7 +437,7 @@ class RedisTransport(BusFlow):
     def _publish_join(self) -> None:
         self._publish_ctl({0: "join"})
 
-    def _publish_ctl(self, obj: ControlMessage) -> None:
+    def _publish_ctl(self, obj: object) -> None:
         """Acks and joins on the ack channel, sealed with their own counter."""
         self.ack_counter += 1
         payload = self.sealer.seal(self.ack_channel.encode(), self.ack_counter, msgspec.msgpack.encode(obj))
@@ -442,7 +448,7 @@ class RedisTransport(BusFlow):
 
     async def _publish_now(self, channel: str, payload: bytes) -> None:
         try:
-            await self.client.publish(channel, payload)
+            await self._redis().publish(channel, payload)
         except Exception:
             pass
 
@@ -509,6 +515,6 @@ def redis_db(url: str) -> int:
     from redis.connection import parse_url
 
     try:
-        return int(parse_url(url).get("db") or 0)
+        return int(parse_url(url).get("db") or 0)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
         return 0

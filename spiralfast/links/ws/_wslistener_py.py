@@ -34,7 +34,7 @@ class ListenerLink(Protocol):
     def resume(self) -> None: ...
 
 
-class MeshListener(WSListener):  # type: ignore[misc]
+class MeshListener(WSListener):
     def __init__(self, link: ListenerLink, on_frame: Callable[..., None]) -> None:
         super().__init__()
         self.link = link

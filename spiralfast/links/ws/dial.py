@@ -122,7 +122,7 @@ class Dialling:
                 if url.startswith("wss://"):
                     ssl_ctx = ssl.create_default_context(cafile=st.ssl_cafile)
                 await picows.ws_connect(
-                    lambda link=link: MeshListener(link, WSLink.received),  # type: ignore[misc]
+                    lambda link=link: MeshListener(link, WSLink.received),
                     url,
                     max_frame_size=WS_FRAME_LIMIT,
                     websocket_handshake_timeout=st.handshake_timeout,

@@ -22,6 +22,7 @@ import picows
 from ...wire._native import load
 from ...wire.limits import MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
 from ..base import FrameData, LinkInfo, LinkSession
+from . import _wslistener_py
 
 if TYPE_CHECKING:
     from .transport import WebSocketTransport
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spiralfast.ws")
 
 _listener = load("links.ws._wslistener", "links.ws._wslistener_py")
-MeshListener = _listener.MeshListener
+MeshListener: type[_wslistener_py.MeshListener] = _listener.MeshListener  # either twin (same interface)
 LISTENER_COMPILED: bool = _listener.COMPILED
 
 #: Bytes a link may queue while the peer is not reading; beyond it the link drops.
@@ -181,7 +182,7 @@ class WSLink:
     def resume(self) -> None:
         self.paused = False
         ws = self.ws
-        while self.outbox and not self.paused and not self.closed:
+        while ws is not None and self.outbox and not self.paused and not self.closed:
             frame = self.outbox.popleft()
             self.outbox_bytes -= len(frame)
             send_frame(ws, frame)

@@ -31,10 +31,11 @@ class WSSettings:
 
     @classmethod
     def from_config(cls, cfg: object) -> WSSettings:
-        return cls(cfg.websocket_host, cfg.websocket_port, cfg.max_frame_size,
-                   cfg.handshake_timeout, cfg.heartbeat_interval, cfg.ssl_certfile,
-                   cfg.ssl_keyfile, cfg.ssl_cafile,
-                   tuple(getattr(cfg, "allowed_hosts", None) or ()), tuple(getattr(cfg, "allowed_origins", None) or ()))
+        c = getattr  # the node's MeshConfig, read by name (this layer does not import the node's)
+        return cls(c(cfg, "websocket_host"), c(cfg, "websocket_port"), c(cfg, "max_frame_size"),
+                   c(cfg, "handshake_timeout"), c(cfg, "heartbeat_interval"), c(cfg, "ssl_certfile"),
+                   c(cfg, "ssl_keyfile"), c(cfg, "ssl_cafile"),
+                   tuple(c(cfg, "allowed_hosts", None) or ()), tuple(c(cfg, "allowed_origins", None) or ()))
 
 
 class LiveConnection(Protocol):

@@ -152,7 +152,8 @@ class WebSocketTransport(DoorKeeper, Dialling):
         if self.http is None:
             resp = picows.WSUpgradeResponse.create_error_response(404, b"not found")
             return picows.WSUpgradeResponseWithListener(resp, None)
-        return self.http.respond(request)
+        answer: Upgrade = self.http.respond(request)
+        return answer
 
     def link_connected(self, link: WSLink) -> None:
         """A connection is up: an inbound one stays its door's until it authenticates."""
@@ -160,7 +161,7 @@ class WebSocketTransport(DoorKeeper, Dialling):
         if link.outbound:
             return
         try:
-            door = self.doors.get(link.ws.underlying_transport)
+            door = self.doors.get(link.ws.underlying_transport) if link.ws is not None else None
         except Exception:
             door = None
         if door is not None:

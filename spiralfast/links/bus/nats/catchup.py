@@ -24,11 +24,11 @@ from ....errors import FrameError
 from ....wire import schema
 from ....wire.codec import FrameWriter, decode_frame
 from ....wire.sealing import BusSealer, bus_identity
-from ...base import LinkHost
+from ...base import BusLink, LinkHost
 from .client import NatsClient, mask_url
 
 if TYPE_CHECKING:
-    from .transport import NatsTransport
+    from .transport import NatsSettings
 
 log = logging.getLogger("spiralfast.nats")
 
@@ -46,19 +46,9 @@ _SEALED_SENT = struct.Struct("<Q")  # busauth: flag, sender length, sender, epoc
 
 def _sealed_sent(data: bytes) -> float:
     """The send time (seconds) in a sealed frame's header (one ``open`` accepted)."""
-    return _SEALED_SENT.unpack_from(data, 2 + data[1] + 16)[0] / 1000.0
+    sent: int = _SEALED_SENT.unpack_from(data, 2 + data[1] + 16)[0]
+    return sent / 1000.0
 
-
-
-class StreamSettings:
-    """What the catch-up reads of ``NatsSettings``."""
-
-    node_id: str
-    mesh_name: str
-    token: str | None
-    replay_window: float
-    stream_max_age: float
-    stream_max_bytes: int
 
 
 class CatchUpMixin:
@@ -67,7 +57,7 @@ class CatchUpMixin:
 
     host: LinkHost
     node_id: str
-    settings: StreamSettings
+    settings: NatsSettings
     stats: dict[str, int]
     errlog: RateLimitedLog
     client: NatsClient | None
@@ -80,6 +70,10 @@ class CatchUpMixin:
     held_bytes: int
 
     def _deliver(self, subject: str, sender: str, offset: int, frame: memoryview) -> None:
+        raise NotImplementedError
+
+    def _link(self) -> BusLink:
+        """This link, as the host sees it (the transport returns itself)."""
         raise NotImplementedError
 
     def _bad(self, why: str) -> None:
@@ -129,7 +123,7 @@ class CatchUpMixin:
             self.stats["held_dropped"] += 1
 
 
-    async def _catch_up(self: NatsTransport, since: float) -> None:
+    async def _catch_up(self, since: float) -> None:
         """Deliver the broadcasts kept in the stream since ``since`` (wall time), then
         the live frames held meanwhile.  Copies we already had are dropped by the
         per-origin windows, so each event is delivered once."""
@@ -182,16 +176,16 @@ class CatchUpMixin:
                     pass
             self._release_held()
 
-    def _replayed(self: NatsTransport, opener: BusSealer, data: bytes, stored: float, since: float) -> None:
+    def _replayed(self, opener: BusSealer, data: bytes, stored: float, since: float) -> None:
         """One frame from the stream: opened by the gate with ``opener``, then checked here
         (``_replay_check``) and only its events delivered."""
 
         def check(sender: str, frame: memoryview) -> bool:
             return self._replay_check(data, stored, since, sender, frame)
 
-        self.host.bus_replayed(self, self.bcast, data, opener, check)
+        self.host.bus_replayed(self._link(), self.bcast, data, opener, check)
 
-    def _replay_check(self: NatsTransport, data: bytes, stored: float, since: float, sender: str,
+    def _replay_check(self, data: bytes, stored: float, since: float, sender: str,
                       frame: memoryview) -> bool:
         """``stored`` is when the stream kept it (JetStream's timestamp).  A sender's frame
         reaches the stream as it reaches live receivers, so one stored later than the live
@@ -218,7 +212,7 @@ class CatchUpMixin:
             w.add_raw(m.kind, m.etype, m.target, m.msg_id, m.payload)
         self.stats["caught_up_frames"] += 1
         self.stats["caught_up_events"] += len(msgs)
-        self.host.frame_received(self, w.finish(), sender)
+        self.host.frame_received(self._link(), w.finish(), sender)
         return True
 
     def _release_held(self) -> None:

@@ -18,7 +18,7 @@ clear text.  With the private path, ``_process_info`` forces the upgrade and ref
 server that offers no TLS before anything is sent; with the public one, the TLS handshake
 comes first (``tls_handshake_first``), before the server says anything.
 
-Any other version (or ``SPIRALFAST_NATS_PUBLIC=1``, or ``FORCE_PUBLIC``) takes the public
+Every other version (or ``SPIRALFAST_NATS_PUBLIC=1``, or ``FORCE_PUBLIC``) takes the public
 API only: ``subscribe`` callbacks and ``publish``.
 """
 
@@ -92,7 +92,7 @@ def _inline_class() -> type[Client]:
                         raise NatsError(f"nats: tls:// URL, but the server at {srv.uri.hostname}:{srv.uri.port} "
                                         "offers no TLS; refusing to connect in plain text")
                     info["tls_required"] = True  # nats-py upgrades only when told to
-                await super()._process_info(info, initial_connection)  # type: ignore[arg-type]
+                await super()._process_info(info, initial_connection)
 
             async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                                    headers: bytes) -> None:

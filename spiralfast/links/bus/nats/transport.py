@@ -434,7 +434,7 @@ class NatsTransport(CatchUpMixin, BusFlow):
         if self.pending and self.connected:
             self._kick()
 
-    def _publish_ctl(self, obj: ControlMessage) -> None:
+    def _publish_ctl(self, obj: object) -> None:
         """Acks and notices on the membership subject: never queued behind the data they pace."""
         if self.client is None or not self.connected:
             return
@@ -457,6 +457,9 @@ class NatsTransport(CatchUpMixin, BusFlow):
             pass
 
     # -- receiving -----------------------------------------------------------------
+
+    def _link(self) -> NatsTransport:
+        return self
 
     def _on_data(self, subject: str, data: bytes) -> None:
         try:
