@@ -237,7 +237,7 @@ def run_bench(transport: str = "ws", events: int = 200_000, rate: int = 0,
     if transport == "nats":
         from urllib.parse import urlparse
 
-        from .links.nats import mask_url, server_list
+        from .links.bus.nats import mask_url, server_list
 
         nats_url = nats_url or os.environ.get("SPIRALFAST_TEST_NATS_URL") or "nats://127.0.0.1:4222"
         MeshConfig(nats_url=nats_url, enable_websocket=False, enable_redis=False)  # ConfigError when malformed
