@@ -15,13 +15,13 @@ from typing import Any
 
 import picows
 
-from . import schema
-from .codec import decode_frame, decode_payload
+from .wire import schema
+from .wire.codec import decode_frame, decode_payload
 from .errors import AuthError, FrameError, HandshakeError, LinkError, ProtocolError
 from .protocol.handshake import Handshake
-from .limits import MAX_FRAME_SIZE
+from .wire.limits import MAX_FRAME_SIZE
 from .links.ws import WS_FRAME_LIMIT, send_frame
-from .observe import FOLLOW_QID
+from .ops.queries import FOLLOW_QID
 from .node.outbox import single_frame
 
 class _ClientListener(picows.WSListener):  # type: ignore[misc]

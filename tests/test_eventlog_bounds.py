@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from spiralfast.errors import ConfigError
-from spiralfast.metrics import registry_for, render
 from spiralfast.node.config import MeshConfig
 from spiralfast.node.core import MeshCore
+from spiralfast.ops.metrics import registry_for, render
 from spiralfast.persistence import open_sqlite
 from spiralfast.store.eventlog import CLOCK_METRICS, EventLog, PostgresStore, SQLiteStore
 
@@ -53,7 +53,7 @@ async def feed(log_: EventLog, start: int, n: int) -> None:
 
 
 def prom(mesh: MeshCore, name: str) -> float:
-    text = render(registry_for(mesh))[0].decode()
+    text = render(registry_for(mesh.ops))[0].decode()
     line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
     return float(line.split()[-1])
 

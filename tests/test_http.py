@@ -138,14 +138,14 @@ def _raw(port: int, request: bytes | list[bytes]) -> bytes:
 
 
 def test_head_answers_headers_only() -> None:
-    """What http.py does with a HEAD once the transport lets one through."""
+    """What ops/http.py does with a HEAD once the transport lets one through."""
     from types import SimpleNamespace
 
     from multidict import CIMultiDict
 
-    from spiralfast.http import HttpEndpoints
+    from spiralfast.ops.http import HttpEndpoints
 
-    h = HttpEndpoints(MeshCore(cfg("h-head")))
+    h = HttpEndpoints(MeshCore(cfg("h-head")).ops)
     head = h.respond(SimpleNamespace(method=b"HEAD", path=b"/health", headers=CIMultiDict())).response
     get_ = h.respond(SimpleNamespace(method=b"GET", path=b"/health", headers=CIMultiDict())).response
     assert head.status == 200 and head.body is None
@@ -244,7 +244,7 @@ async def test_live_clients_closed_when_node_stops() -> None:
 
 
 async def test_live_unauthenticated_connections_are_capped(locked_node: MeshCore) -> None:
-    from spiralfast.http import LIVE_MAX_PENDING
+    from spiralfast.ops.live import LIVE_MAX_PENDING
 
     conns = []
     try:
@@ -270,10 +270,11 @@ class _Echo(picows.WSListener):  # type: ignore[misc]
 
 
 async def test_server_with_head(open_node: MeshCore) -> None:
-    """spiralfast.http.ws_create_server: HEAD answered, GET and WebSocket as picows does."""
-    from spiralfast.http import HttpEndpoints, ws_create_server
+    """spiralfast.ops.server.ws_create_server: HEAD answered, GET and WebSocket as picows does."""
+    from spiralfast.ops.http import HttpEndpoints
+    from spiralfast.ops.server import ws_create_server
 
-    http = HttpEndpoints(open_node)
+    http = HttpEndpoints(open_node.ops)
 
     def factory(request: Any) -> Any:
         if (request.headers.get("Upgrade") or "").lower() == "websocket" and request.path == b"/echo":
@@ -313,9 +314,9 @@ async def test_server_with_head(open_node: MeshCore) -> None:
 async def test_mesh_node_on_server_with_head(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same server under a real node (as links/ws.py would call it): HEAD /health is
     answered, and mesh links and events work as before."""
-    from spiralfast import http
+    from spiralfast.ops import server
 
-    monkeypatch.setattr(picows, "ws_create_server", http.ws_create_server)
+    monkeypatch.setattr(picows, "ws_create_server", server.ws_create_server)
     a = MeshCore(cfg("hs-a"))
     await a.start()
     b = MeshCore(cfg("hs-b", peers=[f"ws://127.0.0.1:{a.config.websocket_port}"]))

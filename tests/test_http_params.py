@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from spiralfast import MeshCore
-from spiralfast.http import API_PARAMS, EVENTS_MAX, MAX_QUERY_FIELDS
+from spiralfast.ops.http import API_PARAMS, EVENTS_MAX, MAX_QUERY_FIELDS
 
 from .conftest import wait_for
 from .test_metrics import cfg, get

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.metrics import (
+from spiralfast.ops.metrics import (
     MAX_PEER_LABELS,
     OTHER_PEER,
     LatencyHistogram,
@@ -204,7 +204,7 @@ def test_task_and_persistence_metrics() -> None:
 
 
 async def test_category_labels_are_bounded() -> None:
-    from spiralfast.metrics import MAX_CATEGORY_LABELS
+    from spiralfast.ops.metrics import MAX_CATEGORY_LABELS
 
     a = MeshCore(cfg("m-cat"))
     await a.start()

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.http import LIVE_MAX_FRAMES
 from spiralfast.limits import MAX_PREAUTH_CONNECTIONS
+from spiralfast.ops.live import LIVE_MAX_FRAMES
 
 from .conftest import free_port, require
 from .procs import NodeProc

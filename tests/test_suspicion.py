@@ -386,9 +386,9 @@ def test_status_registry_and_views_agree_on_a_suspect() -> None:
             assert st["connected_nodes"] == 2  # a suspect is not counted as connected
             assert by_id["q"]["status"] == "disconnected" and by_id["q"]["suspect"] is True
             assert by_id["p"]["suspect"] is False and by_id["p"]["status"] == "active"
-            from spiralfast.observe import nodes_table
+            from spiralfast.ops.status import nodes_table
 
-            table = {n["node_id"]: n for n in nodes_table(core)}
+            table = {n["node_id"]: n for n in nodes_table(core.ops)}
             assert table["q"]["suspect"] is True and table["q"]["status"] == "disconnected"
             reg = core.registry
             assert {n.node_id for n in reg.get_active_nodes()} == {core.node_id, "p"}

@@ -112,14 +112,14 @@ async def _start_observer_port(node: AssemblyNode) -> None:
 
 def _http(node: AssemblyNode) -> Any:
     def make() -> Any:
-        from ..http import HttpEndpoints
+        from ..ops.http import HttpEndpoints
 
-        return HttpEndpoints(cast(Any, node))  # the node itself (it is a MeshCore)
+        return HttpEndpoints(cast(Any, node).ops)  # the node's ops port (node.opsport.NodeOps)
     return make
 
 
 async def _serve(*args: Any, **kwargs: Any) -> Any:
     """The WebSocket port's server: picows' own that also answers HEAD and keeps the side doors."""
-    from ..http import ws_create_server
+    from ..ops.server import ws_create_server
 
     return await ws_create_server(*args, **kwargs)

@@ -31,8 +31,10 @@ from .gate import Gate
 from .host import NodeHost
 from ..wire.limits import FLUSH_THRESHOLD_BYTES
 from ..protocol.membership import Membership
-from ..metrics import LatencyHistogram
-from ..observe import envelope, mesh_status, node_counters, push_follow
+from ..ops.metrics import LatencyHistogram
+from ..ops.queries import push_follow
+from ..ops.status import envelope, mesh_status, node_counters
+from .opsport import NodeOps
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
 from ..wire.signing import NodeKey
@@ -82,8 +84,9 @@ class MeshCore:
                                          "suspected": 0, "suspicions_refuted": 0,
                                          "impostors_refused": 0}
         self.dispatcher = Dispatcher(self._set_reading)
-        self.dispatcher.push_follow = push_follow(self)
+        self.dispatcher.push_follow = push_follow()
         self.recent_events = self.dispatcher.recent
+        self.ops = NodeOps(self)  # what status, metrics, HTTP and observer queries see of this node
         self.latency = LatencyHistogram()  # event latency, origin to handler, sampled 1 in 64
         self.dispatcher.sample_latency = self.latency.observe
         self.observers = self.dispatcher.observers
@@ -105,7 +108,7 @@ class MeshCore:
         self.link_listeners: list[Callable[[str, bool], None]] = []
         self.ws: Any = None
         self.redis: Any = None
-        self.nats: Any = None  # links.nats.NatsTransport while NATS is enabled
+        self.nats: Any = None  # links.bus.nats.NatsTransport while NATS is enabled
         self.observer_ws: Any = None  # links.ws.WebSocketTransport for observers alone (observer_port)
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()
@@ -123,7 +126,7 @@ class MeshCore:
     @property
     def counters(self) -> dict[str, int]:
         """Every counter of the node, read from its parts (``get_mesh_status()["counters"]``)."""
-        return node_counters(self)
+        return node_counters(self.ops)
 
     @property
     def origin(self) -> str:
@@ -265,7 +268,7 @@ class MeshCore:
 
     def get_mesh_status(self) -> dict[str, Any]:
         """The drop-in API's fields, plus links, counters, router, bus, sync, tasks and persistence."""
-        return mesh_status(self)
+        return mesh_status(self.ops)
 
     def add_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
         """``fn(envelope)`` is called, on the loop, for every event this node sends or

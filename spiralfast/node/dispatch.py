@@ -31,7 +31,7 @@ from typing import Any
 
 from .._log import RateLimitedLog
 from ..errors import RingFull
-from ..observe import envelope
+from ..ops.status import envelope
 from ..wire.limits import DEFAULT_RING_CAPACITY
 from ..wire.ring import Ring
 

@@ -19,7 +19,7 @@ import msgspec
 
 from .._log import BackoffLog
 from ..links.base import BusLink, Dialer, LegacyRouter, LinkHost, Opener, Pinger, ReplayCheck
-from ..observe import answer_query
+from ..ops.queries import answer_query
 from ..ports.node import CatchUpPort, GatePort, HostNode, SenderPort, StateSyncPort, TaskNotices
 from ..protocol.handshake import Handshake
 from ..protocol.membership import (
@@ -326,7 +326,7 @@ class NodeHost(Joining, LinkHost):
             log.exception("state reply to %s failed", to or getattr(link, "name", "?"))
 
     def on_query(self, link: Any, q: Any) -> None:
-        answer_query(cast(Any, self.node), link, q)
+        answer_query(cast(Any, self.node).ops, link, q)  # HostNode should declare ops: QueryHost
 
     def relay(self, target: str, came_from: Any, m: Any) -> bool:
         return self.outbox.forward(target, came_from, m.kind, m.etype, m.target, m.msg_id, m.payload)

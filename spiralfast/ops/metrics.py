@@ -1,13 +1,14 @@
 """Prometheus metrics for one node (``GET /metrics``).
 
 A custom ``prometheus_client`` collector reads the node's own counters at scrape
-time (``get_mesh_status()`` and public attributes): nothing is counted twice and the
-hot paths make no metric calls.  Per-peer series are bounded: the busiest
+time, through a :class:`~spiralfast.ports.ops.MetricsSource` (``get_mesh_status()``, the
+state's key counts, the latency histogram): nothing is counted twice and the hot paths
+make no metric calls.  Per-peer series are bounded: the busiest
 ``MAX_PEER_LABELS`` links get their own ``peer`` label, the rest are summed under
 ``peer="_other"``.
 
 Event latency is a histogram fed by sampling (one event in ``LATENCY_SAMPLE_EVERY``)
-into a :class:`LatencyHistogram` that the node keeps as ``mesh.latency``; the
+into a :class:`LatencyHistogram` that the node keeps (``MetricsSource.latency``); the
 collector only reads it.
 """
 
@@ -16,15 +17,13 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ._version import __version__
-
-if TYPE_CHECKING:
-    from .core import MeshCore
+from .._version import __version__
+from ..ports.ops import MetricsSource
 
 #: Links that get their own ``peer`` label; the rest are summed as ``_other`` (OTHER_PEER).
 MAX_PEER_LABELS = 64
@@ -83,7 +82,7 @@ def _fmt_bound(b: float) -> str:
 
 def _compiled() -> bool:
     try:
-        from . import codec, fastpath
+        from ..wire import codec, fastpath
 
         return bool(codec.COMPILED and fastpath.COMPILED)
     except Exception:  # pragma: no cover - import trouble shows elsewhere
@@ -111,11 +110,29 @@ def _num(v: Any) -> float:
         return 0.0
 
 
+class HttpFigures(Protocol):
+    """The HTTP side of a node's port (``spiralfast.ops.http.HttpEndpoints``)."""
+
+    @property
+    def auth_failures(self) -> int:
+        """HTTP requests and dashboard connections refused for a missing or wrong token."""
+        ...
+
+    @property
+    def dashboards(self) -> int:
+        """Dashboard pages connected to ``/live``."""
+        ...
+
+    def refusals(self) -> dict[str, int]:
+        """Connections refused or closed at the port's side doors, by reason."""
+        ...
+
+
 class MeshCollector(Collector):
     """Reads one node's figures at scrape time."""
 
-    def __init__(self, mesh: MeshCore, http: Any = None) -> None:
-        self.mesh = mesh
+    def __init__(self, source: MetricsSource, http: HttpFigures | None = None) -> None:
+        self.source = source
         self.http = http
         self.compiled = _compiled()
 
@@ -123,8 +140,8 @@ class MeshCollector(Collector):
         return []  # unchecked collector: the node's figures are only read at scrape time
 
     def collect(self) -> Iterator[Metric]:
-        mesh = self.mesh
-        st = mesh.get_mesh_status()
+        source, http = self.source, self.http
+        st = source.status()
         c: dict[str, Any] = st.get("counters") or {}
         router: dict[str, Any] = st.get("router") or {}
         bus: dict[str, Any] = st.get("bus") or {}
@@ -180,16 +197,15 @@ class MeshCollector(Collector):
             yield by_node
         yield counter("handler_errors_total", "Event handlers that raised (mesh and bus).",
                       _num(c.get("handler_errors")) + _num(bus.get("handler_errors")))
-        http_refused = getattr(self.http, "auth_failures", 0)
+        http_refused = http.auth_failures if http is not None else 0
         yield counter("auth_failures_total", "Peers, observers and HTTP clients refused for a missing or wrong token.",
                       _num(c.get("auth_failures")) + _num(http_refused))
         yield counter("handshake_failures_total", "Handshakes that failed for any reason.", c.get("handshake_failures"))
-        refusals = getattr(self.http, "refusals", None)
-        if callable(refusals):
+        if http is not None:
             side = CounterMetricFamily(f"{p}_side_door_refused_total",
                                        "Connections refused or closed before authentication at the port, by reason.",
                                        labels=["reason"])
-            for reason, v in sorted(refusals().items()):
+            for reason, v in sorted(http.refusals().items()):
                 side.add_metric([reason], _num(v))
             yield side
         yield counter("bad_messages_total", "Malformed or unexpected messages.",
@@ -219,10 +235,9 @@ class MeshCollector(Collector):
             g.add_metric([t], n)
         yield g
         yield GaugeMetricFamily(f"{p}_observers", "Observers connected (CLI).", value=_num(st.get("observers")))
-        live = getattr(self.http, "live", None)
-        if live is not None:
+        if http is not None:
             yield GaugeMetricFamily(f"{p}_dashboards", "Dashboard pages connected to /live.",
-                                    value=float(len(live.clients)))
+                                    value=float(http.dashboards))
 
         named, rest = bounded_peers(links)
         sent = CounterMetricFamily(f"{p}_link_bytes_sent_total", "Bytes sent on the link to a peer.", labels=["peer"])
@@ -254,8 +269,7 @@ class MeshCollector(Collector):
 
         keys = GaugeMetricFamily(f"{p}_state_keys", "Live keys in the synchronised state, by category.",
                                  labels=["category"])
-        cats = sorted(((str(cat), len(entries)) for cat, entries in mesh.state.sync_categories.items()),
-                      key=lambda kv: -kv[1])
+        cats = sorted(((str(cat), n) for cat, n in source.state_key_counts().items()), key=lambda kv: -kv[1])
         for cat, n in cats[:MAX_CATEGORY_LABELS]:
             keys.add_metric([cat], n)
         if len(cats) > MAX_CATEGORY_LABELS:
@@ -271,10 +285,10 @@ class MeshCollector(Collector):
         yield from _task_metrics(st.get("tasks"))
         yield from _persistence_metrics(st.get("persistence"))
 
-        hist = getattr(mesh, "latency", None)
+        hist = source.latency
         h = HistogramMetricFamily(f"{p}_event_latency_seconds",
                                   f"Origin timestamp to delivery, sampled (1 event in {LATENCY_SAMPLE_EVERY}).")
-        if isinstance(hist, LatencyHistogram):
+        if hist is not None:
             h.add_metric([], hist.cumulative(), sum_value=hist.sum)
         else:
             h.add_metric([], [(_fmt_bound(b), 0.0) for b in LATENCY_BUCKETS] + [("+Inf", 0.0)], sum_value=0.0)
@@ -351,11 +365,11 @@ def _persistence_metrics(pers: Any) -> Iterator[Metric]:
     yield up
 
 
-def registry_for(mesh: MeshCore, http: Any = None) -> CollectorRegistry:
+def registry_for(source: MetricsSource, http: HttpFigures | None = None) -> CollectorRegistry:
     """A registry of its own per node (several nodes may share one process).  ``http``:
     the node's HTTP endpoints, whose token refusals count as auth failures."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(MeshCollector(mesh, http))
+    reg.register(MeshCollector(source, http))
     return reg
 
 
