@@ -117,11 +117,11 @@ class NodeHost(Joining, LinkHost):
 
     @property
     def state(self) -> StateSyncPort:
-        return cast(StateSyncPort, self.node.state)
+        return self.node.state
 
     @property
     def tasks(self) -> TaskNotices:
-        return cast(TaskNotices, self.node.tasks)
+        return self.node.tasks
 
     @property
     def rel(self) -> Reliability:

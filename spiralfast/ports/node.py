@@ -80,7 +80,7 @@ class GatePort(Protocol):
     """The receive side (``node.gate.Gate``)."""
 
     @property
-    def sink(self) -> Any: ...  # a SinkPort (the compiled EventSink is untyped)
+    def sink(self) -> SinkPort: ...
 
     @property
     def dedupe(self) -> DedupeWindows: ...
@@ -179,7 +179,7 @@ class HostNode(Protocol):
     def key(self) -> NodeKey: ...
 
     @property
-    def key_pins(self) -> Any: ...  # a KeyPinsPort
+    def key_pins(self) -> KeyPinsPort: ...
 
     @property
     def membership(self) -> Membership: ...
@@ -197,7 +197,7 @@ class HostNode(Protocol):
     def dispatcher(self) -> DispatcherPort: ...
 
     @property
-    def state(self) -> Any: ...  # a StateSyncPort (the state-sync shell is typed apart)
+    def state(self) -> StateSyncPort: ...
 
     @property
     def event_bus(self) -> Any: ...  # accept_remote(RitualEvent)
@@ -212,7 +212,7 @@ class HostNode(Protocol):
     def catchup(self) -> CatchUpPort: ...
 
     @property
-    def tasks(self) -> Any: ...  # TaskNotices (the task manager is typed apart)
+    def tasks(self) -> TaskNotices: ...
 
 
 class CatchUpNode(Protocol):
