@@ -38,7 +38,8 @@ def mesh_history(
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="Give up after this long."),
 ) -> None:
     """Stored events (newest last): from a running node, or a store file with --db."""
-    from ..store.eventlog import parse_time, read_history
+    from ..store.history import read_history
+    from ..store.rows import parse_time
 
     types = split_types(types)
     try:
