@@ -29,8 +29,8 @@ import pytest
 
 from spiralfast import MeshConfig, MeshCore, safetext, schema
 from spiralfast.links.ws import GOSSIP_DIAL_CONCURRENCY
-from spiralfast.membership import endpoint_claim
-from spiralfast.signing import NodeKey
+from spiralfast.protocol.membership import endpoint_claim
+from spiralfast.wire.signing import NodeKey
 
 from . import services
 from .conftest import free_port, require
@@ -263,8 +263,8 @@ def test_history_lines_and_the_hud_show_control_characters_as_escapes() -> None:
     # The formatting functions the history command and the HUD use, on the same text.
     from rich.console import Console
 
-    from spiralfast.cli_history import _line
-    from spiralfast.hud import render
+    from spiralfast.cli.history import _line
+    from spiralfast.cli.hud import render
 
     line = _line({"timestamp": "t", "type": EVIL_TYPE, "source_node": "a\x1bb", "data": EVIL_DATA})
     assert not any(ch in line for ch in RAW) and "evil\\x1b[2J" in line and "a\\x1bb" in line
@@ -321,8 +321,8 @@ async def test_token_less_meshes_m_and_m_x_on_one_redis_never_cross() -> None:
 
 
 def test_channel_parts_are_injective() -> None:
-    from spiralfast.links.nats import subject_token
-    from spiralfast.links.redis import RedisSettings, channel_part, node_part
+    from spiralfast.links.bus.nats import subject_token
+    from spiralfast.links.bus.redis import RedisSettings, channel_part, node_part
 
     names = ["m", "m:x", "m%3ax", "x", "ack", "%61ck", "a.b", "a*b", "a>b", "a b", "", ":", "%"]
     assert len({channel_part(n) for n in names}) == len(names)
