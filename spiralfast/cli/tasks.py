@@ -46,7 +46,7 @@ def tasks_tables(st: dict[str, Any]) -> list[Table]:
 
     from ..safetext import markup  # node ids and task types are chosen by members
 
-    def ms(v: Any) -> str:
+    def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     out: list[Table] = []
