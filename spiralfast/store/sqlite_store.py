@@ -297,7 +297,7 @@ class SQLiteStore(Store):
         if str(self.path) == ":memory:" or not self.path.exists():
             return []
         try:
-            return [tuple(r) for r in self._reader().execute(  # type: ignore[misc]
+            return [tuple(r) for r in self._reader().execute(
                 "SELECT origin, done, ahead, at FROM delivery_cursor").fetchall()]
         except sqlite3.Error:
             self._local.conn = None
