@@ -7,7 +7,7 @@ sees the node through the ``AssemblyNode`` port (:mod:`spiralfast.ports.node`)."
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..ports.node import AssemblyNode
@@ -114,7 +114,7 @@ def _http(node: AssemblyNode) -> Any:
     def make() -> Any:
         from ..ops.http import HttpEndpoints
 
-        return HttpEndpoints(cast(Any, node).ops)  # the node's ops port (node.opsport.NodeOps)
+        return HttpEndpoints(node.ops)  # the node's ops port (node.opsport.NodeOps)
     return make
 
 

@@ -326,7 +326,7 @@ class NodeHost(Joining, LinkHost):
             log.exception("state reply to %s failed", to or getattr(link, "name", "?"))
 
     def on_query(self, link: Any, q: Any) -> None:
-        answer_query(cast(Any, self.node).ops, link, q)  # HostNode should declare ops: QueryHost
+        answer_query(self.node.ops, link, q)
 
     def relay(self, target: str, came_from: Any, m: Any) -> bool:
         return self.outbox.forward(target, came_from, m.kind, m.etype, m.target, m.msg_id, m.payload)

@@ -20,6 +20,7 @@ from ..protocol.reliability import DedupeWindows, RetransmitBuffer
 from ..records import MeshNode
 from ..wire import schema
 from ..wire.signing import NodeKey
+from .ops import HttpSource, QueryHost
 
 __all__ = [
     "AssemblyNode", "CatchUpNode", "CatchUpPort", "DispatcherPort", "GatePort", "HostConfig", "HostNode",
@@ -214,6 +215,9 @@ class HostNode(Protocol):
     @property
     def tasks(self) -> TaskNotices: ...
 
+    @property
+    def ops(self) -> QueryHost: ...  # what an observer's query may read or change
+
 
 class CatchUpNode(Protocol):
     """What catch-up (``node.catchup.CatchUp``) needs from the node."""
@@ -261,3 +265,6 @@ class AssemblyNode(Protocol):
 
     @property
     def sender(self) -> Any: ...  # legacy: the Redis transport's old-format route
+
+    @property
+    def ops(self) -> HttpSource: ...  # what the HTTP endpoints served on the WebSocket port see
