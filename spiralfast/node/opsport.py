@@ -1,18 +1,87 @@
 """The node's side of the operations ports (:mod:`spiralfast.ports.ops`): what status,
 metrics, HTTP, the live feed and the observer queries (:mod:`spiralfast.ops`) may read
-or change of a :class:`~spiralfast.node.core.MeshCore`, and nothing more."""
+or change of a node (``MeshCore``), and nothing more."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..ports.ops import LatencySamples, LinkView, Reply, Traffic
 from ..records import MeshNode
 
 if TYPE_CHECKING:
-    from .core import MeshCore
+    from ..ops.metrics import LatencyHistogram
+    from ..protocol.membership import Membership
+    from ..tasks import TaskManager
+    from ..wire.fastpath import EventSender
+    from .bus import EventBus
+    from .config import MeshConfig
+    from .dispatch import Dispatcher
+    from .gate import Gate
+    from .host import NodeHost
+    from .outbox import Outbox
+    from .registry import MeshRegistry
+    from .sync import StateSynchronizer
+
+
+class OpsNode(Protocol):
+    """What the adapter reads of the node (``MeshCore`` has it)."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def config(self) -> MeshConfig: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def start_time(self) -> float | None: ...
+    @property
+    def local_node(self) -> MeshNode: ...
+    @property
+    def nodes(self) -> dict[str, MeshNode]: ...
+    @property
+    def counts(self) -> dict[str, int]: ...
+    @property
+    def membership(self) -> Membership: ...
+    @property
+    def redis(self) -> Any: ...  # the Redis transport (``connected``), or None
+    @property
+    def nats(self) -> Any: ...  # the NATS transport (``connected``), or None
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def observers(self) -> set[Any]: ...
+    @property
+    def gate(self) -> Gate: ...
+    @property
+    def sender(self) -> EventSender: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def registry(self) -> MeshRegistry: ...
+    @property
+    def host(self) -> NodeHost: ...
+    @property
+    def event_bus(self) -> EventBus: ...
+    @property
+    def state(self) -> StateSynchronizer: ...
+    @property
+    def tasks(self) -> TaskManager: ...
+    @property
+    def eventlog(self) -> Any: ...  # an EventLog while persistence is on, else None
+    @property
+    def latency(self) -> LatencyHistogram: ...
+    @property
+    def recent_events(self) -> deque[Any]: ...
+
+    def get_mesh_status(self) -> dict[str, Any]: ...
+
+    async def send_to_node(self, target_node_id: str, event_type: str, data: Any) -> bool: ...
+
+    async def broadcast_event(self, event_type: str, data: Any) -> None: ...
 
 
 class NodeOps:
@@ -21,7 +90,7 @@ class NodeOps:
 
     __slots__ = ("_node",)
 
-    def __init__(self, node: MeshCore) -> None:
+    def __init__(self, node: OpsNode) -> None:
         self._node = node
 
     # -- StatusSource ------------------------------------------------------------------
