@@ -50,7 +50,7 @@ def test_logger_naming_matches_picows() -> None:
     on ``picows.spiralfast.ws.server`` must reach the protocol)."""
     from picows import api
 
-    resolve = api._resolve_logger  # type: ignore[attr-defined]
+    resolve = api._resolve_logger
     for name in ("spiralfast.ws.server", None):
         assert resolve(name, "server") is picows_adapter.server_logger(name)
 
@@ -103,7 +103,7 @@ def _raw(port: int, data: bytes) -> bytes:
         return out
 
 
-class _Echo(picows.WSListener):  # type: ignore[misc]
+class _Echo(picows.WSListener):
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         if frame.msg_type == picows.WSMsgType.TEXT:
             transport.send(picows.WSMsgType.TEXT, b"echo:" + frame.get_payload_as_bytes())
@@ -127,7 +127,7 @@ async def _serve_and_check(expect_head: bool) -> None:
         assert head.startswith(b"HTTP/1.1 200") == expect_head, head[:80]
         got: list[bytes] = []
 
-        class _Client(picows.WSListener):  # type: ignore[misc]
+        class _Client(picows.WSListener):
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 got.append(frame.get_payload_as_bytes())
 

@@ -37,7 +37,6 @@ log = logging.getLogger("spiralfast.http")
 
 #: The package that holds the dashboard's static files.
 DASHBOARD_PACKAGE = "spiralfast.ops.dashboard"
-log = logging.getLogger("spiralfast.http")
 
 #: Static files of the dashboard: URL path -> (package file, content type).
 STATIC: dict[str, tuple[str, str]] = {
