@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..ports.ops import LatencySamples, LinkView, Reply, Traffic
+from ..ports.ops import HttpSource, LatencySamples, LinkView, QueryHost, Reply, Traffic
 from ..records import MeshNode
 
 if TYPE_CHECKING:
@@ -230,3 +230,9 @@ class NodeOps:
 
     async def broadcast_event(self, event_type: str, data: Any) -> None:
         await self._node.broadcast_event(event_type, data)
+
+
+if TYPE_CHECKING:  # mypy checks the adapter against the ports it is given as
+
+    def _implements(ops: NodeOps) -> tuple[HttpSource, QueryHost]:
+        return ops, ops
