@@ -1,4 +1,4 @@
-"""Catch-up across restarts: the asyncio side (the rules are in ``cursor.py``).
+"""Catch-up across restarts: the asyncio side (the rules are in ``store/cursor.py``).
 
 A node whose event log holds a delivery cursor (``delivery_cursor``, written with the
 log's batches) asks, when it starts, the live peers for what it missed per origin
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..links.base import StreamCatchUp
 from ..store.cursor import META, is_redelivery, parse_id
 from ..wire import schema
 from ..wire.fastpath import iso_from_epoch
@@ -187,7 +188,7 @@ class CatchUp:
     async def _catch_up(self) -> None:
         deadline = time.monotonic() + PEER_WAIT
         nats = self.node.nats
-        if nats is not None and getattr(nats, "stream_on", False):
+        if isinstance(nats, StreamCatchUp) and nats.stream_on:
             # JetStream first: what the stream holds since the node was last alive comes
             # through the receive path (the seeded windows drop what was handled), queued
             # behind the barrier in stream order; peers' logs are asked for what is left.
