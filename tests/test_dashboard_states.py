@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from spiralfast.enums import NodeStatus
-from spiralfast.nodestate import state_kind
+from spiralfast.protocol.states import state_kind
 
 from .conftest import require
 from .procs import NodeProc
