@@ -15,17 +15,16 @@ import collections
 import logging
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import picows
 
+from ..._log import RateLimitedLog
 from ...wire._native import load
 from ...wire.limits import MAX_PREAUTH_FRAME_SIZE, MAX_PREAUTH_FRAMES
-from ..base import FrameData, LinkInfo, LinkSession
+from ..base import FrameData, LinkHost, LinkInfo, LinkSession
 from . import _wslistener_py
-
-if TYPE_CHECKING:
-    from .transport import WebSocketTransport
+from .settings import WSSettings
 
 log = logging.getLogger("spiralfast.ws")
 
@@ -45,13 +44,30 @@ WS_FRAME_LIMIT = MAX_PREAUTH_FRAME_SIZE
 _PING = struct.Struct("<d")
 
 
+class LinkOwner(Protocol):
+    """What a link needs of its transport (``WebSocketTransport``)."""
+
+    host: LinkHost
+    settings: WSSettings
+    links: set[WSLink]
+    errlog: RateLimitedLog
+    frame_errors: int
+    slow_drops: int
+
+    def link_connected(self, link: WSLink) -> None: ...
+
+    def close_door(self, tr: asyncio.Transport) -> None: ...
+
+    def watch_slow(self, link: WSLink) -> None: ...
+
+
 class WSLink:
     """One WebSocket connection, either side."""
 
     transport = "websocket"
     shared_bus = False
 
-    def __init__(self, owner: WebSocketTransport, outbound: bool, url: str | None = None) -> None:
+    def __init__(self, owner: LinkOwner, outbound: bool, url: str | None = None) -> None:
         self.owner = owner
         self.host = owner.host
         self.session: LinkSession | None = None

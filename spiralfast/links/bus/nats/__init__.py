@@ -5,6 +5,7 @@ private API), ``transport.py`` (``NatsTransport``, a ``links.base.BusLink``) and
 from __future__ import annotations
 
 from .client import mask_url
-from .transport import CONNECT_TIMEOUT, NatsSettings, NatsTransport, server_list, subject_token
+from .settings import NatsSettings, server_list, subject_token
+from .transport import CONNECT_TIMEOUT, NatsTransport
 
 __all__ = ["CONNECT_TIMEOUT", "NatsSettings", "NatsTransport", "mask_url", "server_list", "subject_token"]

@@ -17,7 +17,6 @@ import struct
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from ...._log import RateLimitedLog
 from ....errors import FrameError
@@ -26,9 +25,7 @@ from ....wire.codec import FrameWriter, decode_frame
 from ....wire.sealing import BusSealer, bus_identity
 from ...base import BusLink, LinkHost
 from .client import NatsClient, mask_url
-
-if TYPE_CHECKING:
-    from .transport import NatsSettings
+from .settings import NatsSettings
 
 log = logging.getLogger("spiralfast.nats")
 
