@@ -1,0 +1,128 @@
+"""Signed endpoints in membership, as the mutation run (tools/mutation.sh, docs/mutation.md)
+asked for: exactly what a node signs, when it signs again, which key a gossiped endpoint
+must be signed with (pinned, else the one its node's own record gave, else the one the
+record carries) and the refusal count.  Fake node table, no event loop."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+from typing import Any
+
+from spiralfast.enums import NodeStatus
+from spiralfast.protocol.membership import Membership, endpoint_claim
+from spiralfast.records import MeshNode
+from spiralfast.wire.signing import NodeKey, self_record_bytes, verify
+
+WALL = datetime(2026, 1, 2, 3, 4, 5)
+
+
+class Table:
+    """The ``NodeTable`` port, nothing more."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, MeshNode] = {}
+
+    def register_node(self, node: MeshNode) -> bool:
+        new = node.node_id not in self.nodes
+        self.nodes[node.node_id] = node
+        return new
+
+    def unregister_node(self, node_id: str) -> bool:
+        return self.nodes.pop(node_id, None) is not None
+
+    def update_node_heartbeat(self, node_id: str, data: dict[str, Any]) -> bool:
+        return node_id in self.nodes
+
+
+def membership() -> Membership:
+    local = MeshNode("me", "me", NodeStatus.INITIALIZING, [], 0, 0.0, WALL, {})
+    m = Membership(local, Table(), 10.0, 3.0, rng=random.Random(3), wall=lambda: WALL)
+    m.join_local()
+    return m
+
+
+def signed(key: NodeKey, nid: str, ep: str, mesh: str = "mesh", carried: NodeKey | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"node_id": nid, "websocket_endpoint": ep,
+                           "metadata": {"public_key": (carried or key).public.hex(), "incarnation": "i1"}}
+    rec["metadata"]["endpoint_sig"] = key.sign(endpoint_claim(rec, mesh)).hex()
+    return rec
+
+
+def test_the_claim_covers_id_endpoint_incarnation_key_and_mesh() -> None:
+    rec = {"node_id": "n", "websocket_endpoint": "ws://n", "name": "ignored",
+           "metadata": {"incarnation": "i7", "public_key": "ab", "other": 1}}
+    assert endpoint_claim(rec, "m") == self_record_bytes(
+        {"node_id": "n", "websocket_endpoint": "ws://n", "incarnation": "i7", "public_key": "ab", "mesh": "m"})
+    # metadata that is not a dict: no incarnation nor key
+    assert endpoint_claim({"node_id": "n", "metadata": "junk"}, "m") == self_record_bytes(
+        {"node_id": "n", "websocket_endpoint": None, "incarnation": None, "public_key": None, "mesh": "m"})
+
+
+def test_sign_local_signs_the_claim_once_per_change() -> None:
+    m = membership()
+    key = NodeKey.generate()
+    calls: list[bytes] = []
+
+    def sign(data: bytes) -> bytes:
+        calls.append(data)
+        return key.sign(data)
+
+    m.local.metadata["public_key"] = key.public.hex()
+    m.local.metadata["incarnation"] = "i1"
+    m.local.websocket_endpoint = "ws://me"
+    m.enable_signed_endpoints(sign, "mesh")
+
+    def sig_ok() -> bool:
+        claim = endpoint_claim(m.local.to_dict(), "mesh")
+        return verify(key.public, claim, bytes.fromhex(m.local.metadata["endpoint_sig"]))
+
+    assert len(calls) == 1 and sig_ok()
+    m.sign_local()
+    assert len(calls) == 1  # nothing changed: not signed again
+    m.local.metadata["incarnation"] = "i2"
+    m.sign_local()
+    assert len(calls) == 2 and sig_ok()
+    m.local.metadata["public_key"] = NodeKey.generate().public.hex()
+    m.sign_local()
+    assert len(calls) == 3
+    m.local.websocket_endpoint = None
+    m.sign_local()
+    assert "endpoint_sig" not in m.local.metadata and len(calls) == 3
+
+
+def test_every_refusal_is_counted_once() -> None:
+    m = membership()
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    assert not m.endpoint_ok({"node_id": 5, "metadata": {}})
+    assert m.endpoints_refused == 1
+    assert not m.endpoint_ok({"node_id": "q", "metadata": {"public_key": "zz", "endpoint_sig": "00"}})
+    assert m.endpoints_refused == 2
+    assert not m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q", carried=NodeKey.generate()))
+    assert m.endpoints_refused == 3
+    assert m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q"))
+    assert m.endpoints_refused == 3
+
+
+def test_unsigned_mode_accepts_anything() -> None:
+    m = membership()
+    assert m.endpoint_ok({"node_id": 5})
+    assert m.endpoints_refused == 0
+
+
+def test_the_key_a_node_s_own_record_gave_wins_over_the_one_carried() -> None:
+    m = membership()
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    known, other = NodeKey.generate(), NodeKey.generate()
+    m.nodes["q"] = MeshNode("q", "q", NodeStatus.ACTIVE, [], 0, 0.0, WALL, {"public_key": known.public.hex()})
+    assert not m.endpoint_ok(signed(other, "q", "ws://q"))  # self-consistent, but not q's known key
+    assert m.endpoint_ok(signed(known, "q", "ws://q"))
+
+
+def test_a_known_key_that_is_not_hex_falls_back_to_the_carried_one() -> None:
+    m = membership()
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    m.nodes["q"] = MeshNode("q", "q", NodeStatus.ACTIVE, [], 0, 0.0, WALL, {"public_key": "not hex"})
+    assert m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q"))
+    m.nodes["q"].metadata["public_key"] = 12  # not a string: ignored too
+    assert m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q"))
