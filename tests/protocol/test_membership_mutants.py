@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from spiralfast.enums import NodeStatus
-from spiralfast.protocol.membership import Membership, endpoint_claim
+from spiralfast.protocol.membership import Dial, Membership, SendAck, endpoint_claim
 from spiralfast.records import MeshNode
 from spiralfast.wire.signing import NodeKey, self_record_bytes, verify
 
@@ -117,6 +117,94 @@ def test_the_key_a_node_s_own_record_gave_wins_over_the_one_carried() -> None:
     m.nodes["q"] = MeshNode("q", "q", NodeStatus.ACTIVE, [], 0, 0.0, WALL, {"public_key": known.public.hex()})
     assert not m.endpoint_ok(signed(other, "q", "ws://q"))  # self-consistent, but not q's known key
     assert m.endpoint_ok(signed(known, "q", "ws://q"))
+
+
+def test_starting_values() -> None:
+    rng = random.Random(1)
+    local = MeshNode("me", "me", NodeStatus.INITIALIZING, [], 0, 0.0, WALL, {})
+    m = Membership(local, Table(), 10.0, rng=rng)
+    assert m.rng is rng and m.now == 0.0 and m.endpoints_refused == 0 and m.signer is None
+
+
+# -- seen, heard, heartbeats, gossip ------------------------------------------------------
+
+
+def test_second_hand_record_of_a_known_node_refreshes_it_but_keeps_its_fields() -> None:
+    m = membership()
+    m.seen({"node_id": "p", "name": "p-name"}, 1.0)
+    node = m.nodes["p"]
+    node.status = NodeStatus.DISCONNECTED
+    assert m.seen({"node_id": "p", "name": "other", "websocket_endpoint": "ws://p"}, 2.0) == []
+    assert node.name == "p-name"  # not authoritative: the name stays
+    assert node.websocket_endpoint == "ws://p" and node.status is NodeStatus.ACTIVE
+    assert node.last_heartbeat == WALL and m.last_seen["p"] == 2.0 and m.now == 2.0
+    m.seen({"node_id": "p", "websocket_endpoint": 5}, 3.0)  # not a string: ignored
+    assert node.websocket_endpoint == "ws://p"
+
+
+def test_a_malformed_record_still_joins_under_a_default_name() -> None:
+    m = membership()
+    eff = m.seen({"node_id": "abcdefghijkl", "status": "no-such-status"}, 1.0)
+    assert [type(e).__name__ for e in eff] == ["Joined"]
+    assert m.nodes["abcdefghijkl"].name == "codex_node_abcdefgh"
+
+
+def test_a_heartbeat_introduces_its_node() -> None:
+    from spiralfast.wire import schema
+
+    m = membership()
+    m.on_heartbeat(schema.Heartbeat("abcdefghijkl", "dormant", 2, 0.5, 0.0), 1.0)
+    node = m.nodes["abcdefghijkl"]
+    assert node.name == "codex_node_abcdefgh" and node.status is NodeStatus.DORMANT
+
+
+def test_heard_revives_and_moves_last_seen_forward_only() -> None:
+    from spiralfast.wire import schema
+
+    m = membership()
+    m.seen({"node_id": "p"}, 1.0)
+    m.nodes["p"].status = NodeStatus.DISCONNECTED
+    m.nodes["p"].last_heartbeat = datetime(2000, 1, 1)
+    m.on_ping(schema.Ping(7, "p"), "p", 5.0)
+    assert m.last_seen["p"] == 5.0 and m.nodes["p"].status is NodeStatus.ACTIVE
+    assert m.nodes["p"].last_heartbeat == WALL
+    m.on_ping(schema.Ping(8, "p"), "p", 4.0)  # an older time: last_seen stays
+    assert m.last_seen["p"] == 5.0
+    del m.last_seen["p"]
+    m.on_ping(schema.Ping(9, "p"), "p", 6.0)  # known, but never timed: stays untimed
+    assert "p" not in m.last_seen
+    assert m.on_ping(schema.Ping(1, "ghost"), "ghost", 7.0) == [SendAck("ghost", "me", 1)]  # only the answer
+    assert "ghost" not in m.nodes
+
+
+def test_gossip_skips_junk_and_self_and_goes_on() -> None:
+    from spiralfast.wire import schema
+
+    m = membership()
+    g = schema.Gossip(["junk", {"node_id": "me", "websocket_endpoint": "ws://me"},
+                       {"node_id": "", "websocket_endpoint": "ws://nobody"},
+                       {"node_id": "q", "websocket_endpoint": "ws://q"}])
+    eff = m.on_gossip(g, "p", 1.0, learn=True, dial=True)
+    assert [e for e in eff if isinstance(e, Dial)] == [Dial("ws://q", "q")]
+    assert "q" in m.nodes
+
+
+def test_gossip_sender_s_own_record_is_authoritative_and_keeps_earlier_effects() -> None:
+    from spiralfast.wire import schema
+
+    m = membership()
+    m.seen({"node_id": "p", "name": "old"}, 1.0)
+    g = schema.Gossip([{"node_id": "q"}, {"node_id": "p", "name": "new"}])
+    eff = m.on_gossip(g, "p", 2.0, learn=True, dial=False)
+    assert [type(e).__name__ for e in eff] == ["Joined"]  # q joined; p's refresh has no effect
+    assert m.nodes["p"].name == "new" and m.last_seen["p"] == 2.0
+
+
+def test_learn_updates_a_known_node_s_endpoint() -> None:
+    m = membership()
+    m.seen({"node_id": "p"}, 1.0)
+    assert m.learn({"node_id": "p", "websocket_endpoint": "ws://p2"}, 2.0) == []
+    assert m.nodes["p"].websocket_endpoint == "ws://p2"
 
 
 def test_a_known_key_that_is_not_hex_falls_back_to_the_carried_one() -> None:
