@@ -238,3 +238,199 @@ def test_step_back_leaves_a_correction_of_exactly_clock_step() -> None:
 def test_step_back_beyond_the_correction_restamps_the_rest() -> None:
     assert step_back(5000, -2000) == StepBack(2000, 0, 3000)
     assert step_back(5000, 0) == StepBack(0, 0, 5000)
+
+
+# -- the clock and the hashes ----------------------------------------------------------------
+
+
+def test_hlc_tick_and_now_start_at_the_wall_clock_and_never_repeat() -> None:
+    c = ss.HybridClock(lambda: T0_MS)
+    assert c.tick(T0_MS) == H0
+    assert c.tick(T0_MS) == H0 + 1
+    c2 = ss.HybridClock(lambda: T0_MS)
+    assert c2.now() == H0 and c2.now() == H0 + 1 and c2.now() == H0 + 2
+
+
+def test_entry_hash_is_an_8_byte_little_endian_blake2b() -> None:
+    h = hashlib.blake2b(b"agents\0k\0" + str(H0).encode() + b"\0n\0" + b"1", digest_size=8)
+    assert ss.entry_hash("agents", "k", H0, "n", True) == int.from_bytes(h.digest(), "little")
+
+
+def test_digests_are_lower_case_hex_of_the_xor() -> None:
+    s = LwwStore()
+    s.store(entry("x", H0, "n"), T0)
+    s.store(entry("y", H0 + 1, "n"), T0)
+    want = ss.entry_hash("agents", "x", H0, "n", False) ^ ss.entry_hash("agents", "y", H0 + 1, "n", False)
+    d = s.digests(lambda c: True)
+    assert d["agents"] == format(want, "x") and d["rituals"] == "0"
+
+
+def test_a_tombstone_far_in_the_future_is_stored() -> None:
+    s = LwwStore()
+    far = hlc_at(10**15)  # beyond datetime's range: only a live entry needs a timestamp
+    s.store(entry("x", far, deleted=True), T0)
+    assert s.clocks[("agents", "x")][0] == far
+
+
+# -- what a peer lacks -----------------------------------------------------------------------
+
+
+def test_entries_newer_than_compares_hlc_then_node() -> None:
+    r = Replica("me")
+    merged(r, entry("same", H0, "b"), entry("older-there", H0 + 5, "b"), entry("node-tie", H0, "b"),
+           entry("new", H0, "b"), entry("s", H0, "b", category="system"))
+    r.shared = {"agents"}
+    known = {"system": {}, "agents": {"same": [H0, "b"], "older-there": [H0 + 4, "z"], "node-tie": [H0, "a"]}}
+    got = sorted(e.key for e in r.entries_newer_than(known))
+    assert got == ["new", "node-tie", "older-there"]
+    assert [e.key for e in r.entries_newer_than({"agents": {"same": [H0, "b"], "older-there": [H0 + 5, "b"],
+                                                            "node-tie": [H0, "b"], "new": [H0, "b"]}})] == []
+
+
+def test_differing_categories_missing_counts_as_empty() -> None:
+    assert ss.differing_categories({}, {"agents": "0", "system": "ab"}, lambda c: True) == ["system"]
+    assert ss.differing_categories({"agents": "1"}, {"agents": "2", "system": "3"}, {"agents"}.__contains__) == ["agents"]
+
+
+def test_lacks_any() -> None:
+    mine = {"agents": {"k": [H0, "a"]}}
+    assert not ss.lacks_any(mine, {"agents": {"k": [H0, "a"]}})
+    assert ss.lacks_any(mine, {"agents": {"k": [H0 + 1, "a"]}})
+    assert ss.lacks_any(mine, {"system": {"k": [H0, "a"]}})  # a category we do not have
+
+
+def test_delta_chunks_by_size_and_count() -> None:
+    es = [entry(f"k{i}") for i in range(4)]
+    size = {"k0": 5, "k1": 5, "k2": 10, "k3": 5}
+
+    def size_of(e: StateEntry) -> int:
+        return size[e.key]
+
+    assert ss.delta_chunks(es[:2], size_of, 10) == [es[:2]]  # exactly max_bytes: one delta
+    assert ss.delta_chunks([es[2], es[0], es[1]], size_of, 10) == [[es[2]], [es[0], es[1]]]
+    assert ss.delta_chunks(es, size_of, 100, 3) == [es[:3], es[3:]]
+
+
+def test_delta_messages_split_at_state_chunk_bytes() -> None:
+    r = Replica("me")
+    es = [entry(f"k{i}", value="x" * 600) for i in range(3)]  # ~1.9 kB: one delta
+    msgs = r.delta_messages(es)
+    assert len(msgs) == 1 and msgs[0][1].entries == es
+
+
+# -- boundaries ------------------------------------------------------------------------------
+
+
+def test_too_far_ahead_boundary() -> None:
+    assert not ss.too_far_ahead(hlc_at(T0_MS + 60_000), T0_MS, 60.0)
+    assert ss.too_far_ahead(hlc_at(T0_MS + 60_001), T0_MS, 60.0)
+
+
+def test_rejoin_after_exactly_the_absence_is_no_rejoin() -> None:
+    assert ss.rejoin_from(None, 100.0, 130.0, 30.0) is None
+    assert ss.rejoin_from(None, 100.0, 130.5, 30.0) == 100.0
+
+
+def test_notice_decision_boundaries() -> None:
+    assert ss.notice_decision(5000, 0, T0_MS, 5000) is ss.Notice.STALE
+    assert ss.notice_decision(5001, 0, T0_MS, 5000) is ss.Notice.CORRECT
+    assert ss.notice_decision(1, 0, T0_MS, 0) is ss.Notice.CORRECT
+    assert ss.notice_decision(ss.MAX_CLOCK_CORRECTION_MS, 0, T0_MS, 0) is ss.Notice.CORRECT
+    assert ss.notice_decision(ss.MAX_CLOCK_CORRECTION_MS + 1, 0, T0_MS, 0) is ss.Notice.ABSURD
+    assert ss.notice_decision(10_000, 0, 1, 0) is ss.Notice.CORRECT
+    assert ss.notice_decision(10_000, 0, 0, 0) is ss.Notice.ABSURD
+
+
+# -- replica counters, resync, restamp -------------------------------------------------------
+
+
+def test_get_local_state_copies_every_category() -> None:
+    r = Replica("me")
+    merged(r, entry("x", value="v"))
+    everything = r.get_local_state()
+    assert everything["agents"]["x"]["value"] == "v" and everything["system"] == {}
+    everything["agents"].clear()
+    assert "x" in r.sync_categories["agents"]
+
+
+def test_counters_add_up() -> None:
+    r = Replica("me")
+    merged(r, entry("a", deleted=True), entry("b", deleted=True), now=T0)
+    assert r.collect(T0 + r.tombstone_ttl + 1) == 2
+    merged(r, entry("c", H0 + 10, deleted=True), now=T0)
+    r.collect(T0 + r.tombstone_ttl + 1)
+    assert r.stats["tombstones_collected"] == 3 and r.collected_upto == H0 + 10
+    r.repair_request({"agents": "1"})
+    r.repair_request({"agents": "2"})
+    assert r.stats["repairs"] == 2
+    r.resync(T0, hlc_at(T0_MS + 5))
+    r.resync(T0, hlc_at(T0_MS + 5))
+    assert r.stats["full_resyncs"] == 2
+
+
+def test_resync_drops_shared_entries_and_tombstones_stamped_before_the_horizon() -> None:
+    r = Replica("me")
+    r.shared = {"agents"}
+    merged(r, entry("old", H0 - 1), entry("dead", H0 - 2, deleted=True), entry("edge", hlc_at(T0_MS + 1)),
+           entry("s", H0 - 1, category="rituals"))
+    r.shared = None
+    merged(r, entry("s", H0 - 1, category="rituals"))
+    r.shared = {"agents"}
+    assert r.resync(T0, hlc_at(T0_MS)) == 2  # horizon: one ms after T0
+    assert set(r.store.clocks) == {("agents", "edge"), ("rituals", "s")}
+
+
+def test_restamp_moves_our_future_entries_and_finds_the_floor() -> None:
+    r = Replica("me")
+    now_ms = T0_MS
+    r.store.store(entry("at-now", hlc_at(now_ms), "me"), T0)
+    r.store.store(entry("mine", hlc_at(now_ms + 90_000), "me", value="v"), 123.0)
+    r.store.store(entry("theirs", hlc_at(now_ms + 30_000), "peer"), T0)
+    moved, floor = r.restamp(80_000, now_ms)
+    assert [(e.key, e.hlc, e.value) for e in moved] == [("mine", hlc_at(now_ms + 10_000), "v")]
+    assert r.store.clocks[("agents", "mine")][3] == 123.0  # the write's wall time is kept
+    assert r.store.clocks[("agents", "at-now")][0] == hlc_at(now_ms)
+    assert floor == hlc_at(now_ms + 30_000)  # the newest stamp within max_clock_offset
+    assert r.stats["restamped"] == 1 and r.state_version == 1
+    r.store.store(entry("mine2", hlc_at(now_ms + 90_000), "me"), T0)
+    r.restamp(80_000, now_ms)
+    assert r.stats["restamped"] == 3 and r.state_version == 2  # mine (still after now) and mine2
+
+
+def test_restamp_floor_up_to_exactly_the_offset() -> None:
+    r = Replica("me")
+    merged(r, entry("theirs", hlc_at(T0_MS + 60_000), "peer"))
+    assert r.restamp(1000, T0_MS) == ([], hlc_at(T0_MS + 60_000))
+    r2 = Replica("me")
+    r2.max_clock_offset = 120.0
+    merged(r2, entry("theirs", hlc_at(T0_MS + 60_001), "peer"))
+    r2.max_clock_offset = 60.0
+    assert r2.restamp(1000, T0_MS) == ([], hlc_at(T0_MS))
+
+
+def test_restamp_never_below_one() -> None:
+    s = LwwStore()
+    s.store(entry("x", hlc_at(10), "me"), 1.0)
+    moved, _ = s.restamp_future("me", 5, 10**6, 0)
+    assert [e.hlc for e in moved] == [1]
+
+
+# -- snapshots: keys with a NUL, the old format through a replica ----------------------------
+
+
+def test_snapshot_tombstone_key_may_hold_a_nul() -> None:
+    r = Replica("me")
+    merged(r, entry("a\0b", H0, deleted=True))
+    got = Replica("o").snapshot_entries(r.snapshot(datetime(2024, 1, 1)))
+    assert got is not None and [(e.category, e.key, e.deleted) for e in got] == [("agents", "a\0b", True)]
+
+
+def test_old_format_snapshot_through_a_replica_is_the_snapshot_node_s() -> None:
+    from spiralfast.records import StateSnapshot
+
+    ts = datetime.fromtimestamp(T0).isoformat()
+    cats = {"agents": {"a": {"value": 1, "timestamp": ts}}}
+    snap = StateSnapshot(node_id="old", timestamp=datetime(2024, 1, 1), version=1, state_hash=ss.state_hash(cats),
+                         data={"categories": cats})
+    got = Replica("me").snapshot_entries(snap)
+    assert got is not None and [e.node for e in got] == ["old"]
