@@ -434,3 +434,15 @@ def test_old_format_snapshot_through_a_replica_is_the_snapshot_node_s() -> None:
                          data={"categories": cats})
     got = Replica("me").snapshot_entries(snap)
     assert got is not None and [e.node for e in got] == ["old"]
+
+
+def test_hlc_first_tick_at_wall_zero_is_one() -> None:
+    assert ss.HybridClock(lambda: 0).tick(0) == 1
+
+
+def test_drop_after_the_view_was_replaced() -> None:
+    r = Replica("me")
+    merged(r, entry("x"))
+    r.sync_categories = {}  # the old API may assign the view
+    assert r.store.drop("agents", "x")[0] == H0
+    assert ("agents", "x") not in r.store.clocks
