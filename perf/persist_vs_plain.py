@@ -151,7 +151,7 @@ def one_run(mode: str, n: int, where: str) -> dict[str, Any]:
 
 async def writer_alone(mode: str, n: int, where: str) -> float:
     """Events/s of the event log alone: record() n envelopes, wait until committed."""
-    from spiralfast.eventlog import EventLog
+    from spiralfast.store.eventlog import EventLog
 
     core = MeshCore(_cfg(mode, where, node_id="w", enable_websocket=False))
     elog = EventLog(core)

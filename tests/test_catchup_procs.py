@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spiralfast.eventlog import BATCH_MAX_AGE_S
+from spiralfast.store.eventlog import BATCH_MAX_AGE_S
 from tests import services
 from tests.catchup_worker import Node, read_handled
 from tests.conftest import require

@@ -2,7 +2,7 @@
 
 ``SPIRALFAST_PUREPYTHON=1`` forces the twins.  When the extensions were not built,
 the twins load with one warning.  Module names are given relative to the ``spiralfast``
-package (``"wire._codec"``, ``"links._wslistener"``), so every layer's compiled module
+package (``"wire._codec"``, ``"links.ws._wslistener"``), so every layer's compiled module
 loads through this one switch.
 """
 
