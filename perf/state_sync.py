@@ -20,8 +20,8 @@ import orjson
 import uvloop
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.schema import StateDelta, StateDigest, StateEntry
 from spiralfast.node.sync import StateSynchronizer
+from spiralfast.schema import StateDelta, StateDigest, StateEntry
 
 N_NODES = 5
 N_KEYS = 10_000

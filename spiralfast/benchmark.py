@@ -30,9 +30,9 @@ import sys
 import time
 from typing import Any
 
+from .errors import ConfigError, LinkError
 from .node.config import MeshConfig
 from .node.core import MeshCore
-from .errors import ConfigError, LinkError
 from .safetext import mask_secrets
 
 

@@ -15,14 +15,15 @@ from typing import Any
 
 import picows
 
+from .errors import AuthError, FrameError, HandshakeError, LinkError, ProtocolError
+from .links.ws import WS_FRAME_LIMIT, send_frame
+from .node.outbox import single_frame
+from .ops.queries import FOLLOW_QID
+from .protocol.handshake import Handshake
 from .wire import schema
 from .wire.codec import decode_frame, decode_payload
-from .errors import AuthError, FrameError, HandshakeError, LinkError, ProtocolError
-from .protocol.handshake import Handshake
 from .wire.limits import MAX_FRAME_SIZE
-from .links.ws import WS_FRAME_LIMIT, send_frame
-from .ops.queries import FOLLOW_QID
-from .node.outbox import single_frame
+
 
 class _ClientListener(picows.WSListener):  # type: ignore[misc]
     def __init__(self, inbox: asyncio.Queue[Any]) -> None:

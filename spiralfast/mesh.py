@@ -1,12 +1,13 @@
 """``spiralfast.mesh``: the same names as ``spiralcodex.mesh`` (and ``spiralfast``)."""
 
+from .errors import NoNodeForTask, TaskError, TaskTimeout
 from .node.bus import EventBus
 from .node.config import MeshConfig
 from .node.core import MeshCore
-from .errors import NoNodeForTask, TaskError, TaskTimeout
 from .node.registry import MeshRegistry
 from .node.sync import StateSynchronizer
-from .records import (    EventType,
+from .records import (
+    EventType,
     MeshNode,
     NodeCapability,
     NodeStatus,

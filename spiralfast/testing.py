@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .links.loopback import LoopbackHub
 from .node.config import MeshConfig
 from .node.core import MeshCore
-from .links.loopback import LoopbackHub
 
 __all__ = ["LoopbackHub", "LocalMesh", "wait_for"]
 

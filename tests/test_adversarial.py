@@ -23,9 +23,9 @@ import pytest
 from spiralfast import schema
 from spiralfast.busauth import BusSealer
 from spiralfast.codec import FrameWriter, decode_frame, decode_payload
-from spiralfast.protocol.handshake import NONCE_SIZE, auth_proof
 from spiralfast.limits import HANDSHAKE_VERSION
 from spiralfast.links.ws import BACKOFF_JITTER, REFUSED_BACKOFF_INITIAL
+from spiralfast.protocol.handshake import NONCE_SIZE, auth_proof
 
 from .procs import NodeProc
 from .test_redis_link import REDIS_URL, _redis_or_fail

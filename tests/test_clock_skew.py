@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from spiralfast import schema
-from spiralfast.schema import StateEntry
 from spiralfast.node.sync import StateSynchronizer, hlc_wall
+from spiralfast.schema import StateEntry
 from spiralfast.testing import LocalMesh
 
 from .waiting import wait_until

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from spiralfast import settings
+from spiralfast.node import settings
 from spiralfast._log import BackoffLog, JsonFormatter, RateLimitedLog, setup_logging
-from spiralfast.node.config import MeshConfig
 from spiralfast.errors import ConfigError
+from spiralfast.node.config import MeshConfig
 
 
 def test_every_meshconfig_field_is_a_setting_with_help() -> None:

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spiralfast import MeshConfig, MeshCore
-from spiralfast.schema import StateEntry
 from spiralfast.node.sync import StateSynchronizer
+from spiralfast.schema import StateEntry
 from spiralfast.testing import LocalMesh
 
 from .procs import NodeProc

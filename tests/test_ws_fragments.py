@@ -24,8 +24,8 @@ import pytest
 from spiralfast import MeshConfig, MeshCore, schema
 from spiralfast.client import ObserverClient
 from spiralfast.codec import decode_frame, decode_payload
-from spiralfast.protocol.handshake import Handshake
 from spiralfast.node.outbox import single_frame
+from spiralfast.protocol.handshake import Handshake
 
 from .waiting import wait_until
 

@@ -18,28 +18,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..wire import schema
 from .._aio import cancel_all
 from .._version import __version__
-from .bus import EventBus
-from ..wire.sealing import KeyPins
 from ..links.base import LegacyRouter
-from .config import MeshConfig
-from .dispatch import Dispatcher, EnvelopeHandler
-from ..wire.fastpath import EventSender
-from .gate import Gate
-from .host import NodeHost
-from ..wire.limits import FLUSH_THRESHOLD_BYTES
-from ..protocol.membership import Membership
 from ..ops.metrics import LatencyHistogram
 from ..ops.queries import push_follow
 from ..ops.status import envelope, mesh_status, node_counters
+from ..protocol.membership import Membership
+from ..records import EventType, MeshNode, NodeStatus, RitualEvent
+from ..wire import schema
+from ..wire.fastpath import EventSender
+from ..wire.limits import FLUSH_THRESHOLD_BYTES
+from ..wire.sealing import KeyPins
+from ..wire.signing import NodeKey
+from .bus import EventBus
+from .config import MeshConfig
+from .dispatch import Dispatcher, EnvelopeHandler
+from .gate import Gate
+from .host import NodeHost
 from .opsport import NodeOps
 from .outbox import YIELD_EVERY, Outbox
 from .registry import MeshRegistry
-from ..wire.signing import NodeKey
 from .sync import StateSynchronizer
-from ..records import EventType, MeshNode, NodeStatus, RitualEvent
 
 log = logging.getLogger("spiralfast.node.core")
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import safetext
-from .config import MeshConfig
 from ..errors import ConfigError
+from .config import MeshConfig
 
 #: Environment variables start with this.
 ENV_PREFIX = "SPIRALFAST_"
