@@ -10,7 +10,15 @@ from datetime import datetime
 from typing import Any
 
 from spiralfast.enums import NodeStatus
-from spiralfast.protocol.membership import Dial, Membership, SendAck, endpoint_claim
+from spiralfast.protocol.membership import (
+    RELEARN_FACTOR,
+    SILENCE_FACTOR,
+    Dial,
+    Membership,
+    SendAck,
+    Suspicion,
+    endpoint_claim,
+)
 from spiralfast.records import MeshNode
 from spiralfast.wire.signing import NodeKey, self_record_bytes, verify
 
@@ -214,3 +222,194 @@ def test_a_known_key_that_is_not_hex_falls_back_to_the_carried_one() -> None:
     assert m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q"))
     m.nodes["q"].metadata["public_key"] = 12  # not a string: ignored too
     assert m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q"))
+
+
+# -- suspicion, probes, removal, the sweep -------------------------------------------------
+
+HB = 10.0  # membership()'s heartbeat interval; its suspicion timeout is 3 s
+
+
+def with_peers(*ids: str, linked: bool = False) -> Membership:
+    m = membership()
+    for nid in ids:
+        m.seen({"node_id": nid}, 0.0)
+        if linked:
+            m.linked.add(nid)
+    return m
+
+
+def test_hearing_from_a_suspect_refutes_the_suspicion() -> None:
+    from spiralfast.protocol.membership import Refuted
+
+    m = with_peers("p")
+    m.suspect("p", 1.0)
+    assert m.seen({"node_id": "p"}, 2.0) == [Refuted("p", "heard")]
+    assert not m.is_suspect("p")
+
+
+def test_heartbeat_and_local_record_carry_the_local_node() -> None:
+    m = membership()
+    m.local.recursion_depth, m.local.entropy_level = 3, 0.25
+    m.local.last_heartbeat = datetime(2000, 1, 1)
+    hb = m.heartbeat(123.0)
+    assert (hb.node_id, hb.status, hb.recursion_depth, hb.entropy_level, hb.sent_at) == (
+        "me", m.local.status.value, 3, 0.25, 123.0)
+    assert m.local.last_heartbeat == WALL
+    m.local.last_heartbeat = datetime(2000, 1, 1)
+    assert m.local_record()["node_id"] == "me" and m.local.last_heartbeat == WALL
+
+
+def test_a_link_we_closed_suspects_no_one() -> None:
+    m = with_peers("p", linked=True)
+    assert m.link_lost("p", 5.0) == []
+    assert not m.is_suspect("p") and m.nodes["p"].status is NodeStatus.DISCONNECTED
+
+
+def test_a_link_closed_by_the_peer_suspects_it_and_times_the_probes() -> None:
+    from spiralfast.protocol.membership import PROBE_ROUNDS, Suspected
+
+    m = with_peers("p", "h", linked=True)
+    eff = m.link_lost("p", 5.0, by_peer=True)
+    assert eff[0] == Suspected("p") and m.now == 5.0
+    s = m.suspects["p"]
+    assert (s.since, s.deadline) == (5.0, 8.0)
+    assert s.next_probe == 5.0 + 3.0 / PROBE_ROUNDS
+    assert s.nonce >= 1 and s.nonce < 2**62 + 1
+
+
+def test_suspect_only_a_known_unlinked_other_node_once() -> None:
+    m = with_peers("p", "q", linked=True)
+    assert m.suspect("p", 1.0) == []  # linked: not suspected
+    assert m.suspect("me", 1.0) == []
+    m.linked.discard("p")
+    assert m.suspect("p", 1.0) != [] and m.suspect("p", 2.0) == []
+
+
+def test_suspicion_starts_now() -> None:
+    s = Suspicion(4.0, 9.0, 7)
+    assert (s.since, s.deadline, s.nonce, s.next_probe) == (4.0, 9.0, 7, 4.0)
+
+
+def test_probe_helpers_are_linked_known_non_suspects() -> None:
+    from spiralfast.protocol.membership import SendPingReq
+
+    m = with_peers("p", "h", "s", linked=True)
+    m.linked.add("ghost")  # linked but not in the table
+    m.suspects["s"] = Suspicion(0.0, 99.0, 1)
+    m.linked.discard("p")
+    eff = m.suspect("p", 1.0)
+    assert sorted(e.helper for e in eff if isinstance(e, SendPingReq)) == ["h"]
+
+
+def test_an_ack_from_the_node_itself_and_for_our_probe() -> None:
+    from spiralfast.protocol.membership import Refuted
+    from spiralfast.wire import schema
+
+    m = with_peers("p")
+    m.suspect("p", 1.0)
+    nonce = m.suspects["p"].nonce
+    m.forwards[nonce] = ("asker", 42, "p", 99.0)
+    eff = m.on_ack(schema.Ack("p", nonce), "p", 2.0)
+    assert eff == [Refuted("p", "heard"), SendAck("asker", "p", 42)]
+    assert m.last_seen["p"] == 2.0
+
+
+def test_an_ack_through_a_relay_keeps_the_forward() -> None:
+    from spiralfast.protocol.membership import Refuted
+    from spiralfast.wire import schema
+
+    m = with_peers("p")
+    m.suspect("p", 1.0)
+    nonce = m.suspects["p"].nonce
+    m.forwards[nonce] = ("asker", 42, "p", 99.0)
+    eff = m.on_ack(schema.Ack("p", nonce), "relay", 2.0)
+    assert eff == [SendAck("asker", "p", 42), Refuted("p", "answered through relay")]
+    assert m.last_seen["p"] == 0.0  # not heard from p itself
+
+
+def test_forwards_expire_at_their_deadline() -> None:
+    m = membership()
+    m.forwards[1] = ("a", 1, "p", 5.0)
+    m.sweep(5.0)
+    assert m.forwards == {}
+
+
+def test_remove_forgets_the_node() -> None:
+    m = with_peers("p", "q", linked=True)
+    m.suspects["p"] = Suspicion(0.0, 99.0, 1)
+    m.now = 7.0
+    assert [(e.node_id, e.reason) for e in m.remove("p", "left")] == [("p", "left")]  # type: ignore[attr-defined]
+    assert "p" not in m.last_seen and "p" not in m.suspects and "p" not in m.linked and m.removed == {"p": 7.0}
+    assert "q" in m.last_seen and "q" in m.linked
+    assert m.remove("nobody", "left") == [] and "nobody" not in m.removed
+
+
+def test_alive_moves_last_seen_forward_only_for_timed_nodes() -> None:
+    m = with_peers("p")
+    m.nodes["p"].last_heartbeat = datetime(2000, 1, 1)
+    m.alive("p", 5.0)
+    assert m.last_seen["p"] == 5.0 and m.nodes["p"].last_heartbeat == WALL
+    m.nodes["p"].last_heartbeat = datetime(2000, 1, 1)
+    m.alive("p", 5.0)  # not later: nothing changes
+    assert m.nodes["p"].last_heartbeat == datetime(2000, 1, 1)
+
+
+def test_stalled_moves_every_clock_on() -> None:
+    m = with_peers("p", "q")
+    m.last_seen["q"] = 2.0
+    m.suspect("p", 1.0)
+    m.stalled(10.0)
+    assert m.last_seen == {"p": 10.0, "q": 12.0} and m.suspects["p"].deadline == 14.0
+
+
+def test_sweep_timings() -> None:
+    m = with_peers("p", "q")
+    m.removed["gone"] = 0.0
+    m.sweep(RELEARN_FACTOR * HB - 0.5)  # both silent beyond the limit: both lost
+    assert "gone" in m.removed
+    m.sweep(RELEARN_FACTOR * HB)  # exactly the relearn time: forgotten
+    assert "gone" not in m.removed and set(m.removed) == {"p", "q"}  # removed just now: remembered
+
+
+def test_sweep_reports_every_loss() -> None:
+    m = with_peers("p", "q")
+    eff = m.sweep(SILENCE_FACTOR * HB + 1)
+    assert sorted((e.node_id, e.reason) for e in eff) == [("p", "silent"), ("q", "silent")]  # type: ignore[attr-defined]
+
+
+def test_sweep_removes_every_unreachable_suspect_and_probes_on_time() -> None:
+    from spiralfast.protocol.membership import Lost, SendPing
+
+    m = with_peers("p", "q", "r")
+    m.suspect("p", 1.0)
+    m.suspect("q", 1.0)
+    assert sorted((e.node_id, e.reason) for e in m.sweep(4.0) if isinstance(e, Lost)) == [
+        ("p", "unreachable"), ("q", "unreachable")]
+    m.suspect("r", 5.0)
+    nxt = m.suspects["r"].next_probe
+    assert [e.node_id for e in m.sweep(nxt) if isinstance(e, SendPing)] == ["r"]  # exactly on time
+
+
+def test_sweep_starts_the_clock_of_a_node_added_by_hand() -> None:
+    m = membership()
+    m.nodes["x"] = MeshNode("x", "x", NodeStatus.ACTIVE, [], 0, 0.0, WALL, {})
+    assert m.sweep(50.0) == [] and m.last_seen["x"] == 50.0
+
+
+def test_learn_boundaries() -> None:
+    m = with_peers("p")
+    m.now = 10.0
+    m.remove("p", "left")
+    assert m.learn({"node_id": "p"}, 10.0 + RELEARN_FACTOR * HB) != []  # exactly the relearn time: back
+    assert m.last_seen["p"] == 10.0 + RELEARN_FACTOR * HB
+    m.learn({"node_id": "p", "websocket_endpoint": 7}, 99.0)  # not a string: ignored
+    assert m.nodes["p"].websocket_endpoint is None
+
+
+def test_learn_refuses_an_unsigned_endpoint_but_keeps_the_node() -> None:
+    m = membership()
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    m.learn({"node_id": "n", "websocket_endpoint": "ws://n", "metadata": {}}, 1.0)
+    assert "n" in m.nodes and m.nodes["n"].websocket_endpoint is None
+    m.learn({"node_id": "o", "metadata": {}}, 1.0)  # no endpoint: not checked, not counted
+    assert "o" in m.nodes and m.endpoints_refused == 1

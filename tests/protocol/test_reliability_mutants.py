@@ -140,3 +140,43 @@ def test_token_bucket_fractional_tokens_are_no_debt() -> None:
     assert b.take(1, 0.0) == 0.0
     assert b.take(1, 0.5) == 0.0  # 0.5 token left: no wait
     assert b.take(1, 0.5) == 0.5  # 0.5 token owed: half a second
+
+
+def test_first_ask_follows_the_delay_even_early_on_the_clock(dedupe: Any) -> None:
+    rel = Reliability(dedupe)
+    see(dedupe, A, 1, 3)
+    assert rel.repair_tick(1.1, MEMBERS, "me") == []
+    assert rel.repair_tick(1.1 + REPAIR_DELAY, MEMBERS, "me") == [AskRepair("a", A, [2])]
+
+
+def test_a_given_up_origin_does_not_stop_the_next(dedupe: Any) -> None:
+    from spiralfast.protocol.reliability import REPAIR_ATTEMPTS, REPAIR_INTERVAL
+
+    rel = Reliability(dedupe)
+    see(dedupe, A, 1, 3)
+    see(dedupe, B, 1)
+    t = 10.0
+    rel.repair_tick(t, MEMBERS, "me")
+    t += REPAIR_DELAY
+    for _ in range(REPAIR_ATTEMPTS):
+        assert rel.repair_tick(t, MEMBERS, "me") == [AskRepair("a", A, [2])]
+        t += REPAIR_INTERVAL
+        if _ == REPAIR_ATTEMPTS - 2:
+            see(dedupe, B, 3)  # B's gap, noticed at the last ask of A
+    assert rel.repair_tick(t, MEMBERS, "me") == [AskRepair("b", B, [2])]  # A given up, B asked
+    assert dedupe.lost() == {A: 1}
+
+
+def test_an_origin_end_for_an_origin_never_seen_is_dropped(dedupe: Any) -> None:
+    rel = Reliability(dedupe)
+    rel.on_origin_end(A, 9, 0.0)
+    assert rel.repair_tick(100.0, {"me": MEMBERS["me"]}, "me") == []
+    assert not rel.origin_ends and dedupe.lost() == {}
+
+
+def test_an_origin_end_far_beyond_is_expected_in_full(dedupe: Any) -> None:
+    rel = Reliability(dedupe)
+    see(dedupe, A, 1, 2)
+    rel.on_origin_end(A, 1002, 0.0)
+    rel.repair_tick(100.0, {"me": MEMBERS["me"]}, "me")
+    assert dedupe.lost() == {A: 1000}
