@@ -132,6 +132,8 @@ def test_starting_values() -> None:
     local = MeshNode("me", "me", NodeStatus.INITIALIZING, [], 0, 0.0, WALL, {})
     m = Membership(local, Table(), 10.0, rng=rng)
     assert m.rng is rng and m.now == 0.0 and m.endpoints_refused == 0 and m.signer is None
+    m2 = Membership(MeshNode("me", "me", NodeStatus.INITIALIZING, [], 0, 0.0, WALL, {}), Table(), 10.0)
+    assert isinstance(m2.rng, random.Random)  # none given: its own
 
 
 # -- seen, heard, heartbeats, gossip ------------------------------------------------------

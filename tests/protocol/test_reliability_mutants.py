@@ -180,3 +180,10 @@ def test_an_origin_end_far_beyond_is_expected_in_full(dedupe: Any) -> None:
     rel.on_origin_end(A, 1002, 0.0)
     rel.repair_tick(100.0, {"me": MEMBERS["me"]}, "me")
     assert dedupe.lost() == {A: 1000}
+
+
+def test_an_origin_seen_only_at_sequence_zero_has_no_end_to_announce(dedupe: Any) -> None:
+    rel = Reliability(dedupe)
+    rel.origin_joined(A, "p")
+    see(dedupe, A, 0)
+    assert rel.origin_ended("p") == []
