@@ -412,6 +412,72 @@ def test_learn_refuses_an_unsigned_endpoint_but_keeps_the_node() -> None:
     m = membership()
     m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
     m.learn({"node_id": "n", "websocket_endpoint": "ws://n", "metadata": {}}, 1.0)
-    assert "n" in m.nodes and m.nodes["n"].websocket_endpoint is None
+    assert "n" in m.nodes and m.nodes["n"].websocket_endpoint is None and m.endpoints_refused == 1
     m.learn({"node_id": "o", "metadata": {}}, 1.0)  # no endpoint: not checked, not counted
     assert "o" in m.nodes and m.endpoints_refused == 1
+
+
+def test_a_refusal_after_another_is_counted_too() -> None:
+    m = membership()
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    assert not m.endpoint_ok(signed(NodeKey.generate(), "q", "ws://q", carried=NodeKey.generate()))
+    assert not m.endpoint_ok({"node_id": 5, "metadata": {}})
+    assert m.endpoints_refused == 2
+
+
+def test_signed_mode_checks_second_hand_endpoints_of_known_nodes() -> None:
+    m = with_peers("p")
+    m.enable_signed_endpoints(NodeKey.generate().sign, "mesh")
+    key = NodeKey.generate()
+    m.seen(signed(key, "p", "ws://p1"), 1.0)
+    assert m.nodes["p"].websocket_endpoint == "ws://p1"
+    m.learn(signed(key, "p", "ws://p2"), 2.0)
+    assert m.nodes["p"].websocket_endpoint == "ws://p2"
+
+
+def test_a_capability_change_updates_the_registry() -> None:
+    m = with_peers("p")
+    calls: list[str] = []
+    register = m.registry.register_node
+
+    def counting(node: MeshNode) -> bool:
+        calls.append(node.node_id)
+        return register(node)
+
+    m.registry.register_node = counting  # type: ignore[method-assign]
+    m.link_ready("p", {"capabilities": ["x"]}, 1.0)
+    assert calls == ["p"] and m.nodes["p"].capabilities == ["x"]
+    m.link_ready("p", {"capabilities": ["x"]}, 2.0)
+    assert calls == ["p"]  # unchanged: not registered again
+
+
+def test_suspect_shows_the_node_disconnected() -> None:
+    m = with_peers("p")
+    m.nodes["p"].status = NodeStatus.ACTIVE
+    m.suspect("p", 1.0)
+    assert m.nodes["p"].status is NodeStatus.DISCONNECTED
+
+
+def test_probe_nonces_come_from_the_given_rng() -> None:
+    m = with_peers("p")
+    m.rng = random.Random(5)
+    m.suspect("p", 1.0)
+    assert m.suspects["p"].nonce == random.Random(5).getrandbits(62) + 1
+
+
+def test_a_relayed_ping_does_not_prove_the_prober_alive() -> None:
+    from spiralfast.wire import schema
+
+    m = with_peers("p")
+    assert m.on_ping(schema.Ping(3, "p"), "relay", 9.0) == [SendAck("p", "me", 3)]
+    assert m.last_seen["p"] == 0.0
+
+
+def test_sweep_keeps_a_loss_and_a_probe_of_the_same_round() -> None:
+    from spiralfast.protocol.membership import Lost, SendPing
+
+    m = with_peers("p", "q")
+    m.suspect("p", 1.0)
+    m.suspect("q", 2.0)
+    eff = m.sweep(4.0)  # p's time is over (1 + 3); q's next probe is due (2 + 1)
+    assert Lost("p", "unreachable") in eff and any(isinstance(e, SendPing) and e.node_id == "q" for e in eff)
