@@ -114,10 +114,10 @@ class FrameWriter:
         return self._count >= MAX_MESSAGES_PER_FRAME
 
     def _begin(self, kind: int, etype: int, target: WireId, msg_id: WireId) -> int:
-        if target.__class__ is not bytes:
-            target = _id_bytes(target, "target")
+        if target.__class__ is not bytes:  # str inline: the common case costs no call
+            target = target.encode() if target.__class__ is str else _id_bytes(target, "target")
         if msg_id.__class__ is not bytes:
-            msg_id = _id_bytes(msg_id, "message id")
+            msg_id = msg_id.encode() if msg_id.__class__ is str else _id_bytes(msg_id, "message id")
         if self._count >= MAX_MESSAGES_PER_FRAME:
             raise FrameError(f"a frame holds at most {MAX_MESSAGES_PER_FRAME} messages")
         _check_header(kind, etype, target, msg_id)
