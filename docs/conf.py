@@ -43,7 +43,7 @@ def setup(app):  # type: ignore[no-untyped-def]
     from docutils.statemachine import StringList
     from sphinx.util.docutils import SphinxDirective
 
-    from spiralfast import settings
+    from spiralfast.node import settings
 
     class SettingsTable(SphinxDirective):
         def run(self):  # type: ignore[no-untyped-def]
