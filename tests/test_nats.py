@@ -416,15 +416,24 @@ def test_catch_up_holds_only_authenticated_frames_bounded_and_refuses_replayed_s
                 captured.append(m.data)
 
             sub = await att.subscribe(bcast, cb=cap)
-            await att.flush()
+            # nats-py's flush() writes its PING ahead of a SUB still queued for its flusher,
+            # so its PONG does not prove the subscription is in place (S's "old" frame was
+            # then published before it, and never captured): hearing a heartbeat of S's does
+            await wait_until(lambda: captured, "the listener hears S", timeout=10)
+            captured.clear()
             # S's frames as a listener captured them 70 s ago (S's sealing clock set back
             # instead of waiting 70 s): stale for the live path (window 61 s)
             real = time.time
+            old = b"\x81\xa2id\xa3old"  # the event's data, {"id": "old"}, as msgpack (frames are MAC'd, not encrypted)
             with mock.patch.object(busauth, "time", SimpleNamespace(time=lambda: real() - 70)):
                 await s.broadcast_event("payment", {"id": "old"})
-                await wait_until(lambda: captured, "the listener captured S's old frame")  # sealed under the mock
+                # S's writer seals the event's frame a moment later, and the listener may
+                # first capture other frames of S sealed before the mock: wait for the
+                # frame holding "old" itself, or it would be sealed fresh (a genuine
+                # broadcast, rightly caught up from the stream) once the mock is gone
+                await wait_until(lambda: any(old in d for d in captured), "the listener captured S's old frame")
             await sub.unsubscribe()
-            assert captured
+            assert all(nats_link._sealed_sent(d) < real() - 60 for d in captured if old in d), "old sealed stale"
             await v.start()
             assert v.nats is not None
             await wait_until(lambda: "S" in v.nodes, '"S" in v.nodes', timeout=10)
