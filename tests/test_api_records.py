@@ -1,4 +1,4 @@
-"""SPEC.md: enums, MeshConfig, MeshNode, RitualEvent, StateSnapshot, NodeCapability, imports."""
+"""The drop-in API: enums, MeshConfig, MeshNode, RitualEvent, StateSnapshot, NodeCapability, imports."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC.md EventBus: publish/subscribe, helpers, priority, TTL, isolation, stats."""
+"""The drop-in API: EventBus: publish/subscribe, helpers, priority, TTL, isolation, stats."""
 
 from __future__ import annotations
 

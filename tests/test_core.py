@@ -1,4 +1,4 @@
-"""SPEC.md MeshCore over the in-process link (spiralfast.testing), and local state."""
+"""The drop-in API: MeshCore over the in-process link (spiralfast.testing), and local state."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC.md MeshRegistry: membership, heartbeats, scoring, topology, health, callbacks."""
+"""The drop-in API: MeshRegistry: membership, heartbeats, scoring, topology, health, callbacks."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from spiralfast.node import settings
 from spiralfast._log import BackoffLog, JsonFormatter, RateLimitedLog, setup_logging
 from spiralfast.errors import ConfigError
+from spiralfast.node import settings
 from spiralfast.node.config import MeshConfig
 
 

@@ -95,7 +95,7 @@ MAX_ORIGINS = 4096
 MAX_BUS_RATE_SENDERS = 4096
 
 #: Longest a receiver holds back its acks of one bus sender that is over its rate: well
-#: under busflow.ACK_STALL_TIMEOUT, after which a sender stops waiting for a silent receiver.
+#: under links.bus.flow.ACK_STALL_TIMEOUT, after which a sender stops waiting for a silent receiver.
 MAX_ACK_HOLD = 1.5
 
 

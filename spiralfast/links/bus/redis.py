@@ -9,7 +9,7 @@ as their keys would be.  Database 0 keeps the plain names earlier releases use):
   ``%`` and ``:`` are escaped as ``%25`` and ``%3a``, and a node id ``ack`` as ``%61ck``:
   no mesh/node name pair can name another pair's channel - ``channel_part``);
 - ``C:sf:M:ack``: flow-control acks, and joins (answered at once by every member
-  with its record: busflow.py);
+  with its record: links/bus/flow.py);
 - ``C`` and ``node_<id>``: the old JSON format, for ``spiralcodex.mesh`` nodes (only
   when interop is on: ``"auto"`` publishes JSON copies only while an old node was
   heard within 3 heartbeat intervals).  These are the old library's names, whatever the
@@ -360,7 +360,7 @@ class RedisTransport(BusFlow):
                         self.ever_connected = True
                         log.info("Redis at %s is reachable now; connected", self.settings.display_url)
                 # Subscribe confirmations are read: the one for our own channel says every
-                # channel is in place, and that is when we join (busflow.py).
+                # channel is in place, and that is when we join (links/bus/flow.py).
                 self.pubsub = self._redis().pubsub(ignore_subscribe_messages=False)
                 chans = [self.sf_channel, self.my_channel, self.ack_channel]
                 if self.settings.interop is not False:

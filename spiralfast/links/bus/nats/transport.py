@@ -5,7 +5,7 @@ never see each other's frames):
 - ``spiralfast.M.bcast``: broadcast frames (heartbeats, events, state, gossip);
 - ``spiralfast.M.node.<node_id>``: frames for one node (direct messages, repairs);
 - ``spiralfast.M.members``: the bus membership: flow-control acks, joins (answered
-  at once by every member with its record: busflow.py) and leave notices, which tell
+  at once by every member with its record: links/bus/flow.py) and leave notices, which tell
   the others who reads its own subject (``can_reach``).
 
 Every payload is sealed by ``busauth.BusSealer`` exactly as on Redis (sender, and with
