@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -185,11 +185,11 @@ class NodeHost(Joining, LinkHost):
 
     def bus_payload(self, link: BusLink, channel: str, data: bytes, control: bool = False) -> None:
         """A sealed bus payload: the gate opens it (``Gate.bus_payload``)."""
-        cast(Any, self.gate).bus_payload(link, channel, data, control)
+        self.gate.bus_payload(link, channel, data, control)
 
     def bus_replayed(self, link: BusLink, channel: str, data: bytes, opener: Opener, check: ReplayCheck) -> None:
         """A sealed payload the bus kept (a catch-up): the gate opens it (``Gate.bus_replayed``)."""
-        cast(Any, self.gate).bus_replayed(link, channel, data, opener, check)
+        self.gate.bus_replayed(link, channel, data, opener, check)
 
     def writable_changed(self, link: Any, writable: bool) -> None:
         (self.outbox.link_resumed if writable else self.outbox.link_paused)(link)
