@@ -42,6 +42,7 @@ from spiralfast.protocol.membership import (
     Suspected,
 )
 from spiralfast.records import MeshNode, NodeStatus
+from tests.waiting import wait_until
 
 #: The defaults under test: a 30 s heartbeat (the old library's) and a 3 s suspicion.
 HB = 30.0
@@ -399,7 +400,7 @@ def test_status_registry_and_views_agree_on_a_suspect() -> None:
             core.host.apply(m.sweep(now + TIMEOUT))
             st = core.get_mesh_status()
             assert st["connected_nodes"] == 2 and "q" not in core.nodes and "q" not in reg.nodes
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: seen, "the node_unregister event reached the handler")
             assert [e["data"] for e in seen] == [{"node_id": "q", "reason": "unreachable"}]
             assert core.counters["suspected"] == 1
         finally:
