@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 from spiralfast.client import ObserverClient
 
 from .conftest import free_port
+from .waiting import wait_until_sync
 
 #: Nodes started by the tests keep their default event log here, not in the home folder.
 _DATA_HOME = tempfile.mkdtemp(prefix="spiralfast-test-data-")
@@ -48,16 +48,20 @@ class NodeProc:
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1", XDG_DATA_HOME=_DATA_HOME, **self.env), cwd=self.cwd,
         )
-        deadline = time.monotonic() + 20
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        proc = self.proc
+        assert proc.stdout is not None
+
+        def websocket_line() -> bool:
+            """Read one banner line; true once it is the websocket line."""
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"node {self.node_id} exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                raise RuntimeError(f"node {self.node_id} exited: {proc.stderr.read() if proc.stderr else ''}")
             self.banner.append(line.rstrip("\n"))
-            if line.strip().startswith("websocket"):
-                return
-        raise RuntimeError(f"node {self.node_id} did not start")
+            return line.strip().startswith("websocket")
+
+        wait_until_sync(websocket_line, f"node {self.node_id} printed its websocket banner line", timeout=20,
+                        interval=0)
 
     def read_banner(self) -> dict[str, str]:
         """Read the rest of the banner; returns ``{first word: rest}`` of its lines."""

@@ -29,7 +29,7 @@ from spiralfast.testing import LoopbackHub
 from .conftest import require
 from .persist_sender import HEARTBEAT
 from .procs import NodeProc
-from .waiting import wait_until, wait_until_async
+from .waiting import wait_until, wait_until_async, wait_until_sync
 
 
 async def _knows(p: NodeProc, nid: str) -> bool:
@@ -82,15 +82,17 @@ class Sender:
         assert line.strip() == "connected", line + (self.proc.stderr.read() if self.proc.stderr else "")
 
     def wait_sent(self, timeout: float = 120) -> None:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("sent"):
-                return
+        stdout = self.proc.stdout
+        assert stdout is not None
+
+        def sent_line() -> bool:
+            """Read one line of the sender's; true once it reports it sent everything."""
+            line = stdout.readline()
             if not line:
-                break
-        raise AssertionError("sender did not finish")
+                raise AssertionError("sender did not finish: it exited without its 'sent' line")
+            return line.startswith("sent")
+
+        wait_until_sync(sent_line, "the sender finished (its 'sent' line)", timeout=timeout, interval=0)
 
     def close(self) -> None:
         if self.proc.poll() is None:
