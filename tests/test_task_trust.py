@@ -33,7 +33,7 @@ from spiralfast.tasks import BUSY, ID_BYTES, MAX_TASK_TYPES, QUEUE_FLOOR
 
 from .conftest import free_port
 from .test_metrics import get
-from .waiting import wait_until, wait_until_async
+from .waiting import wait_until, wait_until_async, wait_until_sync
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,14 +59,15 @@ class Member:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{node_id} exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            if line.startswith("websocket"):
-                return
-        raise RuntimeError(f"{node_id} did not start")
+        wait_until_sync(self._websocket_line, f"{node_id} printed its websocket line", timeout=30, interval=0)
+
+    def _websocket_line(self) -> bool:
+        """Read one line of the node's; true once it is the websocket line."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.node_id} exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        return line.startswith("websocket")
 
     def _command(self, cmd: dict[str, Any]) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from spiralfast.client import ObserverClient
 from spiralfast.testing import LocalMesh
 
 from .conftest import free_port
-from .waiting import wait_until
+from .waiting import wait_until, wait_until_sync
 
 WORKER = str(Path(__file__).with_name("task_worker.py"))
 HB = 0.3
@@ -47,15 +46,17 @@ class WorkerProc:
 
     def ready(self) -> None:
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"worker {self.node_id} exited: {err}")
-            if line.startswith("websocket"):
-                return
-        raise RuntimeError(f"worker {self.node_id} did not start")
+        wait_until_sync(self._websocket_line, f"worker {self.node_id} printed its websocket line", timeout=30,
+                        interval=0)
+
+    def _websocket_line(self) -> bool:
+        """Read one line of the worker's; true once it is the websocket line."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"worker {self.node_id} exited: {err}")
+        return line.startswith("websocket")
 
     def kill9(self) -> None:
         self.proc.kill()
