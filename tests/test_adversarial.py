@@ -293,14 +293,14 @@ async def test_redis_injection_is_refused_and_counted() -> None:
         # Capture a genuine frame of RB's and replay it.
         ps = r.pubsub()
         await ps.subscribe(base)
-        genuine = None
-        deadline = time.monotonic() + 5
-        while genuine is None and time.monotonic() < deadline:
+
+        async def rb_frame() -> bytes | None:
             msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1)
-            if msg and msg["data"][2:4] == b"RB":
-                genuine = msg["data"]
+            return msg["data"] if msg and msg["data"][2:4] == b"RB" else None
+
+        genuine = await wait_until_async(rb_frame, "a genuine frame of RB's seen on the mesh channel", timeout=5,
+                                         interval=0)
         await ps.aclose()
-        assert genuine is not None
         for _ in range(3):
             await r.publish(base, genuine)
 
@@ -360,13 +360,17 @@ async def test_meshes_sharing_a_redis_are_isolated() -> None:
         # entry, M3 has been sent them too: wait until M3 counted at least as many.
         seen = 0
         carried: set[bytes] = set()
-        deadline = time.monotonic() + 20
-        while carried != {b"private", b"k1"}:
-            assert time.monotonic() < deadline, f"the witness never saw mesh one's frames: {carried}"
+
+        async def witness_saw_both() -> bool:
+            nonlocal seen
             msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1)
             if msg is not None:
                 seen += 1
-                carried |= {w for w in (b"private", b"k1") if w in msg["data"]}
+                carried.update(w for w in (b"private", b"k1") if w in msg["data"])
+            return carried == {b"private", b"k1"}
+
+        await wait_until_async(witness_saw_both, lambda: f"the witness saw mesh one's frames (it saw: {carried})",
+                               timeout=20, interval=0)
         await wait_until_async(
             lambda: _forged(same_name, at_least=forged0 + seen), f"M3 refused the {seen} frames the witness saw"
         )

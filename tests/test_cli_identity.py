@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,9 @@ import pytest
 from .conftest import free_port
 from .procs import NodeProc
 from .test_cli import cli
+from .waiting import wait_until_sync
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
 
 
 class Node:
@@ -47,20 +37,22 @@ class Node:
         self.banner: dict[str, str] = {}
         self.node_id = ""
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"node exited ({self.proc.wait()}): {err}")
-            if line.startswith("spiralfast ") and " node " in line:
-                self.node_id = line.split(" node ", 1)[1].strip()
-                continue
-            key, _, rest = line.strip().partition(" ")
-            self.banner[key] = rest.strip()
-            if key == "config":
-                return
-        raise RuntimeError("node did not start")
+        wait_until_sync(self._banner_line, "the node printed its whole banner (its config line)", timeout=60,
+                        interval=0)
+
+    def _banner_line(self) -> bool:
+        """Read one banner line; true once it is the last (config) line."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"node exited ({self.proc.wait()}): {err}")
+        if line.startswith("spiralfast ") and " node " in line:
+            self.node_id = line.split(" node ", 1)[1].strip()
+            return False
+        key, _, rest = line.strip().partition(" ")
+        self.banner[key] = rest.strip()
+        return key == "config"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -235,14 +227,16 @@ def test_two_first_starts_at_once_agree_on_one_id_and_one_runs(tmp_path: Path) -
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     ) for _ in range(2)]
     try:
-        loser = until(lambda: [p for p in procs if p.poll() is not None], timeout=60, what="one start refused")
+        loser = wait_until_sync(lambda: [p for p in procs if p.poll() is not None], "one start refused",
+                                timeout=60)
         assert len(loser) == 1 and loser[0].returncode == 1
         err = loser[0].stderr.read() if loser[0].stderr else ""
         node_id = (data / "node_id").read_text().strip()
         assert error_lines(err) and error_lines(err)[0].startswith(f"error: node id {node_id} is already held")
         winner = procs[1 - procs.index(loser[0])]
         url = _websocket_url(winner)
-        assert until(lambda: cli("mesh", "status", "--node", url, "--json").returncode == 0, timeout=60)
+        assert wait_until_sync(lambda: cli("mesh", "status", "--node", url, "--json").returncode == 0,
+                               "the winner answers mesh status", timeout=60)
         assert status(url)["node_id"] == node_id and winner.poll() is None
     finally:
         for p in procs:
@@ -256,7 +250,7 @@ def test_a_duplicate_id_dialling_the_live_node_exits_nonzero(tmp_path: Path) -> 
     try:
         ok = Node(tmp_path / "b", "--node-id", "other-1", "--peer", live.url)  # the positive path: it joins
         try:
-            until(lambda: len(status(live.url)["links"]) == 1, what="link to other-1")
+            wait_until_sync(lambda: len(status(live.url)["links"]) == 1, "link to other-1", timeout=30)
         finally:
             ok.stop()
         r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-1", "--port", str(free_port()),
@@ -277,8 +271,8 @@ def test_a_duplicate_id_refused_by_a_member_exits_nonzero(tmp_path: Path) -> Non
     live = Node(tmp_path / "a", "--node-id", "dup-2")
     hub = Node(tmp_path / "h", "--node-id", "hub-2", "--peer", live.url)
     try:
-        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
-              == {"dup-2", "hub-2"}, what="hub linked to dup-2")
+        wait_until_sync(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+                        == {"dup-2", "hub-2"}, "hub linked to dup-2", timeout=30)
         r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-2", "--port", str(free_port()),
                         "--peer", hub.url, timeout=120)
         assert r.returncode == 1
@@ -303,8 +297,8 @@ def test_a_twin_through_a_member_exits_at_once_at_the_default_heartbeat(tmp_path
     live = Node(tmp_path / "a", "--node-id", "dup-3", *hb)
     hub = Node(tmp_path / "h", "--node-id", "hub-3", "--peer", live.url, *hb)
     try:
-        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
-              == {"dup-3", "hub-3"}, what="hub linked to dup-3")
+        wait_until_sync(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+                        == {"dup-3", "hub-3"}, "hub linked to dup-3", timeout=30)
         t0 = time.monotonic()
         r = start_fails("--data-dir", str(tmp_path / "c"), "--node-id", "dup-3", "--port", str(free_port()),
                         "--peer", hub.url, *hb, timeout=120)
@@ -332,8 +326,8 @@ def test_the_same_key_replaces_a_lingering_link_without_exiting(tmp_path: Path) 
     old = Node(tmp_path / "b", "--node-id", "same-4", "--peer", hub.url, *hb)
     new: Node | None = None
     try:
-        until(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
-              == {"hub-4", "same-4"}, what="hub linked to same-4")
+        wait_until_sync(lambda: {n["node_id"] for n in json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)}
+                        == {"hub-4", "same-4"}, "hub linked to same-4", timeout=30)
         shutil.copytree(tmp_path / "b", tmp_path / "b2", ignore=shutil.ignore_patterns("*.lock", "*.db*"))
         assert (tmp_path / "b2" / "same-4.key").exists()
         old.proc.send_signal(signal.SIGSTOP)  # frozen: its link stays open at the hub
@@ -343,7 +337,7 @@ def test_the_same_key_replaces_a_lingering_link_without_exiting(tmp_path: Path) 
             nodes = json.loads(cli("mesh", "nodes", "--node", hub.url, "--json").stdout)
             return any(n["node_id"] == "same-4" and n.get("websocket_endpoint") == new.url for n in nodes)  # type: ignore[union-attr]
 
-        until(hub_sees_new, timeout=60, what="the hub took the new process's link for same-4")
+        wait_until_sync(hub_sees_new, timeout=60, what="the hub took the new process's link for same-4")
         assert new.alive() and status(new.url)["node_id"] == "same-4"
     finally:
         old.proc.send_signal(signal.SIGCONT)
@@ -376,8 +370,8 @@ def test_a_twin_on_a_bus_exits_and_the_first_runs_on(tmp_path: Path) -> None:
     second = None
     try:
         url1 = f"ws://127.0.0.1:{p1}"
-        until(lambda: cli("mesh", "status", "--node", url1, "--json").returncode == 0, timeout=60,
-              what="the first twin answers on its observer port")
+        wait_until_sync(lambda: cli("mesh", "status", "--node", url1, "--json").returncode == 0, timeout=60,
+                        what="the first twin answers on its observer port")
         second = bus_node(tmp_path / "b", p2)
         rc = second.wait(60)
         err = second.stderr.read() if second.stderr else ""
@@ -415,7 +409,8 @@ def test_type_takes_commas_in_events_and_history(node: NodeProc) -> None:
     assert types("mesh", "events", "--type", "pc_a") == ["pc_a"]  # the positive path
     assert types("mesh", "events", "--type", "pc_a,pc_b") == ["pc_a", "pc_b"]
     assert types("mesh", "events", "--type", "pc_a, pc_c", "--type", "pc_b") == ["pc_a", "pc_b", "pc_c"]
-    until(lambda: types("mesh", "history", "--type", "pc_a,pc_b") == ["pc_a", "pc_b"], what="history by types")
+    wait_until_sync(lambda: types("mesh", "history", "--type", "pc_a,pc_b") == ["pc_a", "pc_b"], "history by types",
+                    timeout=30)
     bad = cli("mesh", "events", "--type", ",", "--node", node.url)
     assert bad.returncode == 2 and len(error_lines(bad.stderr)) == 1 and "--type" in bad.stderr
 
@@ -492,14 +487,14 @@ def test_follow_survives_a_node_restart(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        until(lambda: status(n.url)["followers"] >= 1, what="follower subscribed")
+        wait_until_sync(lambda: status(n.url)["followers"] >= 1, "follower subscribed", timeout=30)
         assert cli("mesh", "publish", "pc_tick", '{"n": 1}', "--node", n.url).returncode == 0
         assert follower.stdout is not None
         first = json.loads(follower.stdout.readline())
         assert first["data"] == {"n": 1}
         n.stop()
         n.start()  # a new incarnation, same id and port
-        until(lambda: status(n.url)["followers"] >= 1, timeout=60, what="follower back")
+        wait_until_sync(lambda: status(n.url)["followers"] >= 1, timeout=60, what="follower back")
         assert cli("mesh", "publish", "pc_tick", '{"n": 2}', "--node", n.url).returncode == 0
         out, err = follower.communicate(timeout=60)
         assert follower.returncode == 0, err

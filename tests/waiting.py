@@ -13,6 +13,8 @@ slow handler, a pause), with a comment saying so.
 
 Each returns the first truthy value of the condition, so a test can use what
 it waited for (``msg = await wait_until(lambda: inbox and inbox[0], ...)``).
+``what`` may also be a callable, called only when the deadline passes, so the
+message can name the last state a condition observed (``lambda: f"... {seen}"``).
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 20.0
 
 
-def _never(what: str, timeout: float, last: object) -> AssertionError:
+#: What never happened: a message, or a callable giving one when the deadline passes.
+What = str | Callable[[], str]
+
+
+def _never(what: What, timeout: float, last: object) -> AssertionError:
+    if callable(what):
+        what = what()
     detail = f" (last value: {last!r})" if last is not None and last is not False else ""
     return AssertionError(f"never happened within {timeout}s: {what}{detail}")
 
 
 async def wait_until(
-    cond: Callable[[], T], what: str, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.01
+    cond: Callable[[], T], what: What, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.01
 ) -> T:
     """Poll ``cond()`` on the running loop until it is truthy; return its value."""
     deadline = time.monotonic() + timeout
@@ -50,7 +58,7 @@ async def wait_until(
 
 async def wait_until_async(
     cond: Callable[[], Awaitable[T]],
-    what: str,
+    what: What,
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = 0.02,
 ) -> T:
@@ -66,7 +74,7 @@ async def wait_until_async(
 
 
 def wait_until_sync(
-    cond: Callable[[], T], what: str, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02
+    cond: Callable[[], T], what: What, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02
 ) -> T:
     """Poll ``cond()`` from a thread (no event loop) until it is truthy; return its value."""
     deadline = time.monotonic() + timeout
