@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ except ImportError:  # pragma: no cover - only when the build failed
     _ring_c = None  # type: ignore[assignment]
 
 from . import services
+from .waiting import wait_until
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -156,12 +156,11 @@ def run_on(kind: str, coro_fn: Callable[[], Any]) -> Any:
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Wait until ``cond()`` holds, failing after ``timeout`` seconds (no blind sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+    """Wait until ``cond()`` holds, failing after ``timeout`` seconds (no blind sleeps).
+
+    The older spelling of :func:`tests.waiting.wait_until`, which it runs; new tests call
+    that one, with a message naming what never happened."""
+    await wait_until(cond, "a condition (given to conftest.wait_for, unnamed)", timeout=timeout, interval=interval)
 
 
 def free_port() -> int:

@@ -10,11 +10,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from typing import Any
 
 from . import services
 from .conftest import free_port, require
+from .waiting import wait_until_async, wait_until_sync
 
 NATS_URL = services.nats().url
 NATS_SERVER = services.nats_server_binary()
@@ -70,11 +70,8 @@ class NatsCluster:
         if self.jetstream:
             args += ["-js", "-sd", os.path.join(self.dir, f"s{i}")]
         self.procs[i] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not _answers(self.ports[i]):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server on port {self.ports[i]} did not start")
-            time.sleep(0.05)
+        port = self.ports[i]
+        wait_until_sync(lambda: _answers(port), f"nats-server on port {port} answered", timeout=10, interval=0.05)
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Until a message published on the first server reaches the last one."""
@@ -88,16 +85,18 @@ class NatsCluster:
             b = await nats.connect(self.urls[-1])
             sub = await b.subscribe("probe")
             await b.flush()
-            deadline = time.monotonic() + timeout
+
+            async def reached() -> bool:
+                await a.publish("probe", b"x")
+                try:
+                    await sub.next_msg(timeout=0.2)
+                except Exception:  # no message yet (a timeout): publish again
+                    return False
+                return True
+
             try:
-                while True:
-                    await a.publish("probe", b"x")
-                    try:
-                        await sub.next_msg(timeout=0.2)
-                        return
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise RuntimeError("the NATS cluster did not form") from None
+                await wait_until_async(reached, "a message published on the first NATS server reached the last one "
+                                       "(the cluster formed)", timeout=timeout, interval=0)
             finally:
                 await a.close()
                 await b.close()

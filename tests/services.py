@@ -127,13 +127,16 @@ def _spawn(kind: str, args: list[str], ready: Callable[[int], bool], port_flag: 
                                     stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         finally:
             log.close()
+        # Start-up polling, not a test's wait (so not tests/waiting.py): a server that
+        # exits or does not answer by the deadline is retried on another port, and only
+        # the third failure is reported (as "missing" by the caller).
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
             if ready(port):
                 svc = Service(kind, "", own=True, proc=proc, tmpdir=tmp)
                 svc.url = f"{kind}://127.0.0.1:{port}" + ("/0" if kind == "redis" else "")
                 return svc
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval (the condition and the deadline are around it)
         _stop_proc(proc)
         with open(os.path.join(tmp, "server.log"), "rb") as f:
             last = f.read()[-400:].decode(errors="replace").strip()

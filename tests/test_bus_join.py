@@ -35,6 +35,7 @@ from spiralfast.errors import AuthError, HandshakeError
 from . import services
 from .conftest import free_port, require, wait_for
 from .procs import NodeProc
+from .waiting import wait_until_async
 
 TOKEN = "bus-join-token-0123456789abcdef"
 HEARTBEAT = 30.0  # the default
@@ -74,14 +75,14 @@ async def _meet(nodes: list[NodeProc], since: float) -> None:
     """Every node lists every other within JOIN_BOUND of ``since``."""
     want = {n.node_id for n in nodes}
     seen: dict[str, set[str]] = {}
-    deadline = since + JOIN_BOUND
-    while True:
+
+    async def met() -> bool:
         for n in nodes:
             seen[n.node_id] = await _nodes(n)
-        if all(want <= s for s in seen.values()):
-            return
-        assert time.monotonic() < deadline, f"not met within {JOIN_BOUND:g} s: {seen}"
-        await asyncio.sleep(0.05)
+        return all(want <= s for s in seen.values())
+
+    await wait_until_async(met, lambda: f"every node listed every other within {JOIN_BOUND:g} s: {seen}",
+                           timeout=JOIN_BOUND - (time.monotonic() - since), interval=0.05)
 
 
 @pytest.mark.parametrize("kind", ["nats", "redis"])

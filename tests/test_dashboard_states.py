@@ -25,6 +25,7 @@ from spiralfast.protocol.states import state_kind
 from .conftest import require
 from .procs import NodeProc
 from .test_dashboard import CHROMIUM, CHROMIUM_ARGS, Watch, _have_browser, arun, row_ids, svg_ids, svg_links
+from .waiting import wait_until_sync
 
 try:
     from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
@@ -127,7 +128,7 @@ class TopologyPoller:
                 self.samples.append((http_json(self.port, "/api/topology"), http_json(self.port, "/api/nodes")))
             except Exception as e:  # noqa: BLE001 - recorded, and the test fails on it
                 self.errors.append(repr(e))
-            self.stop.wait(0.05)
+            self.stop.wait(0.05)  # time itself: the sampling period (samples across the run, not a wait)
 
     def finish(self) -> None:
         self.stop.set()
@@ -157,10 +158,15 @@ def test_killed_node_is_shown_not_live_then_dropped(browser: Browser) -> None:
         c = NodeProc("node-c", "--peer", a.url, hb=HB, env=SUSPICION)
         procs.append(c)
         ids = {"node-a", "node-b", "node-c"}
-        deadline = time.monotonic() + 20
-        while arun(a.node_ids()) != ids:
-            assert time.monotonic() < deadline, "node-a did not see all three nodes"
-            time.sleep(0.1)
+        seen: set[str] = set()
+
+        def a_sees_all() -> bool:
+            nonlocal seen
+            seen = arun(a.node_ids())
+            return seen == ids
+
+        wait_until_sync(a_sees_all, lambda: f"node-a saw all three nodes (it saw: {sorted(seen)})", timeout=20,
+                        interval=0.1)
 
         # a narrow window (one column): the status cell must still show the whole state
         page = browser.new_page(viewport={"width": 820, "height": 1400})

@@ -25,6 +25,7 @@ from spiralfast import MeshConfig
 from . import services
 from .conftest import require
 from .procs import NodeProc
+from .waiting import wait_until_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,15 +56,16 @@ def _consistent(st: dict[str, Any]) -> None:
 
 def _formed(nodes: list[NodeProc], timeout: float = 30.0) -> None:
     """Every node lists the others, linked to each (a full WebSocket mesh)."""
-    deadline = time.monotonic() + timeout
     want = {n.node_id for n in nodes}
-    while True:
+    sts: dict[str, dict[str, Any]] = {}
+
+    def formed() -> bool:
+        nonlocal sts
         sts = {n.node_id: _status(n) for n in nodes}
-        if all(set(_listed(st)) == want and st["connected_nodes"] == len(want)
-               and {lk["peer"] for lk in st["links"] if lk["peer"]} == want - {nid} for nid, st in sts.items()):
-            return
-        assert time.monotonic() < deadline, f"mesh never formed: {sts}"
-        time.sleep(0.1)
+        return all(set(_listed(st)) == want and st["connected_nodes"] == len(want)
+                   and {lk["peer"] for lk in st["links"] if lk["peer"]} == want - {nid} for nid, st in sts.items())
+
+    wait_until_sync(formed, lambda: f"the mesh formed (last status: {sts})", timeout=timeout, interval=0.1)
 
 
 def _trio(tag: str, *extra: str) -> list[NodeProc]:
@@ -87,7 +89,9 @@ def _kill_and_watch(nodes: list[NodeProc]) -> dict[str, float]:
     t_kill = time.monotonic()
     victim.kill9()
     removed: dict[str, float] = {}
-    while len(removed) < len(survivors):
+
+    def all_removed() -> bool:
+        """One sample of every survivor still listing the victim (its views checked each time)."""
         for s in survivors:
             if s.node_id in removed:
                 continue
@@ -97,13 +101,15 @@ def _kill_and_watch(nodes: list[NodeProc]) -> dict[str, float]:
             if victim.node_id not in listed:
                 removed[s.node_id] = time.monotonic() - t_kill
                 assert st["connected_nodes"] == len(survivors)
-        assert time.monotonic() - t_kill < BOUND, f"not removed within {BOUND:.1f} s: {removed}"
-        time.sleep(0.05)
+        return len(removed) == len(survivors)
+
+    # The deadline is the suspicion bound counted from the kill.
+    wait_until_sync(all_removed,
+                    lambda: f"every survivor removed the killed node within {BOUND:.1f} s of the kill ({removed})",
+                    timeout=BOUND - (time.monotonic() - t_kill), interval=0.05)
     for s in survivors:  # announced as today: node_unregister, with the reason
-        deadline = time.monotonic() + 10
-        while not (ev := _unregistered(s, victim.node_id)):
-            assert time.monotonic() < deadline, f"{s.node_id}: no node_unregister of the killed node stored"
-            time.sleep(0.1)
+        ev = wait_until_sync(lambda s=s: _unregistered(s, victim.node_id),
+                             f"{s.node_id} stored a node_unregister of the killed node", timeout=10, interval=0.1)
         assert ev[-1]["data"]["reason"] == "unreachable"
     return removed
 
@@ -153,7 +159,7 @@ def test_a_paused_node_is_not_declared_dead() -> None:
                     node = _listed(st).get(c.node_id)
                     assert node is not None and not node["suspect"], f"{s.node_id} dropped the paused node: {st}"
                     assert st["connected_nodes"] == 3
-                time.sleep(0.25)
+                time.sleep(0.25)  # time itself: the invariant is sampled across the whole window, not waited for
         finally:
             c.proc.send_signal(signal.SIGCONT)
         _formed(nodes)  # and it carries on as before

@@ -30,7 +30,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +43,7 @@ from spiralfast.client import ObserverClient
 from spiralfast.persistence import AgentRecord, PersistenceManager, get_persistence
 
 from .procs import NodeProc
+from .waiting import wait_until_sync
 
 OLD_AGENT_COLUMNS = ("agent_id", "name", "type", "status", "recursion_depth", "entropy_level", "metadata",
                      "created_at", "updated_at")
@@ -463,10 +463,8 @@ def test_hud_follows_hud_config(old_hud_config: Any) -> None:
     procs = [a]
     try:
         procs.append(NodeProc("oldhud-b", "--peer", a.url))
-        deadline = time.monotonic() + 20
-        while asyncio.run(a.node_ids()) != {"oldhud-a", "oldhud-b"}:
-            assert time.monotonic() < deadline, "oldhud-a did not see oldhud-b"
-            time.sleep(0.1)
+        wait_until_sync(lambda: asyncio.run(a.node_ids()) == {"oldhud-a", "oldhud-b"}, "oldhud-a saw oldhud-b",
+                        timeout=20, interval=0.1)
 
         def draw() -> str:
             async def run() -> str:
