@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.waiting import wait_until_sync
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "worker.py")
 PREFIX = "sfc"
@@ -175,14 +177,14 @@ class Redis:
              "--protected-mode", "no", "--logfile", os.path.join(self.logdir, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)  # poll interval (condition and deadline around it)
-        raise RuntimeError("redis-server did not start")
+        wait_until_sync(self._answers, f"redis-server answered on {self.host}:{self.port}", timeout=10)
+
+    def _answers(self) -> bool:
+        try:
+            socket.create_connection((self.host, self.port), 0.2).close()
+        except OSError:
+            return False
+        return True
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -349,7 +351,8 @@ class Cluster:
         ws = workers if workers is not None else self.live()
         ids = {w.node_id for w in self.workers}
         last: dict[str, Any] = {}
-        while time.monotonic() - t0 < timeout:
+
+        def formed() -> bool:
             ok = True
             for w in ws:
                 r = w.report()
@@ -357,10 +360,11 @@ class Cluster:
                 if set(r["nodes"]) != ids or (not self.no_ws and len(r["links"]) != len(ids) - 1) or (
                         self.redis_on and not r["redis"]):
                     ok = False
-            if ok:
-                return time.monotonic() - t0
-            time.sleep(0.1)  # poll interval (condition and deadline around it)
-        raise AssertionError(f"mesh not formed within {timeout}s: {last}")
+            return ok
+
+        wait_until_sync(formed, lambda: f"mesh formed (nodes, links, redis per node: {last})", timeout=timeout,
+                        interval=0.1)
+        return time.monotonic() - t0
 
     def traffic(self, send: bool | None = None, state: bool | None = None,
                 workers: list[Worker] | None = None) -> None:
