@@ -23,15 +23,18 @@ from spiralfast.protocol.reliability import (
     RetransmitTrimmer,
     answer_repair,
 )
+from tests.twins import load_twins
 
 ORIGIN = "aaaaaaaaaaaas"  # a broadcast origin (ends in "s"): its gaps count
 T0 = 1000.0  # the fake monotonic clock starts here
 
 
-@pytest.fixture(params=["spiralfast.wire._fastpath", "spiralfast.wire._fastpath_py"])
+@pytest.fixture(params=["compiled", "pure"])
 def dedupe(request: pytest.FixtureRequest) -> Any:
-    mod = importlib.import_module(request.param)
-    return mod.Dedupe()
+    """The compiled Dedupe and its twin, through tests/twins.py (on the pure-Python run
+    the twin twice; under CI a missing build fails)."""
+    pair = load_twins("fastpath")
+    return (pair.compiled if request.param == "compiled" else pair.pure).Dedupe()
 
 
 @dataclass

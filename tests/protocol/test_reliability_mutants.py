@@ -23,13 +23,16 @@ from spiralfast.protocol.reliability import (
     RetransmitTrimmer,
     answer_repair,
 )
+from tests.twins import load_twins
 
 A, B = "aaaaaaaaaaaas", "bbbbbbbbbbbbs"  # broadcast origins (end in "s")
 
 
-@pytest.fixture(params=["spiralfast.wire._fastpath", "spiralfast.wire._fastpath_py"])
+@pytest.fixture(params=["compiled", "pure"])
 def dedupe(request: pytest.FixtureRequest) -> Any:
-    return importlib.import_module(request.param).Dedupe()
+    """The compiled Dedupe and its twin, through tests/twins.py."""
+    pair = load_twins("fastpath")
+    return (pair.compiled if request.param == "compiled" else pair.pure).Dedupe()
 
 
 @dataclass
