@@ -93,24 +93,28 @@ class SQLitePersistenceBackend(PersistenceBackend):
              event.agent_id, dumps(event.metadata), event.severity),
         ) > 0
 
-    def get_ritual_events(self, limit: int = 100, event_type: str | None = None,
-                          since: datetime | None = None) -> list[RitualEventRecord]:
-        """Newest first, like the old backend."""
-        sql = "SELECT event_id, timestamp, event_type, description, agent_id, metadata, severity FROM ritual_events"
+    def _newest(self, select: str, column: str, value: str | None, since: datetime | None,
+                limit: int) -> list[Any]:
+        """Rows of ``select``, optionally where ``column = value`` and from ``since`` on,
+        newest first, at most ``limit``."""
         where: list[str] = []
         params: list[Any] = []
-        if event_type is not None:
-            where.append("event_type = ?")
-            params.append(event_type)
+        if value is not None:
+            where.append(f"{column} = ?")  # column: a name from this module, never user input
+            params.append(value)
         if since is not None:
             where.append("timestamp >= ?")
             params.append(since.isoformat())
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY timestamp DESC LIMIT ?"
+        sql = select + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY timestamp DESC LIMIT ?"
         params.append(int(limit))
         with self._lock:
-            rows = self._c().execute(sql, params).fetchall()
+            return self._c().execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+    def get_ritual_events(self, limit: int = 100, event_type: str | None = None,
+                          since: datetime | None = None) -> list[RitualEventRecord]:
+        """Newest first, like the old backend."""
+        rows = self._newest("SELECT event_id, timestamp, event_type, description, agent_id, metadata, severity"
+                            " FROM ritual_events", "event_type", event_type, since, limit)
         return [RitualEventRecord(r[0], parse_dt(r[1]), r[2], r[3], r[4], loads(r[5]), r[6] or "INFO") for r in rows]
 
     def save_system_metric(self, metric: SystemMetricRecord) -> bool:
@@ -124,21 +128,8 @@ class SQLitePersistenceBackend(PersistenceBackend):
     def get_system_metrics(self, metric_name: str | None = None, since: datetime | None = None,
                            limit: int = 1000) -> list[SystemMetricRecord]:
         """Newest first."""
-        sql = "SELECT metric_id, timestamp, metric_name, metric_value, metadata FROM system_metrics"
-        where: list[str] = []
-        params: list[Any] = []
-        if metric_name is not None:
-            where.append("metric_name = ?")
-            params.append(metric_name)
-        if since is not None:
-            where.append("timestamp >= ?")
-            params.append(since.isoformat())
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY timestamp DESC LIMIT ?"
-        params.append(int(limit))
-        with self._lock:
-            rows = self._c().execute(sql, params).fetchall()
+        rows = self._newest("SELECT metric_id, timestamp, metric_name, metric_value, metadata FROM system_metrics",
+                            "metric_name", metric_name, since, limit)
         return [SystemMetricRecord(r[0], parse_dt(r[1]), r[2], float(r[3]), loads(r[4])) for r in rows]
 
     def get_config(self, key: str, default: Any = None) -> Any:
